@@ -1,0 +1,195 @@
+//! The mesh configuration a node reads from a file: the region itself, its
+//! pair's endpoints and every other region as a peer. The operator (or local
+//! mode) writes it; nodes pick up changes without a restart.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::Error;
+use crate::ids::is_region_code;
+
+/// How often the file is checked for changes.
+pub const RELOAD_INTERVAL: Duration = Duration::from_millis(250);
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeshConfig {
+    /// This region's code.
+    pub region: String,
+    pub service_center: PairEndpoint,
+    pub roaming: PairEndpoint,
+    #[serde(default)]
+    pub peers: Vec<Peer>,
+}
+
+/// Where one half of the local pair is reached by the other half.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PairEndpoint {
+    /// `http://host:port` of the local-pair API.
+    pub pair: String,
+}
+
+/// Another region of the mesh and the link to it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Peer {
+    pub region: String,
+    /// `http://host:port` of that region's roaming system's peer API.
+    pub endpoint: String,
+    /// `false` takes the link down.
+    #[serde(default = "enabled")]
+    pub enabled: bool,
+    /// Route weight; unset means measured round-trip time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<u32>,
+}
+
+fn enabled() -> bool {
+    true
+}
+
+impl MeshConfig {
+    /// Parses and validates the YAML form.
+    pub fn from_yaml(text: &str) -> Result<Self, Error> {
+        let config: MeshConfig = serde_yaml::from_str(text)
+            .map_err(|e| Error::InvalidArgument(format!("mesh configuration: {e}")))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn to_yaml(&self) -> String {
+        serde_yaml::to_string(self).expect("a mesh configuration serializes")
+    }
+
+    pub fn validate(&self) -> Result<(), Error> {
+        let invalid = |m: String| Err(Error::InvalidArgument(format!("mesh configuration: {m}")));
+        if !is_region_code(&self.region) {
+            return invalid(format!("region: {:?} is not a region code", self.region));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, peer) in self.peers.iter().enumerate() {
+            if !is_region_code(&peer.region) {
+                return invalid(format!("peers[{i}].region: {:?} is not a region code", peer.region));
+            }
+            if peer.region == self.region {
+                return invalid(format!("peers[{i}].region: a region is not its own peer"));
+            }
+            if !seen.insert(&peer.region) {
+                return invalid(format!("peers[{i}].region: {} is listed twice", peer.region));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn peer(&self, region: &str) -> Option<&Peer> {
+        self.peers.iter().find(|p| p.region == region)
+    }
+
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::InvalidArgument(format!("mesh configuration {}: {e}", path.display()))
+        })?;
+        Self::from_yaml(&text)
+            .map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))
+    }
+
+    /// Writes the file atomically (a reader never sees half of it).
+    pub fn store(&self, path: &Path) -> std::io::Result<()> {
+        let tmp = path.with_extension("yaml.tmp");
+        std::fs::write(&tmp, self.to_yaml())?;
+        std::fs::rename(tmp, path)
+    }
+}
+
+/// Loads the file, then watches it: the receiver sees every valid change.
+/// An invalid change is logged and ignored, so the node keeps its last good
+/// configuration.
+pub fn watch_file(path: PathBuf) -> Result<watch::Receiver<MeshConfig>, Error> {
+    let first = MeshConfig::load(&path)?;
+    let (tx, rx) = watch::channel(first);
+    tokio::spawn(async move {
+        let mut last_text = std::fs::read_to_string(&path).unwrap_or_default();
+        loop {
+            tokio::time::sleep(RELOAD_INTERVAL).await;
+            if tx.is_closed() {
+                return;
+            }
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            if text == last_text {
+                continue;
+            }
+            last_text = text;
+            match MeshConfig::from_yaml(&last_text) {
+                Ok(config) if config.region != tx.borrow().region => {
+                    tracing::error!(path = %path.display(), "mesh configuration names another region; ignored");
+                }
+                Ok(config) => {
+                    tracing::info!(path = %path.display(), peers = config.peers.len(), "mesh configuration reloaded");
+                    tx.send_replace(config);
+                }
+                Err(err) => tracing::error!(%err, "mesh configuration change ignored"),
+            }
+        }
+    });
+    Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = "
+region: eu
+serviceCenter: {pair: 'http://127.0.0.1:1'}
+roaming: {pair: 'http://127.0.0.1:2'}
+peers:
+  - {region: us, endpoint: 'http://127.0.0.1:3', cost: 10}
+  - {region: ap, endpoint: 'http://127.0.0.1:4', enabled: false}
+";
+
+    #[test]
+    fn parses_the_yaml_form_and_round_trips() {
+        let config = MeshConfig::from_yaml(EXAMPLE).unwrap();
+        assert_eq!(config.region, "eu");
+        assert_eq!(config.peer("us").unwrap().cost, Some(10));
+        assert!(config.peer("us").unwrap().enabled);
+        assert!(!config.peer("ap").unwrap().enabled);
+        assert_eq!(MeshConfig::from_yaml(&config.to_yaml()).unwrap(), config);
+    }
+
+    #[test]
+    fn refuses_bad_configuration_naming_the_field() {
+        let twice = EXAMPLE.replace("region: ap", "region: us");
+        let err = MeshConfig::from_yaml(&twice).unwrap_err().to_string();
+        assert!(err.contains("peers[1].region"), "{err}");
+        let own = EXAMPLE.replace("region: ap", "region: eu");
+        assert!(MeshConfig::from_yaml(&own).unwrap_err().to_string().contains("own peer"));
+        let unknown = format!("{EXAMPLE}\nextra: 1\n");
+        assert!(MeshConfig::from_yaml(&unknown).unwrap_err().to_string().contains("extra"));
+    }
+
+    #[tokio::test]
+    async fn a_watched_file_delivers_changes_and_ignores_broken_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mesh.yaml");
+        let mut config = MeshConfig::from_yaml(EXAMPLE).unwrap();
+        config.store(&path).unwrap();
+        let mut rx = watch_file(path.clone()).unwrap();
+
+        std::fs::write(&path, "region: [").unwrap();
+        tokio::time::sleep(RELOAD_INTERVAL * 3).await;
+        assert_eq!(*rx.borrow(), config, "a broken file keeps the last good configuration");
+
+        config.peers[1].enabled = true;
+        config.store(&path).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), rx.changed()).await.unwrap().unwrap();
+        assert!(rx.borrow().peer("ap").unwrap().enabled);
+    }
+}

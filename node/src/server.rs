@@ -1,0 +1,129 @@
+//! Builds a node from its typed configuration and serves it on listeners the
+//! caller bound, until the shutdown future completes. Tests run it on
+//! `127.0.0.1:0`.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::Error;
+use crate::mesh::MeshConfig;
+use crate::roaming::{self, Roaming};
+use crate::service_center::data_center::DataCenter;
+use crate::service_center::roaming_link::RoamingLink;
+use crate::service_center::{self, BusinessCenter};
+use crate::transport;
+
+/// What a node process runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    ServiceCenter,
+    Roaming,
+    Both,
+}
+
+impl Role {
+    pub fn runs_service_center(self) -> bool {
+        matches!(self, Role::ServiceCenter | Role::Both)
+    }
+
+    pub fn runs_roaming(self) -> bool {
+        matches!(self, Role::Roaming | Role::Both)
+    }
+}
+
+/// The service center's listeners: clients, and its roaming system.
+pub struct ServiceCenterListeners {
+    pub client: TcpListener,
+    pub pair: TcpListener,
+}
+
+/// The roaming system's listeners: its service center, and the peers.
+pub struct RoamingListeners {
+    pub pair: TcpListener,
+    pub peer: TcpListener,
+}
+
+pub struct Node {
+    pub mesh: watch::Receiver<MeshConfig>,
+    /// Where the data center's file lives.
+    pub data_dir: PathBuf,
+    pub service_center: Option<ServiceCenterListeners>,
+    pub roaming: Option<RoamingListeners>,
+}
+
+impl Node {
+    /// Serves until `shutdown` completes.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let stopped = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
+        };
+        let region = self.mesh.borrow().region.clone();
+        let mut servers = tokio::task::JoinSet::new();
+
+        if let Some(listeners) = self.roaming {
+            let roaming = Roaming::new(self.mesh.clone());
+            tracing::info!(%region, pair = %local(&listeners.pair), peer = %local(&listeners.peer), "roaming system serving");
+            servers.spawn(
+                transport::server()
+                    .add_service(roaming::grpc::pair_service(roaming.clone()))
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.pair), stopped()),
+            );
+            servers.spawn(
+                transport::server()
+                    .add_service(roaming::grpc::data_service(roaming.clone()))
+                    .add_service(roaming::grpc::business_service(roaming))
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.peer), stopped()),
+            );
+        }
+
+        if let Some(listeners) = self.service_center {
+            std::fs::create_dir_all(&self.data_dir).map_err(|e| {
+                Error::FailedPrecondition(format!("data directory {}: {e}", self.data_dir.display()))
+            })?;
+            let dc = DataCenter::open(&self.data_dir.join("data-center.sqlite"))?;
+            let link = Arc::new(RoamingLink::new(self.mesh.clone()));
+            let center = BusinessCenter::start(dc, link).await?;
+            tracing::info!(%region, client = %local(&listeners.client), pair = %local(&listeners.pair), "service center serving");
+            servers.spawn(
+                transport::server()
+                    .add_service(service_center::grpc::client_service(center.clone()))
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.client), stopped()),
+            );
+            servers.spawn(
+                transport::server()
+                    .add_service(service_center::grpc::pair_service(center))
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.pair), stopped()),
+            );
+        }
+
+        while let Some(result) = servers.join_next().await {
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => return Err(Error::Internal(format!("server failed: {err}"))),
+                Err(err) => return Err(Error::Internal(format!("server task failed: {err}"))),
+            }
+        }
+        tracing::info!(%region, "node stopped");
+        Ok(())
+    }
+}
+
+fn local(listener: &TcpListener) -> String {
+    listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "?".into())
+}

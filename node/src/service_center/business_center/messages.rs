@@ -1,0 +1,248 @@
+//! Send and deliver group messages.
+//!
+//! A send is acknowledged once it is durable here. The group's home assigns
+//! the next `seq` and fans the message out once per recipient region; each
+//! receiving region stores it and pushes it to its connected sessions, and
+//! forwards it to where a roaming recipient is attached.
+
+use std::collections::BTreeMap;
+
+use rusqlite::Connection;
+
+use super::{BusinessCenter, check_len, unexpected};
+use crate::Error;
+use crate::ids::Id;
+use crate::limits::{DEFAULT_HISTORY_PAGE, MAX_BODY_BYTES, MAX_HISTORY_PAGE, MAX_IDEMPOTENCY_KEY_BYTES};
+use crate::proto::client_api::{Delivery, HistoryReply, HistoryRequest, SendReply, SendRequest};
+use crate::proto::peer_api::{Distribution, History, Item, Submission, data_reply, data_request, item};
+use crate::service_center::data_center::{accounts, groups, messages, outbox};
+
+/// What a committed write leaves to do: live pushes and outbox wake-ups.
+#[derive(Default)]
+pub(super) struct Effects {
+    pushes: Vec<(String, Delivery)>,
+    destinations: Vec<String>,
+}
+
+impl Effects {
+    fn enqueue(&mut self, conn: &Connection, destination: &str, item: Item) -> Result<(), Error> {
+        outbox::enqueue(conn, destination, &item, crate::now_ms())?;
+        if !self.destinations.iter().any(|d| d == destination) {
+            self.destinations.push(destination.to_owned());
+        }
+        Ok(())
+    }
+}
+
+impl BusinessCenter {
+    /// Accepts a message from `actor`; returns once it is durable here.
+    pub async fn send(&self, actor: &Id, request: SendRequest) -> Result<SendReply, Error> {
+        let group = Id::parse("group", &request.group)?;
+        if request.body.is_empty() {
+            return Err(Error::InvalidArgument("message body is empty".into()));
+        }
+        check_len("message body", &request.body, MAX_BODY_BYTES)?;
+        check_len("idempotency key", &request.idempotency_key, MAX_IDEMPOTENCY_KEY_BYTES)?;
+        let submission = Submission {
+            message_id: uuid::Uuid::now_v7().to_string(),
+            group: group.to_string(),
+            sender: actor.to_string(),
+            body: request.body,
+            idempotency_key: request.idempotency_key,
+            sent_at_ms: crate::now_ms(),
+            origin: self.region.to_string(),
+        };
+        let region = self.region.clone();
+        let local = self.is_local(&group);
+        let (reply, effects) = self
+            .dc
+            .write(move |conn| {
+                let s = &submission;
+                let key = (!s.idempotency_key.is_empty()).then_some(s.idempotency_key.as_str());
+                if let Some(key) = key
+                    && let Some(earlier) = messages::accepted_by_key(conn, &s.sender, &s.group, key)?
+                {
+                    let seq = messages::seq_of(conn, &earlier)?.unwrap_or(0);
+                    let reply = SendReply { message_id: earlier, seq, duplicate: true };
+                    return Ok((reply, Effects::default()));
+                }
+                let mut effects = Effects::default();
+                let seq = if local {
+                    sequence(conn, &region, s, &mut effects)?.map(|d| d.seq).unwrap_or(0)
+                } else {
+                    let home = s.group.rsplit('@').next().unwrap_or_default().to_owned();
+                    let item = Item { kind: Some(item::Kind::Submission(s.clone())) };
+                    effects.enqueue(conn, &home, item)?;
+                    0
+                };
+                messages::insert_accepted(conn, &s.message_id, &s.group, &s.sender, key, s.sent_at_ms)?;
+                Ok((SendReply { message_id: s.message_id.clone(), seq, duplicate: false }, effects))
+            })
+            .await?;
+        self.apply(effects);
+        Ok(reply)
+    }
+
+    /// Carries out what a committed write left to do.
+    pub(super) fn apply(&self, effects: Effects) {
+        for (user, delivery) in &effects.pushes {
+            self.hub.push(user, delivery);
+        }
+        for destination in &effects.destinations {
+            self.outbox.wake(destination);
+        }
+    }
+
+    /// Applies items that another region's outbox carried here. Items this
+    /// region refuses (a non-member's submission) are acknowledged and
+    /// dropped, so they cannot block the sender's outbox.
+    pub async fn receive(&self, source: String, items: Vec<Item>) -> Result<(), Error> {
+        let region = self.region.clone();
+        let effects = self
+            .dc
+            .write(move |conn| {
+                let mut effects = Effects::default();
+                for item in &items {
+                    match &item.kind {
+                        Some(item::Kind::Submission(s)) => {
+                            if let Err(err) = sequence(conn, &region, s, &mut effects) {
+                                if err.is_transient() {
+                                    return Err(err);
+                                }
+                                tracing::warn!(%err, message = %s.message_id, from = %source, "submission refused");
+                            }
+                        }
+                        Some(item::Kind::Distribution(d)) => distribute(conn, &region, d, &mut effects)?,
+                        None => tracing::warn!(from = %source, "empty outbox item ignored"),
+                    }
+                }
+                Ok(effects)
+            })
+            .await?;
+        self.apply(effects);
+        Ok(())
+    }
+
+    /// Messages of a group after a `seq`, read at the group's home.
+    pub async fn history(&self, actor: &Id, request: HistoryRequest) -> Result<HistoryReply, Error> {
+        let group = Id::parse("group", &request.group)?;
+        if request.limit > MAX_HISTORY_PAGE {
+            return Err(Error::InvalidArgument(format!("limit is at most {MAX_HISTORY_PAGE}")));
+        }
+        if !self.is_local(&group) {
+            let op = data_request::Op::History(History {
+                actor: actor.to_string(),
+                query: Some(request),
+            });
+            return match self.ask_home(group.home(), op).await? {
+                data_reply::Result::History(reply) => Ok(reply),
+                _ => Err(unexpected(group.home())),
+            };
+        }
+        let actor = actor.to_string();
+        let limit = if request.limit == 0 { DEFAULT_HISTORY_PAGE } else { request.limit };
+        self.dc
+            .read(move |conn| {
+                let g = &request.group;
+                if groups::role(conn, g, &actor)?.is_none() {
+                    if !groups::exists(conn, g)? {
+                        return Err(groups::not_found(g));
+                    }
+                    return Err(Error::PermissionDenied(format!("{actor} is not a member of group {g}")));
+                }
+                Ok(HistoryReply { messages: messages::history(conn, g, request.after_seq, limit)? })
+            })
+            .await
+    }
+}
+
+/// At the group's home: gives a submission the next `seq` and fans it out.
+/// Returns `None` when it was sequenced before (a retry).
+fn sequence(
+    conn: &Connection,
+    region: &str,
+    s: &Submission,
+    effects: &mut Effects,
+) -> Result<Option<Delivery>, Error> {
+    if messages::seq_of(conn, &s.message_id)?.is_some() {
+        return Ok(None);
+    }
+    let key = s.idempotency_key.as_str();
+    if !key.is_empty() && messages::sequenced_by_key(conn, &s.group, &s.sender, key)?.is_some() {
+        return Ok(None);
+    }
+    if groups::role(conn, &s.group, &s.sender)?.is_none() {
+        if !groups::exists(conn, &s.group)? {
+            return Err(groups::not_found(&s.group));
+        }
+        return Err(Error::PermissionDenied(format!(
+            "{} is not a member of group {}",
+            s.sender, s.group
+        )));
+    }
+    let delivery = Delivery {
+        group: s.group.clone(),
+        seq: groups::next_seq(conn, &s.group)?,
+        message_id: s.message_id.clone(),
+        sender: s.sender.clone(),
+        body: s.body.clone(),
+        sent_at_ms: s.sent_at_ms,
+    };
+    messages::insert(conn, &delivery)?;
+    if !key.is_empty() {
+        messages::insert_sequenced_key(conn, &s.group, &s.sender, key, &s.message_id)?;
+    }
+    // Once per recipient region: the message and that region's recipients.
+    let mut by_region: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for member in groups::member_ids(conn, &s.group)? {
+        let home = member.rsplit('@').next().unwrap_or_default().to_owned();
+        by_region.entry(home).or_default().push(member);
+    }
+    for (home, recipients) in by_region {
+        let distribution = Distribution {
+            message: Some(delivery.clone()),
+            recipients,
+            roaming: false,
+        };
+        if home == region {
+            deliver_here(conn, region, &distribution, effects)?;
+        } else {
+            effects.enqueue(conn, &home, Item { kind: Some(item::Kind::Distribution(distribution)) })?;
+        }
+    }
+    Ok(Some(delivery))
+}
+
+/// In a recipient region: stores the record and delivers it.
+fn distribute(conn: &Connection, region: &str, d: &Distribution, effects: &mut Effects) -> Result<(), Error> {
+    let message = d.message.as_ref().ok_or_else(|| Error::InvalidArgument("distribution without a message".into()))?;
+    messages::insert(conn, message)?;
+    deliver_here(conn, region, d, effects)
+}
+
+/// Pushes to this region's sessions of the recipients, and forwards the
+/// message to where a recipient of this home is attached, if elsewhere.
+fn deliver_here(conn: &Connection, region: &str, d: &Distribution, effects: &mut Effects) -> Result<(), Error> {
+    let message = d.message.as_ref().expect("checked by the caller");
+    let mut roaming: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for recipient in &d.recipients {
+        effects.pushes.push((recipient.clone(), message.clone()));
+        if d.roaming {
+            continue;
+        }
+        if let Some(attached) = accounts::attached_region(conn, recipient)?
+            && attached != region
+        {
+            roaming.entry(attached).or_default().push(recipient.clone());
+        }
+    }
+    for (attached, recipients) in roaming {
+        let forward = Distribution {
+            message: Some(message.clone()),
+            recipients,
+            roaming: true,
+        };
+        effects.enqueue(conn, &attached, Item { kind: Some(item::Kind::Distribution(forward)) })?;
+    }
+    Ok(())
+}

@@ -1,0 +1,120 @@
+//! Subscribe with resume: replay what the client missed after its cursors,
+//! then stream live deliveries, with no gap and no duplicate per stream.
+
+use std::collections::HashMap;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::BusinessCenter;
+use crate::Error;
+use crate::ids::Id;
+use crate::limits::{MAX_CURSORS, MAX_HISTORY_PAGE};
+use crate::proto::client_api::{Cursor, Delivery, HistoryRequest};
+
+pub type DeliveryStream = ReceiverStream<Result<Delivery, Error>>;
+
+/// The subscriber went away.
+struct Gone;
+
+struct Session {
+    center: BusinessCenter,
+    actor: Id,
+    /// The last `seq` sent on this stream, per group.
+    last: HashMap<String, u64>,
+    out: mpsc::Sender<Result<Delivery, Error>>,
+}
+
+impl BusinessCenter {
+    pub async fn subscribe(&self, actor: &Id, cursors: Vec<Cursor>) -> Result<DeliveryStream, Error> {
+        if cursors.len() > MAX_CURSORS {
+            return Err(Error::InvalidArgument(format!("at most {MAX_CURSORS} cursors")));
+        }
+        let mut last = HashMap::new();
+        for cursor in cursors {
+            Id::parse("group", &cursor.group)?;
+            last.insert(cursor.group, cursor.last_seq);
+        }
+        let (out, rx) = mpsc::channel(256);
+        // Attach before replaying, so nothing sequenced meanwhile is missed.
+        let subscription = self.hub.attach(actor.as_str());
+        let mut session = Session { center: self.clone(), actor: actor.clone(), last, out };
+        tokio::spawn(async move {
+            let mut live = subscription;
+            let groups: Vec<String> = session.last.keys().cloned().collect();
+            for group in groups {
+                if session.catch_up(&group, None).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                tokio::select! {
+                    () = session.out.closed() => return,
+                    next = live.deliveries.recv() => {
+                        let Some(delivery) = next else {
+                            let _ = session.out.send(Err(Error::Unavailable(
+                                "the subscription fell behind; subscribe again with your cursors".into(),
+                            ))).await;
+                            return;
+                        };
+                        if session.live(delivery).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(ReceiverStream::new(rx))
+    }
+}
+
+impl Session {
+    async fn emit(&mut self, delivery: Delivery) -> Result<(), Gone> {
+        self.last.insert(delivery.group.clone(), delivery.seq);
+        self.out.send(Ok(delivery)).await.map_err(|_| Gone)
+    }
+
+    /// Handles a live delivery: drops what was sent already, fills a gap
+    /// from history first.
+    async fn live(&mut self, delivery: Delivery) -> Result<(), Gone> {
+        match self.last.get(&delivery.group).copied() {
+            Some(last) if delivery.seq <= last => Ok(()),
+            Some(last) if delivery.seq > last + 1 => {
+                self.catch_up(&delivery.group, Some(delivery.seq - 1)).await?;
+                if delivery.seq > self.last[&delivery.group] {
+                    self.emit(delivery).await?;
+                }
+                Ok(())
+            }
+            _ => self.emit(delivery).await,
+        }
+    }
+
+    /// Sends the group's messages after the stream's cursor, up to `until`.
+    async fn catch_up(&mut self, group: &str, until: Option<u64>) -> Result<(), Gone> {
+        loop {
+            let after_seq = self.last.get(group).copied().unwrap_or(0);
+            if until.is_some_and(|u| after_seq >= u) {
+                return Ok(());
+            }
+            let request = HistoryRequest { group: group.to_owned(), after_seq, limit: MAX_HISTORY_PAGE };
+            let page = match self.center.history(&self.actor, request).await {
+                Ok(page) => page.messages,
+                Err(err) => {
+                    let _ = self.out.send(Err(err)).await;
+                    return Err(Gone);
+                }
+            };
+            let full = page.len() as u32 == MAX_HISTORY_PAGE;
+            for delivery in page {
+                if until.is_some_and(|u| delivery.seq > u) {
+                    return Ok(());
+                }
+                self.emit(delivery).await?;
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! User accounts of this home region, their home-location register, and the
+//! sessions this region issued.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::Error;
+
+pub fn insert_user(conn: &Connection, id: &str, password_hash: &str, now_ms: i64) -> Result<(), Error> {
+    let home = id.rsplit('@').next().unwrap_or_default();
+    let inserted = conn.execute(
+        "INSERT OR IGNORE INTO users (id, password_hash, attached_region, created_at_ms)
+         VALUES (?1, ?2, ?3, ?4)",
+        params![id, password_hash, home, now_ms],
+    )?;
+    if inserted == 0 {
+        return Err(Error::AlreadyExists(format!("user {id} already exists")));
+    }
+    Ok(())
+}
+
+pub fn password_hash(conn: &Connection, id: &str) -> Result<Option<String>, Error> {
+    Ok(conn
+        .prepare_cached("SELECT password_hash FROM users WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?)
+}
+
+/// Records in the home-location register that `id` is attached at `region`.
+pub fn attach(conn: &Connection, id: &str, region: &str) -> Result<(), Error> {
+    conn.execute(
+        "UPDATE users SET attached_region = ?2 WHERE id = ?1",
+        params![id, region],
+    )?;
+    Ok(())
+}
+
+/// Where a user of this home is attached; `None` for an unknown user.
+pub fn attached_region(conn: &Connection, id: &str) -> Result<Option<String>, Error> {
+    Ok(conn
+        .prepare_cached("SELECT attached_region FROM users WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?)
+}
+
+pub fn insert_session(conn: &Connection, token: &str, user: &str, expires_at_ms: i64) -> Result<(), Error> {
+    conn.execute(
+        "INSERT INTO sessions (token, user_id, expires_at_ms) VALUES (?1, ?2, ?3)",
+        params![token, user, expires_at_ms],
+    )?;
+    Ok(())
+}
+
+/// The user and expiry of a session token.
+pub fn session(conn: &Connection, token: &str) -> Result<Option<(String, i64)>, Error> {
+    Ok(conn
+        .prepare_cached("SELECT user_id, expires_at_ms FROM sessions WHERE token = ?1")?
+        .query_row([token], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service_center::data_center::schema;
+
+    #[test]
+    fn users_are_unique_and_attach_to_where_they_log_in() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        schema::migrate(&mut conn).unwrap();
+        insert_user(&conn, "ann@eu", "h", 1).unwrap();
+        assert!(matches!(insert_user(&conn, "ann@eu", "h2", 2), Err(Error::AlreadyExists(_))));
+        assert_eq!(password_hash(&conn, "ann@eu").unwrap().as_deref(), Some("h"));
+        assert_eq!(attached_region(&conn, "ann@eu").unwrap().as_deref(), Some("eu"));
+        attach(&conn, "ann@eu", "us").unwrap();
+        assert_eq!(attached_region(&conn, "ann@eu").unwrap().as_deref(), Some("us"));
+        assert_eq!(attached_region(&conn, "bob@eu").unwrap(), None);
+    }
+}

@@ -1,0 +1,103 @@
+//! The data center: the region's embedded database of user accounts, group
+//! information and communication records (the message log), plus the
+//! durable outbox for cross-region work.
+//!
+//! It is one SQLite file in WAL mode with `synchronous=FULL`: a write is
+//! acknowledged only after its transaction is fsynced, and a crash at any
+//! point leaves the last committed state. All writes go through one
+//! [`Writer`] thread that commits many callers' jobs together; reads use a
+//! small pool of separate connections and never block on the writer.
+
+pub mod accounts;
+pub mod groups;
+pub mod messages;
+pub mod outbox;
+pub mod schema;
+pub mod writer;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OpenFlags};
+
+pub use writer::Writer;
+
+use crate::Error;
+
+/// Read connections kept open.
+const READERS: usize = 4;
+
+#[derive(Clone)]
+pub struct DataCenter {
+    writer: Writer,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    path: Arc<Path>,
+}
+
+impl DataCenter {
+    /// Opens (creating and migrating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, Error> {
+        let mut conn = Connection::open(path)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        schema::migrate(&mut conn)?;
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            readers.push(open_reader(path)?);
+        }
+        Ok(Self {
+            writer: Writer::start(conn),
+            readers: Arc::new(Mutex::new(readers)),
+            path: path.into(),
+        })
+    }
+
+    /// Runs `f` in a write transaction; returns once it is durable.
+    pub async fn write<T, F>(&self, f: F) -> Result<T, Error>
+    where
+        F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.writer.write(f).await
+    }
+
+    /// Runs `f` on a read connection, off the async threads.
+    pub async fn read<T, F>(&self, f: F) -> Result<T, Error>
+    where
+        F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
+        T: Send + 'static,
+    {
+        let readers = self.readers.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = readers.lock().expect("reader pool").pop();
+            let conn = match pooled {
+                Some(conn) => conn,
+                None => open_reader(&path)?,
+            };
+            let result = conn
+                .execute_batch("BEGIN DEFERRED")
+                .map_err(Error::from)
+                .and_then(|()| f(&conn));
+            let _ = conn.execute_batch("COMMIT");
+            let mut pool = readers.lock().expect("reader pool");
+            if pool.len() < READERS {
+                pool.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("data center read: {e}")))?
+    }
+}
+
+fn open_reader(path: &Path) -> Result<Connection, Error> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
+}

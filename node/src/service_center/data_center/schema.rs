@@ -1,0 +1,129 @@
+//! Schema migrations, applied in order and recorded in `PRAGMA user_version`.
+//! A migration runs in one transaction with its version bump, so a crash
+//! during a migration leaves the previous version intact.
+
+use rusqlite::Connection;
+
+use crate::Error;
+
+/// Each entry moves the schema one version up.
+const MIGRATIONS: &[&str] = &[
+    // 1: accounts, groups, the message log and the outbox.
+    "
+    -- Users whose home is this region. `attached_region` is the home-location
+    -- register: where the user last logged in, so deliveries follow them.
+    CREATE TABLE users (
+        id TEXT PRIMARY KEY,
+        password_hash TEXT NOT NULL,
+        attached_region TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    -- Sessions issued by this region (to local and roaming users).
+    CREATE TABLE sessions (
+        token TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        expires_at_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    -- Groups whose home is this region; `last_seq` is the group's order.
+    CREATE TABLE groups (
+        id TEXT PRIMARY KEY,
+        title TEXT NOT NULL,
+        announcement TEXT NOT NULL,
+        open INTEGER NOT NULL,
+        max_members INTEGER NOT NULL,
+        last_seq INTEGER NOT NULL,
+        created_at_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE members (
+        group_id TEXT NOT NULL REFERENCES groups(id),
+        user_id TEXT NOT NULL,
+        role INTEGER NOT NULL,
+        PRIMARY KEY (group_id, user_id)
+    ) WITHOUT ROWID;
+
+    -- Sequenced messages: the log of groups homed here, and the
+    -- communication records received for this region's users.
+    CREATE TABLE messages (
+        group_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        message_id TEXT NOT NULL UNIQUE,
+        sender TEXT NOT NULL,
+        body TEXT NOT NULL,
+        sent_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (group_id, seq)
+    ) WITHOUT ROWID;
+
+    -- Sends accepted from this region's clients, for idempotent retries.
+    CREATE TABLE accepted (
+        message_id TEXT PRIMARY KEY,
+        group_id TEXT NOT NULL,
+        sender TEXT NOT NULL,
+        idempotency_key TEXT,
+        accepted_at_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE UNIQUE INDEX accepted_by_key ON accepted (sender, group_id, idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+
+    -- Submissions sequenced here, by the key their sender gave, so a retry
+    -- through another region is not sequenced twice.
+    CREATE TABLE sequenced_keys (
+        group_id TEXT NOT NULL,
+        sender TEXT NOT NULL,
+        idempotency_key TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        PRIMARY KEY (group_id, sender, idempotency_key)
+    ) WITHOUT ROWID;
+
+    -- Cross-region work, cleared only when the destination acknowledges.
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        destination TEXT NOT NULL,
+        item BLOB NOT NULL,
+        created_at_ms INTEGER NOT NULL
+    );
+    CREATE INDEX outbox_by_destination ON outbox (destination, id);
+    ",
+];
+
+/// The schema version this build writes.
+pub fn current_version() -> u32 {
+    MIGRATIONS.len() as u32
+}
+
+/// Brings the database up to the current version.
+pub fn migrate(conn: &mut Connection) -> Result<(), Error> {
+    let version: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > current_version() {
+        return Err(Error::FailedPrecondition(format!(
+            "the data center has schema version {version}, newer than this build's {}",
+            current_version()
+        )));
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", index as u32 + 1)?;
+        tx.commit()?;
+        tracing::info!(version = index + 1, "data center migrated");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_once_and_refuses_a_newer_schema() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        migrate(&mut conn).unwrap();
+        let version: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, current_version());
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        assert!(matches!(migrate(&mut conn), Err(Error::FailedPrecondition(_))));
+    }
+}

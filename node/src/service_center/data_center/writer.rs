@@ -1,0 +1,197 @@
+//! The single writer with group commit.
+//!
+//! One thread owns the database's write connection. Callers hand it jobs; it
+//! takes every job that is waiting, runs each in its own savepoint inside one
+//! transaction, commits once (one fsync for the whole batch), and only then
+//! answers the callers. A job that fails rolls back its savepoint alone, so
+//! it never leaves anything half-written and never spoils its neighbours.
+
+use std::sync::mpsc;
+
+use rusqlite::{Connection, TransactionBehavior};
+use tokio::sync::oneshot;
+
+use crate::Error;
+
+/// Jobs committed together at most.
+const MAX_GROUP: usize = 1024;
+
+/// What a job leaves to do once the batch's commit has succeeded or failed.
+type Completion = Box<dyn FnOnce(Option<&Error>) + Send>;
+
+trait Job: Send {
+    /// Runs the job; `false` means it failed and its savepoint must roll back.
+    fn run(self: Box<Self>, conn: &Connection) -> (bool, Completion);
+    /// Answers the caller without running (the transaction could not start).
+    fn fail(self: Box<Self>, err: Error);
+}
+
+struct WriteJob<F, T> {
+    f: F,
+    reply: oneshot::Sender<Result<T, Error>>,
+}
+
+impl<F, T> Job for WriteJob<F, T>
+where
+    F: FnOnce(&Connection) -> Result<T, Error> + Send,
+    T: Send + 'static,
+{
+    fn run(self: Box<Self>, conn: &Connection) -> (bool, Completion) {
+        let WriteJob { f, reply } = *self;
+        let result = f(conn);
+        let ok = result.is_ok();
+        let completion = Box::new(move |commit_error: Option<&Error>| {
+            let _ = reply.send(match commit_error {
+                Some(err) => Err(err.clone()),
+                None => result,
+            });
+        });
+        (ok, completion)
+    }
+
+    fn fail(self: Box<Self>, err: Error) {
+        let _ = self.reply.send(Err(err));
+    }
+}
+
+/// A handle to the writer thread; cheap to clone.
+#[derive(Clone)]
+pub struct Writer {
+    jobs: mpsc::Sender<Box<dyn Job>>,
+}
+
+impl Writer {
+    /// Starts the writer thread on `conn`.
+    pub fn start(conn: Connection) -> Self {
+        let (jobs, rx) = mpsc::channel::<Box<dyn Job>>();
+        std::thread::Builder::new()
+            .name("data-center-writer".into())
+            .spawn(move || run(conn, rx))
+            .expect("spawn the writer thread");
+        Self { jobs }
+    }
+
+    /// Runs `f` in a transaction and returns its result once it is durable.
+    /// When `f` fails, none of its writes are kept.
+    pub async fn write<T, F>(&self, f: F) -> Result<T, Error>
+    where
+        F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        self.jobs
+            .send(Box::new(WriteJob { f, reply }))
+            .map_err(|_| Error::Unavailable("the data center is shutting down".into()))?;
+        rx.await
+            .map_err(|_| Error::Internal("the data center writer stopped".into()))?
+    }
+}
+
+fn run(mut conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        commit_batch(&mut conn, batch);
+    }
+}
+
+fn commit_batch(conn: &mut Connection, batch: Vec<Box<dyn Job>>) {
+    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(err) => {
+            let err = Error::from(err);
+            tracing::error!(%err, "data center transaction could not start");
+            batch.into_iter().for_each(|job| job.fail(err.clone()));
+            return;
+        }
+    };
+    let mut completions = Vec::with_capacity(batch.len());
+    for job in batch {
+        let mut savepoint = match tx.savepoint() {
+            Ok(sp) => sp,
+            Err(err) => {
+                job.fail(Error::from(err));
+                continue;
+            }
+        };
+        let (ok, completion) = job.run(&savepoint);
+        let settled = if ok {
+            savepoint.commit()
+        } else {
+            savepoint.rollback().and_then(|()| savepoint.finish())
+        };
+        match settled {
+            Ok(()) => completions.push(completion),
+            Err(err) => completion(Some(&Error::from(err))),
+        }
+    }
+    let commit_error = tx.commit().err().map(Error::from);
+    if let Some(err) = &commit_error {
+        tracing::error!(%err, jobs = completions.len(), "data center commit failed");
+    }
+    for complete in completions {
+        complete(commit_error.as_ref());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn writer() -> (tempfile::TempDir, Writer, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t (k INTEGER PRIMARY KEY);")
+            .unwrap();
+        (dir, Writer::start(conn), path)
+    }
+
+    fn count(path: &std::path::Path) -> i64 {
+        let conn = Connection::open(path).unwrap();
+        conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_failed_job_keeps_none_of_its_writes_and_spares_its_neighbours() {
+        let (_dir, writer, path) = writer();
+        let jobs = (0..50).map(|i| {
+            let writer = writer.clone();
+            tokio::spawn(async move {
+                writer
+                    .write(move |conn| {
+                        conn.execute("INSERT INTO t VALUES (?1)", [i * 2])?;
+                        if i % 5 == 0 {
+                            conn.execute("INSERT INTO t VALUES (?1)", [i * 2 + 1])?;
+                            return Err(Error::InvalidArgument(format!("job {i} refused")));
+                        }
+                        Ok(i)
+                    })
+                    .await
+            })
+        });
+        let results = futures::future::join_all(jobs).await;
+        let failed = results.iter().filter(|r| r.as_ref().unwrap().is_err()).count();
+        assert_eq!(failed, 10);
+        assert_eq!(count(&path), 40, "only the successful jobs' rows are stored");
+    }
+
+    #[tokio::test]
+    async fn results_come_back_after_the_commit() {
+        let (_dir, writer, path) = writer();
+        let n = writer
+            .write(|conn| {
+                conn.execute("INSERT INTO t VALUES (7)", [])?;
+                Ok(7)
+            })
+            .await
+            .unwrap();
+        assert_eq!(n, 7);
+        assert_eq!(count(&path), 1, "visible to another connection once answered");
+    }
+}

@@ -1,0 +1,120 @@
+//! gRPC adapters of the service center: the client API, and the local-pair
+//! API on which its roaming system hands it requests for this region.
+
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status};
+
+use super::BusinessCenter;
+use crate::Error;
+use crate::ids::Id;
+use crate::proto::client_api::business_center_server::{self, BusinessCenterServer};
+use crate::proto::client_api::*;
+use crate::proto::pair_api::pair_server::{self, PairServer};
+use crate::proto::peer_api::{BusinessReply, BusinessRequest, DataReply, DataRequest};
+
+type Reply<T> = Result<Response<T>, Status>;
+
+/// The client API served by `center`.
+pub fn client_service(center: BusinessCenter) -> BusinessCenterServer<ClientApi> {
+    BusinessCenterServer::new(ClientApi(center))
+        .max_decoding_message_size(crate::limits::MAX_BODY_BYTES + 16 * 1024)
+}
+
+/// The local-pair API served by `center` to its roaming system.
+pub fn pair_service(center: BusinessCenter) -> PairServer<PairApi> {
+    PairServer::new(PairApi(center))
+        .max_decoding_message_size(crate::limits::MAX_GRPC_MESSAGE_BYTES)
+        .max_encoding_message_size(crate::limits::MAX_GRPC_MESSAGE_BYTES)
+}
+
+pub struct ClientApi(BusinessCenter);
+
+impl ClientApi {
+    async fn actor<T>(&self, request: &Request<T>) -> Result<Id, Status> {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .ok_or_else(|| Status::unauthenticated("no session: log in first"))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .ok_or_else(|| Status::unauthenticated("authorization must be `Bearer <session>`"))?;
+        Ok(self.0.authenticate(token).await?)
+    }
+}
+
+fn ok<T>(result: Result<T, Error>) -> Reply<T> {
+    result.map(Response::new).map_err(Status::from)
+}
+
+#[tonic::async_trait]
+impl business_center_server::BusinessCenter for ClientApi {
+    async fn register(&self, request: Request<RegisterRequest>) -> Reply<RegisterReply> {
+        let r = request.into_inner();
+        ok(self.0.register(&r.user, &r.password).await)
+    }
+
+    async fn login(&self, request: Request<LoginRequest>) -> Reply<LoginReply> {
+        let r = request.into_inner();
+        ok(self.0.login(&r.user, &r.password).await)
+    }
+
+    async fn create_group(&self, request: Request<CreateGroupRequest>) -> Reply<GroupInfo> {
+        let actor = self.actor(&request).await?;
+        ok(self.0.create_group(&actor, request.into_inner()).await)
+    }
+
+    async fn get_group(&self, request: Request<GetGroupRequest>) -> Reply<GroupInfo> {
+        let actor = self.actor(&request).await?;
+        ok(self.0.get_group(&actor, &request.into_inner().group).await)
+    }
+
+    async fn update_group(&self, request: Request<UpdateGroupRequest>) -> Reply<GroupInfo> {
+        let actor = self.actor(&request).await?;
+        ok(self.0.update_group(&actor, request.into_inner()).await)
+    }
+
+    async fn join_group(&self, request: Request<MembershipRequest>) -> Reply<GroupInfo> {
+        let actor = self.actor(&request).await?;
+        ok(self.0.join_group(&actor, &request.into_inner().group).await)
+    }
+
+    async fn leave_group(&self, request: Request<MembershipRequest>) -> Reply<LeaveGroupReply> {
+        let actor = self.actor(&request).await?;
+        let group = request.into_inner().group;
+        ok(self.0.leave_group(&actor, &group).await.map(|_| LeaveGroupReply { group }))
+    }
+
+    async fn send(&self, request: Request<SendRequest>) -> Reply<SendReply> {
+        let actor = self.actor(&request).await?;
+        ok(self.0.send(&actor, request.into_inner()).await)
+    }
+
+    async fn history(&self, request: Request<HistoryRequest>) -> Reply<HistoryReply> {
+        let actor = self.actor(&request).await?;
+        ok(self.0.history(&actor, request.into_inner()).await)
+    }
+
+    type SubscribeStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<Delivery, Status>> + Send>>;
+
+    async fn subscribe(&self, request: Request<SubscribeRequest>) -> Reply<Self::SubscribeStream> {
+        let actor = self.actor(&request).await?;
+        let stream = self.0.subscribe(&actor, request.into_inner().cursors).await?;
+        Ok(Response::new(Box::pin(stream.map(|item| item.map_err(Status::from)))))
+    }
+}
+
+pub struct PairApi(BusinessCenter);
+
+#[tonic::async_trait]
+impl pair_server::Pair for PairApi {
+    async fn data(&self, request: Request<DataRequest>) -> Reply<DataReply> {
+        Ok(Response::new(self.0.handle_data(request.into_inner()).await))
+    }
+
+    async fn carry(&self, request: Request<BusinessRequest>) -> Reply<BusinessReply> {
+        Ok(Response::new(self.0.handle_carry(request.into_inner()).await))
+    }
+}

@@ -1,0 +1,12 @@
+//! The service center: serves the region's clients. Its data center stores
+//! the region's records; its business center runs the flows; it reaches other
+//! regions only through its own roaming system.
+
+pub mod business_center;
+pub mod data_center;
+pub mod grpc;
+pub mod hub;
+pub mod outbox;
+pub mod roaming_link;
+
+pub use business_center::BusinessCenter;

@@ -1,0 +1,133 @@
+//! The one place where the domain meets gRPC: channels to other processes,
+//! and the conversions between [`Error`], `tonic::Status` and the peer API's
+//! `Failure`.
+//!
+//! Every channel and server is made here, so that mutual TLS on the peer
+//! transport is a change to this module only (tonic's rustls support plugs
+//! into `Endpoint::tls_config` and `Server::tls_config`).
+
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code as StatusCode, Status};
+
+use crate::Error;
+use crate::proto::peer_api::{Code, Failure};
+
+/// How long to wait for a TCP connection to another process.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long one call to another process may take.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A lazily connected channel to `url` (`http://host:port`).
+pub fn channel(url: &str) -> Result<Channel, Error> {
+    let endpoint = Endpoint::from_shared(url.to_owned())
+        .map_err(|e| Error::InvalidArgument(format!("endpoint {url:?}: {e}")))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(CALL_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5));
+    Ok(endpoint.connect_lazy())
+}
+
+/// A gRPC server with Meridian's settings.
+pub fn server() -> tonic::transport::Server {
+    tonic::transport::Server::builder().tcp_nodelay(true)
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        let code = match &err {
+            Error::InvalidArgument(_) => StatusCode::InvalidArgument,
+            Error::Unauthenticated(_) => StatusCode::Unauthenticated,
+            Error::PermissionDenied(_) => StatusCode::PermissionDenied,
+            Error::NotFound(_) => StatusCode::NotFound,
+            Error::AlreadyExists(_) => StatusCode::AlreadyExists,
+            Error::ResourceExhausted(_) => StatusCode::ResourceExhausted,
+            Error::Unavailable(_) => StatusCode::Unavailable,
+            Error::FailedPrecondition(_) => StatusCode::FailedPrecondition,
+            Error::Internal(_) => StatusCode::Internal,
+        };
+        Status::new(code, err.to_string())
+    }
+}
+
+/// The domain error for a failed call to another process of region `region`.
+pub fn call_error(region: &str, status: Status) -> Error {
+    match status.code() {
+        StatusCode::Unavailable | StatusCode::DeadlineExceeded | StatusCode::Cancelled => {
+            Error::unreachable(region)
+        }
+        StatusCode::InvalidArgument => Error::InvalidArgument(status.message().to_owned()),
+        StatusCode::ResourceExhausted => Error::ResourceExhausted(status.message().to_owned()),
+        _ => Error::Internal(format!("region {region}: {}", status.message())),
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(err: Error) -> Self {
+        let (code, message) = match err {
+            Error::InvalidArgument(m) => (Code::InvalidArgument, m),
+            Error::Unauthenticated(m) => (Code::Unauthenticated, m),
+            Error::PermissionDenied(m) => (Code::PermissionDenied, m),
+            Error::NotFound(m) => (Code::NotFound, m),
+            Error::AlreadyExists(m) => (Code::AlreadyExists, m),
+            Error::ResourceExhausted(m) => (Code::ResourceExhausted, m),
+            Error::Unavailable(m) => (Code::Unavailable, m),
+            Error::FailedPrecondition(m) => (Code::FailedPrecondition, m),
+            Error::Internal(m) => (Code::Internal, m),
+        };
+        Failure {
+            code: code as i32,
+            message,
+        }
+    }
+}
+
+impl From<Failure> for Error {
+    fn from(failure: Failure) -> Self {
+        let m = failure.message;
+        match Code::try_from(failure.code).unwrap_or(Code::Unspecified) {
+            Code::InvalidArgument => Error::InvalidArgument(m),
+            Code::Unauthenticated => Error::Unauthenticated(m),
+            Code::PermissionDenied => Error::PermissionDenied(m),
+            Code::NotFound => Error::NotFound(m),
+            Code::AlreadyExists => Error::AlreadyExists(m),
+            Code::ResourceExhausted => Error::ResourceExhausted(m),
+            Code::Unavailable => Error::Unavailable(m),
+            Code::FailedPrecondition => Error::FailedPrecondition(m),
+            Code::Internal | Code::Unspecified => Error::Internal(m),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_survive_a_trip_through_a_failure() {
+        let errors = [
+            Error::InvalidArgument("a".into()),
+            Error::Unauthenticated("b".into()),
+            Error::PermissionDenied("c".into()),
+            Error::NotFound("d".into()),
+            Error::AlreadyExists("e".into()),
+            Error::ResourceExhausted("f".into()),
+            Error::Unavailable("g".into()),
+            Error::FailedPrecondition("h".into()),
+            Error::Internal("i".into()),
+        ];
+        for err in errors {
+            assert_eq!(Error::from(Failure::from(err.clone())), err);
+        }
+    }
+
+    #[test]
+    fn statuses_carry_the_code_and_the_message() {
+        let status = Status::from(Error::NotFound("group x@eu does not exist".into()));
+        assert_eq!(status.code(), StatusCode::NotFound);
+        assert_eq!(status.message(), "group x@eu does not exist");
+    }
+}
