@@ -1,0 +1,228 @@
+//! The `Region` custom resource: one set region of the source design, deployed as a
+//! service center (StatefulSet) paired with a roaming system (Deployment).
+//!
+//! The object's name is the region code (ARCHITECTURE.md §2). The schema carries the
+//! same rules that [`crate::validate`] checks in pure code for local mode.
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::region_link::LinkState;
+use crate::validate::{
+    CLUSTER_MAX_LEN, IMAGE_MAX_LEN, NAME_MAX_LEN, PEER_ENDPOINT_MAX_LEN, REGION_CODE_MAX_LEN,
+    REGION_CODE_PATTERN, SIZE_PATTERN,
+};
+
+/// Desired state of a region.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[allow(
+    clippy::duplicated_attributes,
+    reason = "every printcolumn(...) repeats keys such as type_"
+)]
+#[kube(
+    group = "meridian.dev",
+    version = "v1alpha1",
+    kind = "Region",
+    namespaced,
+    shortname = "rg",
+    status = "RegionStatus",
+    derive = "PartialEq",
+    doc = "A set region: a service center paired with a roaming system. The name is the region code.",
+    validation = Rule::new(format!("self.metadata.name.matches('{REGION_CODE_PATTERN}')"))
+        .message("metadata.name must be a region code (lowercase letters, digits and '-', at most 32 characters, starting and ending with a letter or digit)"),
+    printcolumn(name = "Cluster", type_ = "string", json_path = ".spec.cluster", description = "The cluster whose operator deploys this region"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Status of the Ready condition"),
+    printcolumn(name = "Service-Center", type_ = "integer", json_path = ".status.serviceCenter.readyReplicas", description = "Ready service center replicas", priority = 1),
+    printcolumn(name = "Roaming", type_ = "integer", json_path = ".status.roaming.readyReplicas", description = "Ready roaming replicas", priority = 1),
+    printcolumn(name = "Peer-Endpoint", type_ = "string", json_path = ".spec.peerEndpoint", description = "Where other clusters reach this region's roaming system", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RegionSpec {
+    /// The cluster that runs this region: the operator started with `--cluster <this>`
+    /// deploys it, operators elsewhere treat it as a remote peer. Immutable.
+    #[schemars(length(min = 1, max = CLUSTER_MAX_LEN))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.cluster is immutable"))]
+    pub cluster: String,
+
+    /// `host:port` where roaming systems in other clusters reach this region's roaming
+    /// system. Needed only when other clusters must reach it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = PEER_ENDPOINT_MAX_LEN))]
+    pub peer_endpoint: Option<String>,
+
+    /// The service center and its resource pool (the source design's first resource pool).
+    #[serde(default)]
+    pub service_center: ServiceCenterSpec,
+
+    /// The roaming system paired with the service center and its resource pool
+    /// (the source design's second resource pool).
+    #[serde(default)]
+    pub roaming: RoamingSpec,
+}
+
+/// The service center: serves the region's clients and holds its data center.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceCenterSpec {
+    /// Number of service center pods.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 1))]
+    pub replicas: i32,
+
+    /// Compute resources of each service center pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// The data center's volume. Without it the data lives in an emptyDir and does not
+    /// survive the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageSpec>,
+
+    /// Pod bandwidth limits (the `kubernetes.io/{ingress,egress}-bandwidth` annotations).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<BandwidthSpec>,
+
+    /// Container image; the operator's default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = IMAGE_MAX_LEN))]
+    pub image: Option<String>,
+}
+
+impl Default for ServiceCenterSpec {
+    fn default() -> Self {
+        Self {
+            replicas: default_replicas(),
+            resources: None,
+            storage: None,
+            bandwidth: None,
+            image: None,
+        }
+    }
+}
+
+/// The roaming system: the region's only door to other regions.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RoamingSpec {
+    /// Number of roaming pods.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 1))]
+    pub replicas: i32,
+
+    /// Compute resources of each roaming pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Pod bandwidth limits (the `kubernetes.io/{ingress,egress}-bandwidth` annotations).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<BandwidthSpec>,
+
+    /// Container image; the operator's default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = IMAGE_MAX_LEN))]
+    pub image: Option<String>,
+}
+
+impl Default for RoamingSpec {
+    fn default() -> Self {
+        Self {
+            replicas: default_replicas(),
+            resources: None,
+            bandwidth: None,
+            image: None,
+        }
+    }
+}
+
+/// A persistent volume for the data center.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Volume size as a quantity, for example `10Gi`.
+    #[schemars(regex(pattern = SIZE_PATTERN))]
+    pub size: String,
+
+    /// Storage class of the volume claim; the cluster's default class when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = NAME_MAX_LEN))]
+    pub storage_class_name: Option<String>,
+}
+
+/// Bandwidth limits in bits per second, as quantities (for example `100M`).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct BandwidthSpec {
+    /// Limit on traffic into the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = SIZE_PATTERN))]
+    pub ingress: Option<String>,
+
+    /// Limit on traffic out of the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = SIZE_PATTERN))]
+    pub egress: Option<String>,
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+
+/// Observed state of a region, written by the operator.
+#[derive(Serialize, Deserialize, KubeSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RegionStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// `Ready`, `Progressing`, `Degraded` and `MeshConfigured`.
+    #[serde(default)]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+
+    /// The service center's workload.
+    #[serde(default)]
+    pub service_center: WorkloadStatus,
+
+    /// The roaming system's workload.
+    #[serde(default)]
+    pub roaming: WorkloadStatus,
+
+    /// How this region reaches every other region of the mesh.
+    #[serde(default)]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["region".into()]))]
+    pub peers: Vec<PeerStatus>,
+}
+
+/// Readiness of one of the region's workloads.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadStatus {
+    /// Pods that are ready.
+    #[serde(default)]
+    pub ready_replicas: i32,
+}
+
+/// The path from this region to one peer region.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerStatus {
+    /// The peer's region code.
+    #[schemars(length(min = 1, max = REGION_CODE_MAX_LEN))]
+    pub region: String,
+
+    /// `Up` (direct link), `Detoured` (relayed through `via`) or `Down` (unreachable).
+    pub state: LinkState,
+
+    /// The regions traffic is relayed through, in order; empty on the direct link.
+    #[serde(default)]
+    pub via: Vec<String>,
+
+    /// Last measured round-trip time to the peer, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_millis: Option<u64>,
+}

@@ -1,0 +1,671 @@
+//! Validation of Regions and RegionLinks in pure functions.
+//!
+//! The per-object checks mirror the CRD schema (OpenAPI limits and CEL rules), so that
+//! local mode refuses what the apiserver would refuse. [`mesh`] adds the checks that
+//! span objects, which the apiserver cannot do.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use kube::core::ObjectMeta;
+
+use crate::{Region, RegionLink};
+
+/// The region code pattern (ARCHITECTURE.md §2), as used in the CEL rules.
+pub const REGION_CODE_PATTERN: &str = "^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$";
+/// Longest region code.
+pub const REGION_CODE_MAX_LEN: usize = 32;
+/// A size or rate quantity: a non-negative decimal with an optional SI or binary suffix.
+pub const SIZE_PATTERN: &str = r"^[0-9]+(\.[0-9]+)?(k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$";
+/// Longest `spec.cluster`.
+pub const CLUSTER_MAX_LEN: usize = 253;
+/// Longest `spec.peerEndpoint`.
+pub const PEER_ENDPOINT_MAX_LEN: usize = 512;
+/// Longest container image reference.
+pub const IMAGE_MAX_LEN: usize = 1024;
+/// Longest Kubernetes object name (a DNS subdomain), also used for storage class names.
+pub const NAME_MAX_LEN: usize = 253;
+/// The namespace of an object whose manifest names none.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+const REGION_CODE_RULE: &str =
+    "is not a region code (lowercase letters, digits and '-', at most 32 characters)";
+
+/// One broken rule: the field path within the object and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// Path of the field, for example `spec.serviceCenter.replicas`.
+    pub field: String,
+    /// What is wrong, readable on its own.
+    pub message: String,
+}
+
+impl Violation {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Whether `s` is a region code: 1 to 32 lowercase letters, digits and '-', starting
+/// and ending with a letter or digit (`^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$`).
+pub fn is_region_code(s: &str) -> bool {
+    let alnum = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    match s.as_bytes() {
+        [] => false,
+        b if b.len() > REGION_CODE_MAX_LEN => false,
+        [first, .., last] if !alnum(*first) || !alnum(*last) => false,
+        [only] => alnum(*only),
+        b => b.iter().all(|&c| alnum(c) || c == b'-'),
+    }
+}
+
+/// Whether `s` is a size or rate quantity such as `10Gi`, `100M` or `1.5G`
+/// (see [`SIZE_PATTERN`]).
+pub fn is_size(s: &str) -> bool {
+    const SUFFIXES: [&str; 12] = [
+        "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "k", "M", "G", "T", "P", "E",
+    ];
+    let number = SUFFIXES
+        .iter()
+        .find_map(|suffix| s.strip_suffix(suffix))
+        .unwrap_or(s);
+    let digits = |d: &str| !d.is_empty() && d.bytes().all(|c| c.is_ascii_digit());
+    match number.split_once('.') {
+        Some((whole, fraction)) => digits(whole) && digits(fraction),
+        None => digits(number),
+    }
+}
+
+/// Whether `s` is a DNS-1123 label (a namespace name).
+fn is_dns_label(s: &str) -> bool {
+    is_dns_part(s, 63)
+}
+
+/// Whether `s` is a DNS-1123 subdomain (what the apiserver requires of most names).
+fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= NAME_MAX_LEN && s.split('.').all(|label| is_dns_part(label, 63))
+}
+
+fn is_dns_part(s: &str, max: usize) -> bool {
+    let alnum = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let b = s.as_bytes();
+    match (b.first(), b.last()) {
+        (Some(&first), Some(&last)) => {
+            b.len() <= max
+                && alnum(first)
+                && alnum(last)
+                && b.iter().all(|&c| alnum(c) || c == b'-')
+        }
+        _ => false,
+    }
+}
+
+/// The namespace an object lives in: its own, or [`DEFAULT_NAMESPACE`].
+pub fn namespace_of(meta: &ObjectMeta) -> &str {
+    meta.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE)
+}
+
+/// Checks one Region on its own: the rules of its CRD schema.
+pub fn region(region: &Region) -> Vec<Violation> {
+    let mut out = Vec::new();
+    match region.metadata.name.as_deref() {
+        None | Some("") => out.push(Violation::new("metadata.name", "required")),
+        Some(name) if !is_region_code(name) => {
+            out.push(Violation::new(
+                "metadata.name",
+                format!("{name:?} {REGION_CODE_RULE}"),
+            ));
+        }
+        Some(_) => {}
+    }
+    namespace(&region.metadata, &mut out);
+
+    let spec = &region.spec;
+    length(
+        "spec.cluster",
+        Some(&spec.cluster),
+        CLUSTER_MAX_LEN,
+        &mut out,
+    );
+    length(
+        "spec.peerEndpoint",
+        spec.peer_endpoint.as_deref(),
+        PEER_ENDPOINT_MAX_LEN,
+        &mut out,
+    );
+
+    let sc = &spec.service_center;
+    replicas("spec.serviceCenter.replicas", sc.replicas, &mut out);
+    if let Some(storage) = &sc.storage {
+        size(
+            "spec.serviceCenter.storage.size",
+            Some(&storage.size),
+            &mut out,
+        );
+        length(
+            "spec.serviceCenter.storage.storageClassName",
+            storage.storage_class_name.as_deref(),
+            NAME_MAX_LEN,
+            &mut out,
+        );
+    }
+    if let Some(bandwidth) = &sc.bandwidth {
+        bandwidth_rates("spec.serviceCenter.bandwidth", bandwidth, &mut out);
+    }
+    length(
+        "spec.serviceCenter.image",
+        sc.image.as_deref(),
+        IMAGE_MAX_LEN,
+        &mut out,
+    );
+
+    let roaming = &spec.roaming;
+    replicas("spec.roaming.replicas", roaming.replicas, &mut out);
+    if let Some(bandwidth) = &roaming.bandwidth {
+        bandwidth_rates("spec.roaming.bandwidth", bandwidth, &mut out);
+    }
+    length(
+        "spec.roaming.image",
+        roaming.image.as_deref(),
+        IMAGE_MAX_LEN,
+        &mut out,
+    );
+    out
+}
+
+/// Checks a change to a Region: the transition rules of its CRD schema.
+pub fn region_update(old: &Region, new: &Region) -> Vec<Violation> {
+    let mut out = Vec::new();
+    if old.spec.cluster != new.spec.cluster {
+        out.push(Violation::new("spec.cluster", "spec.cluster is immutable"));
+    }
+    out
+}
+
+/// Checks one RegionLink on its own: the rules of its CRD schema.
+pub fn region_link(link: &RegionLink) -> Vec<Violation> {
+    let mut out = Vec::new();
+    match link.metadata.name.as_deref() {
+        None | Some("") => out.push(Violation::new("metadata.name", "required")),
+        Some(name) if !is_dns_subdomain(name) => out.push(Violation::new(
+            "metadata.name",
+            format!(
+                "{name:?} is not a valid name (lowercase letters, digits, '-' and '.', at most {NAME_MAX_LEN} characters)"
+            ),
+        )),
+        Some(_) => {}
+    }
+    namespace(&link.metadata, &mut out);
+
+    let regions = &link.spec.regions;
+    if regions.len() != 2 {
+        out.push(Violation::new(
+            "spec.regions",
+            format!("must name exactly two regions, not {}", regions.len()),
+        ));
+    }
+    for (i, region) in regions.iter().enumerate() {
+        if !is_region_code(region) {
+            out.push(Violation::new(
+                format!("spec.regions[{i}]"),
+                format!("{region:?} {REGION_CODE_RULE}"),
+            ));
+        }
+    }
+    if let [a, b] = regions.as_slice()
+        && a == b
+    {
+        out.push(Violation::new(
+            "spec.regions",
+            format!("must name two different regions, not {a:?} twice"),
+        ));
+    }
+    if link.spec.cost == Some(0) {
+        out.push(Violation::new("spec.cost", "must be at least 1"));
+    }
+    out
+}
+
+/// Which object of the slices given to [`mesh`] a [`MeshViolation`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectRef {
+    /// Index into the Regions.
+    Region(usize),
+    /// Index into the RegionLinks.
+    Link(usize),
+}
+
+/// A rule that spans objects, broken by `object`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeshViolation {
+    /// The object that breaks the rule (for duplicates, the later one).
+    pub object: ObjectRef,
+    /// The field and what is wrong with it.
+    pub violation: Violation,
+    /// The other object involved (the first definition of a duplicate, or the object
+    /// whose namespace the mesh uses).
+    pub conflicts_with: Option<ObjectRef>,
+}
+
+/// Checks the rules that span the objects of one mesh: every object in one namespace
+/// (that of the first Region), no two Regions or RegionLinks with one name, every link
+/// between two existing Regions, and at most one link per pair of regions.
+pub fn mesh(regions: &[Region], links: &[RegionLink]) -> Vec<MeshViolation> {
+    let mut out = Vec::new();
+    let objects = regions
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (ObjectRef::Region(i), &r.metadata))
+        .chain(
+            links
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (ObjectRef::Link(i), &l.metadata)),
+        );
+    let mut expected: Option<(ObjectRef, &str)> = None;
+    for (object, meta) in objects {
+        let ns = namespace_of(meta);
+        match expected {
+            None => expected = Some((object, ns)),
+            Some((first, want)) if want != ns => out.push(MeshViolation {
+                object,
+                violation: Violation::new(
+                    "metadata.namespace",
+                    format!(
+                        "{ns:?} differs from {want:?}; all Regions and RegionLinks of a mesh share one namespace"
+                    ),
+                ),
+                conflicts_with: Some(first),
+            }),
+            Some(_) => {}
+        }
+    }
+
+    let mut region_names: HashMap<&str, usize> = HashMap::new();
+    for (i, region) in regions.iter().enumerate() {
+        let Some(name) = region.metadata.name.as_deref().filter(|n| !n.is_empty()) else {
+            continue;
+        };
+        if let Some(&first) = region_names.get(name) {
+            out.push(MeshViolation {
+                object: ObjectRef::Region(i),
+                violation: Violation::new(
+                    "metadata.name",
+                    format!("Region {name:?} is defined more than once"),
+                ),
+                conflicts_with: Some(ObjectRef::Region(first)),
+            });
+        } else {
+            region_names.insert(name, i);
+        }
+    }
+
+    let mut link_names: HashMap<&str, usize> = HashMap::new();
+    let mut pairs: HashMap<(&str, &str), usize> = HashMap::new();
+    for (i, link) in links.iter().enumerate() {
+        if let Some(name) = link.metadata.name.as_deref().filter(|n| !n.is_empty()) {
+            if let Some(&first) = link_names.get(name) {
+                out.push(MeshViolation {
+                    object: ObjectRef::Link(i),
+                    violation: Violation::new(
+                        "metadata.name",
+                        format!("RegionLink {name:?} is defined more than once"),
+                    ),
+                    conflicts_with: Some(ObjectRef::Link(first)),
+                });
+            } else {
+                link_names.insert(name, i);
+            }
+        }
+
+        let ns = namespace_of(&link.metadata);
+        for (j, region) in link.spec.regions.iter().enumerate() {
+            if is_region_code(region) && !region_names.contains_key(region.as_str()) {
+                out.push(MeshViolation {
+                    object: ObjectRef::Link(i),
+                    violation: Violation::new(
+                        format!("spec.regions[{j}]"),
+                        format!("there is no Region {region:?} in namespace {ns:?}"),
+                    ),
+                    conflicts_with: None,
+                });
+            }
+        }
+
+        let Some((a, b)) = link.spec.pair().filter(|(a, b)| a != b) else {
+            continue;
+        };
+        if let Some(&first) = pairs.get(&(a, b)) {
+            out.push(MeshViolation {
+                object: ObjectRef::Link(i),
+                violation: Violation::new(
+                    "spec.regions",
+                    format!("another RegionLink already sets the link between {a:?} and {b:?}"),
+                ),
+                conflicts_with: Some(ObjectRef::Link(first)),
+            });
+        } else {
+            pairs.insert((a, b), i);
+        }
+    }
+    out
+}
+
+fn namespace(meta: &ObjectMeta, out: &mut Vec<Violation>) {
+    if let Some(ns) = meta.namespace.as_deref()
+        && !is_dns_label(ns)
+    {
+        out.push(Violation::new(
+            "metadata.namespace",
+            format!(
+                "{ns:?} is not a namespace name (lowercase letters, digits and '-', at most 63 characters)"
+            ),
+        ));
+    }
+}
+
+fn length(field: &str, value: Option<&str>, max: usize, out: &mut Vec<Violation>) {
+    match value {
+        Some("") => out.push(Violation::new(field, "must not be empty")),
+        Some(v) if v.len() > max => out.push(Violation::new(
+            field,
+            format!("must be at most {max} characters, not {}", v.len()),
+        )),
+        _ => {}
+    }
+}
+
+fn replicas(field: &str, replicas: i32, out: &mut Vec<Violation>) {
+    if replicas < 1 {
+        out.push(Violation::new(
+            field,
+            format!("must be at least 1, not {replicas}"),
+        ));
+    }
+}
+
+fn size(field: &str, value: Option<&str>, out: &mut Vec<Violation>) {
+    if let Some(v) = value
+        && !is_size(v)
+    {
+        out.push(Violation::new(
+            field,
+            format!("{v:?} is not a quantity such as 10Gi or 100M"),
+        ));
+    }
+}
+
+fn bandwidth_rates(field: &str, bandwidth: &crate::BandwidthSpec, out: &mut Vec<Violation>) {
+    size(
+        &format!("{field}.ingress"),
+        bandwidth.ingress.as_deref(),
+        out,
+    );
+    size(&format!("{field}.egress"), bandwidth.egress.as_deref(), out);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn region_yaml(yaml: &str) -> Region {
+        serde_yaml::from_str(yaml).expect("fixture parses")
+    }
+
+    fn link_yaml(yaml: &str) -> RegionLink {
+        serde_yaml::from_str(yaml).expect("fixture parses")
+    }
+
+    fn fields(violations: &[Violation]) -> Vec<&str> {
+        violations.iter().map(|v| v.field.as_str()).collect()
+    }
+
+    const EU: &str = "
+apiVersion: meridian.dev/v1alpha1
+kind: Region
+metadata: {name: eu, namespace: chat}
+spec:
+  cluster: default
+  serviceCenter:
+    replicas: 1
+    storage: {size: 10Gi, storageClassName: standard}
+    bandwidth: {ingress: 100M, egress: 1.5G}
+  roaming: {replicas: 2}
+";
+
+    #[test]
+    fn region_codes() {
+        for ok in ["eu", "a", "0", "us-east-1", &"a".repeat(32)] {
+            assert!(is_region_code(ok), "{ok:?} should be a region code");
+        }
+        for bad in [
+            "",
+            "EU",
+            "-eu",
+            "eu-",
+            "-",
+            "e_u",
+            "eu.west",
+            "ü",
+            &"a".repeat(33),
+        ] {
+            assert!(!is_region_code(bad), "{bad:?} should not be a region code");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        for ok in ["1", "10Gi", "100M", "1.5G", "512Ki", "3k", "0"] {
+            assert!(is_size(ok), "{ok:?} should be a size");
+        }
+        for bad in [
+            "", "Gi", "10gi", "-1Gi", "1.Gi", ".5G", "10 Gi", "1e3", "100m",
+        ] {
+            assert!(!is_size(bad), "{bad:?} should not be a size");
+        }
+    }
+
+    #[test]
+    fn a_good_region_passes() {
+        assert_eq!(region(&region_yaml(EU)), vec![]);
+    }
+
+    #[test]
+    fn defaults_apply_when_parts_are_absent() {
+        let r = region_yaml("metadata: {name: ap}\nspec: {cluster: c}\n");
+        assert_eq!(r.spec.service_center.replicas, 1);
+        assert_eq!(r.spec.roaming.replicas, 1);
+        assert_eq!(region(&r), vec![]);
+    }
+
+    #[test]
+    fn region_name_must_be_a_region_code() {
+        let r = region_yaml("metadata: {name: EU}\nspec: {cluster: c}\n");
+        assert_eq!(
+            region(&r),
+            vec![Violation::new(
+                "metadata.name",
+                "\"EU\" is not a region code (lowercase letters, digits and '-', at most 32 characters)"
+            )]
+        );
+    }
+
+    #[test]
+    fn region_name_is_required() {
+        let r = region_yaml("metadata: {namespace: chat}\nspec: {cluster: c}\n");
+        assert_eq!(
+            region(&r),
+            vec![Violation::new("metadata.name", "required")]
+        );
+    }
+
+    #[test]
+    fn region_limits() {
+        let r = region_yaml(
+            "
+metadata: {name: eu, namespace: Chat}
+spec:
+  cluster: ''
+  peerEndpoint: ''
+  serviceCenter:
+    replicas: 0
+    storage: {size: ten, storageClassName: ''}
+    bandwidth: {ingress: 1x}
+  roaming: {replicas: -1, image: '', bandwidth: {egress: fast}}
+",
+        );
+        assert_eq!(
+            fields(&region(&r)),
+            vec![
+                "metadata.namespace",
+                "spec.cluster",
+                "spec.peerEndpoint",
+                "spec.serviceCenter.replicas",
+                "spec.serviceCenter.storage.size",
+                "spec.serviceCenter.storage.storageClassName",
+                "spec.serviceCenter.bandwidth.ingress",
+                "spec.roaming.replicas",
+                "spec.roaming.bandwidth.egress",
+                "spec.roaming.image",
+            ]
+        );
+    }
+
+    #[test]
+    fn cluster_is_immutable() {
+        let old = region_yaml(EU);
+        let mut new = old.clone();
+        new.spec.roaming.replicas = 3;
+        assert_eq!(region_update(&old, &new), vec![]);
+        new.spec.cluster = "elsewhere".into();
+        assert_eq!(
+            region_update(&old, &new),
+            vec![Violation::new("spec.cluster", "spec.cluster is immutable")]
+        );
+    }
+
+    #[test]
+    fn a_good_link_passes() {
+        let l = link_yaml("metadata: {name: eu-us}\nspec: {regions: [eu, us], cost: 10}\n");
+        assert!(l.spec.enabled, "enabled defaults to true");
+        assert_eq!(region_link(&l), vec![]);
+        assert_eq!(l.spec.pair(), Some(("eu", "us")));
+    }
+
+    #[test]
+    fn link_regions_must_be_two_distinct_codes() {
+        let same = link_yaml("metadata: {name: x}\nspec: {regions: [eu, eu]}\n");
+        assert_eq!(
+            region_link(&same),
+            vec![Violation::new(
+                "spec.regions",
+                "must name two different regions, not \"eu\" twice"
+            )]
+        );
+
+        let three = link_yaml("metadata: {name: x}\nspec: {regions: [eu, us, ap]}\n");
+        assert_eq!(fields(&region_link(&three)), vec!["spec.regions"]);
+
+        let bad = link_yaml("metadata: {name: x}\nspec: {regions: [eu, US]}\n");
+        assert_eq!(fields(&region_link(&bad)), vec!["spec.regions[1]"]);
+
+        let zero = link_yaml("metadata: {name: x}\nspec: {regions: [eu, us], cost: 0}\n");
+        assert_eq!(fields(&region_link(&zero)), vec!["spec.cost"]);
+
+        let unnamed = link_yaml("metadata: {}\nspec: {regions: [eu, us]}\n");
+        assert_eq!(fields(&region_link(&unnamed)), vec!["metadata.name"]);
+    }
+
+    fn named_region(name: &str, ns: Option<&str>) -> Region {
+        let mut r = Region::new(
+            name,
+            crate::RegionSpec {
+                cluster: "default".into(),
+                peer_endpoint: None,
+                service_center: Default::default(),
+                roaming: Default::default(),
+            },
+        );
+        r.metadata.namespace = ns.map(Into::into);
+        r
+    }
+
+    fn link(name: &str, a: &str, b: &str) -> RegionLink {
+        link_yaml(&format!(
+            "metadata: {{name: {name}, namespace: chat}}\nspec: {{regions: [{a}, {b}]}}\n"
+        ))
+    }
+
+    #[test]
+    fn a_good_mesh_passes() {
+        let regions = [
+            named_region("eu", Some("chat")),
+            named_region("us", Some("chat")),
+            named_region("ap", Some("chat")),
+        ];
+        let links = [link("eu-us", "eu", "us"), link("us-ap", "ap", "us")];
+        assert_eq!(mesh(&regions, &links), vec![]);
+    }
+
+    #[test]
+    fn mesh_objects_share_one_namespace() {
+        let regions = [named_region("eu", None), named_region("us", Some("chat"))];
+        let v = mesh(&regions, &[]);
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].object, ObjectRef::Region(1));
+        assert_eq!(v[0].conflicts_with, Some(ObjectRef::Region(0)));
+        assert_eq!(
+            v[0].violation.to_string(),
+            "metadata.namespace: \"chat\" differs from \"default\"; all Regions and RegionLinks of a mesh share one namespace"
+        );
+    }
+
+    #[test]
+    fn mesh_refuses_duplicates_and_unknown_regions() {
+        let regions = [
+            named_region("eu", Some("chat")),
+            named_region("us", Some("chat")),
+            named_region("eu", Some("chat")),
+        ];
+        let links = [
+            link("eu-us", "eu", "us"),
+            link("us-eu", "us", "eu"),
+            link("eu-us", "eu", "ap"),
+        ];
+        let v = mesh(&regions, &links);
+        let summary: Vec<_> = v
+            .iter()
+            .map(|m| (m.object, m.violation.field.as_str(), m.conflicts_with))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (
+                    ObjectRef::Region(2),
+                    "metadata.name",
+                    Some(ObjectRef::Region(0))
+                ),
+                (ObjectRef::Link(1), "spec.regions", Some(ObjectRef::Link(0))),
+                (
+                    ObjectRef::Link(2),
+                    "metadata.name",
+                    Some(ObjectRef::Link(0))
+                ),
+                (ObjectRef::Link(2), "spec.regions[1]", None),
+            ]
+        );
+        assert_eq!(
+            v[3].violation.message,
+            "there is no Region \"ap\" in namespace \"chat\""
+        );
+    }
+}

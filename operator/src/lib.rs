@@ -1,0 +1,4 @@
+//! meridian-operator: turns Region and RegionLink objects into running regions, in a
+//! cluster or, in local mode, as processes on this machine.
+
+pub mod local;
