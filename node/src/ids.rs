@@ -20,9 +20,8 @@ pub fn is_region_code(code: &str) -> bool {
 /// Whether `name` is the name part of a user or group id.
 pub fn is_name(name: &str) -> bool {
     let bytes = name.as_bytes();
-    let rest_ok = |b: &u8| {
-        b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
-    };
+    let rest_ok =
+        |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-');
     !bytes.is_empty()
         && bytes.len() <= 64
         && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
@@ -50,7 +49,10 @@ impl Id {
         if !is_name(name) || !is_region_code(region) {
             return Err(invalid());
         }
-        Ok(Self { text: text.to_owned(), at })
+        Ok(Self {
+            text: text.to_owned(),
+            at,
+        })
     }
 
     /// Builds the id `name@region` from parts already known to be valid.

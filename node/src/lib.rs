@@ -13,6 +13,7 @@
 //! to each other.
 
 pub mod cli;
+pub mod client;
 pub mod error;
 pub mod ids;
 pub mod limits;

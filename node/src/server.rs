@@ -58,7 +58,10 @@ pub struct Node {
 
 impl Node {
     /// Serves until `shutdown` completes.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), Error> {
         let (stop_tx, stop_rx) = watch::channel(false);
         tokio::spawn(async move {
             shutdown.await;
@@ -79,19 +82,28 @@ impl Node {
             servers.spawn(
                 transport::server()
                     .add_service(roaming::grpc::pair_service(roaming.clone()))
-                    .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.pair), stopped()),
+                    .serve_with_incoming_shutdown(
+                        TcpListenerStream::new(listeners.pair),
+                        stopped(),
+                    ),
             );
             servers.spawn(
                 transport::server()
                     .add_service(roaming::grpc::data_service(roaming.clone()))
                     .add_service(roaming::grpc::business_service(roaming))
-                    .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.peer), stopped()),
+                    .serve_with_incoming_shutdown(
+                        TcpListenerStream::new(listeners.peer),
+                        stopped(),
+                    ),
             );
         }
 
         if let Some(listeners) = self.service_center {
             std::fs::create_dir_all(&self.data_dir).map_err(|e| {
-                Error::FailedPrecondition(format!("data directory {}: {e}", self.data_dir.display()))
+                Error::FailedPrecondition(format!(
+                    "data directory {}: {e}",
+                    self.data_dir.display()
+                ))
             })?;
             let dc = DataCenter::open(&self.data_dir.join("data-center.sqlite"))?;
             let link = Arc::new(RoamingLink::new(self.mesh.clone()));
@@ -100,12 +112,18 @@ impl Node {
             servers.spawn(
                 transport::server()
                     .add_service(service_center::grpc::client_service(center.clone()))
-                    .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.client), stopped()),
+                    .serve_with_incoming_shutdown(
+                        TcpListenerStream::new(listeners.client),
+                        stopped(),
+                    ),
             );
             servers.spawn(
                 transport::server()
                     .add_service(service_center::grpc::pair_service(center))
-                    .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.pair), stopped()),
+                    .serve_with_incoming_shutdown(
+                        TcpListenerStream::new(listeners.pair),
+                        stopped(),
+                    ),
             );
         }
 

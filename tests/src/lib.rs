@@ -1,1 +1,4 @@
+//! Harnesses shared by Meridian's cross-crate tests and the benchmark.
 
+pub mod in_process;
+pub mod local_mode;

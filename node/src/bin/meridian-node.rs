@@ -1,1 +1,123 @@
-fn main() {}
+//! `meridian-node`: a region's service center, its roaming system, or both.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use meridian_node::mesh::config::watch_file;
+use meridian_node::server::{Node, RoamingListeners, Role, ServiceCenterListeners};
+use tokio::net::TcpListener;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum RoleArg {
+    ServiceCenter,
+    Roaming,
+    Both,
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "Meridian's node: a region's service center and roaming system"
+)]
+struct Args {
+    #[arg(long, value_enum, env = "MERIDIAN_ROLE", default_value = "both")]
+    role: RoleArg,
+    /// The mesh configuration file; changes are picked up without a restart.
+    #[arg(long, env = "MERIDIAN_CONFIG")]
+    config: PathBuf,
+    /// Where the service center keeps its data center.
+    #[arg(long, env = "MERIDIAN_DATA_DIR", default_value = "data")]
+    data_dir: PathBuf,
+    /// The service center's client API.
+    #[arg(long, env = "MERIDIAN_LISTEN_CLIENT", default_value = "0.0.0.0:7400")]
+    listen_client: SocketAddr,
+    /// The service center's local-pair API (called by its roaming system).
+    #[arg(long, env = "MERIDIAN_LISTEN_PAIR", default_value = "0.0.0.0:7401")]
+    listen_pair: SocketAddr,
+    /// The roaming system's local-pair API (called by its service center).
+    #[arg(
+        long,
+        env = "MERIDIAN_LISTEN_ROAMING_PAIR",
+        default_value = "0.0.0.0:7402"
+    )]
+    listen_roaming_pair: SocketAddr,
+    /// The roaming system's peer API (called by other regions).
+    #[arg(long, env = "MERIDIAN_LISTEN_PEER", default_value = "0.0.0.0:7443")]
+    listen_peer: SocketAddr,
+    /// Stop when the parent process goes away (used by local mode).
+    #[arg(long)]
+    exit_with_parent: bool,
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for the {what}"))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let role = match args.role {
+        RoleArg::ServiceCenter => Role::ServiceCenter,
+        RoleArg::Roaming => Role::Roaming,
+        RoleArg::Both => Role::Both,
+    };
+    let mesh = watch_file(args.config.clone())?;
+    let service_center = if role.runs_service_center() {
+        Some(ServiceCenterListeners {
+            client: bind(args.listen_client, "client API").await?,
+            pair: bind(args.listen_pair, "service center's pair API").await?,
+        })
+    } else {
+        None
+    };
+    let roaming = if role.runs_roaming() {
+        Some(RoamingListeners {
+            pair: bind(args.listen_roaming_pair, "roaming system's pair API").await?,
+            peer: bind(args.listen_peer, "peer API").await?,
+        })
+    } else {
+        None
+    };
+    let node = Node {
+        mesh,
+        data_dir: args.data_dir,
+        service_center,
+        roaming,
+    };
+    let exit_with_parent = args.exit_with_parent;
+    node.run(async move { stop_signal(exit_with_parent).await })
+        .await?;
+    Ok(())
+}
+
+/// SIGTERM, Ctrl-C, or (when asked) the parent process going away.
+async fn stop_signal(exit_with_parent: bool) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    let parent = std::os::unix::process::parent_id();
+    let orphaned = async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if exit_with_parent && std::os::unix::process::parent_id() != parent {
+                tracing::warn!("parent process went away; stopping");
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        () = orphaned => {}
+    }
+    tracing::info!("stopping");
+}

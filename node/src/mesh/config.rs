@@ -73,13 +73,19 @@ impl MeshConfig {
         let mut seen = std::collections::BTreeSet::new();
         for (i, peer) in self.peers.iter().enumerate() {
             if !is_region_code(&peer.region) {
-                return invalid(format!("peers[{i}].region: {:?} is not a region code", peer.region));
+                return invalid(format!(
+                    "peers[{i}].region: {:?} is not a region code",
+                    peer.region
+                ));
             }
             if peer.region == self.region {
                 return invalid(format!("peers[{i}].region: a region is not its own peer"));
             }
             if !seen.insert(&peer.region) {
-                return invalid(format!("peers[{i}].region: {} is listed twice", peer.region));
+                return invalid(format!(
+                    "peers[{i}].region: {} is listed twice",
+                    peer.region
+                ));
             }
         }
         Ok(())
@@ -170,9 +176,19 @@ peers:
         let err = MeshConfig::from_yaml(&twice).unwrap_err().to_string();
         assert!(err.contains("peers[1].region"), "{err}");
         let own = EXAMPLE.replace("region: ap", "region: eu");
-        assert!(MeshConfig::from_yaml(&own).unwrap_err().to_string().contains("own peer"));
+        assert!(
+            MeshConfig::from_yaml(&own)
+                .unwrap_err()
+                .to_string()
+                .contains("own peer")
+        );
         let unknown = format!("{EXAMPLE}\nextra: 1\n");
-        assert!(MeshConfig::from_yaml(&unknown).unwrap_err().to_string().contains("extra"));
+        assert!(
+            MeshConfig::from_yaml(&unknown)
+                .unwrap_err()
+                .to_string()
+                .contains("extra")
+        );
     }
 
     #[tokio::test]
@@ -185,11 +201,18 @@ peers:
 
         std::fs::write(&path, "region: [").unwrap();
         tokio::time::sleep(RELOAD_INTERVAL * 3).await;
-        assert_eq!(*rx.borrow(), config, "a broken file keeps the last good configuration");
+        assert_eq!(
+            *rx.borrow(),
+            config,
+            "a broken file keeps the last good configuration"
+        );
 
         config.peers[1].enabled = true;
         config.store(&path).unwrap();
-        tokio::time::timeout(Duration::from_secs(5), rx.changed()).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), rx.changed())
+            .await
+            .unwrap()
+            .unwrap();
         assert!(rx.borrow().peer("ap").unwrap().enabled);
     }
 }

@@ -42,7 +42,9 @@ impl pair_server::Pair for RoamingApi {
     }
 
     async fn carry(&self, request: Request<BusinessRequest>) -> Reply<BusinessReply> {
-        Ok(Response::new(self.0.route_carry(request.into_inner()).await))
+        Ok(Response::new(
+            self.0.route_carry(request.into_inner()).await,
+        ))
     }
 }
 
@@ -56,7 +58,9 @@ impl data_service_server::DataService for RoamingApi {
 #[tonic::async_trait]
 impl business_server::Business for RoamingApi {
     async fn carry(&self, request: Request<BusinessRequest>) -> Reply<BusinessReply> {
-        Ok(Response::new(self.0.route_carry(request.into_inner()).await))
+        Ok(Response::new(
+            self.0.route_carry(request.into_inner()).await,
+        ))
     }
 
     async fn heartbeat(&self, request: Request<Ping>) -> Reply<Pong> {

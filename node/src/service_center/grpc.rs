@@ -83,7 +83,11 @@ impl business_center_server::BusinessCenter for ClientApi {
     async fn leave_group(&self, request: Request<MembershipRequest>) -> Reply<LeaveGroupReply> {
         let actor = self.actor(&request).await?;
         let group = request.into_inner().group;
-        ok(self.0.leave_group(&actor, &group).await.map(|_| LeaveGroupReply { group }))
+        ok(self
+            .0
+            .leave_group(&actor, &group)
+            .await
+            .map(|_| LeaveGroupReply { group }))
     }
 
     async fn send(&self, request: Request<SendRequest>) -> Reply<SendReply> {
@@ -101,8 +105,13 @@ impl business_center_server::BusinessCenter for ClientApi {
 
     async fn subscribe(&self, request: Request<SubscribeRequest>) -> Reply<Self::SubscribeStream> {
         let actor = self.actor(&request).await?;
-        let stream = self.0.subscribe(&actor, request.into_inner().cursors).await?;
-        Ok(Response::new(Box::pin(stream.map(|item| item.map_err(Status::from)))))
+        let stream = self
+            .0
+            .subscribe(&actor, request.into_inner().cursors)
+            .await?;
+        Ok(Response::new(Box::pin(
+            stream.map(|item| item.map_err(Status::from)),
+        )))
     }
 }
 
@@ -111,10 +120,14 @@ pub struct PairApi(BusinessCenter);
 #[tonic::async_trait]
 impl pair_server::Pair for PairApi {
     async fn data(&self, request: Request<DataRequest>) -> Reply<DataReply> {
-        Ok(Response::new(self.0.handle_data(request.into_inner()).await))
+        Ok(Response::new(
+            self.0.handle_data(request.into_inner()).await,
+        ))
     }
 
     async fn carry(&self, request: Request<BusinessRequest>) -> Reply<BusinessReply> {
-        Ok(Response::new(self.0.handle_carry(request.into_inner()).await))
+        Ok(Response::new(
+            self.0.handle_carry(request.into_inner()).await,
+        ))
     }
 }

@@ -45,7 +45,11 @@ impl Hub {
         let mut inner = self.inner.lock().expect("hub");
         inner.next_id += 1;
         let id = inner.next_id;
-        inner.sessions.entry(user.to_owned()).or_default().push((id, tx));
+        inner
+            .sessions
+            .entry(user.to_owned())
+            .or_default()
+            .push((id, tx));
         Subscription {
             deliveries: rx,
             hub: self.clone(),
@@ -64,7 +68,13 @@ impl Hub {
     }
 
     pub fn sessions(&self) -> usize {
-        self.inner.lock().expect("hub").sessions.values().map(Vec::len).sum()
+        self.inner
+            .lock()
+            .expect("hub")
+            .sessions
+            .values()
+            .map(Vec::len)
+            .sum()
     }
 }
 
@@ -77,7 +87,10 @@ mod tests {
         let hub = Hub::default();
         let mut a = hub.attach("ann@eu");
         let mut b = hub.attach("ann@eu");
-        let d = Delivery { seq: 1, ..Default::default() };
+        let d = Delivery {
+            seq: 1,
+            ..Default::default()
+        };
         hub.push("ann@eu", &d);
         hub.push("bob@eu", &d);
         assert_eq!(a.deliveries.recv().await.unwrap().seq, 1);

@@ -37,7 +37,7 @@ impl Outbox {
 
     /// Starts workers for whatever a previous run left in the outbox.
     pub async fn resume(&self) -> Result<(), crate::Error> {
-        for destination in self.dc.read(|conn| outbox::destinations(conn)).await? {
+        for destination in self.dc.read(outbox::destinations).await? {
             self.wake(&destination);
         }
         Ok(())
@@ -87,7 +87,10 @@ impl Outbox {
                     // before it commits only means a resend, which the
                     // receiver ignores.
                     tokio::spawn(async move {
-                        if let Err(err) = dc.write(move |conn| outbox::clear(conn, &dest, last_id)).await {
+                        if let Err(err) = dc
+                            .write(move |conn| outbox::clear(conn, &dest, last_id))
+                            .await
+                        {
                             tracing::error!(%err, "outbox clear failed");
                         }
                     });

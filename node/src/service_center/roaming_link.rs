@@ -57,7 +57,11 @@ impl RoamingLink {
     }
 
     /// Asks the data center of `destination`; its failure becomes the error.
-    pub async fn data(&self, destination: &str, op: data_request::Op) -> Result<data_reply::Result, Error> {
+    pub async fn data(
+        &self,
+        destination: &str,
+        op: data_request::Op,
+    ) -> Result<data_reply::Result, Error> {
         let request = DataRequest {
             envelope: Some(self.envelope(destination)),
             op: Some(op),
@@ -71,7 +75,9 @@ impl RoamingLink {
         match reply.result {
             Some(data_reply::Result::Failure(failure)) => Err(failure.into()),
             Some(result) => Ok(result),
-            None => Err(Error::Internal(format!("region {destination} sent an empty reply"))),
+            None => Err(Error::Internal(format!(
+                "region {destination} sent an empty reply"
+            ))),
         }
     }
 

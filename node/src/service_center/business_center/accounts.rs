@@ -1,7 +1,7 @@
 //! Register, login (also roaming login) and sessions.
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use rand::RngCore;
 
 use super::{BusinessCenter, check_len, unexpected};
@@ -43,7 +43,9 @@ async fn hash_password(password: String) -> Result<String, Error> {
 async fn verify_password(password: String, hash: String) -> Result<bool, Error> {
     tokio::task::spawn_blocking(move || {
         let parsed = PasswordHash::new(&hash).map_err(|e| Error::Internal(e.to_string()))?;
-        Ok(Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+        Ok(Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok())
     })
     .await
     .map_err(|e| Error::Internal(e.to_string()))?
@@ -71,7 +73,9 @@ impl BusinessCenter {
             .write(move |conn| accounts::insert_user(conn, &user_id, &hash, now))
             .await?;
         tracing::info!(user = %id, "registered");
-        Ok(RegisterReply { user: id.to_string() })
+        Ok(RegisterReply {
+            user: id.to_string(),
+        })
     }
 
     /// Logs in at this region. The user's home verifies the credentials and
@@ -114,7 +118,12 @@ impl BusinessCenter {
     }
 
     /// At the home: checks the password and attaches the user at `region`.
-    pub(super) async fn verify_login(&self, id: &Id, password: &str, region: &str) -> Result<Verified, Error> {
+    pub(super) async fn verify_login(
+        &self,
+        id: &Id,
+        password: &str,
+        region: &str,
+    ) -> Result<Verified, Error> {
         let user = id.to_string();
         let hash = self
             .dc
@@ -128,7 +137,9 @@ impl BusinessCenter {
         self.dc
             .write(move |conn| accounts::attach(conn, &user, &region))
             .await?;
-        Ok(Verified { user: id.to_string() })
+        Ok(Verified {
+            user: id.to_string(),
+        })
     }
 
     /// The user a session token belongs to.
@@ -143,7 +154,9 @@ impl BusinessCenter {
                     .dc
                     .read(move |conn| accounts::session(conn, &t))
                     .await?
-                    .ok_or_else(|| Error::Unauthenticated("unknown session; log in again".into()))?;
+                    .ok_or_else(|| {
+                        Error::Unauthenticated("unknown session; log in again".into())
+                    })?;
                 let id = Id::parse("user", &user)?;
                 self.sessions
                     .lock()
@@ -153,7 +166,9 @@ impl BusinessCenter {
             }
         };
         if expires <= now {
-            return Err(Error::Unauthenticated("session expired; log in again".into()));
+            return Err(Error::Unauthenticated(
+                "session expired; log in again".into(),
+            ));
         }
         Ok(id)
     }

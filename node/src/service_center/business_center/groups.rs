@@ -20,7 +20,11 @@ pub(super) enum GroupOp {
 
 impl BusinessCenter {
     /// Creates a group homed in this region, owned by `actor`.
-    pub async fn create_group(&self, actor: &Id, request: CreateGroupRequest) -> Result<GroupInfo, Error> {
+    pub async fn create_group(
+        &self,
+        actor: &Id,
+        request: CreateGroupRequest,
+    ) -> Result<GroupInfo, Error> {
         if !is_name(&request.name) {
             return Err(Error::InvalidArgument(format!(
                 "group name {:?} must be lowercase letters, digits, '.', '_' or '-', at most 64",
@@ -28,9 +32,17 @@ impl BusinessCenter {
             )));
         }
         let id = Id::new("group", &request.name, &self.region)?;
-        let title = if request.title.is_empty() { request.name.clone() } else { request.title };
+        let title = if request.title.is_empty() {
+            request.name.clone()
+        } else {
+            request.title
+        };
         check_len("title", &title, MAX_TITLE_BYTES)?;
-        check_len("announcement", &request.announcement, MAX_ANNOUNCEMENT_BYTES)?;
+        check_len(
+            "announcement",
+            &request.announcement,
+            MAX_ANNOUNCEMENT_BYTES,
+        )?;
         let (group, owner, now) = (id.to_string(), actor.to_string(), crate::now_ms());
         let info = self
             .dc
@@ -47,7 +59,11 @@ impl BusinessCenter {
         self.group_op(actor, group, GroupOp::Get).await
     }
 
-    pub async fn update_group(&self, actor: &Id, request: UpdateGroupRequest) -> Result<GroupInfo, Error> {
+    pub async fn update_group(
+        &self,
+        actor: &Id,
+        request: UpdateGroupRequest,
+    ) -> Result<GroupInfo, Error> {
         let group = request.group.clone();
         self.group_op(actor, &group, GroupOp::Update(request)).await
     }
@@ -86,10 +102,19 @@ impl BusinessCenter {
     }
 
     /// At the home: applies a group request.
-    pub(super) async fn apply_group_op(&self, actor: &Id, group: &Id, op: GroupOp) -> Result<GroupInfo, Error> {
+    pub(super) async fn apply_group_op(
+        &self,
+        actor: &Id,
+        group: &Id,
+        op: GroupOp,
+    ) -> Result<GroupInfo, Error> {
         let (actor_id, group_id) = (actor.to_string(), group.to_string());
         match op {
-            GroupOp::Get => self.dc.read(move |conn| groups::info(conn, &group_id)).await,
+            GroupOp::Get => {
+                self.dc
+                    .read(move |conn| groups::info(conn, &group_id))
+                    .await
+            }
             GroupOp::Update(update) => {
                 validate_update(&update)?;
                 self.dc

@@ -5,7 +5,9 @@ use super::BusinessCenter;
 use super::groups::GroupOp;
 use crate::Error;
 use crate::ids::Id;
-use crate::proto::peer_api::{BusinessReply, BusinessRequest, DataReply, DataRequest, data_reply, data_request};
+use crate::proto::peer_api::{
+    BusinessReply, BusinessRequest, DataReply, DataRequest, data_reply, data_request,
+};
 
 impl BusinessCenter {
     /// Serves a data-service request from another region.
@@ -14,7 +16,9 @@ impl BusinessCenter {
             Ok(result) => result,
             Err(err) => data_reply::Result::Failure(err.into()),
         };
-        DataReply { result: Some(result) }
+        DataReply {
+            result: Some(result),
+        }
     }
 
     async fn dispatch_data(&self, request: DataRequest) -> Result<data_reply::Result, Error> {
@@ -29,7 +33,10 @@ impl BusinessCenter {
             }
             Op::VerifyLogin(v) => {
                 let id = self.home_id("user", &v.user)?;
-                data_reply::Result::Verified(self.verify_login(&id, &v.password, &v.attach_region).await?)
+                data_reply::Result::Verified(
+                    self.verify_login(&id, &v.password, &v.attach_region)
+                        .await?,
+                )
             }
             Op::GetGroup(g) => self.group_reply(&g.actor, &g.group, GroupOp::Get).await?,
             Op::UpdateGroup(u) => {
@@ -37,7 +44,8 @@ impl BusinessCenter {
                     .update
                     .ok_or_else(|| Error::InvalidArgument("update without a body".into()))?;
                 let group = update.group.clone();
-                self.group_reply(&u.actor, &group, GroupOp::Update(update)).await?
+                self.group_reply(&u.actor, &group, GroupOp::Update(update))
+                    .await?
             }
             Op::Join(j) => self.group_reply(&j.actor, &j.group, GroupOp::Join).await?,
             Op::Leave(l) => self.group_reply(&l.actor, &l.group, GroupOp::Leave).await?,
@@ -52,10 +60,17 @@ impl BusinessCenter {
         })
     }
 
-    async fn group_reply(&self, actor: &str, group: &str, op: GroupOp) -> Result<data_reply::Result, Error> {
+    async fn group_reply(
+        &self,
+        actor: &str,
+        group: &str,
+        op: GroupOp,
+    ) -> Result<data_reply::Result, Error> {
         let actor = Id::parse("user", actor)?;
         let group = self.home_id("group", group)?;
-        Ok(data_reply::Result::Group(self.apply_group_op(&actor, &group, op).await?))
+        Ok(data_reply::Result::Group(
+            self.apply_group_op(&actor, &group, op).await?,
+        ))
     }
 
     /// Parses an id that must be homed in this region.
@@ -75,7 +90,9 @@ impl BusinessCenter {
         let source = request.envelope.map(|e| e.source).unwrap_or_default();
         match self.receive(source, request.items).await {
             Ok(()) => BusinessReply { failure: None },
-            Err(err) => BusinessReply { failure: Some(err.into()) },
+            Err(err) => BusinessReply {
+                failure: Some(err.into()),
+            },
         }
     }
 }

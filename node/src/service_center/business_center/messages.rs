@@ -12,9 +12,13 @@ use rusqlite::Connection;
 use super::{BusinessCenter, check_len, unexpected};
 use crate::Error;
 use crate::ids::Id;
-use crate::limits::{DEFAULT_HISTORY_PAGE, MAX_BODY_BYTES, MAX_HISTORY_PAGE, MAX_IDEMPOTENCY_KEY_BYTES};
+use crate::limits::{
+    DEFAULT_HISTORY_PAGE, MAX_BODY_BYTES, MAX_HISTORY_PAGE, MAX_IDEMPOTENCY_KEY_BYTES,
+};
 use crate::proto::client_api::{Delivery, HistoryReply, HistoryRequest, SendReply, SendRequest};
-use crate::proto::peer_api::{Distribution, History, Item, Submission, data_reply, data_request, item};
+use crate::proto::peer_api::{
+    Distribution, History, Item, Submission, data_reply, data_request, item,
+};
 use crate::service_center::data_center::{accounts, groups, messages, outbox};
 
 /// What a committed write leaves to do: live pushes and outbox wake-ups.
@@ -42,7 +46,11 @@ impl BusinessCenter {
             return Err(Error::InvalidArgument("message body is empty".into()));
         }
         check_len("message body", &request.body, MAX_BODY_BYTES)?;
-        check_len("idempotency key", &request.idempotency_key, MAX_IDEMPOTENCY_KEY_BYTES)?;
+        check_len(
+            "idempotency key",
+            &request.idempotency_key,
+            MAX_IDEMPOTENCY_KEY_BYTES,
+        )?;
         let submission = Submission {
             message_id: uuid::Uuid::now_v7().to_string(),
             group: group.to_string(),
@@ -60,23 +68,46 @@ impl BusinessCenter {
                 let s = &submission;
                 let key = (!s.idempotency_key.is_empty()).then_some(s.idempotency_key.as_str());
                 if let Some(key) = key
-                    && let Some(earlier) = messages::accepted_by_key(conn, &s.sender, &s.group, key)?
+                    && let Some(earlier) =
+                        messages::accepted_by_key(conn, &s.sender, &s.group, key)?
                 {
                     let seq = messages::seq_of(conn, &earlier)?.unwrap_or(0);
-                    let reply = SendReply { message_id: earlier, seq, duplicate: true };
+                    let reply = SendReply {
+                        message_id: earlier,
+                        seq,
+                        duplicate: true,
+                    };
                     return Ok((reply, Effects::default()));
                 }
                 let mut effects = Effects::default();
                 let seq = if local {
-                    sequence(conn, &region, s, &mut effects)?.map(|d| d.seq).unwrap_or(0)
+                    sequence(conn, &region, s, &mut effects)?
+                        .map(|d| d.seq)
+                        .unwrap_or(0)
                 } else {
                     let home = s.group.rsplit('@').next().unwrap_or_default().to_owned();
-                    let item = Item { kind: Some(item::Kind::Submission(s.clone())) };
+                    let item = Item {
+                        kind: Some(item::Kind::Submission(s.clone())),
+                    };
                     effects.enqueue(conn, &home, item)?;
                     0
                 };
-                messages::insert_accepted(conn, &s.message_id, &s.group, &s.sender, key, s.sent_at_ms)?;
-                Ok((SendReply { message_id: s.message_id.clone(), seq, duplicate: false }, effects))
+                messages::insert_accepted(
+                    conn,
+                    &s.message_id,
+                    &s.group,
+                    &s.sender,
+                    key,
+                    s.sent_at_ms,
+                )?;
+                Ok((
+                    SendReply {
+                        message_id: s.message_id.clone(),
+                        seq,
+                        duplicate: false,
+                    },
+                    effects,
+                ))
             })
             .await?;
         self.apply(effects);
@@ -124,10 +155,16 @@ impl BusinessCenter {
     }
 
     /// Messages of a group after a `seq`, read at the group's home.
-    pub async fn history(&self, actor: &Id, request: HistoryRequest) -> Result<HistoryReply, Error> {
+    pub async fn history(
+        &self,
+        actor: &Id,
+        request: HistoryRequest,
+    ) -> Result<HistoryReply, Error> {
         let group = Id::parse("group", &request.group)?;
         if request.limit > MAX_HISTORY_PAGE {
-            return Err(Error::InvalidArgument(format!("limit is at most {MAX_HISTORY_PAGE}")));
+            return Err(Error::InvalidArgument(format!(
+                "limit is at most {MAX_HISTORY_PAGE}"
+            )));
         }
         if !self.is_local(&group) {
             let op = data_request::Op::History(History {
@@ -140,7 +177,11 @@ impl BusinessCenter {
             };
         }
         let actor = actor.to_string();
-        let limit = if request.limit == 0 { DEFAULT_HISTORY_PAGE } else { request.limit };
+        let limit = if request.limit == 0 {
+            DEFAULT_HISTORY_PAGE
+        } else {
+            request.limit
+        };
         self.dc
             .read(move |conn| {
                 let g = &request.group;
@@ -148,9 +189,13 @@ impl BusinessCenter {
                     if !groups::exists(conn, g)? {
                         return Err(groups::not_found(g));
                     }
-                    return Err(Error::PermissionDenied(format!("{actor} is not a member of group {g}")));
+                    return Err(Error::PermissionDenied(format!(
+                        "{actor} is not a member of group {g}"
+                    )));
                 }
-                Ok(HistoryReply { messages: messages::history(conn, g, request.after_seq, limit)? })
+                Ok(HistoryReply {
+                    messages: messages::history(conn, g, request.after_seq, limit)?,
+                })
             })
             .await
     }
@@ -207,22 +252,41 @@ fn sequence(
         if home == region {
             deliver_here(conn, region, &distribution, effects)?;
         } else {
-            effects.enqueue(conn, &home, Item { kind: Some(item::Kind::Distribution(distribution)) })?;
+            effects.enqueue(
+                conn,
+                &home,
+                Item {
+                    kind: Some(item::Kind::Distribution(distribution)),
+                },
+            )?;
         }
     }
     Ok(Some(delivery))
 }
 
 /// In a recipient region: stores the record and delivers it.
-fn distribute(conn: &Connection, region: &str, d: &Distribution, effects: &mut Effects) -> Result<(), Error> {
-    let message = d.message.as_ref().ok_or_else(|| Error::InvalidArgument("distribution without a message".into()))?;
+fn distribute(
+    conn: &Connection,
+    region: &str,
+    d: &Distribution,
+    effects: &mut Effects,
+) -> Result<(), Error> {
+    let message = d
+        .message
+        .as_ref()
+        .ok_or_else(|| Error::InvalidArgument("distribution without a message".into()))?;
     messages::insert(conn, message)?;
     deliver_here(conn, region, d, effects)
 }
 
 /// Pushes to this region's sessions of the recipients, and forwards the
 /// message to where a recipient of this home is attached, if elsewhere.
-fn deliver_here(conn: &Connection, region: &str, d: &Distribution, effects: &mut Effects) -> Result<(), Error> {
+fn deliver_here(
+    conn: &Connection,
+    region: &str,
+    d: &Distribution,
+    effects: &mut Effects,
+) -> Result<(), Error> {
     let message = d.message.as_ref().expect("checked by the caller");
     let mut roaming: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for recipient in &d.recipients {
@@ -242,7 +306,13 @@ fn deliver_here(conn: &Connection, region: &str, d: &Distribution, effects: &mut
             recipients,
             roaming: true,
         };
-        effects.enqueue(conn, &attached, Item { kind: Some(item::Kind::Distribution(forward)) })?;
+        effects.enqueue(
+            conn,
+            &attached,
+            Item {
+                kind: Some(item::Kind::Distribution(forward)),
+            },
+        )?;
     }
     Ok(())
 }

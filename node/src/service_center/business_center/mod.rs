@@ -56,7 +56,11 @@ impl BusinessCenter {
     }
 
     /// Asks the home region of a record.
-    async fn ask_home(&self, home: &str, op: data_request::Op) -> Result<data_reply::Result, Error> {
+    async fn ask_home(
+        &self,
+        home: &str,
+        op: data_request::Op,
+    ) -> Result<data_reply::Result, Error> {
         self.link.data(home, op).await
     }
 }

@@ -26,9 +26,15 @@ struct Session {
 }
 
 impl BusinessCenter {
-    pub async fn subscribe(&self, actor: &Id, cursors: Vec<Cursor>) -> Result<DeliveryStream, Error> {
+    pub async fn subscribe(
+        &self,
+        actor: &Id,
+        cursors: Vec<Cursor>,
+    ) -> Result<DeliveryStream, Error> {
         if cursors.len() > MAX_CURSORS {
-            return Err(Error::InvalidArgument(format!("at most {MAX_CURSORS} cursors")));
+            return Err(Error::InvalidArgument(format!(
+                "at most {MAX_CURSORS} cursors"
+            )));
         }
         let mut last = HashMap::new();
         for cursor in cursors {
@@ -38,7 +44,12 @@ impl BusinessCenter {
         let (out, rx) = mpsc::channel(256);
         // Attach before replaying, so nothing sequenced meanwhile is missed.
         let subscription = self.hub.attach(actor.as_str());
-        let mut session = Session { center: self.clone(), actor: actor.clone(), last, out };
+        let mut session = Session {
+            center: self.clone(),
+            actor: actor.clone(),
+            last,
+            out,
+        };
         tokio::spawn(async move {
             let mut live = subscription;
             let groups: Vec<String> = session.last.keys().cloned().collect();
@@ -80,7 +91,8 @@ impl Session {
         match self.last.get(&delivery.group).copied() {
             Some(last) if delivery.seq <= last => Ok(()),
             Some(last) if delivery.seq > last + 1 => {
-                self.catch_up(&delivery.group, Some(delivery.seq - 1)).await?;
+                self.catch_up(&delivery.group, Some(delivery.seq - 1))
+                    .await?;
                 if delivery.seq > self.last[&delivery.group] {
                     self.emit(delivery).await?;
                 }
@@ -97,7 +109,11 @@ impl Session {
             if until.is_some_and(|u| after_seq >= u) {
                 return Ok(());
             }
-            let request = HistoryRequest { group: group.to_owned(), after_seq, limit: MAX_HISTORY_PAGE };
+            let request = HistoryRequest {
+                group: group.to_owned(),
+                after_seq,
+                limit: MAX_HISTORY_PAGE,
+            };
             let page = match self.center.history(&self.actor, request).await {
                 Ok(page) => page.messages,
                 Err(err) => {

@@ -5,7 +5,12 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::Error;
 
-pub fn insert_user(conn: &Connection, id: &str, password_hash: &str, now_ms: i64) -> Result<(), Error> {
+pub fn insert_user(
+    conn: &Connection,
+    id: &str,
+    password_hash: &str,
+    now_ms: i64,
+) -> Result<(), Error> {
     let home = id.rsplit('@').next().unwrap_or_default();
     let inserted = conn.execute(
         "INSERT OR IGNORE INTO users (id, password_hash, attached_region, created_at_ms)
@@ -42,7 +47,12 @@ pub fn attached_region(conn: &Connection, id: &str) -> Result<Option<String>, Er
         .optional()?)
 }
 
-pub fn insert_session(conn: &Connection, token: &str, user: &str, expires_at_ms: i64) -> Result<(), Error> {
+pub fn insert_session(
+    conn: &Connection,
+    token: &str,
+    user: &str,
+    expires_at_ms: i64,
+) -> Result<(), Error> {
     conn.execute(
         "INSERT INTO sessions (token, user_id, expires_at_ms) VALUES (?1, ?2, ?3)",
         params![token, user, expires_at_ms],
@@ -68,11 +78,23 @@ mod tests {
         let mut conn = Connection::open_in_memory().unwrap();
         schema::migrate(&mut conn).unwrap();
         insert_user(&conn, "ann@eu", "h", 1).unwrap();
-        assert!(matches!(insert_user(&conn, "ann@eu", "h2", 2), Err(Error::AlreadyExists(_))));
-        assert_eq!(password_hash(&conn, "ann@eu").unwrap().as_deref(), Some("h"));
-        assert_eq!(attached_region(&conn, "ann@eu").unwrap().as_deref(), Some("eu"));
+        assert!(matches!(
+            insert_user(&conn, "ann@eu", "h2", 2),
+            Err(Error::AlreadyExists(_))
+        ));
+        assert_eq!(
+            password_hash(&conn, "ann@eu").unwrap().as_deref(),
+            Some("h")
+        );
+        assert_eq!(
+            attached_region(&conn, "ann@eu").unwrap().as_deref(),
+            Some("eu")
+        );
         attach(&conn, "ann@eu", "us").unwrap();
-        assert_eq!(attached_region(&conn, "ann@eu").unwrap().as_deref(), Some("us"));
+        assert_eq!(
+            attached_region(&conn, "ann@eu").unwrap().as_deref(),
+            Some("us")
+        );
         assert_eq!(attached_region(&conn, "bob@eu").unwrap(), None);
     }
 }

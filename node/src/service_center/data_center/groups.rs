@@ -49,10 +49,15 @@ pub fn info(conn: &Connection, id: &str) -> Result<GroupInfo, Error> {
         })
         .optional()?
         .ok_or_else(|| not_found(id))?;
-    let mut stmt =
-        conn.prepare_cached("SELECT user_id, role FROM members WHERE group_id = ?1 ORDER BY user_id")?;
+    let mut stmt = conn
+        .prepare_cached("SELECT user_id, role FROM members WHERE group_id = ?1 ORDER BY user_id")?;
     info.members = stmt
-        .query_map([id], |r| Ok(Member { user: r.get(0)?, role: r.get(1)? }))?
+        .query_map([id], |r| {
+            Ok(Member {
+                user: r.get(0)?,
+                role: r.get(1)?,
+            })
+        })?
         .collect::<Result<_, _>>()?;
     Ok(info)
 }
@@ -105,16 +110,19 @@ pub fn join(conn: &Connection, group: &str, user: &str) -> Result<(), Error> {
     if role(conn, group, user)?.is_some() {
         return Ok(());
     }
-    let (open, max_members, count): (bool, u32, u32) = conn.query_row(
-        "SELECT open, max_members, (SELECT count(*) FROM members WHERE group_id = ?1)
+    let (open, max_members, count): (bool, u32, u32) = conn
+        .query_row(
+            "SELECT open, max_members, (SELECT count(*) FROM members WHERE group_id = ?1)
          FROM groups WHERE id = ?1",
-        [group],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-    )
-    .optional()?
-    .ok_or_else(|| not_found(group))?;
+            [group],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?
+        .ok_or_else(|| not_found(group))?;
     if !open {
-        return Err(Error::PermissionDenied(format!("group {group} is closed to new members")));
+        return Err(Error::PermissionDenied(format!(
+            "group {group} is closed to new members"
+        )));
     }
     if count >= max_members {
         return Err(Error::ResourceExhausted(format!(
@@ -131,7 +139,9 @@ pub fn join(conn: &Connection, group: &str, user: &str) -> Result<(), Error> {
 /// Removes a member. The owner cannot leave while others remain.
 pub fn leave(conn: &Connection, group: &str, user: &str) -> Result<(), Error> {
     match role(conn, group, user)? {
-        None => Err(Error::NotFound(format!("{user} is not a member of group {group}"))),
+        None => Err(Error::NotFound(format!(
+            "{user} is not a member of group {group}"
+        ))),
         Some(Role::Owner) if member_ids(conn, group)?.len() > 1 => Err(Error::FailedPrecondition(
             format!("the owner cannot leave group {group} while it has other members"),
         )),
@@ -147,16 +157,20 @@ pub fn leave(conn: &Connection, group: &str, user: &str) -> Result<(), Error> {
 
 pub fn member_ids(conn: &Connection, group: &str) -> Result<Vec<String>, Error> {
     let mut stmt = conn.prepare_cached("SELECT user_id FROM members WHERE group_id = ?1")?;
-    let ids = stmt.query_map([group], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    let ids = stmt
+        .query_map([group], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
     Ok(ids)
 }
 
 /// Takes the group's next sequence number.
 pub fn next_seq(conn: &Connection, group: &str) -> Result<u64, Error> {
-    conn.prepare_cached("UPDATE groups SET last_seq = last_seq + 1 WHERE id = ?1 RETURNING last_seq")?
-        .query_row([group], |r| r.get(0))
-        .optional()?
-        .ok_or_else(|| not_found(group))
+    conn.prepare_cached(
+        "UPDATE groups SET last_seq = last_seq + 1 WHERE id = ?1 RETURNING last_seq",
+    )?
+    .query_row([group], |r| r.get(0))
+    .optional()?
+    .ok_or_else(|| not_found(group))
 }
 
 #[cfg(test)]
@@ -174,30 +188,54 @@ mod tests {
     fn the_creator_owns_the_group_and_members_come_and_go() {
         let conn = db();
         create(&conn, "g@eu", "G", "hello", "ann@eu", 1).unwrap();
-        assert!(matches!(create(&conn, "g@eu", "G", "", "bob@eu", 1), Err(Error::AlreadyExists(_))));
+        assert!(matches!(
+            create(&conn, "g@eu", "G", "", "bob@eu", 1),
+            Err(Error::AlreadyExists(_))
+        ));
         join(&conn, "g@eu", "bob@us").unwrap();
         join(&conn, "g@eu", "bob@us").unwrap();
         let info = info(&conn, "g@eu").unwrap();
         assert_eq!(info.members.len(), 2);
         assert_eq!(role(&conn, "g@eu", "ann@eu").unwrap(), Some(Role::Owner));
-        assert!(matches!(leave(&conn, "g@eu", "ann@eu"), Err(Error::FailedPrecondition(_))));
+        assert!(matches!(
+            leave(&conn, "g@eu", "ann@eu"),
+            Err(Error::FailedPrecondition(_))
+        ));
         leave(&conn, "g@eu", "bob@us").unwrap();
-        assert!(matches!(leave(&conn, "g@eu", "bob@us"), Err(Error::NotFound(_))));
+        assert!(matches!(
+            leave(&conn, "g@eu", "bob@us"),
+            Err(Error::NotFound(_))
+        ));
     }
 
     #[test]
     fn full_and_closed_groups_refuse_joins() {
         let conn = db();
         create(&conn, "g@eu", "G", "", "ann@eu", 1).unwrap();
-        let settings = GroupSettings { open: true, max_members: 2 };
+        let settings = GroupSettings {
+            open: true,
+            max_members: 2,
+        };
         update(&conn, "g@eu", None, None, Some(&settings)).unwrap();
         join(&conn, "g@eu", "b@eu").unwrap();
-        assert!(matches!(join(&conn, "g@eu", "c@eu"), Err(Error::ResourceExhausted(_))));
-        let closed = GroupSettings { open: false, max_members: 10 };
+        assert!(matches!(
+            join(&conn, "g@eu", "c@eu"),
+            Err(Error::ResourceExhausted(_))
+        ));
+        let closed = GroupSettings {
+            open: false,
+            max_members: 10,
+        };
         update(&conn, "g@eu", Some("New"), None, Some(&closed)).unwrap();
-        assert!(matches!(join(&conn, "g@eu", "c@eu"), Err(Error::PermissionDenied(_))));
+        assert!(matches!(
+            join(&conn, "g@eu", "c@eu"),
+            Err(Error::PermissionDenied(_))
+        ));
         assert_eq!(info(&conn, "g@eu").unwrap().title, "New");
-        assert!(matches!(join(&conn, "x@eu", "c@eu"), Err(Error::NotFound(_))));
+        assert!(matches!(
+            join(&conn, "x@eu", "c@eu"),
+            Err(Error::NotFound(_))
+        ));
     }
 
     #[test]

@@ -39,7 +39,12 @@ pub fn insert_accepted(
 }
 
 /// The message a sender's key was sequenced as, at the group's home.
-pub fn sequenced_by_key(conn: &Connection, group: &str, sender: &str, key: &str) -> Result<Option<String>, Error> {
+pub fn sequenced_by_key(
+    conn: &Connection,
+    group: &str,
+    sender: &str,
+    key: &str,
+) -> Result<Option<String>, Error> {
     Ok(conn
         .prepare_cached(
             "SELECT message_id FROM sequenced_keys WHERE group_id = ?1 AND sender = ?2 AND idempotency_key = ?3",
@@ -48,7 +53,13 @@ pub fn sequenced_by_key(conn: &Connection, group: &str, sender: &str, key: &str)
         .optional()?)
 }
 
-pub fn insert_sequenced_key(conn: &Connection, group: &str, sender: &str, key: &str, message_id: &str) -> Result<(), Error> {
+pub fn insert_sequenced_key(
+    conn: &Connection,
+    group: &str,
+    sender: &str,
+    key: &str,
+    message_id: &str,
+) -> Result<(), Error> {
     conn.prepare_cached(
         "INSERT INTO sequenced_keys (group_id, sender, idempotency_key, message_id) VALUES (?1, ?2, ?3, ?4)",
     )?
@@ -83,7 +94,12 @@ pub fn insert(conn: &Connection, message: &Delivery) -> Result<bool, Error> {
 }
 
 /// Messages of `group` after `after_seq`, in order, at most `limit`.
-pub fn history(conn: &Connection, group: &str, after_seq: u64, limit: u32) -> Result<Vec<Delivery>, Error> {
+pub fn history(
+    conn: &Connection,
+    group: &str,
+    after_seq: u64,
+    limit: u32,
+) -> Result<Vec<Delivery>, Error> {
     let mut stmt = conn.prepare_cached(
         "SELECT seq, message_id, sender, body, sent_at_ms FROM messages
          WHERE group_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
@@ -126,7 +142,10 @@ mod tests {
         for seq in [3, 1, 2, 4] {
             assert!(insert(&conn, &delivery(seq)).unwrap());
         }
-        assert!(!insert(&conn, &delivery(2)).unwrap(), "a redelivery is ignored");
+        assert!(
+            !insert(&conn, &delivery(2)).unwrap(),
+            "a redelivery is ignored"
+        );
         let page = history(&conn, "g@eu", 1, 2).unwrap();
         assert_eq!(page.iter().map(|d| d.seq).collect::<Vec<_>>(), vec![2, 3]);
         assert_eq!(page[0], delivery(2));
@@ -140,9 +159,19 @@ mod tests {
         insert_accepted(&conn, "m1", "g@us", "ann@eu", Some("k"), 1).unwrap();
         insert_accepted(&conn, "m2", "g@us", "ann@eu", None, 1).unwrap();
         insert_accepted(&conn, "m3", "g@us", "ann@eu", None, 1).unwrap();
-        assert_eq!(accepted_by_key(&conn, "ann@eu", "g@us", "k").unwrap().as_deref(), Some("m1"));
+        assert_eq!(
+            accepted_by_key(&conn, "ann@eu", "g@us", "k")
+                .unwrap()
+                .as_deref(),
+            Some("m1")
+        );
         assert!(insert_accepted(&conn, "m4", "g@us", "ann@eu", Some("k"), 1).is_err());
         insert_sequenced_key(&conn, "g@us", "ann@eu", "k", "m1").unwrap();
-        assert_eq!(sequenced_by_key(&conn, "g@us", "ann@eu", "k").unwrap().as_deref(), Some("m1"));
+        assert_eq!(
+            sequenced_by_key(&conn, "g@us", "ann@eu", "k")
+                .unwrap()
+                .as_deref(),
+            Some("m1")
+        );
     }
 }

@@ -8,14 +8,26 @@ use rusqlite::{Connection, params};
 use crate::Error;
 use crate::proto::peer_api::Item;
 
-pub fn enqueue(conn: &Connection, destination: &str, item: &Item, now_ms: i64) -> Result<(), Error> {
-    conn.prepare_cached("INSERT INTO outbox (destination, item, created_at_ms) VALUES (?1, ?2, ?3)")?
-        .execute(params![destination, item.encode_to_vec(), now_ms])?;
+pub fn enqueue(
+    conn: &Connection,
+    destination: &str,
+    item: &Item,
+    now_ms: i64,
+) -> Result<(), Error> {
+    conn.prepare_cached(
+        "INSERT INTO outbox (destination, item, created_at_ms) VALUES (?1, ?2, ?3)",
+    )?
+    .execute(params![destination, item.encode_to_vec(), now_ms])?;
     Ok(())
 }
 
 /// Up to `limit` items for `destination` with ids after `after_id`, oldest first.
-pub fn pending(conn: &Connection, destination: &str, after_id: i64, limit: usize) -> Result<Vec<(i64, Item)>, Error> {
+pub fn pending(
+    conn: &Connection,
+    destination: &str,
+    after_id: i64,
+    limit: usize,
+) -> Result<Vec<(i64, Item)>, Error> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, item FROM outbox WHERE destination = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
     )?;
@@ -42,7 +54,9 @@ pub fn clear(conn: &Connection, destination: &str, up_to_id: i64) -> Result<(), 
 /// Destinations with work waiting.
 pub fn destinations(conn: &Connection) -> Result<Vec<String>, Error> {
     let mut stmt = conn.prepare("SELECT DISTINCT destination FROM outbox")?;
-    let rows = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    let rows = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
     Ok(rows)
 }
 
@@ -74,7 +88,10 @@ mod tests {
             enqueue(&conn, if n % 2 == 0 { "us" } else { "ap" }, &item(n), 1).unwrap();
         }
         let us = pending(&conn, "us", 0, 10).unwrap();
-        assert_eq!(us.iter().map(|(_, i)| i.clone()).collect::<Vec<_>>(), vec![item(0), item(2), item(4)]);
+        assert_eq!(
+            us.iter().map(|(_, i)| i.clone()).collect::<Vec<_>>(),
+            vec![item(0), item(2), item(4)]
+        );
         let after_first = pending(&conn, "us", us[0].0, 10).unwrap();
         assert_eq!(after_first.len(), 2);
         clear(&conn, "us", us[1].0).unwrap();

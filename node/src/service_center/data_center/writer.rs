@@ -154,7 +154,8 @@ mod tests {
 
     fn count(path: &std::path::Path) -> i64 {
         let conn = Connection::open(path).unwrap();
-        conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap()
+        conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap()
     }
 
     #[tokio::test]
@@ -176,9 +177,16 @@ mod tests {
             })
         });
         let results = futures::future::join_all(jobs).await;
-        let failed = results.iter().filter(|r| r.as_ref().unwrap().is_err()).count();
+        let failed = results
+            .iter()
+            .filter(|r| r.as_ref().unwrap().is_err())
+            .count();
         assert_eq!(failed, 10);
-        assert_eq!(count(&path), 40, "only the successful jobs' rows are stored");
+        assert_eq!(
+            count(&path),
+            40,
+            "only the successful jobs' rows are stored"
+        );
     }
 
     #[tokio::test]
@@ -192,6 +200,10 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(n, 7);
-        assert_eq!(count(&path), 1, "visible to another connection once answered");
+        assert_eq!(
+            count(&path),
+            1,
+            "visible to another connection once answered"
+        );
     }
 }

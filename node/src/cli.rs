@@ -1,1 +1,0 @@
-//! The `meridian` client CLI.

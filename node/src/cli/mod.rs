@@ -1,0 +1,324 @@
+//! The `meridian` client CLI: chat from the command line.
+//!
+//! Every command connects to one service center (`--server URL`, or
+//! `--region CODE --state-dir DIR` from local mode's `endpoints.json`), logs
+//! in with `--user`/`--password` where it needs a session, and prints one
+//! line per result (one JSON object per line with `--json`).
+
+mod endpoints;
+mod output;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use tokio_stream::StreamExt;
+
+use crate::client::Client;
+use crate::ids::Id;
+use crate::proto::client_api::{Cursor, GroupSettings, UpdateGroupRequest};
+use output::Output;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "meridian",
+    version,
+    about = "Chat over Meridian, region by region"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug)]
+pub struct Global {
+    /// The service center's client URL, e.g. http://127.0.0.1:7400.
+    #[arg(long, global = true, env = "MERIDIAN_SERVER")]
+    pub server: Option<String>,
+    /// The region to connect to, looked up in DIR/endpoints.json (default: the user's home).
+    #[arg(long, global = true, env = "MERIDIAN_REGION")]
+    pub region: Option<String>,
+    /// Local mode's state directory, holding endpoints.json.
+    #[arg(long, global = true, env = "MERIDIAN_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The user, as name@home.
+    #[arg(long, global = true, env = "MERIDIAN_USER")]
+    pub user: Option<String>,
+    #[arg(long, global = true, env = "MERIDIAN_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// Print one JSON object per line.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create the user at its home region.
+    Register,
+    /// Log in and print the session.
+    Login,
+    /// Create, inspect, change, join or leave groups.
+    #[command(subcommand)]
+    Group(GroupCommand),
+    /// Send a message to a group and print its id.
+    Send {
+        group: String,
+        text: String,
+        /// Idempotency key: a retry with the same key returns the same message.
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Print deliveries as they arrive.
+    Listen {
+        /// Exit after this many deliveries.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Exit after this many seconds.
+        #[arg(long)]
+        timeout: Option<f64>,
+        /// Replay a group from after a seq first, as GROUP=SEQ (repeatable).
+        #[arg(long, value_parser = parse_cursor)]
+        after: Vec<Cursor>,
+    },
+    /// Print a group's messages in order.
+    History {
+        group: String,
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GroupCommand {
+    /// Create a group homed in the region you are connected to.
+    Create {
+        name: String,
+    },
+    Get {
+        group: String,
+    },
+    /// Change a group (owner and admins only).
+    Update {
+        group: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        announcement: Option<String>,
+        /// Whether anyone may join.
+        #[arg(long)]
+        open: Option<bool>,
+        #[arg(long)]
+        max_members: Option<u32>,
+    },
+    Join {
+        group: String,
+    },
+    Leave {
+        group: String,
+    },
+}
+
+fn parse_cursor(text: &str) -> Result<Cursor, String> {
+    let (group, seq) = text
+        .rsplit_once('=')
+        .ok_or_else(|| format!("{text:?} is not GROUP=SEQ"))?;
+    let last_seq = seq
+        .parse()
+        .map_err(|_| format!("{seq:?} is not a sequence number"))?;
+    Ok(Cursor {
+        group: group.to_owned(),
+        last_seq,
+    })
+}
+
+/// A failure the CLI reports on stderr before exiting non-zero.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CliError(pub String);
+
+impl From<tonic::Status> for CliError {
+    fn from(status: tonic::Status) -> Self {
+        CliError(status.message().to_owned())
+    }
+}
+
+type CliResult<T = ()> = Result<T, CliError>;
+
+impl Global {
+    fn user(&self) -> CliResult<Id> {
+        let user = self.user.as_deref().ok_or_else(|| {
+            CliError("no user: pass --user name@home or set MERIDIAN_USER".into())
+        })?;
+        Id::parse("user", user).map_err(|e| CliError(e.to_string()))
+    }
+
+    fn password(&self) -> CliResult<&str> {
+        self.password
+            .as_deref()
+            .ok_or_else(|| CliError("no password: pass --password or set MERIDIAN_PASSWORD".into()))
+    }
+
+    async fn connect(&self) -> CliResult<Client> {
+        let home = self.user.as_deref().and_then(|u| Id::parse("user", u).ok());
+        let url = endpoints::resolve(self, home.as_ref().map(|id| id.home()))?;
+        Client::connect(&url)
+            .await
+            .map_err(|e| CliError(format!("cannot reach the service center at {url}: {e}")))
+    }
+
+    async fn session(&self) -> CliResult<Client> {
+        let user = self.user()?;
+        let password = self.password()?;
+        let mut client = self.connect().await?;
+        client.login(user.as_str(), password).await?;
+        Ok(client)
+    }
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> CliResult {
+    let global = &cli.global;
+    let out = Output { json: global.json };
+    match cli.command {
+        Command::Register => {
+            let user = global.user()?;
+            let reply = global
+                .connect()
+                .await?
+                .register(user.as_str(), global.password()?)
+                .await?;
+            out.registered(&reply.user);
+        }
+        Command::Login => {
+            let user = global.user()?;
+            let reply = global
+                .connect()
+                .await?
+                .login(user.as_str(), global.password()?)
+                .await?;
+            out.session(&reply);
+        }
+        Command::Group(command) => group(global, &out, command).await?,
+        Command::Send { group, text, key } => {
+            let reply = global
+                .session()
+                .await?
+                .send(&group, &text, key.as_deref().unwrap_or(""))
+                .await?;
+            out.sent(&reply);
+        }
+        Command::History {
+            group,
+            after,
+            limit,
+        } => {
+            for delivery in global
+                .session()
+                .await?
+                .history(&group, after, limit)
+                .await?
+            {
+                out.delivery(&delivery);
+            }
+        }
+        Command::Listen {
+            count,
+            timeout,
+            after,
+        } => listen(global, &out, count, timeout, after).await?,
+    }
+    Ok(())
+}
+
+async fn group(global: &Global, out: &Output, command: GroupCommand) -> CliResult {
+    let mut client = global.session().await?;
+    match command {
+        GroupCommand::Create { name } => out.group_id(&client.create_group(&name).await?.id),
+        GroupCommand::Get { group } => out.group(&client.get_group(&group).await?),
+        GroupCommand::Update {
+            group,
+            name,
+            announcement,
+            open,
+            max_members,
+        } => {
+            let settings = if open.is_some() || max_members.is_some() {
+                let current = client.get_group(&group).await?.settings.unwrap_or_default();
+                Some(GroupSettings {
+                    open: open.unwrap_or(current.open),
+                    max_members: max_members.unwrap_or(current.max_members),
+                })
+            } else {
+                None
+            };
+            let update = UpdateGroupRequest {
+                group,
+                title: name,
+                announcement,
+                settings,
+            };
+            out.group(&client.update_group(update).await?);
+        }
+        GroupCommand::Join { group } => out.group(&client.join(&group).await?),
+        GroupCommand::Leave { group } => out.left(&client.leave(&group).await?.group),
+    }
+    Ok(())
+}
+
+/// Prints deliveries until `count` have arrived or `timeout` passes. A
+/// dropped stream is resumed from the last seq seen, so nothing is skipped
+/// or printed twice.
+async fn listen(
+    global: &Global,
+    out: &Output,
+    count: Option<u64>,
+    timeout: Option<f64>,
+    after: Vec<Cursor>,
+) -> CliResult {
+    let deadline =
+        timeout.map(|s| tokio::time::Instant::now() + Duration::from_secs_f64(s.max(0.0)));
+    let mut cursors = after;
+    let mut seen = 0u64;
+    let mut client = global.session().await?;
+    let work = async {
+        loop {
+            let mut stream = client.subscribe(cursors.clone()).await?;
+            while let Some(item) = stream.next().await {
+                let delivery = match item {
+                    Ok(delivery) => delivery,
+                    Err(status) if status.code() == tonic::Code::Unavailable => break,
+                    Err(status) => return Err(CliError::from(status)),
+                };
+                out.delivery(&delivery);
+                match cursors.iter_mut().find(|c| c.group == delivery.group) {
+                    Some(cursor) => cursor.last_seq = delivery.seq,
+                    None => cursors.push(Cursor {
+                        group: delivery.group.clone(),
+                        last_seq: delivery.seq,
+                    }),
+                }
+                seen += 1;
+                if count.is_some_and(|n| seen >= n) {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    match deadline {
+        None => work.await,
+        Some(deadline) => match tokio::time::timeout_at(deadline, work).await {
+            Ok(result) => result,
+            Err(_) => match count {
+                Some(n) => Err(CliError(format!(
+                    "timed out after {seen} of {n} deliveries"
+                ))),
+                None => Ok(()),
+            },
+        },
+    }
+}

@@ -1,0 +1,92 @@
+//! What the CLI prints: a line for people, or one JSON object per line.
+
+use serde_json::json;
+
+use crate::proto::client_api::{Delivery, GroupInfo, LoginReply, Role, SendReply};
+
+pub struct Output {
+    pub json: bool,
+}
+
+impl Output {
+    fn print(&self, value: serde_json::Value, human: String) {
+        if self.json {
+            println!("{value}");
+        } else {
+            println!("{human}");
+        }
+    }
+
+    pub fn registered(&self, user: &str) {
+        self.print(json!({"registered": user}), format!("registered {user}"));
+    }
+
+    pub fn session(&self, reply: &LoginReply) {
+        self.print(
+            json!({"user": reply.user, "region": reply.region, "session": reply.session, "expiresAtMs": reply.expires_at_ms}),
+            format!("logged in as {} at region {}; session {}", reply.user, reply.region, reply.session),
+        );
+    }
+
+    pub fn group_id(&self, id: &str) {
+        self.print(json!({"group": id}), id.to_owned());
+    }
+
+    pub fn left(&self, id: &str) {
+        self.print(json!({"left": id}), format!("left {id}"));
+    }
+
+    pub fn group(&self, info: &GroupInfo) {
+        let settings = info.settings.unwrap_or_default();
+        let members: Vec<serde_json::Value> = info
+            .members
+            .iter()
+            .map(|m| json!({"user": m.user, "role": role_name(m.role)}))
+            .collect();
+        let value = json!({
+            "group": info.id, "name": info.title, "announcement": info.announcement,
+            "open": settings.open, "maxMembers": settings.max_members,
+            "lastSeq": info.last_seq, "members": members,
+        });
+        let member_list: Vec<String> = info
+            .members
+            .iter()
+            .map(|m| format!("{} ({})", m.user, role_name(m.role)))
+            .collect();
+        let human = format!(
+            "group {}\nname: {}\nannouncement: {}\nopen: {}, max members: {}, last seq: {}\nmembers: {}",
+            info.id,
+            info.title,
+            info.announcement,
+            settings.open,
+            settings.max_members,
+            info.last_seq,
+            member_list.join(", ")
+        );
+        self.print(value, human);
+    }
+
+    pub fn sent(&self, reply: &SendReply) {
+        let mut value = json!({"messageId": reply.message_id, "duplicate": reply.duplicate});
+        if reply.seq > 0 {
+            value["seq"] = json!(reply.seq);
+        }
+        self.print(value, reply.message_id.clone());
+    }
+
+    pub fn delivery(&self, d: &Delivery) {
+        self.print(
+            json!({"group": d.group, "seq": d.seq, "id": d.message_id, "sender": d.sender, "body": d.body, "sentAtMs": d.sent_at_ms}),
+            format!("{} #{} {} {}: {}", d.group, d.seq, d.message_id, d.sender, d.body),
+        );
+    }
+}
+
+fn role_name(role: i32) -> &'static str {
+    match Role::try_from(role).unwrap_or(Role::Unspecified) {
+        Role::Owner => "owner",
+        Role::Admin => "admin",
+        Role::Member => "member",
+        Role::Unspecified => "unknown",
+    }
+}

@@ -1,0 +1,131 @@
+//! A client of the business center's API, used by the CLI, the tests and the
+//! benchmark. It keeps the session token and sends it with every call.
+
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+use tonic::{Request, Status, Streaming};
+
+use crate::proto::client_api::business_center_client::BusinessCenterClient;
+use crate::proto::client_api::*;
+
+#[derive(Clone)]
+pub struct Client {
+    api: BusinessCenterClient<Channel>,
+    session: Option<MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl Client {
+    /// Connects to a service center's client API at `url` (`http://host:port`).
+    pub async fn connect(url: &str) -> Result<Self, tonic::transport::Error> {
+        let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?
+            .connect_timeout(std::time::Duration::from_secs(3))
+            .tcp_nodelay(true)
+            .connect()
+            .await?;
+        Ok(Self {
+            api: BusinessCenterClient::new(channel),
+            session: None,
+        })
+    }
+
+    /// Uses an existing session token.
+    pub fn set_session(&mut self, token: &str) -> Result<(), Status> {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| Status::invalid_argument("a session token is printable ASCII"))?;
+        self.session = Some(value);
+        Ok(())
+    }
+
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        if let Some(session) = &self.session {
+            request
+                .metadata_mut()
+                .insert("authorization", session.clone());
+        }
+        request
+    }
+
+    pub async fn register(&mut self, user: &str, password: &str) -> Result<RegisterReply, Status> {
+        let message = RegisterRequest {
+            user: user.into(),
+            password: password.into(),
+        };
+        Ok(self.api.register(message).await?.into_inner())
+    }
+
+    /// Logs in and keeps the session for the calls that follow.
+    pub async fn login(&mut self, user: &str, password: &str) -> Result<LoginReply, Status> {
+        let message = LoginRequest {
+            user: user.into(),
+            password: password.into(),
+        };
+        let reply = self.api.login(message).await?.into_inner();
+        self.set_session(&reply.session)?;
+        Ok(reply)
+    }
+
+    pub async fn create_group(&mut self, name: &str) -> Result<GroupInfo, Status> {
+        let request = self.request(CreateGroupRequest {
+            name: name.into(),
+            ..Default::default()
+        });
+        Ok(self.api.create_group(request).await?.into_inner())
+    }
+
+    pub async fn get_group(&mut self, group: &str) -> Result<GroupInfo, Status> {
+        let request = self.request(GetGroupRequest {
+            group: group.into(),
+        });
+        Ok(self.api.get_group(request).await?.into_inner())
+    }
+
+    pub async fn update_group(&mut self, update: UpdateGroupRequest) -> Result<GroupInfo, Status> {
+        let request = self.request(update);
+        Ok(self.api.update_group(request).await?.into_inner())
+    }
+
+    pub async fn join(&mut self, group: &str) -> Result<GroupInfo, Status> {
+        let request = self.request(MembershipRequest {
+            group: group.into(),
+        });
+        Ok(self.api.join_group(request).await?.into_inner())
+    }
+
+    pub async fn leave(&mut self, group: &str) -> Result<LeaveGroupReply, Status> {
+        let request = self.request(MembershipRequest {
+            group: group.into(),
+        });
+        Ok(self.api.leave_group(request).await?.into_inner())
+    }
+
+    pub async fn send(&mut self, group: &str, body: &str, key: &str) -> Result<SendReply, Status> {
+        let request = self.request(SendRequest {
+            group: group.into(),
+            body: body.into(),
+            idempotency_key: key.into(),
+        });
+        Ok(self.api.send(request).await?.into_inner())
+    }
+
+    pub async fn history(
+        &mut self,
+        group: &str,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<Delivery>, Status> {
+        let request = self.request(HistoryRequest {
+            group: group.into(),
+            after_seq,
+            limit,
+        });
+        Ok(self.api.history(request).await?.into_inner().messages)
+    }
+
+    /// Replays what came after each cursor, then streams live deliveries.
+    pub async fn subscribe(&mut self, cursors: Vec<Cursor>) -> Result<Streaming<Delivery>, Status> {
+        let request = self.request(SubscribeRequest { cursors });
+        Ok(self.api.subscribe(request).await?.into_inner())
+    }
+}

@@ -1,0 +1,182 @@
+//! Several regions in one process, each a real node (service center and
+//! roaming system) serving gRPC on `127.0.0.1:0`, wired as a full mesh.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use meridian_node::client::Client;
+use meridian_node::mesh::MeshConfig;
+use meridian_node::mesh::config::{PairEndpoint, Peer};
+use meridian_node::server::{Node, RoamingListeners, ServiceCenterListeners};
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+/// The password every harness user gets.
+pub const PASSWORD: &str = "correct horse";
+
+struct Ports {
+    client: TcpListener,
+    sc_pair: TcpListener,
+    roaming_pair: TcpListener,
+    peer: TcpListener,
+}
+
+async fn bind() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind 127.0.0.1:0")
+}
+
+fn url(listener: &TcpListener) -> String {
+    format!("http://{}", listener.local_addr().expect("local address"))
+}
+
+pub struct Region {
+    pub code: String,
+    pub client_url: String,
+    pub mesh: watch::Sender<MeshConfig>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// A mesh of regions running in this process.
+pub struct Mesh {
+    pub regions: BTreeMap<String, Region>,
+    _data: tempfile::TempDir,
+}
+
+impl Mesh {
+    /// Starts one node per region code, fully meshed.
+    pub async fn start(codes: &[&str]) -> Mesh {
+        let data = tempfile::tempdir().expect("temporary directory");
+        let mut ports = BTreeMap::new();
+        for code in codes {
+            ports.insert(
+                code.to_string(),
+                Ports {
+                    client: bind().await,
+                    sc_pair: bind().await,
+                    roaming_pair: bind().await,
+                    peer: bind().await,
+                },
+            );
+        }
+        let peer_urls: BTreeMap<String, String> = ports
+            .iter()
+            .map(|(code, p)| (code.clone(), url(&p.peer)))
+            .collect();
+        let mut regions = BTreeMap::new();
+        for (code, p) in ports {
+            let config = MeshConfig {
+                region: code.clone(),
+                service_center: PairEndpoint {
+                    pair: url(&p.sc_pair),
+                },
+                roaming: PairEndpoint {
+                    pair: url(&p.roaming_pair),
+                },
+                peers: peer_urls
+                    .iter()
+                    .filter(|(other, _)| **other != code)
+                    .map(|(other, endpoint)| Peer {
+                        region: other.clone(),
+                        endpoint: endpoint.clone(),
+                        enabled: true,
+                        cost: None,
+                    })
+                    .collect(),
+            };
+            let (mesh_tx, mesh_rx) = watch::channel(config);
+            let client_url = url(&p.client);
+            let node = Node {
+                mesh: mesh_rx,
+                data_dir: data.path().join(&code),
+                service_center: Some(ServiceCenterListeners {
+                    client: p.client,
+                    pair: p.sc_pair,
+                }),
+                roaming: Some(RoamingListeners {
+                    pair: p.roaming_pair,
+                    peer: p.peer,
+                }),
+            };
+            let (stop, stopped) = oneshot::channel::<()>();
+            let task = tokio::spawn(async move {
+                node.run(async move {
+                    let _ = stopped.await;
+                })
+                .await
+                .expect("node runs");
+            });
+            regions.insert(
+                code.clone(),
+                Region {
+                    code,
+                    client_url,
+                    mesh: mesh_tx,
+                    stop: Some(stop),
+                    task: Some(task),
+                },
+            );
+        }
+        Mesh {
+            regions,
+            _data: data,
+        }
+    }
+
+    pub fn region(&self, code: &str) -> &Region {
+        &self.regions[code]
+    }
+
+    /// A client connected to `code`'s service center, not logged in.
+    pub async fn client(&self, code: &str) -> Client {
+        Client::connect(&self.region(code).client_url)
+            .await
+            .expect("connect to the service center")
+    }
+
+    /// Registers `user` (at its home) and returns a client logged in at `at`.
+    pub async fn user(&self, user: &str, at: &str) -> Client {
+        let home = user.rsplit('@').next().expect("user@home");
+        self.client(home)
+            .await
+            .register(user, PASSWORD)
+            .await
+            .expect("register");
+        self.login(user, at).await
+    }
+
+    /// A client of `user` logged in at region `at`.
+    pub async fn login(&self, user: &str, at: &str) -> Client {
+        let mut client = self.client(at).await;
+        client.login(user, PASSWORD).await.expect("login");
+        client
+    }
+
+    /// Takes the direct link between `a` and `b` down (or up) at both ends.
+    pub fn set_link(&self, a: &str, b: &str, enabled: bool) {
+        for (from, to) in [(a, b), (b, a)] {
+            self.region(from).mesh.send_modify(|config| {
+                for peer in config.peers.iter_mut().filter(|p| p.region == to) {
+                    peer.enabled = enabled;
+                }
+            });
+        }
+    }
+
+    /// Stops every node and waits for them.
+    pub async fn stop(mut self) {
+        for region in self.regions.values_mut() {
+            if let Some(stop) = region.stop.take() {
+                let _ = stop.send(());
+            }
+        }
+        for region in self.regions.values_mut() {
+            if let Some(task) = region.task.take() {
+                let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+            }
+        }
+    }
+}

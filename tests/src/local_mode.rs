@@ -1,0 +1,1 @@
+//! Local mode, driven as a user would: real processes and the CLI.
