@@ -2,3 +2,4 @@
 //! cluster or, in local mode, as processes on this machine.
 
 pub mod local;
+pub mod mesh;
