@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use meridian_operator::controller::{self, RunArgs};
 use meridian_operator::local::{self, LocalArgs};
 use tracing_subscriber::EnvFilter;
 
@@ -18,6 +19,8 @@ struct Cli {
 enum Command {
     /// Print the Region and RegionLink CustomResourceDefinitions as YAML.
     Crd,
+    /// Run the controller: deploy this cluster's Regions and keep the mesh configured.
+    Run(RunArgs),
     /// Run the regions of manifest files as processes on this machine.
     Local(LocalArgs),
 }
@@ -39,6 +42,7 @@ async fn main() -> ExitCode {
             print!("{}", meridian_crds::crd_yaml());
             Ok(())
         }
+        Command::Run(args) => controller::run(args).await,
         Command::Local(args) => local::run(args).await,
     };
     match result {

@@ -1,0 +1,75 @@
+//! Writes the desired objects with server-side apply, one field manager.
+
+use k8s_openapi::NamespaceResourceScope;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client, Resource};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::Error;
+use super::build::Desired;
+
+/// The field manager of every write the operator makes.
+pub const FIELD_MANAGER: &str = "meridian-operator";
+
+pub fn params() -> PatchParams {
+    PatchParams::apply(FIELD_MANAGER).force()
+}
+
+async fn apply<K>(client: &Client, object: &K) -> Result<K, Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let name = object.meta().name.clone().unwrap_or_default();
+    let namespace = object.meta().namespace.clone().unwrap_or_default();
+    let api: Api<K> = Api::namespaced(client.clone(), &namespace);
+    let mut body = serde_json::to_value(object).expect("objects serialize");
+    body["apiVersion"] = K::api_version(&()).into();
+    body["kind"] = K::kind(&()).into();
+    api.patch(&name, &params(), &Patch::Apply(&body))
+        .await
+        .map_err(|source| Error::Apply {
+            kind: kind_name::<K>(),
+            name,
+            source,
+        })
+}
+
+fn kind_name<K: Resource<DynamicType = ()>>() -> &'static str {
+    match K::kind(&()).as_ref() {
+        "ConfigMap" => "ConfigMap",
+        "Service" => "Service",
+        "StatefulSet" => "StatefulSet",
+        "Deployment" => "Deployment",
+        _ => "object",
+    }
+}
+
+/// What the apply left in the cluster, for the status.
+pub struct Applied {
+    pub service_center_ready: i32,
+    pub roaming_ready: i32,
+    pub roaming_wanted: i32,
+}
+
+/// Applies every object of a Region: configuration first, so the pods find it.
+pub async fn apply_all(client: &Client, desired: &Desired) -> Result<Applied, Error> {
+    apply(client, &desired.config_map).await?;
+    apply(client, &desired.service_center_service).await?;
+    apply(client, &desired.roaming_service).await?;
+    let sts = apply(client, &desired.service_center).await?;
+    let deployment = apply(client, &desired.roaming).await?;
+    Ok(Applied {
+        service_center_ready: sts.status.and_then(|s| s.ready_replicas).unwrap_or(0),
+        roaming_ready: deployment
+            .status
+            .as_ref()
+            .and_then(|s| s.ready_replicas)
+            .unwrap_or(0),
+        roaming_wanted: deployment.spec.replicas.unwrap_or(1),
+    })
+}

@@ -1,0 +1,600 @@
+//! The desired objects of one local Region, built by pure functions from the
+//! Region, its namespace's other Regions and RegionLinks, and the operator's
+//! settings. Nothing here talks to the API server.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec,
+    Probe, SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction,
+    Volume, VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use meridian_crds::{BandwidthSpec, Region, RegionLink};
+use meridian_node::mesh::MeshConfig;
+
+use crate::mesh::{PairEndpoints, mesh_config};
+
+pub const CLIENT_PORT: i32 = 7400;
+pub const SERVICE_CENTER_PAIR_PORT: i32 = 7401;
+pub const ROAMING_PAIR_PORT: i32 = 7402;
+pub const PEER_PORT: i32 = 7443;
+const CONFIG_DIR: &str = "/etc/meridian";
+const DATA_DIR: &str = "/var/lib/meridian";
+const MESH_FILE: &str = "mesh.yaml";
+
+/// What the operator was started with.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// This operator's cluster: Regions with this `spec.cluster` are deployed here.
+    pub cluster: String,
+    /// The node image, unless a Region sets its own.
+    pub image: String,
+}
+
+/// Everything one local Region becomes.
+#[derive(Clone, Debug)]
+pub struct Desired {
+    pub mesh: MeshConfig,
+    pub config_map: ConfigMap,
+    pub service_center_service: Service,
+    pub service_center: StatefulSet,
+    pub roaming_service: Service,
+    pub roaming: Deployment,
+}
+
+pub fn service_center_name(region: &str) -> String {
+    format!("{region}-service-center")
+}
+
+pub fn roaming_name(region: &str) -> String {
+    format!("{region}-roaming")
+}
+
+pub fn config_map_name(region: &str) -> String {
+    format!("{region}-mesh")
+}
+
+/// The in-cluster address of a local region's roaming peer API.
+fn peer_url(region: &str, namespace: &str) -> String {
+    format!(
+        "http://{}.{namespace}.svc:{PEER_PORT}",
+        roaming_name(region)
+    )
+}
+
+/// A remote region's `spec.peerEndpoint` as a URL (`host:port` gets `http://`).
+pub fn remote_peer_url(endpoint: &str) -> String {
+    if endpoint.contains("://") {
+        endpoint.to_owned()
+    } else {
+        format!("http://{endpoint}")
+    }
+}
+
+/// Builds the desired objects of `region` (which must be local and valid).
+pub fn desired(
+    region: &Region,
+    regions: &[Region],
+    links: &[RegionLink],
+    settings: &Settings,
+    owner: OwnerReference,
+) -> Desired {
+    let code = region.metadata.name.clone().unwrap_or_default();
+    let namespace = region.metadata.namespace.clone().unwrap_or_default();
+    let pair = PairEndpoints {
+        service_center: format!(
+            "http://{}.{namespace}.svc:{SERVICE_CENTER_PAIR_PORT}",
+            service_center_name(&code)
+        ),
+        roaming: format!(
+            "http://{}.{namespace}.svc:{ROAMING_PAIR_PORT}",
+            roaming_name(&code)
+        ),
+    };
+    let mesh = mesh_config(&code, pair, regions, links, |peer| {
+        let name = peer.metadata.name.as_deref()?;
+        if peer.spec.cluster == settings.cluster {
+            Some(peer_url(name, &namespace))
+        } else {
+            peer.spec.peer_endpoint.as_deref().map(remote_peer_url)
+        }
+    });
+    let meta = |name: String, component: &str| ObjectMeta {
+        name: Some(name),
+        namespace: Some(namespace.clone()),
+        labels: Some(labels(&code, component)),
+        owner_references: Some(vec![owner.clone()]),
+        ..Default::default()
+    };
+
+    let config_map = ConfigMap {
+        metadata: meta(config_map_name(&code), "mesh"),
+        data: Some(BTreeMap::from([(MESH_FILE.to_owned(), mesh.to_yaml())])),
+        ..Default::default()
+    };
+
+    let sc = &region.spec.service_center;
+    let sc_name = service_center_name(&code);
+    let sc_image = sc.image.clone().unwrap_or_else(|| settings.image.clone());
+    let sc_args = [
+        "--role",
+        "service-center",
+        "--config",
+        &format!("{CONFIG_DIR}/{MESH_FILE}"),
+        "--data-dir",
+        DATA_DIR,
+        "--listen-client",
+        &format!("0.0.0.0:{CLIENT_PORT}"),
+        "--listen-pair",
+        &format!("0.0.0.0:{SERVICE_CENTER_PAIR_PORT}"),
+    ];
+    let mut sc_container = container(
+        "service-center",
+        sc_image,
+        &sc_args,
+        &[("client", CLIENT_PORT), ("pair", SERVICE_CENTER_PAIR_PORT)],
+    );
+    sc_container.resources = sc.resources.clone();
+    sc_container
+        .volume_mounts
+        .get_or_insert_default()
+        .push(VolumeMount {
+            name: "data".into(),
+            mount_path: DATA_DIR.into(),
+            ..Default::default()
+        });
+    let mut sc_volumes = common_volumes(&code);
+    let claims = match &sc.storage {
+        Some(storage) => Some(vec![PersistentVolumeClaim {
+            metadata: ObjectMeta {
+                name: Some("data".into()),
+                ..Default::default()
+            },
+            spec: Some(PersistentVolumeClaimSpec {
+                access_modes: Some(vec!["ReadWriteOnce".into()]),
+                storage_class_name: storage.storage_class_name.clone(),
+                resources: Some(VolumeResourceRequirements {
+                    requests: Some(BTreeMap::from([(
+                        "storage".to_owned(),
+                        Quantity(storage.size.clone()),
+                    )])),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]),
+        None => {
+            sc_volumes.push(Volume {
+                name: "data".into(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Default::default()
+            });
+            None
+        }
+    };
+    let service_center = StatefulSet {
+        metadata: meta(sc_name.clone(), "service-center"),
+        spec: StatefulSetSpec {
+            // One data center per region: a second writer would fork it.
+            replicas: Some(1),
+            service_name: Some(sc_name.clone()),
+            selector: selector(&code, "service-center"),
+            template: pod(
+                &code,
+                "service-center",
+                sc_container,
+                sc_volumes,
+                sc.bandwidth.as_ref(),
+            ),
+            volume_claim_templates: claims,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let service_center_service = service(
+        meta(sc_name, "service-center"),
+        &code,
+        "service-center",
+        &[("client", CLIENT_PORT), ("pair", SERVICE_CENTER_PAIR_PORT)],
+    );
+
+    let roaming_spec = &region.spec.roaming;
+    let r_name = roaming_name(&code);
+    let r_image = roaming_spec
+        .image
+        .clone()
+        .unwrap_or_else(|| settings.image.clone());
+    let r_args = [
+        "--role",
+        "roaming",
+        "--config",
+        &format!("{CONFIG_DIR}/{MESH_FILE}"),
+        "--listen-roaming-pair",
+        &format!("0.0.0.0:{ROAMING_PAIR_PORT}"),
+        "--listen-peer",
+        &format!("0.0.0.0:{PEER_PORT}"),
+    ];
+    let mut r_container = container(
+        "roaming",
+        r_image,
+        &r_args,
+        &[("pair", ROAMING_PAIR_PORT), ("peer", PEER_PORT)],
+    );
+    r_container.resources = roaming_spec.resources.clone();
+    let roaming = Deployment {
+        metadata: meta(r_name.clone(), "roaming"),
+        spec: DeploymentSpec {
+            replicas: Some(roaming_spec.replicas),
+            selector: selector(&code, "roaming"),
+            template: pod(
+                &code,
+                "roaming",
+                r_container,
+                common_volumes(&code),
+                roaming_spec.bandwidth.as_ref(),
+            ),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let roaming_service = service(
+        meta(r_name, "roaming"),
+        &code,
+        "roaming",
+        &[("pair", ROAMING_PAIR_PORT), ("peer", PEER_PORT)],
+    );
+
+    Desired {
+        mesh,
+        config_map,
+        service_center_service,
+        service_center,
+        roaming_service,
+        roaming,
+    }
+}
+
+pub fn labels(region: &str, component: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), "meridian".to_owned()),
+        (
+            "app.kubernetes.io/component".to_owned(),
+            component.to_owned(),
+        ),
+        ("app.kubernetes.io/instance".to_owned(), region.to_owned()),
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            "meridian-operator".to_owned(),
+        ),
+        ("meridian.dev/region".to_owned(), region.to_owned()),
+    ])
+}
+
+fn selector_labels(region: &str, component: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/component".to_owned(),
+            component.to_owned(),
+        ),
+        ("meridian.dev/region".to_owned(), region.to_owned()),
+    ])
+}
+
+fn selector(region: &str, component: &str) -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(selector_labels(region, component)),
+        ..Default::default()
+    }
+}
+
+fn container(name: &str, image: String, args: &[&str], ports: &[(&str, i32)]) -> Container {
+    Container {
+        name: name.into(),
+        image: Some(image),
+        args: Some(args.iter().map(|a| a.to_string()).collect()),
+        ports: Some(
+            ports
+                .iter()
+                .map(|(n, p)| ContainerPort {
+                    name: Some(n.to_string()),
+                    container_port: *p,
+                    ..Default::default()
+                })
+                .collect(),
+        ),
+        readiness_probe: Some(Probe {
+            tcp_socket: Some(TCPSocketAction {
+                port: IntOrString::Int(ports[0].1),
+                ..Default::default()
+            }),
+            period_seconds: Some(5),
+            ..Default::default()
+        }),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "mesh".into(),
+                mount_path: CONFIG_DIR.into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: "tmp".into(),
+                mount_path: "/tmp".into(),
+                ..Default::default()
+            },
+        ]),
+        // Pod Security Standard "restricted", plus a read-only root filesystem.
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Default::default()
+            }),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn common_volumes(region: &str) -> Vec<Volume> {
+    vec![
+        Volume {
+            name: "mesh".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: config_map_name(region),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        Volume {
+            name: "tmp".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        },
+    ]
+}
+
+fn pod(
+    region: &str,
+    component: &str,
+    container: Container,
+    volumes: Vec<Volume>,
+    bandwidth: Option<&BandwidthSpec>,
+) -> PodTemplateSpec {
+    let mut annotations = BTreeMap::new();
+    if let Some(bandwidth) = bandwidth {
+        if let Some(ingress) = &bandwidth.ingress {
+            annotations.insert(
+                "kubernetes.io/ingress-bandwidth".to_owned(),
+                ingress.clone(),
+            );
+        }
+        if let Some(egress) = &bandwidth.egress {
+            annotations.insert("kubernetes.io/egress-bandwidth".to_owned(), egress.clone());
+        }
+    }
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels(region, component)),
+            annotations: (!annotations.is_empty()).then_some(annotations),
+            ..Default::default()
+        }),
+        spec: Some(PodSpec {
+            containers: vec![container],
+            volumes: Some(volumes),
+            automount_service_account_token: Some(false),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(65532),
+                run_as_group: Some(65532),
+                fs_group: Some(65532),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+fn service(metadata: ObjectMeta, region: &str, component: &str, ports: &[(&str, i32)]) -> Service {
+    Service {
+        metadata,
+        spec: Some(ServiceSpec {
+            selector: Some(selector_labels(region, component)),
+            ports: Some(
+                ports
+                    .iter()
+                    .map(|(n, p)| ServicePort {
+                        name: Some(n.to_string()),
+                        port: *p,
+                        target_port: Some(IntOrString::Int(*p)),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meridian_crds::manifest;
+    use std::path::PathBuf;
+
+    const MANIFESTS: &str = "
+apiVersion: meridian.dev/v1alpha1
+kind: Region
+metadata: {name: eu, namespace: chat}
+spec:
+  cluster: a
+  serviceCenter:
+    resources: {requests: {cpu: 500m}}
+    storage: {size: 10Gi, storageClassName: fast}
+    bandwidth: {ingress: 100M, egress: 50M}
+  roaming: {replicas: 2, image: 'example/roaming:1'}
+---
+apiVersion: meridian.dev/v1alpha1
+kind: Region
+metadata: {name: us, namespace: chat}
+spec: {cluster: a}
+---
+apiVersion: meridian.dev/v1alpha1
+kind: Region
+metadata: {name: ap, namespace: chat}
+spec: {cluster: b, peerEndpoint: 'roaming.ap.example.net:7443'}
+---
+apiVersion: meridian.dev/v1alpha1
+kind: Region
+metadata: {name: sa, namespace: chat}
+spec: {cluster: b}
+---
+apiVersion: meridian.dev/v1alpha1
+kind: RegionLink
+metadata: {name: eu-us, namespace: chat}
+spec: {regions: [eu, us], enabled: false}
+";
+
+    fn desired_eu() -> Desired {
+        let m = manifest::parse(&[(PathBuf::from("m.yaml"), MANIFESTS.to_owned())]).unwrap();
+        let settings = Settings {
+            cluster: "a".into(),
+            image: "example/node:1".into(),
+        };
+        let owner = OwnerReference {
+            name: "eu".into(),
+            uid: "u".into(),
+            controller: Some(true),
+            ..Default::default()
+        };
+        desired(&m.regions[0], &m.regions, &m.links, &settings, owner)
+    }
+
+    #[test]
+    fn local_peers_use_services_and_remote_peers_their_endpoint() {
+        let d = desired_eu();
+        let peers: Vec<(&str, &str, bool)> = d
+            .mesh
+            .peers
+            .iter()
+            .map(|p| (p.region.as_str(), p.endpoint.as_str(), p.enabled))
+            .collect();
+        assert_eq!(
+            peers,
+            vec![
+                ("ap", "http://roaming.ap.example.net:7443", true),
+                ("us", "http://us-roaming.chat.svc:7443", false),
+            ],
+            "sa is remote without a peerEndpoint, so it cannot be reached and is left out"
+        );
+        assert_eq!(
+            d.mesh.service_center.pair,
+            "http://eu-service-center.chat.svc:7401"
+        );
+        assert_eq!(
+            d.config_map.data.as_ref().unwrap()["mesh.yaml"],
+            d.mesh.to_yaml()
+        );
+    }
+
+    #[test]
+    fn workloads_follow_the_spec_and_are_owned_by_the_region() {
+        let d = desired_eu();
+        let sts = &d.service_center;
+        assert_eq!(sts.metadata.name.as_deref(), Some("eu-service-center"));
+        assert_eq!(
+            sts.metadata.owner_references.as_ref().unwrap()[0].name,
+            "eu"
+        );
+        let claim = &sts.spec.volume_claim_templates.as_ref().unwrap()[0];
+        let claim_spec = claim.spec.as_ref().unwrap();
+        assert_eq!(claim_spec.storage_class_name.as_deref(), Some("fast"));
+        assert_eq!(
+            claim_spec
+                .resources
+                .as_ref()
+                .unwrap()
+                .requests
+                .as_ref()
+                .unwrap()["storage"]
+                .0,
+            "10Gi"
+        );
+        let template = &sts.spec.template;
+        let annotations = template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref()
+            .unwrap();
+        assert_eq!(annotations["kubernetes.io/ingress-bandwidth"], "100M");
+        assert_eq!(annotations["kubernetes.io/egress-bandwidth"], "50M");
+        let container = &template.spec.as_ref().unwrap().containers[0];
+        assert_eq!(container.image.as_deref(), Some("example/node:1"));
+        assert_eq!(
+            container
+                .resources
+                .as_ref()
+                .unwrap()
+                .requests
+                .as_ref()
+                .unwrap()["cpu"]
+                .0,
+            "500m"
+        );
+
+        let roaming = &d.roaming;
+        assert_eq!(roaming.spec.replicas, Some(2));
+        let r_container = &roaming.spec.template.spec.as_ref().unwrap().containers[0];
+        assert_eq!(r_container.image.as_deref(), Some("example/roaming:1"));
+        let ports: Vec<i32> = d
+            .roaming_service
+            .spec
+            .as_ref()
+            .unwrap()
+            .ports
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|p| p.port)
+            .collect();
+        assert_eq!(ports, vec![ROAMING_PAIR_PORT, PEER_PORT]);
+    }
+
+    #[test]
+    fn pods_meet_the_restricted_pod_security_standard() {
+        let d = desired_eu();
+        for template in [&d.service_center.spec.template, &d.roaming.spec.template] {
+            let spec = template.spec.as_ref().unwrap();
+            let pod = spec.security_context.as_ref().unwrap();
+            assert_eq!(pod.run_as_non_root, Some(true));
+            assert_eq!(
+                pod.seccomp_profile.as_ref().unwrap().type_,
+                "RuntimeDefault"
+            );
+            for container in &spec.containers {
+                let sc = container.security_context.as_ref().unwrap();
+                assert_eq!(sc.allow_privilege_escalation, Some(false));
+                assert_eq!(sc.read_only_root_filesystem, Some(true));
+                assert_eq!(
+                    sc.capabilities.as_ref().unwrap().drop.as_deref(),
+                    Some(&["ALL".to_owned()][..])
+                );
+            }
+        }
+    }
+}

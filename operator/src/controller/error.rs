@@ -1,0 +1,31 @@
+//! The controller's errors, one variant per step, each with a metric label.
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the Region is invalid: {0}")]
+    Invalid(String),
+    #[error("cannot apply {kind} {name}: {source}")]
+    Apply {
+        kind: &'static str,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("cannot write the status of Region {name}: {source}")]
+    Status {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl Error {
+    /// The `error` label of the reconcile error metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Invalid(_) => "invalid",
+            Error::Apply { .. } => "apply",
+            Error::Status { .. } => "status",
+        }
+    }
+}

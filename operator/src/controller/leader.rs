@@ -1,0 +1,148 @@
+//! Leader election with a coordination.k8s.io Lease, so that two operator
+//! replicas are safe: only the holder reconciles. Writes are server-side
+//! apply carrying the resourceVersion read, so two candidates racing for an
+//! expired lease cannot both win (the loser gets a conflict).
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{Patch, PostParams};
+use kube::{Api, Client};
+
+use super::apply;
+
+pub struct LeaderElection {
+    api: Api<Lease>,
+    name: String,
+    identity: String,
+    lease_duration: Duration,
+}
+
+impl LeaderElection {
+    pub fn new(
+        client: Client,
+        namespace: &str,
+        name: &str,
+        identity: &str,
+        lease_duration: Duration,
+    ) -> Self {
+        Self {
+            api: Api::namespaced(client, namespace),
+            name: name.to_owned(),
+            identity: identity.to_owned(),
+            lease_duration,
+        }
+    }
+
+    /// Waits until this candidate holds the lease.
+    pub async fn acquire(&self) {
+        let mut announced = false;
+        loop {
+            match self.try_acquire_or_renew().await {
+                Ok(true) => {
+                    tracing::info!(lease = %self.name, identity = %self.identity, "became the leader");
+                    return;
+                }
+                Ok(false) if !announced => {
+                    tracing::info!(lease = %self.name, "another replica leads; standing by");
+                    announced = true;
+                }
+                Ok(false) => {}
+                Err(err) => tracing::warn!(%err, "leader election attempt failed"),
+            }
+            tokio::time::sleep(self.lease_duration / 3).await;
+        }
+    }
+
+    /// Renews the lease until it is lost; returns when it is.
+    pub async fn hold(&self) {
+        let mut last_renewal = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(self.lease_duration / 3).await;
+            match self.try_acquire_or_renew().await {
+                Ok(true) => last_renewal = tokio::time::Instant::now(),
+                Ok(false) => return,
+                Err(err) => {
+                    tracing::warn!(%err, "lease renewal failed");
+                    if last_renewal.elapsed() >= self.lease_duration * 2 / 3 {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes or renews the lease; `false` when another holder's lease is live.
+    async fn try_acquire_or_renew(&self) -> Result<bool, kube::Error> {
+        let now = Timestamp::now();
+        let Some(lease) = self.api.get_opt(&self.name).await? else {
+            let fresh = self.lease(None, now, 0, now);
+            return match self.api.create(&PostParams::default(), &fresh).await {
+                Ok(_) => Ok(true),
+                Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+                Err(err) => Err(err),
+            };
+        };
+        let spec = lease.spec.clone().unwrap_or_default();
+        let holder = spec.holder_identity.clone().unwrap_or_default();
+        let renewed = spec
+            .renew_time
+            .map(|t| t.0)
+            .unwrap_or(Timestamp::UNIX_EPOCH);
+        let duration =
+            SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(0)));
+        let expired = renewed + duration < now;
+        if holder != self.identity && !expired {
+            return Ok(false);
+        }
+        let (transitions, acquired) = if holder == self.identity {
+            (
+                spec.lease_transitions.unwrap_or(0),
+                spec.acquire_time.map(|t| t.0).unwrap_or(now),
+            )
+        } else {
+            (spec.lease_transitions.unwrap_or(0) + 1, now)
+        };
+        let next = self.lease(
+            lease.metadata.resource_version.clone(),
+            acquired,
+            transitions,
+            now,
+        );
+        match self
+            .api
+            .patch(&self.name, &apply::params(), &Patch::Apply(&next))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+            Err(err) => Err(err),
+        }
+    }
+
+    fn lease(
+        &self,
+        resource_version: Option<String>,
+        acquired: Timestamp,
+        transitions: i32,
+        now: Timestamp,
+    ) -> Lease {
+        Lease {
+            metadata: ObjectMeta {
+                name: Some(self.name.clone()),
+                resource_version,
+                ..Default::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(self.identity.clone()),
+                lease_duration_seconds: Some(self.lease_duration.as_secs() as i32),
+                acquire_time: Some(MicroTime(acquired)),
+                renew_time: Some(MicroTime(now)),
+                lease_transitions: Some(transitions),
+                ..Default::default()
+            }),
+        }
+    }
+}

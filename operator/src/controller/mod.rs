@@ -1,0 +1,346 @@
+//! The Kubernetes controller (`meridian-operator run`). For every Region of
+//! its cluster it reconciles the paired workloads and the node configuration;
+//! every other Region of the namespace is a peer in that configuration.
+//!
+//! Each reconcile is a pipeline: fetch the namespace's Regions and
+//! RegionLinks from the watch caches, validate, build the desired objects
+//! (pure), apply them server-side, then write the status.
+
+mod apply;
+pub mod build;
+mod error;
+mod leader;
+mod metrics;
+mod status;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use meridian_crds::{Region, RegionLink, validate};
+
+pub use build::Settings;
+pub use error::Error;
+use metrics::Metrics;
+use status::Outcome;
+
+/// Arguments of `meridian-operator run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// This operator's cluster: it deploys the Regions whose spec.cluster matches.
+    #[arg(long, env = "MERIDIAN_CLUSTER")]
+    pub cluster: String,
+    /// The meridian-node image for Regions that do not set their own.
+    #[arg(long, env = "MERIDIAN_NODE_IMAGE", default_value = concat!("ghcr.io/meridian-dev/meridian-node:", env!("CARGO_PKG_VERSION")))]
+    pub node_image: String,
+    /// Only watch this namespace (default: all namespaces).
+    #[arg(long, env = "MERIDIAN_WATCH_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Where /metrics, /healthz and /readyz are served.
+    #[arg(long, env = "MERIDIAN_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// Elect a leader with a Lease so that several replicas are safe.
+    #[arg(long, env = "MERIDIAN_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    /// The namespace of the Lease (default: the pod's namespace, or "default").
+    #[arg(long, env = "MERIDIAN_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// This replica's name in the Lease (default: the host name).
+    #[arg(long, env = "MERIDIAN_IDENTITY")]
+    pub identity: Option<String>,
+}
+
+struct Context {
+    client: Client,
+    settings: Settings,
+    regions: Store<Region>,
+    links: Store<RegionLink>,
+    recorder: Recorder,
+    metrics: Arc<Metrics>,
+}
+
+/// Runs the controller until the process is stopped.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let client = Client::try_default().await?;
+    let metrics = Arc::new(Metrics::default());
+    tokio::spawn(metrics::serve(args.metrics_addr, metrics.clone()));
+
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| format!("meridian-operator-{}", std::process::id()))
+    });
+    let election = args.leader_election.then(|| {
+        let namespace = args
+            .lease_namespace
+            .clone()
+            .or_else(|| {
+                std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+                    .ok()
+            })
+            .unwrap_or_else(|| "default".into());
+        leader::LeaderElection::new(
+            client.clone(),
+            namespace.trim(),
+            "meridian-operator",
+            &identity,
+            Duration::from_secs(15),
+        )
+    });
+    if let Some(election) = &election {
+        election.acquire().await;
+    }
+    metrics
+        .leading
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+
+    let (regions_api, links_api): (Api<Region>, Api<RegionLink>) = match &args.namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let namespaced = |c: &Client| -> (
+        Api<StatefulSet>,
+        Api<Deployment>,
+        Api<Service>,
+        Api<ConfigMap>,
+    ) {
+        match &args.namespace {
+            Some(ns) => (
+                Api::namespaced(c.clone(), ns),
+                Api::namespaced(c.clone(), ns),
+                Api::namespaced(c.clone(), ns),
+                Api::namespaced(c.clone(), ns),
+            ),
+            None => (
+                Api::all(c.clone()),
+                Api::all(c.clone()),
+                Api::all(c.clone()),
+                Api::all(c.clone()),
+            ),
+        }
+    };
+    let (statefulsets, deployments, services, config_maps) = namespaced(&client);
+    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=meridian-operator");
+
+    // A cache of every RegionLink, read by reconciles.
+    let (links, links_writer) = reflector::store::<RegionLink>();
+    let link_cache = reflector::reflector(
+        links_writer,
+        watcher(links_api.clone(), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects();
+    tokio::spawn(link_cache.for_each(|_| futures::future::ready(())));
+
+    let controller = Controller::new(regions_api.clone(), watcher::Config::default());
+    let regions = controller.store();
+    let for_links = regions.clone();
+    let for_regions = regions.clone();
+    let reporter = Reporter {
+        controller: "meridian-operator".into(),
+        instance: Some(identity.clone()),
+    };
+    let context = Arc::new(Context {
+        client: client.clone(),
+        settings: Settings {
+            cluster: args.cluster.clone(),
+            image: args.node_image.clone(),
+        },
+        regions,
+        links,
+        recorder: Recorder::new(client.clone(), reporter),
+        metrics: metrics.clone(),
+    });
+    tracing::info!(cluster = %args.cluster, "reconciling the Regions of this cluster");
+
+    let controller = controller
+        .owns(statefulsets, owned.clone())
+        .owns(deployments, owned.clone())
+        .owns(services, owned.clone())
+        .owns(config_maps, owned)
+        // Any Region or RegionLink change reshapes the mesh of its namespace.
+        .watches(
+            regions_api,
+            watcher::Config::default(),
+            move |region: Region| same_namespace(&for_regions, region.namespace()),
+        )
+        .watches(
+            links_api,
+            watcher::Config::default(),
+            move |link: RegionLink| same_namespace(&for_links, link.namespace()),
+        )
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            if let Err(err) = result {
+                tracing::debug!(%err, "reconcile did not complete");
+            }
+        });
+    match &election {
+        Some(election) => {
+            tokio::select! {
+                () = controller => {}
+                () = election.hold() => {
+                    // Another replica may lead now: stop at once rather than write.
+                    anyhow::bail!("lost the leader lease; exiting so that only the leader writes");
+                }
+            }
+        }
+        None => controller.await,
+    }
+    Ok(())
+}
+
+fn same_namespace(regions: &Store<Region>, namespace: Option<String>) -> Vec<ObjectRef<Region>> {
+    regions
+        .state()
+        .iter()
+        .filter(|r| r.namespace() == namespace)
+        .map(|r| ObjectRef::from_obj(r.as_ref()))
+        .collect()
+}
+
+async fn reconcile(region: Arc<Region>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_region(&region, &ctx).await;
+    ctx.metrics.reconciled(
+        started.elapsed().as_secs_f64(),
+        result.as_ref().err().map(Error::metric_label),
+    );
+    result
+}
+
+async fn reconcile_region(region: &Region, ctx: &Context) -> Result<Action, Error> {
+    if region.spec.cluster != ctx.settings.cluster || region.meta().deletion_timestamp.is_some() {
+        // A remote peer: its own cluster's operator deploys it.
+        return Ok(Action::await_change());
+    }
+    let name = region.name_any();
+    let namespace = region.namespace();
+    // Fetch: the namespace's Regions and RegionLinks, from the watch caches.
+    let regions: Vec<Region> = ctx
+        .regions
+        .state()
+        .iter()
+        .filter(|r| r.namespace() == namespace)
+        .map(|r| (**r).clone())
+        .collect();
+    let links: Vec<RegionLink> = ctx
+        .links
+        .state()
+        .iter()
+        .filter(|l| l.namespace() == namespace)
+        .map(|l| (**l).clone())
+        .collect();
+
+    // Validate.
+    let problems: Vec<String> = validate::region(region)
+        .into_iter()
+        .map(|v| v.to_string())
+        .collect();
+    if !problems.is_empty() {
+        let message = problems.join("; ");
+        write_status(ctx, region, Outcome::Invalid(&message)).await?;
+        event(ctx, region, EventType::Warning, "InvalidSpec", &message).await;
+        return Err(Error::Invalid(message));
+    }
+
+    // Build, then apply.
+    let owner = region
+        .controller_owner_ref(&())
+        .expect("a Region from the API has a uid");
+    let desired = build::desired(region, &regions, &links, &ctx.settings, owner);
+    let applied = match apply::apply_all(&ctx.client, &desired).await {
+        Ok(applied) => applied,
+        Err(err) => {
+            let message = err.to_string();
+            write_status(ctx, region, Outcome::Failed(&message)).await?;
+            event(ctx, region, EventType::Warning, "ApplyFailed", &message).await;
+            return Err(err);
+        }
+    };
+    let changed = write_status(
+        ctx,
+        region,
+        Outcome::Applied {
+            applied: &applied,
+            mesh: &desired.mesh,
+        },
+    )
+    .await?;
+    if changed {
+        let message = format!(
+            "{} peers; service center {}/1 ready, roaming {}/{} ready",
+            desired.mesh.peers.len(),
+            applied.service_center_ready,
+            applied.roaming_ready,
+            applied.roaming_wanted
+        );
+        event(ctx, region, EventType::Normal, "Reconciled", &message).await;
+    }
+    tracing::debug!(region = %name, "reconciled");
+    Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+/// Writes the status when it differs; returns whether it did.
+async fn write_status(ctx: &Context, region: &Region, outcome: Outcome<'_>) -> Result<bool, Error> {
+    let name = region.name_any();
+    let next = status::status(
+        region.meta().generation,
+        outcome,
+        region.status.as_ref(),
+        Timestamp::now(),
+    );
+    if region.status.as_ref() == Some(&next) {
+        return Ok(false);
+    }
+    let api: Api<Region> =
+        Api::namespaced(ctx.client.clone(), &region.namespace().unwrap_or_default());
+    let body = serde_json::json!({
+        "apiVersion": Region::api_version(&()),
+        "kind": Region::kind(&()),
+        "status": next,
+    });
+    api.patch_status(
+        &name,
+        &PatchParams::apply(apply::FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(|source| Error::Status { name, source })?;
+    Ok(true)
+}
+
+async fn event(ctx: &Context, region: &Region, type_: EventType, reason: &str, note: &str) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(err) = ctx.recorder.publish(&event, &region.object_ref(&())).await {
+        tracing::warn!(%err, "cannot record an event");
+    }
+}
+
+fn error_policy(region: Arc<Region>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(region = %region.name_any(), %error, "reconcile failed");
+    match error {
+        Error::Invalid(_) => Action::await_change(),
+        _ => Action::requeue(Duration::from_secs(5)),
+    }
+}
