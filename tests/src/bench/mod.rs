@@ -1,0 +1,11 @@
+//! The parts of `meridian-bench`: a running system (spawned or given), the
+//! users and groups of one run, the load generators and the report.
+
+pub mod ack;
+pub mod deliver;
+pub mod local;
+pub mod open_loop;
+pub mod report;
+pub mod setup;
+pub mod subscriber;
+pub mod throughput;

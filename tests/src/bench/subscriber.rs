@@ -1,0 +1,123 @@
+//! A member's live subscription to one group, as a client would keep it:
+//! deduplicated by `seq`, and resumed from its cursor when the server ends
+//! it (for example after the subscriber fell behind).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use meridian_node::client::Client;
+use meridian_node::proto::client_api::{Cursor, Delivery};
+use tokio::task::JoinHandle;
+
+use super::report::{Errors, wall_micros};
+
+/// What happened to the subscription itself.
+#[derive(Default)]
+pub struct SubscriptionStats {
+    /// Times the stream ended or failed and was opened again.
+    pub resumes: AtomicU64,
+    /// Deliveries at or below the cursor (already seen), dropped.
+    pub stale: AtomicU64,
+    pub errors: Mutex<Errors>,
+}
+
+impl SubscriptionStats {
+    pub fn notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        let resumes = self.resumes.load(Ordering::Relaxed);
+        if resumes > 0 {
+            notes.push(format!("subscription resumed {resumes}x"));
+        }
+        let stale = self.stale.load(Ordering::Relaxed);
+        if stale > 0 {
+            notes.push(format!("stale deliveries dropped {stale}"));
+        }
+        let errors = self.errors.lock().expect("errors").describe();
+        if !errors.is_empty() {
+            notes.push(format!("subscription {errors}"));
+        }
+        notes
+    }
+}
+
+/// A running subscription; the task stops when this is dropped.
+pub struct Subscription {
+    pub stats: Arc<SubscriptionStats>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Subscribes to `group` after `last_seq` and calls `on` with every new
+/// delivery and the wall-clock time (µs) it arrived. Returns once the server
+/// has accepted the subscription, so that nothing sent afterwards is missed.
+pub async fn subscribe<F>(
+    mut client: Client,
+    group: String,
+    last_seq: u64,
+    mut on: F,
+) -> anyhow::Result<Subscription>
+where
+    F: FnMut(&Delivery, u64) + Send + 'static,
+{
+    let mut stream = client.subscribe(cursors(&group, last_seq)).await?;
+    let stats = Arc::new(SubscriptionStats::default());
+    let task_stats = stats.clone();
+    let task = tokio::spawn(async move {
+        let stats = task_stats;
+        let mut last = last_seq;
+        loop {
+            match stream.message().await {
+                Ok(Some(delivery)) => {
+                    let now = wall_micros();
+                    if delivery.group != group || delivery.seq <= last {
+                        stats.stale.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    last = delivery.seq;
+                    on(&delivery, now);
+                    continue;
+                }
+                Ok(None) => stats
+                    .errors
+                    .lock()
+                    .expect("errors")
+                    .add("the server ended the stream".into()),
+                Err(status) => stats.errors.lock().expect("errors").add(format!(
+                    "{:?}: {}",
+                    status.code(),
+                    status.message()
+                )),
+            }
+            // Open it again from the cursor, until that works.
+            stats.resumes.fetch_add(1, Ordering::Relaxed);
+            loop {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                match client.subscribe(cursors(&group, last)).await {
+                    Ok(again) => {
+                        stream = again;
+                        break;
+                    }
+                    Err(status) => stats.errors.lock().expect("errors").add(format!(
+                        "resubscribe: {:?}: {}",
+                        status.code(),
+                        status.message()
+                    )),
+                }
+            }
+        }
+    });
+    Ok(Subscription { stats, task })
+}
+
+fn cursors(group: &str, last_seq: u64) -> Vec<Cursor> {
+    vec![Cursor {
+        group: group.to_owned(),
+        last_seq,
+    }]
+}

@@ -1,0 +1,187 @@
+//! Scenario 3: throughput of one region. Closed loop: `concurrency` senders
+//! spread over a few connections each send to a group homed in the region,
+//! the next send as soon as the previous one is acked. Counted: acks per
+//! second (durably accepted sends) and deliveries per second seen by one
+//! member's subscription in the same region, both over the measured window.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use tokio::time::Instant;
+
+use super::report::{Errors, Percentiles, Row, histogram, notes, record};
+use super::setup::{Ctx, body};
+use super::subscriber;
+
+pub struct Params {
+    pub concurrency: usize,
+    pub connections: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+    pub body_bytes: usize,
+    /// How long the subscriber may take to catch up after the senders stop.
+    pub straggler_wait: Duration,
+    pub regions: Vec<String>,
+}
+
+/// One sender's tally.
+struct Tally {
+    acked_total: u64,
+    acked_in_window: u64,
+    latency: Histogram<u64>,
+    errors: Errors,
+}
+
+pub async fn run(ctx: &Ctx, params: &Params) -> anyhow::Result<Vec<Row>> {
+    println!(
+        "\n-- throughput: closed loop, {} concurrent senders over {} connections, {} s warm-up + {} s measured, {} B bodies, one subscribing member",
+        params.concurrency,
+        params.connections,
+        params.warmup.as_secs_f64(),
+        params.duration.as_secs_f64(),
+        params.body_bytes
+    );
+    let mut rows = Vec::new();
+    for region in &params.regions {
+        for row in run_region(ctx, params, region).await? {
+            row.print();
+            rows.push(row);
+        }
+    }
+    Ok(rows)
+}
+
+async fn run_region(ctx: &Ctx, params: &Params, region: &str) -> anyhow::Result<Vec<Row>> {
+    let mut sender = ctx
+        .user(&format!("tput-{region}-s"), region, region)
+        .await?;
+    let group = sender.create_group(ctx, &format!("tput-{region}")).await?;
+    let mut member = ctx
+        .user(&format!("tput-{region}-m"), region, region)
+        .await?;
+    member.join(&group).await?;
+    let pool = sender.pool(params.connections).await?;
+
+    let start = Instant::now() + Duration::from_millis(200);
+    let window_start = start + params.warmup;
+    let end = window_start + params.duration;
+
+    // The member counts what reaches it, and when.
+    let delivered_total = Arc::new(AtomicU64::new(0));
+    let delivered_in_window = Arc::new(AtomicU64::new(0));
+    let (total, in_window) = (delivered_total.clone(), delivered_in_window.clone());
+    let subscription = subscriber::subscribe(member.client, group.clone(), 0, move |_, _| {
+        let now = Instant::now();
+        total.fetch_add(1, Ordering::Relaxed);
+        if now >= window_start && now < end {
+            in_window.fetch_add(1, Ordering::Relaxed);
+        }
+    })
+    .await?;
+
+    let prefix = ctx.name(&format!("tput-{region}"));
+    let body = Arc::new(body(&prefix, params.body_bytes));
+    let mut senders = Vec::with_capacity(params.concurrency);
+    for task in 0..params.concurrency {
+        let mut client = pool[task % pool.len()].clone();
+        let (group, body, prefix) = (group.clone(), body.clone(), prefix.clone());
+        senders.push(tokio::spawn(async move {
+            let mut tally = Tally {
+                acked_total: 0,
+                acked_in_window: 0,
+                latency: histogram(),
+                errors: Errors::default(),
+            };
+            tokio::time::sleep_until(start).await;
+            let mut n = 0u64;
+            while Instant::now() < end {
+                let key = format!("{prefix}-{task}-{n}");
+                n += 1;
+                let sent = Instant::now();
+                let result = client.send(&group, &body, &key).await;
+                let done = Instant::now();
+                match result {
+                    Ok(_) => {
+                        tally.acked_total += 1;
+                        if done >= window_start && done < end {
+                            tally.acked_in_window += 1;
+                            record(&mut tally.latency, done - sent);
+                        }
+                    }
+                    Err(s) => {
+                        tally.errors.add(format!("{:?}: {}", s.code(), s.message()));
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+            tally
+        }));
+    }
+    let mut acked_total = 0;
+    let mut acked_in_window = 0;
+    let mut latency = histogram();
+    let mut errors = Errors::default();
+    for sender in senders {
+        let tally = sender.await?;
+        acked_total += tally.acked_total;
+        acked_in_window += tally.acked_in_window;
+        latency.add(&tally.latency).expect("same histogram bounds");
+        errors.merge(tally.errors);
+    }
+
+    // Let the member catch up with everything acked.
+    let deadline = Instant::now().max(end) + params.straggler_wait;
+    let caught_up = loop {
+        if delivered_total.load(Ordering::Relaxed) >= acked_total {
+            break Some(Instant::now().saturating_duration_since(end));
+        }
+        if Instant::now() >= deadline {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let stats = subscription.stats.clone();
+    drop(subscription);
+
+    let seconds = params.duration.as_secs_f64();
+    let delivered = delivered_total.load(Ordering::Relaxed);
+    let mut send_notes = vec![format!(
+        "acked {acked_in_window} in {seconds} s ({acked_total} in all)"
+    )];
+    send_notes.push(errors.describe());
+    let mut deliver_notes = vec![format!(
+        "delivered {} in {seconds} s ({delivered} of {acked_total} in all)",
+        delivered_in_window.load(Ordering::Relaxed)
+    )];
+    deliver_notes.push(match caught_up {
+        Some(after) => format!(
+            "caught up {:.0} ms after the senders stopped",
+            after.as_secs_f64() * 1000.0
+        ),
+        None => format!(
+            "missing {} after waiting {} s",
+            acked_total.saturating_sub(delivered),
+            params.straggler_wait.as_secs_f64()
+        ),
+    });
+    deliver_notes.extend(stats.notes());
+    Ok(vec![
+        Row::Rate {
+            label: format!("sends acked, region {region}"),
+            per_second: acked_in_window as f64 / seconds,
+            note: notes(&send_notes),
+        },
+        Row::Rate {
+            label: format!("deliveries to 1 member, {region}"),
+            per_second: delivered_in_window.load(Ordering::Relaxed) as f64 / seconds,
+            note: notes(&deliver_notes),
+        },
+        Row::Latency {
+            label: format!("closed-loop send-ack, {region}"),
+            percentiles: Percentiles::of(&latency),
+            note: String::new(),
+        },
+    ])
+}
