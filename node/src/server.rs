@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::Error;
 use crate::mesh::MeshConfig;
@@ -83,7 +82,7 @@ impl Node {
                 transport::server()
                     .add_service(roaming::grpc::pair_service(roaming.clone()))
                     .serve_with_incoming_shutdown(
-                        TcpListenerStream::new(listeners.pair),
+                        transport::incoming(listeners.pair),
                         stopped(),
                     ),
             );
@@ -92,7 +91,7 @@ impl Node {
                     .add_service(roaming::grpc::data_service(roaming.clone()))
                     .add_service(roaming::grpc::business_service(roaming))
                     .serve_with_incoming_shutdown(
-                        TcpListenerStream::new(listeners.peer),
+                        transport::incoming(listeners.peer),
                         stopped(),
                     ),
             );
@@ -113,7 +112,7 @@ impl Node {
                 transport::server()
                     .add_service(service_center::grpc::client_service(center.clone()))
                     .serve_with_incoming_shutdown(
-                        TcpListenerStream::new(listeners.client),
+                        transport::incoming(listeners.client),
                         stopped(),
                     ),
             );
@@ -121,7 +120,7 @@ impl Node {
                 transport::server()
                     .add_service(service_center::grpc::pair_service(center))
                     .serve_with_incoming_shutdown(
-                        TcpListenerStream::new(listeners.pair),
+                        transport::incoming(listeners.pair),
                         stopped(),
                     ),
             );

@@ -33,7 +33,14 @@ pub fn channel(url: &str) -> Result<Channel, Error> {
 
 /// A gRPC server with Meridian's settings.
 pub fn server() -> tonic::transport::Server {
-    tonic::transport::Server::builder().tcp_nodelay(true)
+    tonic::transport::Server::builder()
+}
+
+/// The connections a bound listener accepts, with Nagle's algorithm off: a
+/// subscription's deliveries flow one way, and would otherwise wait for the
+/// client's delayed ACK.
+pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 impl From<Error> for Status {
