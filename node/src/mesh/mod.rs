@@ -1,6 +1,9 @@
-//! The peer mesh: its configuration, and the routes over its links.
+//! The peer mesh: its configuration, the health of its links, the link state
+//! shared across it, and the routes over it.
 
 pub mod config;
+pub mod health;
+pub mod link_state;
 pub mod routes;
 
 pub use config::{MeshConfig, Peer};
