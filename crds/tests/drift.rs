@@ -24,7 +24,10 @@ fn committed_crds_match_the_types() {
 /// The Helm chart ships the same CRDs.
 #[test]
 fn the_charts_crds_match_the_types() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/meridian/crds/crds.yaml");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../charts/meridian/crds/crds.yaml"
+    );
     let shipped =
         std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
     assert!(

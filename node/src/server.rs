@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use crate::Error;
 use crate::mesh::MeshConfig;
+use crate::mesh::health::HealthPolicy;
 use crate::roaming::{self, Roaming};
 use crate::service_center::data_center::DataCenter;
 use crate::service_center::roaming_link::RoamingLink;
@@ -53,6 +54,8 @@ pub struct Node {
     pub data_dir: PathBuf,
     pub service_center: Option<ServiceCenterListeners>,
     pub roaming: Option<RoamingListeners>,
+    /// How the roaming system probes and judges its links.
+    pub health: HealthPolicy,
 }
 
 impl Node {
@@ -76,24 +79,19 @@ impl Node {
         let mut servers = tokio::task::JoinSet::new();
 
         if let Some(listeners) = self.roaming {
-            let roaming = Roaming::new(self.mesh.clone());
+            let roaming = Roaming::start(self.mesh.clone(), self.health);
             tracing::info!(%region, pair = %local(&listeners.pair), peer = %local(&listeners.peer), "roaming system serving");
             servers.spawn(
                 transport::server()
                     .add_service(roaming::grpc::pair_service(roaming.clone()))
-                    .serve_with_incoming_shutdown(
-                        transport::incoming(listeners.pair),
-                        stopped(),
-                    ),
+                    .serve_with_incoming_shutdown(transport::incoming(listeners.pair), stopped()),
             );
             servers.spawn(
                 transport::server()
                     .add_service(roaming::grpc::data_service(roaming.clone()))
-                    .add_service(roaming::grpc::business_service(roaming))
-                    .serve_with_incoming_shutdown(
-                        transport::incoming(listeners.peer),
-                        stopped(),
-                    ),
+                    .add_service(roaming::grpc::business_service(roaming.clone()))
+                    .add_service(roaming::grpc::admin_service(roaming))
+                    .serve_with_incoming_shutdown(transport::incoming(listeners.peer), stopped()),
             );
         }
 
@@ -111,18 +109,12 @@ impl Node {
             servers.spawn(
                 transport::server()
                     .add_service(service_center::grpc::client_service(center.clone()))
-                    .serve_with_incoming_shutdown(
-                        transport::incoming(listeners.client),
-                        stopped(),
-                    ),
+                    .serve_with_incoming_shutdown(transport::incoming(listeners.client), stopped()),
             );
             servers.spawn(
                 transport::server()
                     .add_service(service_center::grpc::pair_service(center))
-                    .serve_with_incoming_shutdown(
-                        transport::incoming(listeners.pair),
-                        stopped(),
-                    ),
+                    .serve_with_incoming_shutdown(transport::incoming(listeners.pair), stopped()),
             );
         }
 

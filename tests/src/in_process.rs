@@ -35,6 +35,8 @@ fn url(listener: &TcpListener) -> String {
 pub struct Region {
     pub code: String,
     pub client_url: String,
+    /// The roaming system's peer API (also serving the admin API).
+    pub peer_url: String,
     pub mesh: watch::Sender<MeshConfig>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
@@ -49,6 +51,11 @@ pub struct Mesh {
 impl Mesh {
     /// Starts one node per region code, fully meshed.
     pub async fn start(codes: &[&str]) -> Mesh {
+        // Logs show with `RUST_LOG=meridian_node=info cargo test -- --nocapture`.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let data = tempfile::tempdir().expect("temporary directory");
         let mut ports = BTreeMap::new();
         for code in codes {
@@ -89,6 +96,7 @@ impl Mesh {
             };
             let (mesh_tx, mesh_rx) = watch::channel(config);
             let client_url = url(&p.client);
+            let peer_url = url(&p.peer);
             let node = Node {
                 mesh: mesh_rx,
                 data_dir: data.path().join(&code),
@@ -100,6 +108,7 @@ impl Mesh {
                     pair: p.roaming_pair,
                     peer: p.peer,
                 }),
+                health: Default::default(),
             };
             let (stop, stopped) = oneshot::channel::<()>();
             let task = tokio::spawn(async move {
@@ -114,6 +123,7 @@ impl Mesh {
                 Region {
                     code,
                     client_url,
+                    peer_url,
                     mesh: mesh_tx,
                     stop: Some(stop),
                     task: Some(task),
@@ -163,6 +173,44 @@ impl Mesh {
                     peer.enabled = enabled;
                 }
             });
+        }
+    }
+
+    /// What `code`'s roaming system reports of its links.
+    pub async fn mesh_status(&self, code: &str) -> meridian_node::proto::peer_api::MeshStatusReply {
+        use meridian_node::proto::peer_api::{MeshStatusRequest, admin_client::AdminClient};
+        let mut admin = AdminClient::connect(self.region(code).peer_url.clone())
+            .await
+            .expect("admin API");
+        admin
+            .mesh_status(MeshStatusRequest {})
+            .await
+            .expect("mesh status")
+            .into_inner()
+    }
+
+    /// Waits until `code` reports the link to `peer` in `state`.
+    pub async fn wait_link(
+        &self,
+        code: &str,
+        peer: &str,
+        state: &str,
+    ) -> meridian_node::proto::peer_api::LinkStatus {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = self.mesh_status(code).await;
+            if let Some(link) = status
+                .links
+                .into_iter()
+                .find(|l| l.peer == peer && l.state == state)
+            {
+                return link;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{code}: link to {peer} never became {state}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

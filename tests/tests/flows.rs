@@ -294,6 +294,36 @@ async fn a_resumed_subscription_has_no_gap_and_no_duplicate() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_link_detours_through_the_third_region_and_returns_when_enabled() {
+    let mesh = Mesh::start(&["eu", "us", "ap"]).await;
+    let mut ann = mesh.user("ann@eu", "eu").await;
+    let mut bob = mesh.user("bob@us", "us").await;
+    ann.create_group("g").await.unwrap();
+    bob.join("g@eu").await.unwrap();
+    let mut stream = bob.subscribe(vec![]).await.unwrap();
+
+    mesh.set_link("eu", "us", false);
+    let detour = mesh.wait_link("us", "eu", "Detoured").await;
+    assert_eq!(detour.path, vec!["us", "ap", "eu"]);
+    assert!(!detour.enabled);
+    // Data and messages flow both ways over the detour.
+    assert_eq!(bob.get_group("g@eu").await.unwrap().members.len(), 2);
+    ann.send("g@eu", "via ap", "").await.unwrap();
+    bob.send("g@eu", "back via ap", "").await.unwrap();
+    assert_eq!(
+        bodies(&[next(&mut stream).await, next(&mut stream).await]),
+        vec!["via ap", "back via ap"]
+    );
+
+    mesh.set_link("eu", "us", true);
+    let direct = mesh.wait_link("us", "eu", "Up").await;
+    assert_eq!(direct.path, vec!["us", "eu"]);
+    ann.send("g@eu", "direct again", "").await.unwrap();
+    assert_eq!(next(&mut stream).await.body, "direct again");
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sends_queue_while_the_home_is_unreachable_and_arrive_in_order_after() {
     let mesh = Mesh::start(&["eu", "us", "ap"]).await;
     let mut ann = mesh.user("ann@eu", "eu").await;
@@ -302,7 +332,10 @@ async fn sends_queue_while_the_home_is_unreachable_and_arrive_in_order_after() {
     bob.join("g@eu").await.unwrap();
     let mut stream = ann.subscribe(vec![]).await.unwrap();
 
+    // us is cut off from every other region.
     mesh.set_link("eu", "us", false);
+    mesh.set_link("ap", "us", false);
+    mesh.wait_link("us", "eu", "Down").await;
     let unreachable = bob.get_group("g@eu").await.unwrap_err();
     assert_eq!(unreachable.code(), Code::Unavailable);
     assert_eq!(unreachable.message(), "region eu is unreachable");
@@ -313,6 +346,7 @@ async fn sends_queue_while_the_home_is_unreachable_and_arrive_in_order_after() {
     quiet(&mut stream).await;
 
     mesh.set_link("eu", "us", true);
+    mesh.set_link("ap", "us", true);
     let mut got = Vec::new();
     for _ in 1..=5 {
         got.push(next(&mut stream).await);

@@ -95,6 +95,7 @@ async fn main() -> anyhow::Result<()> {
         data_dir: args.data_dir,
         service_center,
         roaming,
+        health: Default::default(),
     };
     let exit_with_parent = args.exit_with_parent;
     node.run(async move { stop_signal(exit_with_parent).await })

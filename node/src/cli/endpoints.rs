@@ -16,6 +16,7 @@ struct Endpoints {
 #[derive(Deserialize)]
 struct RegionEndpoints {
     client: String,
+    peer: String,
 }
 
 /// The client URL to use; `home` is the user's home region, the default.
@@ -23,6 +24,18 @@ pub fn resolve(global: &Global, home: Option<&str>) -> Result<String, CliError> 
     if let Some(server) = &global.server {
         return Ok(server.clone());
     }
+    region_endpoints(global, home).map(|r| r.client)
+}
+
+/// The roaming system's peer URL of `--region` (`--server` names it directly).
+pub fn resolve_peer(global: &Global) -> Result<String, CliError> {
+    if let Some(server) = &global.server {
+        return Ok(server.clone());
+    }
+    region_endpoints(global, None).map(|r| r.peer)
+}
+
+fn region_endpoints(global: &Global, home: Option<&str>) -> Result<RegionEndpoints, CliError> {
     let Some(dir) = &global.state_dir else {
         return Err(CliError(
             "no server: pass --server URL, or --state-dir DIR (and --region CODE) of a local mode run".into(),
@@ -40,16 +53,13 @@ pub fn resolve(global: &Global, home: Option<&str>) -> Result<String, CliError> 
     })?;
     let endpoints: Endpoints = serde_json::from_str(&text)
         .map_err(|e| CliError(format!("{} is malformed: {e}", path.display())))?;
-    endpoints
-        .regions
-        .get(region)
-        .map(|r| r.client.clone())
-        .ok_or_else(|| {
-            let known: Vec<&str> = endpoints.regions.keys().map(String::as_str).collect();
-            CliError(format!(
-                "region {region} is not in {} (regions: {})",
-                path.display(),
-                known.join(", ")
-            ))
-        })
+    let mut endpoints = endpoints;
+    endpoints.regions.remove(region).ok_or_else(|| {
+        let known: Vec<&str> = endpoints.regions.keys().map(String::as_str).collect();
+        CliError(format!(
+            "region {region} is not in {} (regions: {})",
+            path.display(),
+            known.join(", ")
+        ))
+    })
 }

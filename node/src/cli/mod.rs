@@ -17,6 +17,8 @@ use tokio_stream::StreamExt;
 use crate::client::Client;
 use crate::ids::Id;
 use crate::proto::client_api::{Cursor, GroupSettings, UpdateGroupRequest};
+use crate::proto::peer_api::MeshStatusRequest;
+use crate::proto::peer_api::admin_client::AdminClient;
 use output::Output;
 
 #[derive(Parser, Debug)]
@@ -82,6 +84,9 @@ pub enum Command {
         #[arg(long, value_parser = parse_cursor)]
         after: Vec<Cursor>,
     },
+    /// Show the mesh as a region's roaming system sees it.
+    #[command(subcommand)]
+    Mesh(MeshCommand),
     /// Print a group's messages in order.
     History {
         group: String,
@@ -90,6 +95,12 @@ pub enum Command {
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MeshCommand {
+    /// Every link of a region: peer, state (Up, Detoured, Down), path and RTT.
+    Status,
 }
 
 #[derive(Subcommand, Debug)]
@@ -203,6 +214,16 @@ pub async fn run(cli: Cli) -> CliResult {
             out.session(&reply);
         }
         Command::Group(command) => group(global, &out, command).await?,
+        Command::Mesh(MeshCommand::Status) => {
+            let url = endpoints::resolve_peer(global)?;
+            let mut admin = AdminClient::connect(url.clone())
+                .await
+                .map_err(|e| CliError(format!("cannot reach the roaming system at {url}: {e}")))?;
+            let status = admin.mesh_status(MeshStatusRequest {}).await?.into_inner();
+            for link in &status.links {
+                out.link(&status.region, link);
+            }
+        }
         Command::Send { group, text, key } => {
             let reply = global
                 .session()

@@ -3,6 +3,7 @@
 use serde_json::json;
 
 use crate::proto::client_api::{Delivery, GroupInfo, LoginReply, Role, SendReply};
+use crate::proto::peer_api::LinkStatus;
 
 pub struct Output {
     pub json: bool,
@@ -78,6 +79,33 @@ impl Output {
         self.print(
             json!({"group": d.group, "seq": d.seq, "id": d.message_id, "sender": d.sender, "body": d.body, "sentAtMs": d.sent_at_ms}),
             format!("{} #{} {} {}: {}", d.group, d.seq, d.message_id, d.sender, d.body),
+        );
+    }
+}
+
+impl Output {
+    pub fn link(&self, region: &str, link: &LinkStatus) {
+        let rtt = link
+            .rtt_millis
+            .map(|r| format!("{r:.2} ms"))
+            .unwrap_or_else(|| "-".into());
+        let path = if link.path.is_empty() {
+            "-".to_owned()
+        } else {
+            link.path.join("→")
+        };
+        self.print(
+            json!({
+                "region": region, "peer": link.peer, "state": link.state, "path": link.path,
+                "rttMillis": link.rtt_millis, "enabled": link.enabled, "cost": link.cost,
+                "lastChangeMs": link.last_change_ms,
+            }),
+            format!(
+                "{region} → {}: {} via {path}, rtt {rtt}{}",
+                link.peer,
+                link.state,
+                if link.enabled { "" } else { " (link disabled)" }
+            ),
         );
     }
 }

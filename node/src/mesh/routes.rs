@@ -1,29 +1,37 @@
-//! Routes over the mesh: which roaming system a request for a region goes to
-//! next.
+//! Where traffic for a region goes next: this region, the direct link, or
+//! the first hop of a detour through other regions.
+
+use std::collections::BTreeMap;
 
 use super::MeshConfig;
+use super::link_state::Path;
 
-/// Where to send traffic for a destination region.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Route {
     /// The destination is this region.
     Local,
-    /// Send it over the direct link to the destination's roaming system.
-    Direct { endpoint: String },
-    /// No usable link leads there now.
+    /// Send it to `next_hop`'s roaming system at `endpoint`; when that is not
+    /// the destination, the traffic takes a detour.
+    Next { next_hop: String, endpoint: String },
+    /// No usable path leads there now.
     Unreachable,
 }
 
-/// The next hop from this region towards `destination`.
-pub fn next_hop(config: &MeshConfig, destination: &str) -> Route {
+/// The next hop from this region towards `destination`, given the routes
+/// computed from the link state.
+pub fn next_hop(config: &MeshConfig, routes: &BTreeMap<String, Path>, destination: &str) -> Route {
     if destination == config.region {
         return Route::Local;
     }
-    match config.peer(destination) {
-        Some(peer) if peer.enabled => Route::Direct {
+    let Some(path) = routes.get(destination) else {
+        return Route::Unreachable;
+    };
+    match config.peer(path.next_hop()) {
+        Some(peer) => Route::Next {
+            next_hop: peer.region.clone(),
             endpoint: peer.endpoint.clone(),
         },
-        _ => Route::Unreachable,
+        None => Route::Unreachable,
     }
 }
 
@@ -32,24 +40,51 @@ mod tests {
     use super::*;
 
     #[test]
-    fn routes_to_self_to_enabled_peers_and_nowhere_else() {
+    fn routes_to_self_along_paths_and_nowhere_else() {
         let config = MeshConfig::from_yaml(
             "region: eu
 serviceCenter: {pair: 'http://a'}
 roaming: {pair: 'http://b'}
 peers:
   - {region: us, endpoint: 'http://us'}
-  - {region: ap, endpoint: 'http://ap', enabled: false}",
+  - {region: ap, endpoint: 'http://ap'}",
         )
         .unwrap();
-        assert_eq!(next_hop(&config, "eu"), Route::Local);
+        let routes = BTreeMap::from([
+            (
+                "us".to_owned(),
+                Path {
+                    hops: vec!["ap".into(), "us".into()],
+                    cost: 2,
+                },
+            ),
+            (
+                "ap".to_owned(),
+                Path {
+                    hops: vec!["ap".into()],
+                    cost: 1,
+                },
+            ),
+            (
+                "sa".to_owned(),
+                Path {
+                    hops: vec!["gone".into(), "sa".into()],
+                    cost: 2,
+                },
+            ),
+        ]);
+        assert_eq!(next_hop(&config, &routes, "eu"), Route::Local);
+        let via_ap = Route::Next {
+            next_hop: "ap".into(),
+            endpoint: "http://ap".into(),
+        };
+        assert_eq!(next_hop(&config, &routes, "us"), via_ap);
+        assert_eq!(next_hop(&config, &routes, "ap"), via_ap);
         assert_eq!(
-            next_hop(&config, "us"),
-            Route::Direct {
-                endpoint: "http://us".into()
-            }
+            next_hop(&config, &routes, "sa"),
+            Route::Unreachable,
+            "the next hop is not a peer"
         );
-        assert_eq!(next_hop(&config, "ap"), Route::Unreachable);
-        assert_eq!(next_hop(&config, "sa"), Route::Unreachable);
+        assert_eq!(next_hop(&config, &routes, "zz"), Route::Unreachable);
     }
 }

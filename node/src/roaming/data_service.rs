@@ -16,7 +16,10 @@ impl Roaming {
                 .data(request)
                 .await
                 .map_err(|status| call_error(&self.region(), status)),
-            Ok(Hop::Peer { region, channel }) => DataServiceClient::new(channel)
+            Ok(Hop::Peer {
+                destination: region,
+                channel,
+            }) => DataServiceClient::new(channel)
                 .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES)
                 .call(request)

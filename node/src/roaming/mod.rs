@@ -1,12 +1,15 @@
 //! The roaming system paired with each service center. It connects to the
 //! roaming systems of every other region (the full mesh) and carries its
 //! service center's requests to other regions, and other regions' requests
-//! to its service center. It stores nothing: the outboxes live in the data
-//! centers at the sending end.
+//! to its service center, relaying through other regions when a direct link
+//! is down. It stores nothing: the outboxes live in the data centers at the
+//! sending end, and retry whatever a relay drops.
 
 pub mod business;
 pub mod data_service;
 pub mod grpc;
+pub mod links;
+mod probe;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,35 +19,52 @@ use tonic::transport::Channel;
 
 use crate::Error;
 use crate::ids::is_region_code;
-use crate::mesh::{MeshConfig, Route, next_hop};
+use crate::mesh::health::HealthPolicy;
+use crate::mesh::{MeshConfig, Route};
 use crate::proto::pair_api::pair_client::PairClient;
 use crate::proto::peer_api::Envelope;
 use crate::transport;
+use links::Links;
 
 #[derive(Clone)]
 pub struct Roaming {
     config: watch::Receiver<MeshConfig>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    pub links: Arc<Links>,
 }
 
 /// Where a request goes next.
 enum Hop {
     /// This region's service center.
     Local(PairClient<Channel>),
-    /// Another region's roaming system.
-    Peer { region: String, channel: Channel },
+    /// Another region's roaming system, towards `destination`.
+    Peer {
+        destination: String,
+        channel: Channel,
+    },
 }
 
 impl Roaming {
-    pub fn new(config: watch::Receiver<MeshConfig>) -> Self {
-        Self {
+    /// A roaming system that probes its links with `policy`, until dropped
+    /// along with every clone.
+    pub fn start(config: watch::Receiver<MeshConfig>, policy: HealthPolicy) -> Self {
+        let region = config.borrow().region.clone();
+        let roaming = Self {
+            links: Arc::new(Links::new(&region, policy)),
             config,
             channels: Arc::default(),
-        }
+        };
+        roaming.links.configure(&roaming.config.borrow());
+        tokio::spawn(probe::run(roaming.clone()));
+        roaming
     }
 
     pub fn region(&self) -> String {
         self.config.borrow().region.clone()
+    }
+
+    pub fn config(&self) -> MeshConfig {
+        self.config.borrow().clone()
     }
 
     fn channel(&self, url: &str) -> Result<Channel, Error> {
@@ -67,8 +87,8 @@ impl Roaming {
                 envelope.destination
             )));
         }
-        let config = self.config.borrow().clone();
-        match next_hop(&config, &envelope.destination) {
+        let config = self.config();
+        match self.links.next_hop(&config, &envelope.destination) {
             Route::Local => {
                 let channel = self.channel(&config.service_center.pair)?;
                 let client = PairClient::new(channel)
@@ -76,14 +96,25 @@ impl Roaming {
                     .max_encoding_message_size(crate::limits::MAX_GRPC_MESSAGE_BYTES);
                 Ok(Hop::Local(client))
             }
-            Route::Direct { endpoint } => {
-                if envelope.hops_left == 0 {
+            Route::Next { next_hop, endpoint } => {
+                if envelope.hops_left == 0 || envelope.path.contains(&config.region) {
                     return Err(Error::unreachable(&envelope.destination));
                 }
+                // Routes are loop-free, but regions whose link state differs
+                // for a moment may disagree; rather than send the request
+                // back where it came from, take the direct link if enabled.
+                let endpoint = if envelope.path.contains(&next_hop) {
+                    match config.peer(&envelope.destination) {
+                        Some(peer) if peer.enabled => peer.endpoint.clone(),
+                        _ => return Err(Error::unreachable(&envelope.destination)),
+                    }
+                } else {
+                    endpoint
+                };
                 envelope.hops_left -= 1;
                 envelope.path.push(config.region.clone());
                 Ok(Hop::Peer {
-                    region: envelope.destination.clone(),
+                    destination: envelope.destination.clone(),
                     channel: self.channel(&endpoint)?,
                 })
             }

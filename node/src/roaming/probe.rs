@@ -1,0 +1,70 @@
+//! Heartbeats: every interval, each enabled peer link is probed with the
+//! link state this region knows, and the answer's link state is merged.
+
+use std::time::Instant;
+
+use futures::future::join_all;
+
+use super::Roaming;
+use super::business::{adverts_from_wire, adverts_to_wire};
+use crate::proto::peer_api::Ping;
+use crate::proto::peer_api::business_client::BusinessClient;
+
+pub async fn run(roaming: Roaming) {
+    let policy = roaming.links.policy;
+    let mut tick = tokio::time::interval(policy.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_config = None;
+    loop {
+        tick.tick().await;
+        // Stop with the node: only the prober itself still holds the links.
+        if std::sync::Arc::strong_count(&roaming.links) == 1 {
+            return;
+        }
+        let config = roaming.config();
+        if last_config.as_ref() != Some(&config) {
+            roaming.links.configure(&config);
+            last_config = Some(config.clone());
+        }
+        let probes = config.peers.iter().filter(|p| p.enabled).map(|peer| {
+            let roaming = roaming.clone();
+            let config = config.clone();
+            async move {
+                let rtt = probe(&roaming, &peer.region, &peer.endpoint).await;
+                roaming.links.probed(&config, &peer.region, rtt);
+            }
+        });
+        join_all(probes).await;
+    }
+}
+
+/// One heartbeat; the round-trip time, or `None` when it went unanswered.
+async fn probe(roaming: &Roaming, peer: &str, endpoint: &str) -> Option<std::time::Duration> {
+    let channel = roaming.channel(endpoint).ok()?;
+    let ping = Ping {
+        source: roaming.region(),
+        sent_at_micros: crate::now_ms() * 1000,
+        link_states: adverts_to_wire(roaming.links.adverts()),
+    };
+    let started = Instant::now();
+    let reply = tokio::time::timeout(
+        roaming.links.policy.timeout,
+        BusinessClient::new(channel).heartbeat(ping),
+    )
+    .await;
+    match reply {
+        Ok(Ok(pong)) => {
+            let rtt = started.elapsed();
+            let pong = pong.into_inner();
+            if pong.region != peer {
+                tracing::warn!(%peer, answered = %pong.region, "a different region answered the heartbeat");
+                return None;
+            }
+            roaming
+                .links
+                .exchange(&roaming.config(), adverts_from_wire(pong.link_states));
+            Some(rtt)
+        }
+        _ => None,
+    }
+}
