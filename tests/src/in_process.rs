@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use meridian_node::client::Client;
 use meridian_node::mesh::MeshConfig;
+use meridian_node::mesh::health::HealthPolicy;
 use meridian_node::mesh::config::{PairEndpoint, Peer};
 use meridian_node::server::{Node, RoamingListeners, ServiceCenterListeners};
 use tokio::net::TcpListener;
@@ -46,6 +47,13 @@ pub struct Region {
 pub struct Mesh {
     pub regions: BTreeMap<String, Region>,
     _data: tempfile::TempDir,
+}
+
+/// Heartbeats as in production, but judged leniently: many nodes share this
+/// one test process and its two cores, so a slow answer is not a cut here.
+/// Links in these tests go down by configuration (`set_link`), at once.
+fn lenient_health() -> HealthPolicy {
+    HealthPolicy { timeout: Duration::from_secs(3), down_after: 10, ..HealthPolicy::default() }
 }
 
 impl Mesh {
@@ -108,7 +116,7 @@ impl Mesh {
                     pair: p.roaming_pair,
                     peer: p.peer,
                 }),
-                health: Default::default(),
+                health: lenient_health(),
             };
             let (stop, stopped) = oneshot::channel::<()>();
             let task = tokio::spawn(async move {
