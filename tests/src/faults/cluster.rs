@@ -1,0 +1,622 @@
+//! A mesh of regions as real processes: each region's service center and
+//! roaming system are separate `meridian-node` processes on the region's host
+//! (see [`super::hosts`]), so that each can be killed, stopped and restarted
+//! on its own.
+//!
+//! Wiring, per region `x`:
+//! - the service center and the roaming system talk over `x`'s own loopback
+//!   (the local pair);
+//! - the roaming system's peer API listens on every address of `x`'s host;
+//! - for each other region `y` there is a [`Proxy`] for the directed link
+//!   `x→y`: it listens on `x`'s loopback, and its upstream connections are
+//!   made on `x`'s host to `y`'s address on the `x`–`y` veth (loopback mode:
+//!   to `y`'s peer port on 127.0.0.1). `x`'s mesh.yaml names the proxy as
+//!   `y`'s endpoint. So a cut veth breaks the link, and the proxy can add
+//!   delay or cut it too;
+//! - the test (the clients) reaches `x`'s client API and admin API through
+//!   bridges on the test's own 127.0.0.1 whose upstream sockets are made in
+//!   `x`'s namespace (loopback mode: directly).
+//!
+//! Logs: one file per process in the cluster's temporary directory. When the
+//! test panics, the tail of each is printed and the directory is kept
+//! (`MERIDIAN_FAULTS_KEEP=1` keeps it always). Node log level:
+//! `MERIDIAN_FAULTS_LOG` (default `info`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use meridian_node::client::Client;
+use meridian_node::mesh::MeshConfig;
+use meridian_node::mesh::config::{PairEndpoint, Peer};
+use meridian_node::proto::peer_api::admin_client::AdminClient;
+use meridian_node::proto::peer_api::{LinkStatus, MeshStatusReply, MeshStatusRequest};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+
+use super::Serial;
+use super::hosts::{Hosts, Mode};
+use super::proxy::Proxy;
+use crate::in_process::PASSWORD;
+use crate::local_mode::binary;
+
+/// One of a region's two processes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Process {
+    ServiceCenter,
+    Roaming,
+}
+
+impl fmt::Display for Process {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Process::ServiceCenter => "service-center",
+            Process::Roaming => "roaming",
+        })
+    }
+}
+
+/// How long a process may take to listen after it was started.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Where one region's processes listen, on the region's host.
+#[derive(Clone, Debug)]
+struct Addresses {
+    client: SocketAddr,
+    sc_pair: SocketAddr,
+    roaming_pair: SocketAddr,
+    /// What the peer API binds.
+    peer_listen: SocketAddr,
+    /// Where the peer (and admin) API is reached on the host itself.
+    peer: SocketAddr,
+}
+
+struct Node {
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+pub struct RegionHost {
+    pub code: String,
+    pub dir: PathBuf,
+    addresses: Addresses,
+    /// The client API, as the test reaches it.
+    pub client_url: String,
+    /// The roaming system's admin API, as the test reaches it.
+    pub admin_url: String,
+    _bridges: Vec<Proxy>,
+}
+
+pub struct Cluster {
+    regions: BTreeMap<String, RegionHost>,
+    nodes: Mutex<BTreeMap<(String, Process), Node>>,
+    /// The proxy of each directed link `(from, to)`.
+    links: BTreeMap<(String, String), Proxy>,
+    /// Dropped after the processes and the proxies: the namespaces go last.
+    hosts: Hosts,
+    dir: Option<tempfile::TempDir>,
+    log_level: String,
+    _serial: Serial,
+}
+
+async fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind 127.0.0.1:0")
+        .local_addr()
+        .expect("local address")
+        .port()
+}
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+}
+
+impl Cluster {
+    /// Starts every region's two processes, fully meshed, and waits until
+    /// every link has answered a heartbeat.
+    pub async fn start(codes: &[&str]) -> Cluster {
+        let serial = Serial::acquire().await;
+        let hosts = Hosts::create(codes);
+        let dir = tempfile::Builder::new()
+            .prefix("meridian-faults-")
+            .tempdir()
+            .expect("temporary directory");
+        eprintln!(
+            "faults: {} regions {codes:?} in {:?} mode; logs in {}",
+            codes.len(),
+            hosts.mode(),
+            dir.path().display()
+        );
+
+        let mut addresses = BTreeMap::new();
+        for code in codes {
+            let a = match hosts.mode() {
+                Mode::Namespaces => Addresses {
+                    client: local(7400),
+                    sc_pair: local(7401),
+                    roaming_pair: local(7402),
+                    peer_listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 7443),
+                    peer: local(7443),
+                },
+                Mode::Loopback => {
+                    let peer = local(free_port().await);
+                    Addresses {
+                        client: local(free_port().await),
+                        sc_pair: local(free_port().await),
+                        roaming_pair: local(free_port().await),
+                        peer_listen: peer,
+                        peer,
+                    }
+                }
+            };
+            addresses.insert(code.to_string(), a);
+        }
+
+        // A proxy per directed link, listening on the source's loopback.
+        let mut links = BTreeMap::new();
+        for from in codes {
+            for to in codes.iter().filter(|to| *to != from) {
+                let listener = hosts.bind(from, local(0)).expect("a link proxy's listener");
+                let upstream = SocketAddr::new(
+                    hosts.peer_address(from, to),
+                    addresses[*to].peer_listen.port(),
+                );
+                let proxy = Proxy::start(listener, hosts.connector(from, upstream));
+                links.insert((from.to_string(), to.to_string()), proxy);
+            }
+        }
+
+        let mut regions = BTreeMap::new();
+        let mut nodes = BTreeMap::new();
+        let log_level = std::env::var("MERIDIAN_FAULTS_LOG").unwrap_or_else(|_| "info".into());
+        for code in codes {
+            let a = addresses[*code].clone();
+            let region_dir = dir.path().join(code);
+            std::fs::create_dir_all(&region_dir).expect("region directory");
+            let config = MeshConfig {
+                region: code.to_string(),
+                service_center: PairEndpoint {
+                    pair: format!("http://{}", a.sc_pair),
+                },
+                roaming: PairEndpoint {
+                    pair: format!("http://{}", a.roaming_pair),
+                },
+                peers: codes
+                    .iter()
+                    .filter(|other| *other != code)
+                    .map(|other| Peer {
+                        region: other.to_string(),
+                        endpoint: format!(
+                            "http://{}",
+                            links[&(code.to_string(), other.to_string())].addr()
+                        ),
+                        enabled: true,
+                        cost: None,
+                    })
+                    .collect(),
+            };
+            let mesh = region_dir.join("mesh.yaml");
+            config.store(&mesh).expect("write mesh.yaml");
+            let common = |role: &str, data: &str| {
+                vec![
+                    format!("--role={role}"),
+                    format!("--config={}", mesh.display()),
+                    format!("--data-dir={}", region_dir.join(data).display()),
+                    "--exit-with-parent".to_owned(),
+                ]
+            };
+            let mut sc = common("service-center", "data");
+            sc.push(format!("--listen-client={}", a.client));
+            sc.push(format!("--listen-pair={}", a.sc_pair));
+            let mut roaming = common("roaming", "roaming-data");
+            roaming.push(format!("--listen-roaming-pair={}", a.roaming_pair));
+            roaming.push(format!("--listen-peer={}", a.peer_listen));
+            for (process, args) in [(Process::ServiceCenter, sc), (Process::Roaming, roaming)] {
+                nodes.insert(
+                    (code.to_string(), process),
+                    Node {
+                        args,
+                        log: dir.path().join(format!("{code}-{process}.log")),
+                        child: None,
+                    },
+                );
+            }
+
+            let (client_url, admin_url, bridges) = match hosts.mode() {
+                Mode::Namespaces => {
+                    let client = Proxy::start(
+                        TcpListener::bind(local(0)).await.expect("a client bridge"),
+                        hosts.connector(code, a.client),
+                    );
+                    let admin = Proxy::start(
+                        TcpListener::bind(local(0)).await.expect("an admin bridge"),
+                        hosts.connector(code, a.peer),
+                    );
+                    (
+                        format!("http://{}", client.addr()),
+                        format!("http://{}", admin.addr()),
+                        vec![client, admin],
+                    )
+                }
+                Mode::Loopback => (
+                    format!("http://{}", a.client),
+                    format!("http://{}", a.peer),
+                    Vec::new(),
+                ),
+            };
+            regions.insert(
+                code.to_string(),
+                RegionHost {
+                    code: code.to_string(),
+                    dir: region_dir,
+                    addresses: a,
+                    client_url,
+                    admin_url,
+                    _bridges: bridges,
+                },
+            );
+        }
+
+        let cluster = Cluster {
+            regions,
+            nodes: Mutex::new(nodes),
+            links,
+            hosts,
+            dir: Some(dir),
+            log_level,
+            _serial: serial,
+        };
+        let keys: Vec<(String, Process)> = cluster.lock().keys().cloned().collect();
+        for (code, process) in &keys {
+            cluster.spawn(code, *process);
+        }
+        for (code, process) in &keys {
+            cluster.wait_listening(code, *process).await;
+        }
+        cluster.wait_heartbeats(Duration::from_secs(20)).await;
+        cluster
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, Process), Node>> {
+        self.nodes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.hosts.mode()
+    }
+
+    pub fn hosts(&self) -> &Hosts {
+        &self.hosts
+    }
+
+    pub fn region(&self, code: &str) -> &RegionHost {
+        &self.regions[code]
+    }
+
+    pub fn codes(&self) -> Vec<String> {
+        self.regions.keys().cloned().collect()
+    }
+
+    /// The temporary directory holding data and logs.
+    pub fn dir(&self) -> &Path {
+        self.dir.as_ref().expect("the cluster's directory").path()
+    }
+
+    fn spawn(&self, code: &str, process: Process) {
+        let mut nodes = self.lock();
+        let node = nodes
+            .get_mut(&(code.to_owned(), process))
+            .expect("a known process");
+        assert!(node.child.is_none(), "{code} {process} is running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .expect("process log");
+        let mut command = self.hosts.command(code, binary("meridian-node"));
+        let child = command
+            .args(&node.args)
+            .env("RUST_LOG", &self.log_level)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {code} {process}: {e}"));
+        node.child = Some(child);
+    }
+
+    fn pid(&self, code: &str, process: Process) -> Option<Pid> {
+        self.lock()
+            .get(&(code.to_owned(), process))
+            .and_then(|n| n.child.as_ref())
+            .map(|c| Pid::from_raw(c.id() as i32))
+    }
+
+    fn signal(&self, code: &str, process: Process, signal: Signal) {
+        let pid = self
+            .pid(code, process)
+            .unwrap_or_else(|| panic!("{code} {process} is not running"));
+        kill(pid, signal).unwrap_or_else(|e| panic!("{signal} to {code} {process}: {e}"));
+    }
+
+    /// Waits until the process listens on its main port.
+    pub async fn wait_listening(&self, code: &str, process: Process) {
+        let a = &self.regions[code].addresses;
+        let addr = match process {
+            Process::ServiceCenter => a.client,
+            Process::Roaming => a.peer,
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if self.hosts.connect(code, addr).await.is_ok() {
+                return;
+            }
+            {
+                let mut nodes = self.lock();
+                let node = nodes.get_mut(&(code.to_owned(), process)).expect("known");
+                if let Some(status) = node
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten())
+                {
+                    drop(nodes);
+                    panic!("{code} {process} exited early with {status}");
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{code} {process} did not listen on {addr} within {START_TIMEOUT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until every link of every region has answered a heartbeat and
+    /// is Up.
+    pub async fn wait_heartbeats(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        for code in self.regions.keys() {
+            loop {
+                let ready = self.try_mesh_status(code).await.is_some_and(|s| {
+                    s.links.len() + 1 == self.regions.len()
+                        && s.links
+                            .iter()
+                            .all(|l| l.state == "Up" && l.rtt_millis.is_some())
+                });
+                if ready {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{code}: links not all Up within {timeout:?}: {:?}",
+                    self.try_mesh_status(code).await
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    /// `kill -9`: the process dies at once, without any cleanup.
+    pub fn kill9(&self, code: &str, process: Process) {
+        self.signal(code, process, Signal::SIGKILL);
+        let mut nodes = self.lock();
+        let node = nodes.get_mut(&(code.to_owned(), process)).expect("known");
+        if let Some(mut child) = node.child.take() {
+            let _ = child.wait();
+        }
+        eprintln!("faults: kill -9 {code} {process}");
+    }
+
+    /// `SIGSTOP`: the process freezes; its sockets stay open.
+    pub fn stop(&self, code: &str, process: Process) {
+        self.signal(code, process, Signal::SIGSTOP);
+        eprintln!("faults: SIGSTOP {code} {process}");
+    }
+
+    /// `SIGCONT`: a stopped process runs on.
+    pub fn cont(&self, code: &str, process: Process) {
+        self.signal(code, process, Signal::SIGCONT);
+        eprintln!("faults: SIGCONT {code} {process}");
+    }
+
+    /// Starts the process again with the same arguments and data directory
+    /// (killing it first if it still runs), and waits until it listens.
+    pub async fn restart(&self, code: &str, process: Process) {
+        if self.pid(code, process).is_some() {
+            self.kill9(code, process);
+        }
+        self.spawn(code, process);
+        self.wait_listening(code, process).await;
+        eprintln!("faults: restarted {code} {process}");
+    }
+
+    /// Whether the process runs (a stopped one counts).
+    pub fn running(&self, code: &str, process: Process) -> bool {
+        let mut nodes = self.lock();
+        let node = nodes.get_mut(&(code.to_owned(), process)).expect("known");
+        node.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// The proxy on the directed link `from→to`.
+    pub fn link(&self, from: &str, to: &str) -> &Proxy {
+        &self.links[&(from.to_owned(), to.to_owned())]
+    }
+
+    /// Adds `one_way` delay to both directions of the link `a`–`b`.
+    pub fn delay(&self, a: &str, b: &str, one_way: Duration) {
+        self.link(a, b).set_delay(one_way);
+        self.link(b, a).set_delay(one_way);
+    }
+
+    /// Cuts the link `a`–`b`: its veth goes down at both ends (loopback
+    /// mode: both directions of its proxy stall).
+    pub fn cut(&self, a: &str, b: &str) {
+        match self.mode() {
+            Mode::Namespaces => self
+                .hosts
+                .cut(a, b)
+                .unwrap_or_else(|e| panic!("cut {a}-{b}: {e}")),
+            Mode::Loopback => {
+                self.link(a, b).stall(true);
+                self.link(b, a).stall(true);
+            }
+        }
+    }
+
+    /// Heals the link `a`–`b`.
+    pub fn heal(&self, a: &str, b: &str) {
+        match self.mode() {
+            Mode::Namespaces => self
+                .hosts
+                .heal(a, b)
+                .unwrap_or_else(|e| panic!("heal {a}-{b}: {e}")),
+            Mode::Loopback => {
+                self.link(a, b).stall(false);
+                self.link(b, a).stall(false);
+            }
+        }
+    }
+
+    /// Cuts every link of `code`.
+    pub fn isolate(&self, code: &str) {
+        for other in self.codes().iter().filter(|o| *o != code) {
+            self.cut(code, other);
+        }
+    }
+
+    /// Heals every link of `code`.
+    pub fn rejoin(&self, code: &str) {
+        for other in self.codes().iter().filter(|o| *o != code) {
+            self.heal(code, other);
+        }
+    }
+
+    /// A client of `code`'s service center, not logged in.
+    pub async fn client(&self, code: &str) -> Client {
+        Client::connect(&self.regions[code].client_url)
+            .await
+            .unwrap_or_else(|e| panic!("connect to {code}'s service center: {e}"))
+    }
+
+    /// Registers `user` at its home and returns a client logged in at `at`.
+    pub async fn user(&self, user: &str, at: &str) -> Client {
+        let home = user.rsplit('@').next().expect("user@home");
+        self.client(home)
+            .await
+            .register(user, PASSWORD)
+            .await
+            .unwrap_or_else(|e| panic!("register {user}: {e}"));
+        let mut client = self.client(at).await;
+        client
+            .login(user, PASSWORD)
+            .await
+            .unwrap_or_else(|e| panic!("log {user} in at {at}: {e}"));
+        client
+    }
+
+    /// What `code`'s roaming system reports, or `None` if it does not answer.
+    pub async fn try_mesh_status(&self, code: &str) -> Option<MeshStatusReply> {
+        let url = self.regions[code].admin_url.clone();
+        let call = async move {
+            let mut admin = AdminClient::connect(url).await.ok()?;
+            admin
+                .mesh_status(MeshStatusRequest {})
+                .await
+                .ok()
+                .map(|r| r.into_inner())
+        };
+        tokio::time::timeout(Duration::from_secs(2), call)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    pub async fn mesh_status(&self, code: &str) -> MeshStatusReply {
+        self.try_mesh_status(code)
+            .await
+            .unwrap_or_else(|| panic!("{code}'s roaming system does not answer mesh status"))
+    }
+
+    /// The link from `code` to `peer` as `code` reports it.
+    pub async fn link_status(&self, code: &str, peer: &str) -> Option<LinkStatus> {
+        self.try_mesh_status(code)
+            .await?
+            .links
+            .into_iter()
+            .find(|l| l.peer == peer)
+    }
+
+    /// Polls `code`'s view of `peer` every 50 ms until `accept` holds;
+    /// returns it and how long it took, or `None` after `timeout`.
+    pub async fn wait_link(
+        &self,
+        code: &str,
+        peer: &str,
+        timeout: Duration,
+        accept: impl Fn(&LinkStatus) -> bool,
+    ) -> Option<(LinkStatus, Duration)> {
+        let started = Instant::now();
+        loop {
+            if let Some(link) = self.link_status(code, peer).await
+                && accept(&link)
+            {
+                return Some((link, started.elapsed()));
+            }
+            if started.elapsed() >= timeout {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The last `lines` lines of a process's log.
+    pub fn log_tail(&self, code: &str, process: Process, lines: usize) -> String {
+        let path = self.dir().join(format!("{code}-{process}.log"));
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Prints the tail of every process's log.
+    pub fn print_logs(&self, lines: usize) {
+        let keys: Vec<(String, Process)> = self.lock().keys().cloned().collect();
+        for (code, process) in keys {
+            eprintln!(
+                "----- {code} {process} (last {lines} lines) -----\n{}",
+                self.log_tail(&code, process, lines)
+            );
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let failed = std::thread::panicking();
+        if failed {
+            self.print_logs(30);
+        }
+        for node in self.lock().values_mut() {
+            if let Some(mut child) = node.child.take() {
+                let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+                let _ = child.wait();
+            }
+        }
+        self.links.clear();
+        if let Some(dir) = self.dir.take()
+            && (failed || std::env::var_os("MERIDIAN_FAULTS_KEEP").is_some())
+        {
+            eprintln!("faults: kept {}", dir.keep().display());
+        }
+    }
+}
