@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use meridian_node::client::Client;
 use meridian_node::mesh::MeshConfig;
-use meridian_node::mesh::health::HealthPolicy;
 use meridian_node::mesh::config::{PairEndpoint, Peer};
+use meridian_node::mesh::health::HealthPolicy;
 use meridian_node::server::{Node, RoamingListeners, ServiceCenterListeners};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
@@ -53,7 +53,11 @@ pub struct Mesh {
 /// one test process and its two cores, so a slow answer is not a cut here.
 /// Links in these tests go down by configuration (`set_link`), at once.
 fn lenient_health() -> HealthPolicy {
-    HealthPolicy { timeout: Duration::from_secs(3), down_after: 10, ..HealthPolicy::default() }
+    HealthPolicy {
+        timeout: Duration::from_secs(3),
+        down_after: 10,
+        ..HealthPolicy::default()
+    }
 }
 
 impl Mesh {
