@@ -23,16 +23,11 @@ use meridian_tests::faults::workload::{DeliveryEvent, Workload};
 const ISOLATION: Duration = Duration::from_secs(10);
 /// Each sender sends once per this; four senders make 400 msg/s.
 const SEND_EVERY: Duration = Duration::from_millis(10);
-/// A cut must be detected (the link shown Detoured) within this bound,
-/// derived from the node's heartbeat policy. A miss is recorded when a
-/// heartbeat's timeout expires, and the cut falls anywhere in an interval:
-/// so the worst case is one interval of phase, `down_after - 1` intervals
-/// and one timeout (500 + 1000 + 450 ms by default), plus 250 ms for this
-/// test's polling and for scheduling on a busy two-core machine. Note: that
-/// is above the 1.5 s; the scenarios print the measured times.
+/// A cut must be seen within the node's detection bound (see
+/// `HealthPolicy::detection_bound`: 1.45 s by default), plus 250 ms for this
+/// test's polling and for scheduling on a busy two-core machine.
 fn detect_within() -> Duration {
-    let policy = HealthPolicy::default();
-    policy.interval * policy.down_after + policy.timeout + Duration::from_millis(250)
+    HealthPolicy::default().detection_bound() + Duration::from_millis(250)
 }
 /// After the load stops, everything acknowledged must arrive within this.
 const SETTLE: Duration = Duration::from_secs(30);
@@ -276,14 +271,10 @@ async fn cut_link_detours_through_the_third_region_and_returns() {
 }
 
 /// Scenario 1 with the timing: traffic (not only the link state)
-/// takes the detour within the detection bound plus 0.5 s.
-///
-/// Known to fail: a carry in flight on the link when it is cut waits out the
-/// node's 10 s call timeout (`transport::CALL_TIMEOUT`) before the outbox
-/// retries it over the detour, and the outbox sends to a destination in
-/// order, so A↔B traffic resumes about 10 s after the cut.
+/// takes the detour within the detection bound plus 0.5 s. A carry in flight
+/// on the link when it is cut fails as soon as the link is declared down, and
+/// the sender's outbox resends it over the detour.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "node: in-flight carries on a cut link wait out the 10 s call timeout"]
 async fn cut_link_traffic_detours_within_the_detection_bound() {
     cut_a_b_under_load(true).await;
 }

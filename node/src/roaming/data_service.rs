@@ -15,19 +15,22 @@ impl Roaming {
             Ok(Hop::Local(mut service_center)) => service_center
                 .data(request)
                 .await
+                .map(tonic::Response::into_inner)
                 .map_err(|status| call_error(&self.region(), status)),
             Ok(Hop::Peer {
-                destination: region,
+                next_hop,
+                destination,
                 channel,
-            }) => DataServiceClient::new(channel)
-                .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES)
-                .call(request)
-                .await
-                .map_err(|status| call_error(&region, status)),
+            }) => {
+                let mut client = DataServiceClient::new(channel)
+                    .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+                self.relay(&next_hop, &destination, client.call(request))
+                    .await
+            }
         };
         match answer {
-            Ok(reply) => reply.into_inner(),
+            Ok(reply) => reply,
             Err(err) => DataReply {
                 result: Some(data_reply::Result::Failure(err.into())),
             },

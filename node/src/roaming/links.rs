@@ -3,8 +3,10 @@
 //! either changes.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
 use std::time::Duration;
+use tokio::sync::Notify;
 
 use crate::mesh::health::{Health, HealthPolicy, LinkHealth};
 use crate::mesh::link_state::{Advert, LinkStateDb, Path};
@@ -43,6 +45,8 @@ pub struct PeerStatus {
 
 #[derive(Default)]
 struct State {
+    /// Woken when the direct link to a peer goes down.
+    down: BTreeMap<String, Arc<Notify>>,
     health: BTreeMap<String, LinkHealth>,
     db: LinkStateDb,
     own_seq: u64,
@@ -91,6 +95,13 @@ impl Links {
         };
         if changed {
             tracing::warn!(region = %self.region, %peer, health = ?health.health, "link changed");
+            if health.health == Health::Down {
+                state
+                    .down
+                    .entry(peer.to_owned())
+                    .or_default()
+                    .notify_waiters();
+            }
         }
         self.refresh(&mut state, config);
     }
@@ -126,6 +137,18 @@ impl Links {
             .collect()
     }
 
+    /// Woken when the direct link to `peer` goes down, so that calls in
+    /// flight on it fail at once instead of waiting for their deadline.
+    pub fn down_signal(&self, peer: &str) -> Arc<Notify> {
+        self.state
+            .lock()
+            .expect("links")
+            .down
+            .entry(peer.to_owned())
+            .or_default()
+            .clone()
+    }
+
     /// Where traffic for `destination` goes next.
     pub fn next_hop(&self, config: &MeshConfig, destination: &str) -> Route {
         next_hop(
@@ -155,8 +178,12 @@ impl Links {
             .iter()
             .map(|peer| {
                 let health = state.health.entry(peer.region.clone()).or_default();
-                if !peer.enabled {
-                    health.disable();
+                if !peer.enabled && health.disable() {
+                    state
+                        .down
+                        .entry(peer.region.clone())
+                        .or_default()
+                        .notify_waiters();
                 }
                 let up = peer.enabled && health.health == Health::Up;
                 let cost = peer.cost.unwrap_or_else(|| {

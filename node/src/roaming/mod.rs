@@ -37,8 +37,9 @@ pub struct Roaming {
 enum Hop {
     /// This region's service center.
     Local(PairClient<Channel>),
-    /// Another region's roaming system, towards `destination`.
+    /// Another region's roaming system, `next_hop`, towards `destination`.
     Peer {
+        next_hop: String,
         destination: String,
         channel: Channel,
     },
@@ -77,6 +78,22 @@ impl Roaming {
         Ok(channel)
     }
 
+    /// Runs a call to the roaming system of `next_hop`, failing it as soon as
+    /// that link is declared down; the sender's outbox then retries it over
+    /// the new route at once.
+    async fn relay<T>(
+        &self,
+        next_hop: &str,
+        destination: &str,
+        call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, Error> {
+        let down = self.links.down_signal(next_hop);
+        tokio::select! {
+            reply = call => reply.map(tonic::Response::into_inner).map_err(|status| transport::call_error(destination, status)),
+            () = down.notified() => Err(Error::unreachable(destination)),
+        }
+    }
+
     /// Checks the envelope, stamps this hop on it, and picks the next hop.
     fn hop(&self, envelope: Option<&mut Envelope>) -> Result<Hop, Error> {
         let envelope =
@@ -103,17 +120,18 @@ impl Roaming {
                 // Routes are loop-free, but regions whose link state differs
                 // for a moment may disagree; rather than send the request
                 // back where it came from, take the direct link if enabled.
-                let endpoint = if envelope.path.contains(&next_hop) {
+                let (next_hop, endpoint) = if envelope.path.contains(&next_hop) {
                     match config.peer(&envelope.destination) {
-                        Some(peer) if peer.enabled => peer.endpoint.clone(),
+                        Some(peer) if peer.enabled => (peer.region.clone(), peer.endpoint.clone()),
                         _ => return Err(Error::unreachable(&envelope.destination)),
                     }
                 } else {
-                    endpoint
+                    (next_hop, endpoint)
                 };
                 envelope.hops_left -= 1;
                 envelope.path.push(config.region.clone());
                 Ok(Hop::Peer {
+                    next_hop,
                     destination: envelope.destination.clone(),
                     channel: self.channel(&endpoint)?,
                 })

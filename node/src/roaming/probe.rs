@@ -3,8 +3,6 @@
 
 use std::time::Instant;
 
-use futures::future::join_all;
-
 use super::Roaming;
 use super::business::{adverts_from_wire, adverts_to_wire};
 use crate::proto::peer_api::Ping;
@@ -26,15 +24,17 @@ pub async fn run(roaming: Roaming) {
             roaming.links.configure(&config);
             last_config = Some(config.clone());
         }
-        let probes = config.peers.iter().filter(|p| p.enabled).map(|peer| {
+        // Each heartbeat runs on its own, so a slow answer does not delay
+        // the next one and a cut is noticed within the policy's bound.
+        for peer in config.peers.iter().filter(|p| p.enabled) {
             let roaming = roaming.clone();
             let config = config.clone();
-            async move {
-                let rtt = probe(&roaming, &peer.region, &peer.endpoint).await;
-                roaming.links.probed(&config, &peer.region, rtt);
-            }
-        });
-        join_all(probes).await;
+            let (region, endpoint) = (peer.region.clone(), peer.endpoint.clone());
+            tokio::spawn(async move {
+                let rtt = probe(&roaming, &region, &endpoint).await;
+                roaming.links.probed(&config, &region, rtt);
+            });
+        }
     }
 }
 
