@@ -4,3 +4,4 @@ pub mod control_plane;
 pub mod faults;
 pub mod in_process;
 pub mod local_mode;
+pub mod operator;

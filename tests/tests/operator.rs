@@ -1,0 +1,440 @@
+//! The operator on a real control plane (kube-apiserver, etcd,
+//! kube-controller-manager, kube-scheduler and kwok, from
+//! `tests/control-plane`): installed with real helm, run as the chart's
+//! ServiceAccount, driven with kubectl.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use meridian_node::mesh::MeshConfig;
+use meridian_tests::control_plane::ControlPlane;
+use meridian_tests::local_mode::workspace_root;
+use meridian_tests::operator::{
+    Operator, RELEASE_NAMESPACE, helm_install, service_account_kubeconfig,
+};
+use serde_json::Value;
+
+const NS: &str = "chat";
+
+fn get_json(cluster: &ControlPlane, args: &[&str]) -> Option<Value> {
+    let mut all = vec!["get"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["-o", "json"]);
+    let out = cluster.kubectl(&all);
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).expect("kubectl prints JSON"))
+}
+
+/// The mesh configuration the operator wrote for `region`, if any.
+fn mesh(cluster: &ControlPlane, region: &str) -> Option<MeshConfig> {
+    let cm = get_json(cluster, &["configmap", &format!("{region}-mesh"), "-n", NS])?;
+    MeshConfig::from_yaml(cm["data"]["mesh.yaml"].as_str()?).ok()
+}
+
+fn peers(cluster: &ControlPlane, region: &str) -> Vec<String> {
+    mesh(cluster, region)
+        .map(|m| m.peers.into_iter().map(|p| p.region).collect())
+        .unwrap_or_default()
+}
+
+fn condition(region: &Value, type_: &str) -> Option<String> {
+    region["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .and_then(|c| c["status"].as_str().map(str::to_owned))
+}
+
+fn ready(cluster: &ControlPlane, region: &str) -> bool {
+    get_json(cluster, &["region", region, "-n", NS])
+        .is_some_and(|r| condition(&r, "Ready").as_deref() == Some("True"))
+}
+
+fn region_yaml(name: &str, cluster_name: &str, peer_endpoint: Option<&str>) -> String {
+    let endpoint = peer_endpoint
+        .map(|e| format!("  peerEndpoint: {e}\n"))
+        .unwrap_or_default();
+    format!(
+        "apiVersion: meridian.dev/v1alpha1\nkind: Region\nmetadata: {{name: {name}, namespace: {NS}}}\nspec:\n  cluster: {cluster_name}\n{endpoint}  serviceCenter: {{storage: {{size: 1Gi}}}}\n"
+    )
+}
+
+/// The resourceVersions of everything the operator owns, and of the Regions.
+fn versions(cluster: &ControlPlane) -> BTreeMap<String, String> {
+    let list = get_json(
+        cluster,
+        &[
+            "statefulsets,deployments,services,configmaps,regions",
+            "-n",
+            NS,
+            "-l",
+            "app.kubernetes.io/managed-by=meridian-operator",
+        ],
+    )
+    .unwrap();
+    let mut out = BTreeMap::new();
+    for item in list["items"].as_array().unwrap() {
+        let key = format!(
+            "{}/{}",
+            item["kind"].as_str().unwrap(),
+            item["metadata"]["name"].as_str().unwrap()
+        );
+        out.insert(
+            key,
+            item["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let regions = get_json(cluster, &["regions", "-n", NS]).unwrap();
+    for item in regions["items"].as_array().unwrap() {
+        let key = format!("Region/{}", item["metadata"]["name"].as_str().unwrap());
+        out.insert(
+            key,
+            item["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    out
+}
+
+fn wait(cluster: &ControlPlane, what: &str, secs: u64, check: impl FnMut() -> bool) -> Duration {
+    cluster
+        .wait_until(what, Duration::from_secs(secs), check)
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.log_tails(20)))
+}
+
+fn reconciles(op: &Operator) -> usize {
+    op.log_text().matches("reconciled").count()
+}
+
+#[test]
+fn the_operator_turns_regions_into_workloads_and_a_full_mesh() {
+    let cluster = ControlPlane::start().expect("a control plane");
+    let logs = cluster.log_dir();
+
+    // 1. helm install; the CRDs become established.
+    helm_install(&cluster, "default").unwrap();
+    for crd in ["regions.meridian.dev", "regionlinks.meridian.dev"] {
+        cluster
+            .kubectl_ok(&[
+                "wait",
+                "--for",
+                "condition=Established",
+                &format!("crd/{crd}"),
+                "--timeout",
+                "60s",
+            ])
+            .unwrap();
+    }
+
+    // 2. The operator runs with the chart's ServiceAccount: its RBAC suffices.
+    let kubeconfig = service_account_kubeconfig(&cluster).unwrap();
+    let mut leader = Operator::start(&kubeconfig, "default", "replica-a", &logs);
+
+    // 3. The example Regions become workloads, Ready through kwok.
+    cluster.kubectl_ok(&["create", "namespace", NS]).unwrap();
+    let example = workspace_root().join("examples/three-regions.yaml");
+    cluster
+        .kubectl_ok(&["apply", "-f", example.to_str().unwrap()])
+        .unwrap();
+    let took = wait(&cluster, "three Ready Regions", 180, || {
+        ["eu", "us", "ap"].iter().all(|r| ready(&cluster, r))
+    });
+    println!("three regions Ready after {took:?}");
+    for region in ["eu", "us", "ap"] {
+        let sts = get_json(
+            &cluster,
+            &["statefulset", &format!("{region}-service-center"), "-n", NS],
+        )
+        .unwrap();
+        assert_eq!(sts["spec"]["replicas"], 1);
+        assert_eq!(
+            sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"],
+            "1Gi"
+        );
+        assert_eq!(sts["metadata"]["ownerReferences"][0]["kind"], "Region");
+        let pod = &sts["spec"]["template"]["spec"];
+        assert_eq!(
+            pod["securityContext"]["seccompProfile"]["type"],
+            "RuntimeDefault"
+        );
+        assert_eq!(
+            pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"],
+            true
+        );
+        assert_eq!(pod["containers"][0]["resources"]["requests"]["cpu"], "100m");
+        let deploy = get_json(
+            &cluster,
+            &["deployment", &format!("{region}-roaming"), "-n", NS],
+        )
+        .unwrap();
+        assert_eq!(deploy["spec"]["replicas"], 1);
+        let svc = get_json(
+            &cluster,
+            &["service", &format!("{region}-roaming"), "-n", NS],
+        )
+        .unwrap();
+        let ports: Vec<i64> = svc["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["port"].as_i64().unwrap())
+            .collect();
+        assert_eq!(ports, vec![7402, 7443]);
+        assert!(
+            get_json(
+                &cluster,
+                &["service", &format!("{region}-service-center"), "-n", NS]
+            )
+            .is_some()
+        );
+        let status = get_json(&cluster, &["region", region, "-n", NS]).unwrap()["status"].clone();
+        assert_eq!(status["serviceCenter"]["readyReplicas"], 1);
+        assert_eq!(status["roaming"]["readyReplicas"], 1);
+        assert_eq!(status["peers"].as_array().unwrap().len(), 2);
+        for type_ in ["Ready", "Progressing", "Degraded", "MeshConfigured"] {
+            assert!(
+                status["conditions"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|c| c["type"] == type_ && c["reason"].is_string())
+            );
+        }
+    }
+    let eu = mesh(&cluster, "eu").unwrap();
+    assert_eq!(
+        eu.peers
+            .iter()
+            .map(|p| p.region.as_str())
+            .collect::<Vec<_>>(),
+        vec!["ap", "us"]
+    );
+    let us_peer = eu.peer("us").unwrap();
+    assert_eq!(
+        (us_peer.endpoint.as_str(), us_peer.cost),
+        ("http://us-roaming.chat.svc:7443", Some(10))
+    );
+    assert_eq!(
+        eu.service_center.pair,
+        "http://eu-service-center.chat.svc:7401"
+    );
+    let events = cluster
+        .kubectl_ok(&["get", "events", "-n", NS, "-o", "json"])
+        .unwrap();
+    assert!(events.contains("Reconciled"), "the operator records events");
+
+    // 4. A fourth Region: within 10 s every region's mesh lists it.
+    cluster
+        .kubectl_stdin(&["apply", "-f", "-"], &region_yaml("sa", "default", None))
+        .unwrap();
+    let started = Instant::now();
+    wait(&cluster, "every mesh lists sa", 10, || {
+        ["eu", "us", "ap"]
+            .iter()
+            .all(|r| peers(&cluster, r).contains(&"sa".to_owned()))
+    });
+    println!(
+        "a fourth region reached every mesh configuration in {:?}",
+        started.elapsed()
+    );
+    wait(&cluster, "sa's own mesh", 10, || {
+        peers(&cluster, "sa") == ["ap", "eu", "us"]
+    });
+
+    // 5. Deleting it removes it from the peers, and its objects are collected.
+    cluster
+        .kubectl_ok(&["delete", "region", "sa", "-n", NS])
+        .unwrap();
+    wait(&cluster, "sa gone from every mesh", 20, || {
+        ["eu", "us", "ap"]
+            .iter()
+            .all(|r| !peers(&cluster, r).contains(&"sa".to_owned()))
+    });
+    wait(&cluster, "sa's objects garbage-collected", 60, || {
+        [
+            "statefulset/sa-service-center",
+            "deployment/sa-roaming",
+            "configmap/sa-mesh",
+            "service/sa-roaming",
+        ]
+        .iter()
+        .all(|o| !cluster.kubectl(&["get", o, "-n", NS]).status.success())
+    });
+
+    // 6. Disabling a RegionLink marks it disabled at both ends.
+    cluster
+        .kubectl_ok(&[
+            "patch",
+            "regionlink",
+            "eu-us",
+            "-n",
+            NS,
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"enabled":false}}"#,
+        ])
+        .unwrap();
+    wait(&cluster, "eu-us disabled at both ends", 10, || {
+        let eu = mesh(&cluster, "eu").and_then(|m| m.peer("us").map(|p| p.enabled));
+        let us = mesh(&cluster, "us").and_then(|m| m.peer("eu").map(|p| p.enabled));
+        eu == Some(false) && us == Some(false)
+    });
+
+    // 7. The apiserver refuses invalid objects with a readable message.
+    let bad_name = cluster
+        .kubectl_stdin(&["apply", "-f", "-"], &region_yaml("a.b", "default", None))
+        .unwrap_err()
+        .to_string();
+    assert!(bad_name.contains("region code"), "{bad_name}");
+    let self_link = "apiVersion: meridian.dev/v1alpha1\nkind: RegionLink\nmetadata: {name: eu-eu, namespace: chat}\nspec: {regions: [eu, eu]}\n";
+    let refused = cluster
+        .kubectl_stdin(&["apply", "-f", "-"], self_link)
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("two different regions"), "{refused}");
+    let moved = cluster.kubectl(&[
+        "patch",
+        "region",
+        "eu",
+        "-n",
+        NS,
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"cluster":"elsewhere"}}"#,
+    ]);
+    let moved = String::from_utf8_lossy(&moved.stderr).into_owned();
+    assert!(moved.contains("spec.cluster is immutable"), "{moved}");
+
+    // 8. A restarted operator changes nothing it owns.
+    let before = versions(&cluster);
+    leader.stop(false);
+    let mut leader = Operator::start(&kubeconfig, "default", "replica-a", &logs);
+    wait(&cluster, "the restarted operator to reconcile", 60, || {
+        reconciles(&leader) >= 3
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(versions(&cluster), before, "a restart rewrote nothing");
+
+    // 9. Two replicas: only the Lease holder writes; the other takes over.
+    let mut standby = Operator::start(&kubeconfig, "default", "replica-b", &logs);
+    wait(&cluster, "the second replica to stand by", 30, || {
+        standby.log_text().contains("standing by")
+    });
+    cluster
+        .kubectl_ok(&[
+            "patch",
+            "regionlink",
+            "eu-us",
+            "-n",
+            NS,
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"enabled":true}}"#,
+        ])
+        .unwrap();
+    wait(&cluster, "eu-us enabled again", 10, || {
+        mesh(&cluster, "eu").and_then(|m| m.peer("us").map(|p| p.enabled)) == Some(true)
+    });
+    assert_eq!(reconciles(&standby), 0, "the standby replica wrote nothing");
+    let lease = get_json(
+        &cluster,
+        &["lease", "meridian-operator", "-n", RELEASE_NAMESPACE],
+    )
+    .unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "replica-a");
+    leader.stop(true);
+    wait(&cluster, "the standby to take the lease", 60, || {
+        standby.log_text().contains("became the leader")
+    });
+    cluster
+        .kubectl_ok(&[
+            "patch",
+            "regionlink",
+            "eu-us",
+            "-n",
+            NS,
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"cost":20}}"#,
+        ])
+        .unwrap();
+    wait(&cluster, "the new leader to apply a change", 20, || {
+        mesh(&cluster, "us").and_then(|m| m.peer("eu").and_then(|p| p.cost)) == Some(20)
+    });
+    assert!(standby.is_running());
+}
+
+#[test]
+fn two_clusters_each_deploy_their_own_regions_and_list_the_others_as_peers() {
+    let a = ControlPlane::start().expect("control plane a");
+    let b = ControlPlane::start().expect("control plane b");
+    let manifests = [
+        region_yaml("eu", "cluster-a", Some("roaming.eu.example.net:7443")),
+        region_yaml("us", "cluster-a", Some("roaming.us.example.net:7443")),
+        region_yaml("ap", "cluster-b", Some("roaming.ap.example.net:7443")),
+    ]
+    .join("---\n");
+    let mut operators = Vec::new();
+    for (cluster, name) in [(&a, "cluster-a"), (&b, "cluster-b")] {
+        helm_install(cluster, name).unwrap();
+        cluster
+            .kubectl_ok(&[
+                "wait",
+                "--for",
+                "condition=Established",
+                "crd/regions.meridian.dev",
+                "--timeout",
+                "60s",
+            ])
+            .unwrap();
+        cluster.kubectl_ok(&["create", "namespace", NS]).unwrap();
+        cluster
+            .kubectl_stdin(&["apply", "-f", "-"], &manifests)
+            .unwrap();
+        let kubeconfig = service_account_kubeconfig(cluster).unwrap();
+        operators.push(Operator::start(&kubeconfig, name, name, &cluster.log_dir()));
+    }
+    wait(&a, "eu and us deployed in cluster a", 60, || {
+        mesh(&a, "eu").is_some() && mesh(&a, "us").is_some()
+    });
+    wait(&b, "ap deployed in cluster b", 60, || {
+        mesh(&b, "ap").is_some()
+    });
+
+    let eu = mesh(&a, "eu").unwrap();
+    assert_eq!(
+        eu.peer("ap").unwrap().endpoint,
+        "http://roaming.ap.example.net:7443"
+    );
+    assert_eq!(
+        eu.peer("us").unwrap().endpoint,
+        "http://us-roaming.chat.svc:7443"
+    );
+    let ap = mesh(&b, "ap").unwrap();
+    assert_eq!(
+        ap.peer("eu").unwrap().endpoint,
+        "http://roaming.eu.example.net:7443"
+    );
+    assert_eq!(
+        ap.peer("us").unwrap().endpoint,
+        "http://roaming.us.example.net:7443"
+    );
+    // Each cluster runs only its own regions.
+    assert!(
+        mesh(&a, "ap").is_none()
+            && get_json(&a, &["statefulset", "ap-service-center", "-n", NS]).is_none()
+    );
+    assert!(
+        mesh(&b, "eu").is_none() && get_json(&b, &["deployment", "us-roaming", "-n", NS]).is_none()
+    );
+}
