@@ -2,6 +2,12 @@
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("cannot read the Regions and RegionLinks of namespace {namespace}: {source}")]
+    Fetch {
+        namespace: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("the Region is invalid: {0}")]
     Invalid(String),
     #[error("cannot apply {kind} {name}: {source}")]
@@ -23,6 +29,7 @@ impl Error {
     /// The `error` label of the reconcile error metric.
     pub fn metric_label(&self) -> &'static str {
         match self {
+            Error::Fetch { .. } => "fetch",
             Error::Invalid(_) => "invalid",
             Error::Apply { .. } => "apply",
             Error::Status { .. } => "status",

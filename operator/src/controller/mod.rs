@@ -13,6 +13,7 @@ mod leader;
 mod metrics;
 mod status;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,7 +25,6 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use meridian_crds::{Region, RegionLink, validate};
@@ -63,8 +63,6 @@ pub struct RunArgs {
 struct Context {
     client: Client,
     settings: Settings,
-    regions: Store<Region>,
-    links: Store<RegionLink>,
     recorder: Recorder,
     metrics: Arc<Metrics>,
 }
@@ -135,20 +133,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (statefulsets, deployments, services, config_maps) = namespaced(&client);
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=meridian-operator");
 
-    // A cache of every RegionLink, read by reconciles.
-    let (links, links_writer) = reflector::store::<RegionLink>();
-    let link_cache = reflector::reflector(
-        links_writer,
-        watcher(links_api.clone(), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects();
-    tokio::spawn(link_cache.for_each(|_| futures::future::ready(())));
-
     let controller = Controller::new(regions_api.clone(), watcher::Config::default());
-    let regions = controller.store();
-    let for_links = regions.clone();
-    let for_regions = regions.clone();
     let reporter = Reporter {
         controller: "meridian-operator".into(),
         instance: Some(identity.clone()),
@@ -159,8 +144,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             cluster: args.cluster.clone(),
             image: args.node_image.clone(),
         },
-        regions,
-        links,
         recorder: Recorder::new(client.clone(), reporter),
         metrics: metrics.clone(),
     });
@@ -171,17 +154,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .owns(deployments, owned.clone())
         .owns(services, owned.clone())
         .owns(config_maps, owned)
-        // Any Region or RegionLink change reshapes the mesh of its namespace.
-        .watches(
-            regions_api,
-            watcher::Config::default(),
-            move |region: Region| same_namespace(&for_regions, region.namespace()),
-        )
-        .watches(
-            links_api,
-            watcher::Config::default(),
-            move |link: RegionLink| same_namespace(&for_links, link.namespace()),
-        )
+        // A Region added, removed or changed, or any RegionLink change,
+        // reshapes the mesh; a status update does not.
+        .reconcile_all_on(mesh_changes(regions_api, links_api))
         .shutdown_on_signal()
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
@@ -204,13 +179,38 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn same_namespace(regions: &Store<Region>, namespace: Option<String>) -> Vec<ObjectRef<Region>> {
-    regions
-        .state()
-        .iter()
-        .filter(|r| r.namespace() == namespace)
-        .map(|r| ObjectRef::from_obj(r.as_ref()))
-        .collect()
+/// Fires when the mesh may have changed: a Region appeared, disappeared or
+/// changed its spec (a new generation), or a RegionLink changed. Status
+/// writes do not fire it, so Regions reporting status cause no storm of
+/// reconciles across the namespace.
+fn mesh_changes(
+    regions: Api<Region>,
+    links: Api<RegionLink>,
+) -> impl futures::Stream<Item = ()> + Send {
+    let mut generations: HashMap<String, Option<i64>> = HashMap::new();
+    let regions = watcher(regions, watcher::Config::default())
+        .default_backoff()
+        .filter_map(move |event| {
+            let fire = match event {
+                Ok(watcher::Event::Apply(region) | watcher::Event::InitApply(region)) => {
+                    let uid = region.uid().unwrap_or_default();
+                    generations.insert(uid, region.meta().generation)
+                        != Some(region.meta().generation)
+                }
+                Ok(watcher::Event::Delete(region)) => {
+                    generations.remove(&region.uid().unwrap_or_default());
+                    true
+                }
+                Ok(watcher::Event::InitDone) => true,
+                Ok(watcher::Event::Init) | Err(_) => false,
+            };
+            futures::future::ready(fire.then_some(()))
+        });
+    let links = watcher(links, watcher::Config::default())
+        .default_backoff()
+        .touched_objects()
+        .filter_map(|link| futures::future::ready(link.ok().map(|_| ())));
+    futures::stream::select(regions, links)
 }
 
 async fn reconcile(region: Arc<Region>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -230,21 +230,23 @@ async fn reconcile_region(region: &Region, ctx: &Context) -> Result<Action, Erro
     }
     let name = region.name_any();
     let namespace = region.namespace();
-    // Fetch: the namespace's Regions and RegionLinks, from the watch caches.
-    let regions: Vec<Region> = ctx
-        .regions
-        .state()
-        .iter()
-        .filter(|r| r.namespace() == namespace)
-        .map(|r| (**r).clone())
-        .collect();
-    let links: Vec<RegionLink> = ctx
-        .links
-        .state()
-        .iter()
-        .filter(|l| l.namespace() == namespace)
-        .map(|l| (**l).clone())
-        .collect();
+    // Fetch: the namespace's Regions and RegionLinks, read fresh so that the
+    // mesh never lags the change that triggered this reconcile.
+    let ns = namespace.clone().unwrap_or_default();
+    let fetch = |source| Error::Fetch {
+        namespace: ns.clone(),
+        source,
+    };
+    let regions = Api::<Region>::namespaced(ctx.client.clone(), &ns)
+        .list(&Default::default())
+        .await
+        .map_err(fetch)?
+        .items;
+    let links = Api::<RegionLink>::namespaced(ctx.client.clone(), &ns)
+        .list(&Default::default())
+        .await
+        .map_err(fetch)?
+        .items;
 
     // Validate.
     let problems: Vec<String> = validate::region(region)
