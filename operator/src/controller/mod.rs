@@ -13,7 +13,7 @@ mod leader;
 mod metrics;
 mod status;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,6 +25,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use meridian_crds::{Region, RegionLink, validate};
@@ -133,7 +134,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (statefulsets, deployments, services, config_maps) = namespaced(&client);
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=meridian-operator");
 
-    let controller = Controller::new(regions_api.clone(), watcher::Config::default());
+    // Bursts (50 Regions applied at once) collapse into one reconcile per
+    // Region, and a few run at a time so the API server is not flooded.
+    let config = kube::runtime::controller::Config::default()
+        .debounce(Duration::from_millis(300))
+        .concurrency(16);
+    let controller =
+        Controller::new(regions_api.clone(), watcher::Config::default()).with_config(config);
     let reporter = Reporter {
         controller: "meridian-operator".into(),
         instance: Some(identity.clone()),
@@ -156,7 +163,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .owns(config_maps, owned)
         // A Region added, removed or changed, or any RegionLink change,
         // reshapes the mesh; a status update does not.
-        .reconcile_all_on(mesh_changes(regions_api, links_api))
+        .reconcile_on(mesh_changes(regions_api, links_api))
         .shutdown_on_signal()
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
@@ -179,37 +186,75 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Fires when the mesh may have changed: a Region appeared, disappeared or
-/// changed its spec (a new generation), or a RegionLink changed. Status
-/// writes do not fire it, so Regions reporting status cause no storm of
-/// reconciles across the namespace.
+/// The Regions whose mesh may have changed: every Region of a namespace in
+/// which a Region appeared, disappeared or changed its spec (a new
+/// generation), or a RegionLink changed. Status writes change no generation,
+/// so Regions reporting status cause no storm of reconciles.
 fn mesh_changes(
     regions: Api<Region>,
     links: Api<RegionLink>,
-) -> impl futures::Stream<Item = ()> + Send {
-    let mut generations: HashMap<String, Option<i64>> = HashMap::new();
+) -> impl futures::Stream<Item = ObjectRef<Region>> + Send {
+    #[derive(Default)]
+    struct Index {
+        generations: HashMap<String, Option<i64>>,
+        names: HashMap<String, BTreeSet<String>>,
+    }
+    impl Index {
+        fn namespace(&self, namespace: &str) -> Vec<ObjectRef<Region>> {
+            let names = self.names.get(namespace).into_iter().flatten();
+            names
+                .map(|name| ObjectRef::new(name).within(namespace))
+                .collect()
+        }
+    }
+    let index = Arc::new(std::sync::Mutex::new(Index::default()));
+    let by_link = index.clone();
     let regions = watcher(regions, watcher::Config::default())
         .default_backoff()
-        .filter_map(move |event| {
-            let fire = match event {
+        .flat_map(move |event| {
+            let mut index = index.lock().expect("mesh index");
+            let touched = match event {
                 Ok(watcher::Event::Apply(region) | watcher::Event::InitApply(region)) => {
-                    let uid = region.uid().unwrap_or_default();
-                    generations.insert(uid, region.meta().generation)
-                        != Some(region.meta().generation)
+                    let namespace = region.namespace().unwrap_or_default();
+                    index
+                        .names
+                        .entry(namespace.clone())
+                        .or_default()
+                        .insert(region.name_any());
+                    let generation = region.meta().generation;
+                    let changed = index
+                        .generations
+                        .insert(region.uid().unwrap_or_default(), generation)
+                        != Some(generation);
+                    changed.then_some(namespace)
                 }
                 Ok(watcher::Event::Delete(region)) => {
-                    generations.remove(&region.uid().unwrap_or_default());
-                    true
+                    let namespace = region.namespace().unwrap_or_default();
+                    index.generations.remove(&region.uid().unwrap_or_default());
+                    index
+                        .names
+                        .entry(namespace.clone())
+                        .or_default()
+                        .remove(&region.name_any());
+                    Some(namespace)
                 }
-                Ok(watcher::Event::InitDone) => true,
-                Ok(watcher::Event::Init) | Err(_) => false,
+                _ => None,
             };
-            futures::future::ready(fire.then_some(()))
+            futures::stream::iter(touched.map(|ns| index.namespace(&ns)).unwrap_or_default())
         });
     let links = watcher(links, watcher::Config::default())
         .default_backoff()
         .touched_objects()
-        .filter_map(|link| futures::future::ready(link.ok().map(|_| ())));
+        .flat_map(move |link| {
+            let refs = match link {
+                Ok(link) => by_link
+                    .lock()
+                    .expect("mesh index")
+                    .namespace(&link.namespace().unwrap_or_default()),
+                Err(_) => Vec::new(),
+            };
+            futures::stream::iter(refs)
+        });
     futures::stream::select(regions, links)
 }
 
