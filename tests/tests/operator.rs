@@ -438,3 +438,32 @@ fn two_clusters_each_deploy_their_own_regions_and_list_the_others_as_peers() {
         mesh(&b, "eu").is_none() && get_json(&b, &["deployment", "us-roaming", "-n", NS]).is_none()
     );
 }
+
+#[test]
+fn the_chart_lints_clean_and_its_schema_refuses_bad_values() {
+    let helm = meridian_tests::control_plane::build()
+        .expect("the control plane's binaries")
+        .join("helm");
+    let chart = workspace_root().join("charts/meridian");
+    let lint = std::process::Command::new(&helm)
+        .args(["lint", "--strict"])
+        .arg(&chart)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&lint.stdout);
+    assert!(
+        lint.status.success() && out.contains("0 chart(s) failed"),
+        "{out}"
+    );
+    let bad = std::process::Command::new(&helm)
+        .args(["template", "x"])
+        .arg(&chart)
+        .args(["--set", "replicas=0"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("replicas"),
+        "the schema names the value"
+    );
+}
