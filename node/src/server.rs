@@ -46,6 +46,8 @@ pub struct ServiceCenterListeners {
 pub struct RoamingListeners {
     pub pair: TcpListener,
     pub peer: TcpListener,
+    /// `/metrics` and `/mesh` over HTTP, when wanted.
+    pub metrics: Option<TcpListener>,
 }
 
 pub struct Node {
@@ -80,6 +82,21 @@ impl Node {
 
         if let Some(listeners) = self.roaming {
             let roaming = Roaming::start(self.mesh.clone(), self.health);
+            if let Some(metrics) = listeners.metrics {
+                tracing::info!(%region, metrics = %local(&metrics), "roaming metrics serving");
+                let roaming = roaming.clone();
+                let stop = stopped();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        served = roaming::metrics::serve(metrics, roaming) => {
+                            if let Err(err) = served {
+                                tracing::error!(%err, "roaming metrics server failed");
+                            }
+                        }
+                        () = stop => {}
+                    }
+                });
+            }
             tracing::info!(%region, pair = %local(&listeners.pair), peer = %local(&listeners.peer), "roaming system serving");
             servers.spawn(
                 transport::server()

@@ -119,6 +119,7 @@ impl Mesh {
                 roaming: Some(RoamingListeners {
                     pair: p.roaming_pair,
                     peer: p.peer,
+                    metrics: None,
                 }),
                 health: lenient_health(),
             };

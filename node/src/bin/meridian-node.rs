@@ -47,6 +47,9 @@ struct Args {
     /// The roaming system's peer API (called by other regions).
     #[arg(long, env = "MERIDIAN_LISTEN_PEER", default_value = "0.0.0.0:7443")]
     listen_peer: SocketAddr,
+    /// The roaming system's /metrics and /mesh (HTTP); off unless given.
+    #[arg(long, env = "MERIDIAN_LISTEN_METRICS")]
+    listen_metrics: Option<SocketAddr>,
     /// Stop when the parent process goes away (used by local mode).
     #[arg(long)]
     exit_with_parent: bool,
@@ -86,6 +89,10 @@ async fn main() -> anyhow::Result<()> {
         Some(RoamingListeners {
             pair: bind(args.listen_roaming_pair, "roaming system's pair API").await?,
             peer: bind(args.listen_peer, "peer API").await?,
+            metrics: match args.listen_metrics {
+                Some(addr) => Some(bind(addr, "roaming system's metrics").await?),
+                None => None,
+            },
         })
     } else {
         None

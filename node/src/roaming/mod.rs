@@ -9,6 +9,7 @@ pub mod business;
 pub mod data_service;
 pub mod grpc;
 pub mod links;
+pub mod metrics;
 mod probe;
 
 use std::collections::HashMap;

@@ -23,6 +23,7 @@ pub const CLIENT_PORT: i32 = 7400;
 pub const SERVICE_CENTER_PAIR_PORT: i32 = 7401;
 pub const ROAMING_PAIR_PORT: i32 = 7402;
 pub const PEER_PORT: i32 = 7443;
+pub const METRICS_PORT: i32 = 9090;
 const CONFIG_DIR: &str = "/etc/meridian";
 const DATA_DIR: &str = "/var/lib/meridian";
 const MESH_FILE: &str = "mesh.yaml";
@@ -219,12 +220,18 @@ pub fn desired(
         &format!("0.0.0.0:{ROAMING_PAIR_PORT}"),
         "--listen-peer",
         &format!("0.0.0.0:{PEER_PORT}"),
+        "--listen-metrics",
+        &format!("0.0.0.0:{METRICS_PORT}"),
     ];
     let mut r_container = container(
         "roaming",
         r_image,
         &r_args,
-        &[("pair", ROAMING_PAIR_PORT), ("peer", PEER_PORT)],
+        &[
+            ("pair", ROAMING_PAIR_PORT),
+            ("peer", PEER_PORT),
+            ("metrics", METRICS_PORT),
+        ],
     );
     r_container.resources = roaming_spec.resources.clone();
     let roaming = Deployment {

@@ -16,6 +16,9 @@ pub struct RegionPorts {
     pub service_center_pair: u16,
     pub roaming_pair: u16,
     pub peer: u16,
+    /// The roaming system's /metrics; 0 in files from before it existed.
+    #[serde(default)]
+    pub metrics: u16,
 }
 
 impl RegionPorts {
@@ -59,7 +62,7 @@ impl PortBook {
     /// The ports of `region`: the recorded ones if all are free, else new ones.
     pub fn ports(&mut self, region: &str) -> anyhow::Result<RegionPorts> {
         if let Some(known) = self.ports.get(region)
-            && known.all().iter().all(|p| free_now(*p))
+            && known.all().iter().all(|p| *p != 0 && free_now(*p))
         {
             return Ok(*known);
         }
@@ -77,6 +80,7 @@ impl PortBook {
             service_center_pair: pick()?,
             roaming_pair: pick()?,
             peer: pick()?,
+            metrics: pick()?,
         };
         // The kernel may hand out the same free port twice in a row.
         while ports
@@ -90,6 +94,7 @@ impl PortBook {
                 service_center_pair: pick()?,
                 roaming_pair: pick()?,
                 peer: pick()?,
+                metrics: pick()?,
             };
         }
         self.ports.insert(region.to_owned(), ports);

@@ -125,6 +125,8 @@ impl LocalMesh {
                 addr(ports.roaming_pair),
                 "--listen-peer".into(),
                 addr(ports.peer),
+                "--listen-metrics".into(),
+                addr(ports.metrics),
                 "--exit-with-parent".into(),
             ],
             log: dir.join("roaming.log"),
@@ -181,6 +183,7 @@ impl LocalMesh {
                     "serviceCenterPair": url(r.ports.service_center_pair),
                     "roamingPair": url(r.ports.roaming_pair),
                     "peer": url(r.ports.peer),
+                    "metrics": format!("{}/metrics", url(r.ports.metrics)),
                     "dir": dir.display().to_string(),
                 });
                 (code.clone(), entry)
