@@ -14,6 +14,9 @@
 //! - [`workload`]: senders and subscribers that record what was acknowledged
 //!   and what was delivered.
 //! - [`checker`]: the invariant checker over those records.
+//! - [`schedule`]: random fault schedules from a seed (cuts, isolations,
+//!   `kill -9` and restart, `SIGSTOP` and `SIGCONT`), printable and
+//!   replayable, and their execution on a [`cluster::Cluster`].
 //!
 //! Addresses used: `10.201.<link>.1/30` and `.2/30`, only inside namespaces
 //! the harness created; they go with the namespaces when the harness drops
@@ -27,6 +30,7 @@ pub mod checker;
 pub mod cluster;
 pub mod hosts;
 pub mod proxy;
+pub mod schedule;
 pub mod workload;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -87,7 +87,9 @@ impl Recorder {
         self.lock().history.member(group, session);
     }
 
-    fn acked(&self, event: AckEvent, seq: u64) {
+    /// Records an acknowledged send (the senders here do; a load generator
+    /// of its own may too).
+    pub fn acked(&self, event: AckEvent, seq: u64) {
         let mut records = self.lock();
         records
             .history
@@ -113,6 +115,25 @@ impl Recorder {
 
     pub fn deliveries(&self) -> Vec<DeliveryEvent> {
         self.lock().deliveries.clone()
+    }
+
+    /// How many acknowledgements and deliveries were recorded so far; cheap,
+    /// for polling while the records grow large.
+    pub fn counts(&self) -> (usize, usize) {
+        let records = self.lock();
+        (records.acks.len(), records.deliveries.len())
+    }
+
+    /// The acknowledgements recorded from the `from`-th on (see [`Self::counts`]).
+    pub fn acks_since(&self, from: usize) -> Vec<AckEvent> {
+        let records = self.lock();
+        records.acks.get(from..).unwrap_or_default().to_vec()
+    }
+
+    /// The deliveries recorded from the `from`-th on (see [`Self::counts`]).
+    pub fn deliveries_since(&self, from: usize) -> Vec<DeliveryEvent> {
+        let records = self.lock();
+        records.deliveries.get(from..).unwrap_or_default().to_vec()
     }
 
     pub fn check(&self) -> Report {
@@ -191,13 +212,24 @@ impl Workload {
     }
 
     /// Stops starting new sends and waits (at most `timeout`) for the sends
-    /// in progress to be acknowledged.
-    pub async fn stop_sending(&mut self, timeout: Duration) {
+    /// in progress to be acknowledged; returns whether they all were.
+    pub async fn stop_sending(&mut self, timeout: Duration) -> bool {
         self.sending.send_replace(false);
         let all = futures::future::join_all(self.senders.drain(..));
         if tokio::time::timeout(timeout, all).await.is_err() {
             eprintln!("faults: some sends were still unacknowledged after {timeout:?}");
+            return false;
         }
+        true
+    }
+
+    /// After [`Self::stop_sending`]: senders added from now on send again.
+    /// (A sender left over from a stop that timed out ends once its send in
+    /// progress is acknowledged.)
+    /// Give the new senders new session labels: a sender's idempotency keys
+    /// are `<session>-<n>` from n = 1.
+    pub fn resume_sending(&mut self) {
+        self.sending = watch::channel(true).0;
     }
 
     /// Stops sending, waits until everything acknowledged was delivered (at
