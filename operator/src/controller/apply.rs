@@ -19,6 +19,7 @@ pub fn params() -> PatchParams {
 async fn apply<K>(client: &Client, object: &K) -> Result<K, Error>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + k8s_openapi::Resource
         + Clone
         + Serialize
         + DeserializeOwned
@@ -27,26 +28,14 @@ where
     let name = object.meta().name.clone().unwrap_or_default();
     let namespace = object.meta().namespace.clone().unwrap_or_default();
     let api: Api<K> = Api::namespaced(client.clone(), &namespace);
-    let mut body = serde_json::to_value(object).expect("objects serialize");
-    body["apiVersion"] = K::api_version(&()).into();
-    body["kind"] = K::kind(&()).into();
-    api.patch(&name, &params(), &Patch::Apply(&body))
+    // k8s-openapi serializes apiVersion and kind, as apply needs.
+    api.patch(&name, &params(), &Patch::Apply(object))
         .await
         .map_err(|source| Error::Apply {
-            kind: kind_name::<K>(),
+            kind: <K as k8s_openapi::Resource>::KIND,
             name,
             source,
         })
-}
-
-fn kind_name<K: Resource<DynamicType = ()>>() -> &'static str {
-    match K::kind(&()).as_ref() {
-        "ConfigMap" => "ConfigMap",
-        "Service" => "Service",
-        "StatefulSet" => "StatefulSet",
-        "Deployment" => "Deployment",
-        _ => "object",
-    }
 }
 
 /// What the apply left in the cluster, for the status.
