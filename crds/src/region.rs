@@ -5,7 +5,7 @@
 //! same rules that [`crate::validate`] checks in pure code for local mode.
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -215,14 +215,20 @@ pub struct PeerStatus {
     #[schemars(length(min = 1, max = REGION_CODE_MAX_LEN))]
     pub region: String,
 
-    /// `Up` (direct link), `Detoured` (relayed through `via`) or `Down` (unreachable).
-    pub state: LinkState,
+    /// `Up` (direct link), `Detoured` (relayed through `via`) or `Down` (unreachable),
+    /// as this region's roaming system reports it; absent until it has reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<LinkState>,
 
     /// The regions traffic is relayed through, in order; empty on the direct link.
     #[serde(default)]
     pub via: Vec<String>,
 
-    /// Last measured round-trip time to the peer, in milliseconds.
+    /// Round-trip time of the direct link in milliseconds, as last measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rtt_millis: Option<u64>,
+
+    /// When the roaming system last saw `state` or `via` change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<Time>,
 }

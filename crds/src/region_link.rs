@@ -2,6 +2,7 @@
 //! default (the full peer mesh of the source design); a `RegionLink` only sets the
 //! properties of one pair's link.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -108,7 +109,8 @@ pub enum LinkState {
     Down,
 }
 
-/// Observed state of the link, written by the operator.
+/// Observed state of the link, written by the operator from the roaming system of
+/// one of its two regions.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct RegionLinkStatus {
@@ -120,7 +122,15 @@ pub struct RegionLinkStatus {
     #[serde(default)]
     pub via: Vec<String>,
 
-    /// Last measured round-trip time in milliseconds.
+    /// Round-trip time of the direct link in milliseconds, as last measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rtt_millis: Option<u64>,
+
+    /// The region whose roaming system reported this view of the link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_from: Option<String>,
+
+    /// When `state` or `via` last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<Time>,
 }

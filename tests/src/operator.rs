@@ -27,6 +27,22 @@ pub fn helm_install(cluster: &ControlPlane, cluster_name: &str) -> anyhow::Resul
     ])
 }
 
+/// Installs the chart and waits until its CRDs are established.
+pub fn install_and_wait(cluster: &ControlPlane, cluster_name: &str) -> anyhow::Result<()> {
+    helm_install(cluster, cluster_name)?;
+    for crd in ["regions.meridian.dev", "regionlinks.meridian.dev"] {
+        cluster.kubectl_ok(&[
+            "wait",
+            "--for",
+            "condition=Established",
+            &format!("crd/{crd}"),
+            "--timeout",
+            "60s",
+        ])?;
+    }
+    Ok(())
+}
+
 /// A kubeconfig holding a token of the chart's ServiceAccount.
 pub fn service_account_kubeconfig(cluster: &ControlPlane) -> anyhow::Result<PathBuf> {
     let token = cluster.kubectl_ok(&[
@@ -55,6 +71,17 @@ impl Operator {
         identity: &str,
         log_dir: &Path,
     ) -> Operator {
+        Operator::start_with(kubeconfig, cluster_name, identity, log_dir, &[])
+    }
+
+    /// [`Operator::start`] with more arguments for `meridian-operator run`.
+    pub fn start_with(
+        kubeconfig: &Path,
+        cluster_name: &str,
+        identity: &str,
+        log_dir: &Path,
+        extra: &[String],
+    ) -> Operator {
         let log = log_dir.join(format!("operator-{identity}.log"));
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -75,6 +102,7 @@ impl Operator {
                 "--lease-namespace",
                 RELEASE_NAMESPACE,
             ])
+            .args(extra)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,meridian_operator=debug")
             .stdin(Stdio::null())

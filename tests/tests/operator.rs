@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use meridian_node::mesh::MeshConfig;
 use meridian_tests::control_plane::ControlPlane;
+use meridian_tests::local_mode::LocalMode;
 use meridian_tests::local_mode::workspace_root;
 use meridian_tests::operator::{
-    Operator, RELEASE_NAMESPACE, helm_install, service_account_kubeconfig,
+    Operator, RELEASE_NAMESPACE, install_and_wait, service_account_kubeconfig,
 };
 use serde_json::Value;
 
@@ -118,19 +119,7 @@ fn the_operator_turns_regions_into_workloads_and_a_full_mesh() {
     let logs = cluster.log_dir();
 
     // 1. helm install; the CRDs become established.
-    helm_install(&cluster, "default").unwrap();
-    for crd in ["regions.meridian.dev", "regionlinks.meridian.dev"] {
-        cluster
-            .kubectl_ok(&[
-                "wait",
-                "--for",
-                "condition=Established",
-                &format!("crd/{crd}"),
-                "--timeout",
-                "60s",
-            ])
-            .unwrap();
-    }
+    install_and_wait(&cluster, "default").unwrap();
 
     // 2. The operator runs with the chart's ServiceAccount: its RBAC suffices.
     let kubeconfig = service_account_kubeconfig(&cluster).unwrap();
@@ -386,17 +375,7 @@ fn two_clusters_each_deploy_their_own_regions_and_list_the_others_as_peers() {
     .join("---\n");
     let mut operators = Vec::new();
     for (cluster, name) in [(&a, "cluster-a"), (&b, "cluster-b")] {
-        helm_install(cluster, name).unwrap();
-        cluster
-            .kubectl_ok(&[
-                "wait",
-                "--for",
-                "condition=Established",
-                "crd/regions.meridian.dev",
-                "--timeout",
-                "60s",
-            ])
-            .unwrap();
+        install_and_wait(cluster, name).unwrap();
         cluster.kubectl_ok(&["create", "namespace", NS]).unwrap();
         cluster
             .kubectl_stdin(&["apply", "-f", "-"], &manifests)
@@ -436,6 +415,152 @@ fn two_clusters_each_deploy_their_own_regions_and_list_the_others_as_peers() {
     );
     assert!(
         mesh(&b, "eu").is_none() && get_json(&b, &["deployment", "us-roaming", "-n", NS]).is_none()
+    );
+}
+
+/// The peer entry for `peer` in Region `region`'s status.
+fn peer_status(cluster: &ControlPlane, region: &str, peer: &str) -> Value {
+    get_json(cluster, &["region", region, "-n", NS])
+        .and_then(|r| {
+            r["status"]["peers"]
+                .as_array()?
+                .iter()
+                .find(|p| p["region"] == peer)
+                .cloned()
+        })
+        .unwrap_or(Value::Null)
+}
+
+/// The notes of the Events with `reason` about `kind`/`name`, each with the
+/// number of times it occurred.
+fn events(cluster: &ControlPlane, kind: &str, name: &str, reason: &str) -> Vec<(String, u64)> {
+    let list = get_json(cluster, &["events.events.k8s.io", "-n", NS]).unwrap_or(Value::Null);
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| {
+            e["regarding"]["kind"] == kind
+                && e["regarding"]["name"] == name
+                && e["reason"] == reason
+        })
+        .filter_map(|e| {
+            let count = e["series"]["count"].as_u64().unwrap_or(1);
+            Some((e["note"].as_str()?.to_owned(), count))
+        })
+        .collect()
+}
+
+/// Link state flows from the roaming systems into the API. kwok runs no
+/// containers, so the example's regions run as real processes in local mode,
+/// and the operator reaches each roaming Service's name at its process through
+/// `--resolve`, as an operator outside the cluster would through forwarded
+/// ports. The drill is the README's: disable eu-us in the manifest.
+#[test]
+fn the_operator_copies_link_state_into_status_and_records_each_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("three-regions.yaml");
+    let example =
+        std::fs::read_to_string(workspace_root().join("examples/three-regions.yaml")).unwrap();
+    std::fs::write(&manifest, &example).unwrap();
+    let mut local = LocalMode::start(std::slice::from_ref(&manifest), &dir.path().join("state"));
+    let endpoints: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("state/endpoints.json")).unwrap())
+            .unwrap();
+    let mut args = vec!["--link-poll-millis".to_owned(), "500".to_owned()];
+    for region in ["eu", "us", "ap"] {
+        let peer = endpoints["regions"][region]["peer"].as_str().unwrap();
+        let addr = peer.trim_start_matches("http://");
+        args.push("--resolve".into());
+        args.push(format!("{region}-roaming.{NS}.svc={addr}"));
+    }
+
+    let cluster = ControlPlane::start().expect("a control plane");
+    install_and_wait(&cluster, "default").unwrap();
+    cluster.kubectl_ok(&["create", "namespace", NS]).unwrap();
+    cluster
+        .kubectl_stdin(&["apply", "-f", "-"], &example)
+        .unwrap();
+    let kubeconfig = service_account_kubeconfig(&cluster).unwrap();
+    let _operator =
+        Operator::start_with(&kubeconfig, "default", "links", &cluster.log_dir(), &args);
+
+    // Every link is reported Up, with its RTT, from the roaming systems.
+    wait(
+        &cluster,
+        "every peer of every region reported Up",
+        60,
+        || {
+            ["eu", "us", "ap"].iter().all(|r| {
+                ["eu", "us", "ap"].iter().filter(|p| *p != r).all(|p| {
+                    let s = peer_status(&cluster, r, p);
+                    s["state"] == "Up"
+                        && s["rttMillis"].is_u64()
+                        && s["lastTransitionTime"].is_string()
+                })
+            })
+        },
+    );
+    let link = |cluster: &ControlPlane| {
+        get_json(cluster, &["regionlink", "eu-us", "-n", NS]).unwrap()["status"].clone()
+    };
+    wait(&cluster, "RegionLink eu-us reported Up from eu", 20, || {
+        let s = link(&cluster);
+        s["state"] == "Up" && s["observedFrom"] == "eu"
+    });
+
+    // The drill: eu-us disabled in the manifest detours eu↔us through ap.
+    std::fs::write(
+        &manifest,
+        example.replace("  enabled: true", "  enabled: false"),
+    )
+    .unwrap();
+    wait(&cluster, "eu→us reported Detoured via ap", 30, || {
+        let s = peer_status(&cluster, "eu", "us");
+        s["state"] == "Detoured" && s["via"] == serde_json::json!(["ap"])
+    });
+    wait(
+        &cluster,
+        "RegionLink eu-us reported Detoured via ap",
+        20,
+        || {
+            let s = link(&cluster);
+            s["state"] == "Detoured" && s["via"] == serde_json::json!(["ap"])
+        },
+    );
+    assert_eq!(peer_status(&cluster, "us", "eu")["state"], "Detoured");
+    assert_eq!(peer_status(&cluster, "eu", "ap")["state"], "Up");
+    wait(&cluster, "Events for the detour", 20, || {
+        events(&cluster, "Region", "eu", "LinkDetoured")
+            == [("link eu→us is Detoured, path eu→ap→us".to_owned(), 1)]
+            && events(&cluster, "RegionLink", "eu-us", "LinkDetoured").len() == 1
+    });
+
+    // Healed: back on the direct link; the link's LinkUp Event occurs again.
+    std::fs::write(&manifest, &example).unwrap();
+    wait(&cluster, "eu→us back Up", 30, || {
+        let s = peer_status(&cluster, "eu", "us");
+        s["state"] == "Up" && s["via"] == serde_json::json!([])
+    });
+    wait(&cluster, "the second LinkUp of eu→us", 20, || {
+        events(&cluster, "Region", "eu", "LinkUp")
+            .contains(&("link eu→us is Up, path eu→us".to_owned(), 2))
+    });
+    wait(&cluster, "RegionLink eu-us back Up", 20, || {
+        link(&cluster)["state"] == "Up"
+    });
+
+    // With the roaming systems gone, the operator stops claiming any state.
+    local.stop();
+    wait(
+        &cluster,
+        "no state reported without roaming systems",
+        30,
+        || {
+            ["us", "ap"]
+                .iter()
+                .all(|p| peer_status(&cluster, "eu", p)["state"].is_null())
+        },
     );
 }
 

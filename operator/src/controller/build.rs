@@ -61,7 +61,7 @@ pub fn config_map_name(region: &str) -> String {
 }
 
 /// The in-cluster address of a local region's roaming peer API.
-fn peer_url(region: &str, namespace: &str) -> String {
+pub(crate) fn peer_url(region: &str, namespace: &str) -> String {
     format!(
         "http://{}.{namespace}.svc:{PEER_PORT}",
         roaming_name(region)

@@ -10,6 +10,7 @@ mod apply;
 pub mod build;
 mod error;
 mod leader;
+pub mod links;
 mod metrics;
 mod status;
 
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Service};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -28,7 +29,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
-use meridian_crds::{Region, RegionLink, validate};
+use meridian_crds::{LinkState, Region, RegionLink, RegionStatus, validate};
 
 pub use build::Settings;
 pub use error::Error;
@@ -59,6 +60,14 @@ pub struct RunArgs {
     /// This replica's name in the Lease (default: the host name).
     #[arg(long, env = "MERIDIAN_IDENTITY")]
     pub identity: Option<String>,
+    /// How often each local Region's roaming system is asked for its link state.
+    #[arg(long, env = "MERIDIAN_LINK_POLL_MILLIS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub link_poll_millis: u64,
+    /// Reach HOST at ADDR instead of resolving it (HOST=ADDR, repeatable), as in
+    /// eu-roaming.chat.svc=127.0.0.1:7443: for an operator run outside the
+    /// cluster that reaches the roaming Services through forwarded ports.
+    #[arg(long = "resolve", env = "MERIDIAN_RESOLVE", value_delimiter = ',')]
+    pub resolve: Vec<String>,
 }
 
 struct Context {
@@ -66,10 +75,12 @@ struct Context {
     settings: Settings,
     recorder: Recorder,
     metrics: Arc<Metrics>,
+    observations: links::Observations,
 }
 
 /// Runs the controller until the process is stopped.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let resolver = links::Resolver::parse(&args.resolve)?;
     let client = Client::try_default().await?;
     let metrics = Arc::new(Metrics::default());
     tokio::spawn(metrics::serve(args.metrics_addr, metrics.clone()));
@@ -145,6 +156,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         controller: "meridian-operator".into(),
         instance: Some(identity.clone()),
     };
+    let observations = links::Observations::default();
+    let (link_changes, changed_regions) = futures::channel::mpsc::unbounded();
+    tokio::spawn(
+        links::Poller {
+            regions: controller.store(),
+            cluster: args.cluster.clone(),
+            resolver,
+            observations: observations.clone(),
+            interval: Duration::from_millis(args.link_poll_millis),
+            changed: link_changes,
+        }
+        .run(),
+    );
     let context = Arc::new(Context {
         client: client.clone(),
         settings: Settings {
@@ -153,6 +177,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         recorder: Recorder::new(client.clone(), reporter),
         metrics: metrics.clone(),
+        observations,
     });
     tracing::info!(cluster = %args.cluster, "reconciling the Regions of this cluster");
 
@@ -162,8 +187,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .owns(services, owned.clone())
         .owns(config_maps, owned)
         // A Region added, removed or changed, or any RegionLink change,
-        // reshapes the mesh; a status update does not.
-        .reconcile_on(mesh_changes(regions_api, links_api))
+        // reshapes the mesh; a status update does not. A roaming system
+        // reporting a new link state changes its Region's status.
+        .reconcile_on(futures::stream::select(
+            mesh_changes(regions_api, links_api),
+            changed_regions,
+        ))
         .shutdown_on_signal()
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
@@ -319,15 +348,22 @@ async fn reconcile_region(region: &Region, ctx: &Context) -> Result<Action, Erro
             return Err(err);
         }
     };
-    let changed = write_status(
+    let observed = ctx.observations.get(&ObjectRef::from_obj(region));
+    let (next, changed) = write_status(
         ctx,
         region,
         Outcome::Applied {
             applied: &applied,
             mesh: &desired.mesh,
+            observed: observed.as_ref(),
         },
     )
     .await?;
+    let changes = status::peer_changes(region.status.as_ref(), &next);
+    for change in &changes {
+        link_event(ctx, change, &name, &region.object_ref(&()), &regions).await;
+    }
+    write_link_statuses(ctx, &name, &regions, &links, &next, &changes).await?;
     if changed {
         let message = format!(
             "{} peers; service center {}/1 ready, roaming {}/{} ready",
@@ -342,8 +378,13 @@ async fn reconcile_region(region: &Region, ctx: &Context) -> Result<Action, Erro
     Ok(Action::requeue(Duration::from_secs(300)))
 }
 
-/// Writes the status when it differs; returns whether it did.
-async fn write_status(ctx: &Context, region: &Region, outcome: Outcome<'_>) -> Result<bool, Error> {
+/// Builds the status and writes it when it differs; returns it and whether it
+/// was written.
+async fn write_status(
+    ctx: &Context,
+    region: &Region,
+    outcome: Outcome<'_>,
+) -> Result<(RegionStatus, bool), Error> {
     let name = region.name_any();
     let next = status::status(
         region.meta().generation,
@@ -352,7 +393,7 @@ async fn write_status(ctx: &Context, region: &Region, outcome: Outcome<'_>) -> R
         Timestamp::now(),
     );
     if region.status.as_ref() == Some(&next) {
-        return Ok(false);
+        return Ok((next, false));
     }
     let api: Api<Region> =
         Api::namespaced(ctx.client.clone(), &region.namespace().unwrap_or_default());
@@ -368,7 +409,90 @@ async fn write_status(ctx: &Context, region: &Region, outcome: Outcome<'_>) -> R
     )
     .await
     .map_err(|source| Error::Status { name, source })?;
-    Ok(true)
+    Ok((next, true))
+}
+
+/// Copies `region`'s view of each RegionLink it observes (see
+/// [`status::link_observer`]) into that RegionLink's status, with an Event
+/// for each of `changes` on it.
+async fn write_link_statuses(
+    ctx: &Context,
+    region: &str,
+    regions: &[Region],
+    links: &[RegionLink],
+    status: &RegionStatus,
+    changes: &[status::PeerChange],
+) -> Result<(), Error> {
+    let is_local = |code: &str| {
+        regions
+            .iter()
+            .any(|r| r.name_any() == code && r.spec.cluster == ctx.settings.cluster)
+    };
+    for link in links {
+        if status::link_observer(&link.spec, is_local) != Some(region) {
+            continue;
+        }
+        let Some((a, b)) = link.spec.pair() else {
+            continue;
+        };
+        let peer = if a == region { b } else { a };
+        let Some(next) = status
+            .peers
+            .iter()
+            .find(|p| p.region == peer)
+            .and_then(|p| status::link_status(region, p))
+        else {
+            continue;
+        };
+        if link.status.as_ref() == Some(&next) {
+            continue;
+        }
+        let name = link.name_any();
+        let api: Api<RegionLink> =
+            Api::namespaced(ctx.client.clone(), &link.namespace().unwrap_or_default());
+        let body = serde_json::json!({
+            "apiVersion": RegionLink::api_version(&()),
+            "kind": RegionLink::kind(&()),
+            "status": next,
+        });
+        api.patch_status(
+            &name,
+            &PatchParams::apply(apply::FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .map_err(|source| Error::Status { name, source })?;
+        for change in changes.iter().filter(|c| c.peer == peer) {
+            link_event(ctx, change, region, &link.object_ref(&()), regions).await;
+        }
+    }
+    Ok(())
+}
+
+/// Records a link's change of state or path, seen from region `from`, about
+/// `object` and related to the peer's Region: one Event series per link and
+/// state, whose count grows each time the link enters that state again.
+async fn link_event(
+    ctx: &Context,
+    change: &status::PeerChange,
+    from: &str,
+    object: &ObjectReference,
+    regions: &[Region],
+) {
+    let event = Event {
+        type_: match change.now {
+            LinkState::Down => EventType::Warning,
+            LinkState::Up | LinkState::Detoured => EventType::Normal,
+        },
+        reason: change.reason().into(),
+        note: Some(change.note(from)),
+        action: "ObserveLink".into(),
+        secondary: regions
+            .iter()
+            .find(|r| r.name_any() == change.peer)
+            .map(|r| r.object_ref(&())),
+    };
+    record(ctx, &event, object).await;
 }
 
 async fn event(ctx: &Context, region: &Region, type_: EventType, reason: &str, note: &str) {
@@ -379,7 +503,11 @@ async fn event(ctx: &Context, region: &Region, type_: EventType, reason: &str, n
         action: "Reconcile".into(),
         secondary: None,
     };
-    if let Err(err) = ctx.recorder.publish(&event, &region.object_ref(&())).await {
+    record(ctx, &event, &region.object_ref(&())).await;
+}
+
+async fn record(ctx: &Context, event: &Event, object: &ObjectReference) {
+    if let Err(err) = ctx.recorder.publish(event, object).await {
         tracing::warn!(%err, "cannot record an event");
     }
 }

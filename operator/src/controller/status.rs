@@ -5,10 +5,13 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use meridian_crds::{LinkState, PeerStatus, RegionStatus, WorkloadStatus};
+use meridian_crds::{
+    LinkState, PeerStatus, RegionLinkSpec, RegionLinkStatus, RegionStatus, WorkloadStatus,
+};
 use meridian_node::mesh::MeshConfig;
 
 use super::apply::Applied;
+use super::links::ObservedLinks;
 
 /// What one reconcile found.
 pub enum Outcome<'a> {
@@ -16,6 +19,8 @@ pub enum Outcome<'a> {
     Applied {
         applied: &'a Applied,
         mesh: &'a MeshConfig,
+        /// The roaming system's view of its links, when it has reported one.
+        observed: Option<&'a ObservedLinks>,
     },
     /// The Region or its namespace is invalid; nothing was applied.
     Invalid(&'a str),
@@ -51,7 +56,11 @@ pub fn status(
         }
     };
     match outcome {
-        Outcome::Applied { applied, mesh } => {
+        Outcome::Applied {
+            applied,
+            mesh,
+            observed,
+        } => {
             let ready = applied.service_center_ready >= 1
                 && applied.roaming_ready >= applied.roaming_wanted;
             let counts = format!(
@@ -96,20 +105,7 @@ pub fn status(
             next.roaming = WorkloadStatus {
                 ready_replicas: applied.roaming_ready,
             };
-            next.peers = mesh
-                .peers
-                .iter()
-                .map(|p| PeerStatus {
-                    region: p.region.clone(),
-                    state: if p.enabled {
-                        LinkState::Up
-                    } else {
-                        LinkState::Down
-                    },
-                    via: Vec::new(),
-                    rtt_millis: None,
-                })
-                .collect();
+            next.peers = peers(mesh, observed);
         }
         Outcome::Invalid(message) => {
             set("Ready", false, "InvalidSpec", message.to_owned());
@@ -124,8 +120,98 @@ pub fn status(
     next
 }
 
+/// One entry per configured peer, with the roaming system's view of it when
+/// there is one; a peer it has not reported has no state.
+fn peers(mesh: &MeshConfig, observed: Option<&ObservedLinks>) -> Vec<PeerStatus> {
+    mesh.peers
+        .iter()
+        .map(|p| {
+            let seen = observed.and_then(|o| o.get(&p.region));
+            PeerStatus {
+                region: p.region.clone(),
+                state: seen.map(|s| s.state),
+                via: seen.map(|s| s.via.clone()).unwrap_or_default(),
+                rtt_millis: seen.and_then(|s| s.rtt_millis),
+                last_transition_time: seen.map(|s| Time(s.since)),
+            }
+        })
+        .collect()
+}
+
+/// The region whose view a RegionLink's status shows: the first of its two
+/// regions, in code order, that `is_local` (this operator deploys it).
+pub fn link_observer(link: &RegionLinkSpec, is_local: impl Fn(&str) -> bool) -> Option<&str> {
+    let (a, b) = link.pair()?;
+    [a, b].into_iter().find(|r| is_local(r))
+}
+
+/// A RegionLink's status from its observer's peer entry, once reported.
+pub fn link_status(observer: &str, peer: &PeerStatus) -> Option<RegionLinkStatus> {
+    Some(RegionLinkStatus {
+        state: Some(peer.state?),
+        via: peer.via.clone(),
+        rtt_millis: peer.rtt_millis,
+        observed_from: Some(observer.to_owned()),
+        last_transition_time: peer.last_transition_time.clone(),
+    })
+}
+
+/// A peer whose state or path changed between two statuses, for an Event.
+#[derive(Debug, PartialEq, Eq)]
+pub struct PeerChange {
+    pub peer: String,
+    pub now: LinkState,
+    pub via: Vec<String>,
+}
+
+impl PeerChange {
+    /// The Event's reason: `LinkUp`, `LinkDetoured` or `LinkDown`.
+    pub fn reason(&self) -> &'static str {
+        match self.now {
+            LinkState::Up => "LinkUp",
+            LinkState::Detoured => "LinkDetoured",
+            LinkState::Down => "LinkDown",
+        }
+    }
+
+    /// For example `link eu→us is Detoured, path eu→ap→us`. The note names no
+    /// previous state: a repeat of the same change joins the first Event's series.
+    pub fn note(&self, region: &str) -> String {
+        let path: Vec<&str> = std::iter::once(region)
+            .chain(self.via.iter().map(String::as_str))
+            .chain(std::iter::once(self.peer.as_str()))
+            .collect();
+        match self.now {
+            LinkState::Down => format!("link {region}→{} is Down, no path", self.peer),
+            now => format!(
+                "link {region}→{} is {now:?}, path {}",
+                self.peer,
+                path.join("→")
+            ),
+        }
+    }
+}
+
+/// The peers whose reported state or path differs in `next` from `previous`.
+pub fn peer_changes(previous: Option<&RegionStatus>, next: &RegionStatus) -> Vec<PeerChange> {
+    next.peers
+        .iter()
+        .filter_map(|p| {
+            let now = p.state?;
+            let before = previous.and_then(|s| s.peers.iter().find(|b| b.region == p.region));
+            let same = before.is_some_and(|b| b.state == Some(now) && b.via == p.via);
+            (!same).then(|| PeerChange {
+                peer: p.region.clone(),
+                now,
+                via: p.via.clone(),
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
+    use super::super::links::ObservedLink;
     use super::*;
 
     fn mesh() -> MeshConfig {
@@ -154,6 +240,7 @@ mod tests {
             Outcome::Applied {
                 applied: &waiting,
                 mesh: &mesh,
+                observed: None,
             },
             None,
             t0,
@@ -162,16 +249,17 @@ mod tests {
         assert_eq!(condition(&first, "Progressing").status, "True");
         assert_eq!(condition(&first, "MeshConfigured").status, "True");
         assert_eq!(first.peers.len(), 2);
-        assert!(matches!(
-            first.peers.iter().find(|p| p.region == "ap").unwrap().state,
-            LinkState::Down
-        ));
+        assert!(
+            first.peers.iter().all(|p| p.state.is_none()),
+            "no state until the roaming system reports one"
+        );
 
         let same = status(
             Some(1),
             Outcome::Applied {
                 applied: &waiting,
                 mesh: &mesh,
+                observed: None,
             },
             Some(&first),
             t1,
@@ -188,6 +276,7 @@ mod tests {
             Outcome::Applied {
                 applied: &done,
                 mesh: &mesh,
+                observed: None,
             },
             Some(&first),
             t1,
@@ -195,6 +284,112 @@ mod tests {
         assert_eq!(condition(&ready, "Ready").status, "True");
         assert_eq!(condition(&ready, "Ready").last_transition_time, Time(t1));
         assert_eq!(ready.roaming.ready_replicas, 2);
+    }
+
+    #[test]
+    fn reported_links_fill_the_peers_and_each_change_is_named_once() {
+        let mesh = mesh();
+        let applied = Applied {
+            service_center_ready: 1,
+            roaming_ready: 1,
+            roaming_wanted: 1,
+        };
+        let since = Timestamp::from_second(5_000).unwrap();
+        let link = |state, via: &[&str], rtt| ObservedLink {
+            state,
+            via: via.iter().map(|s| (*s).to_owned()).collect(),
+            rtt_millis: rtt,
+            since,
+        };
+        let at = |observed: &ObservedLinks, previous: Option<&RegionStatus>| {
+            status(
+                Some(1),
+                Outcome::Applied {
+                    applied: &applied,
+                    mesh: &mesh,
+                    observed: Some(observed),
+                },
+                previous,
+                since,
+            )
+        };
+        let up: ObservedLinks = [
+            ("us".to_owned(), link(LinkState::Up, &[], Some(80))),
+            ("ap".to_owned(), link(LinkState::Down, &[], None)),
+        ]
+        .into();
+        let first = at(&up, None);
+        let us = first.peers.iter().find(|p| p.region == "us").unwrap();
+        assert_eq!(
+            (us.state, us.rtt_millis, us.last_transition_time.clone()),
+            (Some(LinkState::Up), Some(80), Some(Time(since)))
+        );
+        let changes = peer_changes(None, &first);
+        assert_eq!(changes.len(), 2, "first reports are changes");
+        let us = changes.iter().find(|c| c.peer == "us").unwrap();
+        assert_eq!(us.note("eu"), "link eu→us is Up, path eu→us");
+
+        assert!(peer_changes(Some(&first), &at(&up, Some(&first))).is_empty());
+
+        let mut detoured = up.clone();
+        detoured.insert("us".into(), link(LinkState::Detoured, &["ap"], Some(80)));
+        let second = at(&detoured, Some(&first));
+        let changes = peer_changes(Some(&first), &second);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].reason(), "LinkDetoured");
+        assert_eq!(
+            changes[0].note("eu"),
+            "link eu→us is Detoured, path eu→ap→us"
+        );
+
+        let mut rerouted = detoured.clone();
+        rerouted.insert(
+            "us".into(),
+            link(LinkState::Detoured, &["sa", "ap"], Some(80)),
+        );
+        let third = at(&rerouted, Some(&second));
+        assert_eq!(
+            peer_changes(Some(&second), &third)[0].note("eu"),
+            "link eu→us is Detoured, path eu→sa→ap→us",
+            "a new path is a change too"
+        );
+        let ap = peer_changes(None, &third)
+            .into_iter()
+            .find(|c| c.peer == "ap")
+            .unwrap();
+        assert_eq!(
+            (ap.reason(), ap.note("eu").as_str()),
+            ("LinkDown", "link eu→ap is Down, no path")
+        );
+    }
+
+    #[test]
+    fn a_link_is_observed_from_its_first_local_region() {
+        let spec = |a: &str, b: &str| RegionLinkSpec {
+            regions: vec![a.into(), b.into()],
+            enabled: true,
+            cost: None,
+        };
+        assert_eq!(link_observer(&spec("us", "eu"), |_| true), Some("eu"));
+        assert_eq!(link_observer(&spec("us", "eu"), |r| r == "us"), Some("us"));
+        assert_eq!(link_observer(&spec("us", "eu"), |_| false), None);
+        let peer = PeerStatus {
+            region: "us".into(),
+            state: Some(LinkState::Detoured),
+            via: vec!["ap".into()],
+            rtt_millis: None,
+            last_transition_time: None,
+        };
+        let status = link_status("eu", &peer).unwrap();
+        assert_eq!(
+            (status.state, status.via, status.observed_from.as_deref()),
+            (Some(LinkState::Detoured), vec!["ap".to_owned()], Some("eu"))
+        );
+        let unreported = PeerStatus {
+            state: None,
+            ..peer
+        };
+        assert_eq!(link_status("eu", &unreported), None);
     }
 
     #[test]

@@ -1,0 +1,361 @@
+//! Link state, copied from the roaming systems. Every poll interval the
+//! operator asks each local Region's roaming system (`Admin.MeshStatus` on
+//! its peer Service) how it reaches every peer. A significant change (state,
+//! path, or a large move in round-trip time) is published and triggers a
+//! reconcile of that Region, which writes it into `Region.status.peers` and
+//! `RegionLink.status` and records an Event. Small RTT jitter is not written,
+//! so a steady mesh causes no status writes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::channel::mpsc::UnboundedSender;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::runtime::reflector::{ObjectRef, Store};
+use meridian_crds::{LinkState, Region};
+use meridian_node::proto::peer_api::admin_client::AdminClient;
+use meridian_node::proto::peer_api::{MeshStatusReply, MeshStatusRequest};
+use tonic::transport::Channel;
+
+/// How one peer is reached, as the roaming system last reported it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedLink {
+    pub state: LinkState,
+    /// The regions between this one and the peer; empty on the direct link.
+    pub via: Vec<String>,
+    pub rtt_millis: Option<u64>,
+    pub since: Timestamp,
+}
+
+/// Every peer of one region, by peer region code.
+pub type ObservedLinks = BTreeMap<String, ObservedLink>;
+
+/// A roaming system's reply as observed links. Entries whose state is not
+/// one of the three known words are skipped (a newer node may add states).
+pub fn from_reply(reply: &MeshStatusReply) -> ObservedLinks {
+    reply
+        .links
+        .iter()
+        .filter_map(|link| {
+            let state = match link.state.as_str() {
+                "Up" => LinkState::Up,
+                "Detoured" => LinkState::Detoured,
+                "Down" => LinkState::Down,
+                _ => return None,
+            };
+            // The path runs from this region to the peer; the relays are in between.
+            let via = match link.path.as_slice() {
+                [_, relays @ .., _] if state == LinkState::Detoured => relays.to_vec(),
+                _ => Vec::new(),
+            };
+            let observed = ObservedLink {
+                state,
+                via,
+                rtt_millis: link.rtt_millis.map(|ms| ms.max(0.0).round() as u64),
+                since: Timestamp::from_millisecond(link.last_change_ms)
+                    .unwrap_or(Timestamp::UNIX_EPOCH),
+            };
+            Some((link.peer.clone(), observed))
+        })
+        .collect()
+}
+
+/// Whether `next` is worth a status write over `published`: a peer came or
+/// went, a state or path changed, or an RTT moved by more than 5 ms and 25 %.
+pub fn significant(published: &ObservedLinks, next: &ObservedLinks) -> bool {
+    if published.len() != next.len() {
+        return true;
+    }
+    published.iter().zip(next).any(|((pa, a), (pb, b))| {
+        pa != pb || a.state != b.state || a.via != b.via || rtt_moved(a.rtt_millis, b.rtt_millis)
+    })
+}
+
+fn rtt_moved(a: Option<u64>, b: Option<u64>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => {
+            let delta = a.abs_diff(b);
+            delta > 5 && delta * 4 > a.max(b)
+        }
+        (a, b) => a.is_some() != b.is_some(),
+    }
+}
+
+/// The published link state of every local Region, shared with the reconciler.
+#[derive(Clone, Default)]
+pub struct Observations(Arc<Mutex<HashMap<ObjectRef<Region>, ObservedLinks>>>);
+
+impl Observations {
+    pub fn get(&self, region: &ObjectRef<Region>) -> Option<ObservedLinks> {
+        self.lock().get(region).cloned()
+    }
+
+    /// Replaces a Region's links when the change is significant; returns whether it did.
+    fn publish(&self, region: &ObjectRef<Region>, next: ObservedLinks) -> bool {
+        let mut map = self.lock();
+        if map.get(region).is_some_and(|old| !significant(old, &next)) {
+            return false;
+        }
+        map.insert(region.clone(), next);
+        true
+    }
+
+    /// Forgets a Region's links; returns whether there were any.
+    fn forget(&self, region: &ObjectRef<Region>) -> bool {
+        self.lock().remove(region).is_some()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<Region>, ObservedLinks>> {
+        // The map is replaced entry by entry, so a panic elsewhere leaves it whole.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Where the poller reaches a roaming system: its peer Service's URL, with
+/// the host rewritten when `--resolve` names it (for an operator that runs
+/// outside the cluster and reaches the Services through forwarded ports).
+#[derive(Clone, Debug, Default)]
+pub struct Resolver(HashMap<String, String>);
+
+impl Resolver {
+    /// Parses `HOST=ADDR` entries.
+    pub fn parse(entries: &[String]) -> anyhow::Result<Resolver> {
+        let mut map = HashMap::new();
+        for entry in entries {
+            let (host, addr) = entry
+                .split_once('=')
+                .filter(|(h, a)| !h.is_empty() && !a.is_empty())
+                .ok_or_else(|| anyhow::anyhow!("--resolve {entry:?}: expected HOST=ADDR, as in eu-roaming.chat.svc=127.0.0.1:7443"))?;
+            map.insert(host.to_owned(), addr.to_owned());
+        }
+        Ok(Resolver(map))
+    }
+
+    /// `url` (`http://host:port`) with its authority replaced when its host is listed.
+    pub fn url(&self, url: &str) -> String {
+        let Some(rest) = url.strip_prefix("http://") else {
+            return url.to_owned();
+        };
+        let host = rest.split([':', '/']).next().unwrap_or_default();
+        match self.0.get(host) {
+            Some(addr) => format!("http://{addr}"),
+            None => url.to_owned(),
+        }
+    }
+}
+
+/// What the poller needs from the controller.
+pub struct Poller {
+    pub regions: Store<Region>,
+    pub cluster: String,
+    pub resolver: Resolver,
+    pub observations: Observations,
+    pub interval: Duration,
+    /// Regions whose published links changed, to be reconciled.
+    pub changed: UnboundedSender<ObjectRef<Region>>,
+}
+
+struct Target {
+    channel: Channel,
+    url: String,
+    last_success: Instant,
+}
+
+impl Poller {
+    /// Polls until the process ends.
+    pub async fn run(self) {
+        let mut targets: HashMap<ObjectRef<Region>, Target> = HashMap::new();
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let local: Vec<Arc<Region>> = self
+                .regions
+                .state()
+                .into_iter()
+                .filter(|r| {
+                    r.spec.cluster == self.cluster && r.metadata.deletion_timestamp.is_none()
+                })
+                .collect();
+            let keys: Vec<ObjectRef<Region>> =
+                local.iter().map(|r| ObjectRef::from_obj(&**r)).collect();
+            targets.retain(|key, _| keys.contains(key));
+            for (region, key) in local.iter().zip(&keys) {
+                let url = self.resolver.url(&super::build::peer_url(
+                    &region.name_any(),
+                    &region.namespace().unwrap_or_default(),
+                ));
+                if targets.get(key).is_none_or(|t| t.url != url) {
+                    match meridian_node::transport::channel(&url) {
+                        Ok(channel) => {
+                            targets.insert(
+                                key.clone(),
+                                Target {
+                                    channel,
+                                    url,
+                                    last_success: Instant::now(),
+                                },
+                            );
+                        }
+                        Err(err) => {
+                            tracing::warn!(%err, region = %key, "cannot reach its roaming system")
+                        }
+                    }
+                }
+            }
+            let polls = targets.iter_mut().map(|(key, target)| async move {
+                let reply =
+                    tokio::time::timeout(self.interval.max(Duration::from_secs(1)), async {
+                        AdminClient::new(target.channel.clone())
+                            .mesh_status(MeshStatusRequest {})
+                            .await
+                    })
+                    .await;
+                (key, target, reply)
+            });
+            for (key, target, reply) in futures::future::join_all(polls).await {
+                let changed = match reply {
+                    Ok(Ok(reply)) => {
+                        target.last_success = Instant::now();
+                        self.observations.publish(key, from_reply(reply.get_ref()))
+                    }
+                    failed => {
+                        let err = match failed {
+                            Ok(Err(status)) => status.message().to_owned(),
+                            _ => "timed out".to_owned(),
+                        };
+                        tracing::debug!(region = %key, url = %target.url, %err, "no link state");
+                        // Stale state is worse than none: forget it after three missed polls.
+                        target.last_success.elapsed() > self.interval * 3
+                            && self.observations.forget(key)
+                    }
+                };
+                if changed {
+                    let _ = self.changed.unbounded_send(key.clone());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use meridian_node::proto::peer_api::LinkStatus;
+
+    use super::*;
+
+    fn link(peer: &str, state: &str, path: &[&str], rtt: Option<f64>) -> LinkStatus {
+        LinkStatus {
+            peer: peer.into(),
+            state: state.into(),
+            path: path.iter().map(|s| (*s).to_owned()).collect(),
+            rtt_millis: rtt,
+            enabled: true,
+            last_change_ms: 1_700_000_000_000,
+            cost: 10,
+        }
+    }
+
+    fn reply(links: Vec<LinkStatus>) -> MeshStatusReply {
+        MeshStatusReply {
+            region: "eu".into(),
+            links,
+        }
+    }
+
+    #[test]
+    fn a_detour_names_its_relays_and_the_direct_link_none() {
+        let links = from_reply(&reply(vec![
+            link("us", "Detoured", &["eu", "ap", "sa", "us"], Some(80.4)),
+            link("ap", "Up", &["eu", "ap"], Some(12.6)),
+            link("sa", "Down", &[], None),
+            link("xx", "Sideways", &[], None),
+        ]));
+        assert_eq!(links.len(), 3, "an unknown state is skipped");
+        assert_eq!(links["us"].state, LinkState::Detoured);
+        assert_eq!(links["us"].via, ["ap", "sa"]);
+        assert_eq!(links["us"].rtt_millis, Some(80));
+        assert!(links["ap"].via.is_empty());
+        assert_eq!(links["ap"].rtt_millis, Some(13));
+        assert_eq!(
+            (links["sa"].state, links["sa"].rtt_millis),
+            (LinkState::Down, None)
+        );
+        assert_eq!(
+            links["ap"].since,
+            Timestamp::from_second(1_700_000_000).unwrap()
+        );
+    }
+
+    #[test]
+    fn only_state_path_and_large_rtt_moves_are_significant() {
+        let base = from_reply(&reply(vec![link("us", "Up", &["eu", "us"], Some(80.0))]));
+        let jitter = from_reply(&reply(vec![link("us", "Up", &["eu", "us"], Some(84.0))]));
+        let slower = from_reply(&reply(vec![link("us", "Up", &["eu", "us"], Some(120.0))]));
+        let small = from_reply(&reply(vec![link("us", "Up", &["eu", "us"], Some(1.0))]));
+        let small_jump = from_reply(&reply(vec![link("us", "Up", &["eu", "us"], Some(5.0))]));
+        let detoured = from_reply(&reply(vec![link(
+            "us",
+            "Detoured",
+            &["eu", "ap", "us"],
+            Some(80.0),
+        )]));
+        let other_relay = from_reply(&reply(vec![link(
+            "us",
+            "Detoured",
+            &["eu", "sa", "us"],
+            Some(80.0),
+        )]));
+        let no_rtt = from_reply(&reply(vec![link("us", "Up", &["eu", "us"], None)]));
+        assert!(!significant(&base, &base));
+        assert!(
+            !significant(&base, &jitter),
+            "4 ms of jitter is not written"
+        );
+        assert!(significant(&base, &slower));
+        assert!(
+            !significant(&small, &small_jump),
+            "a few ms on a fast link is not written"
+        );
+        assert!(significant(&base, &detoured));
+        assert!(significant(&detoured, &other_relay));
+        assert!(significant(&base, &no_rtt));
+        assert!(significant(&base, &ObservedLinks::new()));
+    }
+
+    #[test]
+    fn the_resolver_rewrites_only_listed_hosts() {
+        let resolver = Resolver::parse(&["eu-roaming.chat.svc=127.0.0.1:4000".into()]).unwrap();
+        assert_eq!(
+            resolver.url("http://eu-roaming.chat.svc:7443"),
+            "http://127.0.0.1:4000"
+        );
+        assert_eq!(
+            resolver.url("http://us-roaming.chat.svc:7443"),
+            "http://us-roaming.chat.svc:7443"
+        );
+        let err = Resolver::parse(&["eu-roaming.chat.svc".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("HOST=ADDR"), "{err}");
+        assert!(Resolver::parse(&["=1.2.3.4:1".into()]).is_err());
+    }
+
+    #[test]
+    fn observations_publish_only_significant_changes_and_forget() {
+        let observations = Observations::default();
+        let key = ObjectRef::<Region>::new("eu").within("chat");
+        let base = from_reply(&reply(vec![link("us", "Up", &["eu", "us"], Some(80.0))]));
+        let jitter = from_reply(&reply(vec![link("us", "Up", &["eu", "us"], Some(82.0))]));
+        assert!(observations.publish(&key, base.clone()));
+        assert!(!observations.publish(&key, jitter));
+        assert_eq!(observations.get(&key), Some(base));
+        assert!(observations.forget(&key));
+        assert!(!observations.forget(&key));
+        assert_eq!(observations.get(&key), None);
+    }
+}
