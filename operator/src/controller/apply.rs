@@ -38,6 +38,38 @@ where
         })
 }
 
+/// Applies `status` as the status of `object` (a Region or RegionLink).
+pub async fn apply_status<K>(
+    client: &Client,
+    object: &K,
+    status: &impl Serialize,
+) -> Result<(), Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let name = object.meta().name.clone().unwrap_or_default();
+    let api: Api<K> = Api::namespaced(
+        client.clone(),
+        object.meta().namespace.as_deref().unwrap_or_default(),
+    );
+    let body = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(&name, &params(), &Patch::Apply(&body))
+        .await
+        .map_err(|source| Error::Status {
+            kind: K::kind(&()).into_owned(),
+            name,
+            source,
+        })?;
+    Ok(())
+}
+
 /// What the apply left in the cluster, for the status.
 pub struct Applied {
     pub service_center_ready: i32,

@@ -17,8 +17,9 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    #[error("cannot write the status of Region {name}: {source}")]
+    #[error("cannot write the status of {kind} {name}: {source}")]
     Status {
+        kind: String,
         name: String,
         #[source]
         source: kube::Error,

@@ -23,7 +23,6 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Service};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -385,7 +384,6 @@ async fn write_status(
     region: &Region,
     outcome: Outcome<'_>,
 ) -> Result<(RegionStatus, bool), Error> {
-    let name = region.name_any();
     let next = status::status(
         region.meta().generation,
         outcome,
@@ -395,20 +393,7 @@ async fn write_status(
     if region.status.as_ref() == Some(&next) {
         return Ok((next, false));
     }
-    let api: Api<Region> =
-        Api::namespaced(ctx.client.clone(), &region.namespace().unwrap_or_default());
-    let body = serde_json::json!({
-        "apiVersion": Region::api_version(&()),
-        "kind": Region::kind(&()),
-        "status": next,
-    });
-    api.patch_status(
-        &name,
-        &PatchParams::apply(apply::FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .map_err(|source| Error::Status { name, source })?;
+    apply::apply_status(&ctx.client, region, &next).await?;
     Ok((next, true))
 }
 
@@ -447,21 +432,7 @@ async fn write_link_statuses(
         if link.status.as_ref() == Some(&next) {
             continue;
         }
-        let name = link.name_any();
-        let api: Api<RegionLink> =
-            Api::namespaced(ctx.client.clone(), &link.namespace().unwrap_or_default());
-        let body = serde_json::json!({
-            "apiVersion": RegionLink::api_version(&()),
-            "kind": RegionLink::kind(&()),
-            "status": next,
-        });
-        api.patch_status(
-            &name,
-            &PatchParams::apply(apply::FIELD_MANAGER).force(),
-            &Patch::Apply(&body),
-        )
-        .await
-        .map_err(|source| Error::Status { name, source })?;
+        apply::apply_status(&ctx.client, link, &next).await?;
         for change in changes.iter().filter(|c| c.peer == peer) {
             link_event(ctx, change, region, &link.object_ref(&()), regions).await;
         }
