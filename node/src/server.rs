@@ -119,7 +119,10 @@ impl Node {
                     self.data_dir.display()
                 ))
             })?;
-            let dc = DataCenter::open(&self.data_dir.join("data-center.sqlite"))?;
+            let db = self.data_dir.join("data-center.sqlite");
+            let dc = tokio::task::spawn_blocking(move || DataCenter::open(&db))
+                .await
+                .map_err(|e| Error::Internal(format!("opening the data center: {e}")))??;
             let link = Arc::new(RoamingLink::new(self.mesh.clone()));
             let center = BusinessCenter::start(dc, link).await?;
             tracing::info!(%region, client = %local(&listeners.client), pair = %local(&listeners.pair), "service center serving");

@@ -10,6 +10,7 @@
 
 pub mod accounts;
 pub mod groups;
+mod lock;
 pub mod messages;
 pub mod outbox;
 pub mod schema;
@@ -32,11 +33,16 @@ pub struct DataCenter {
     writer: Writer,
     readers: Arc<Mutex<Vec<Connection>>>,
     path: Arc<Path>,
+    /// Held while any handle lives (see [`lock`]).
+    _lock: Arc<std::fs::File>,
 }
 
 impl DataCenter {
-    /// Opens (creating and migrating if needed) the database at `path`.
+    /// Opens (creating and migrating if needed) the database at `path`,
+    /// first waiting for any other process that has it open to exit.
+    /// Blocks: call it off the async threads.
     pub fn open(path: &Path) -> Result<Self, Error> {
+        let lock = lock::acquire(path)?;
         let mut conn = Connection::open(path)?;
         conn.execute_batch(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
@@ -51,6 +57,7 @@ impl DataCenter {
             writer: Writer::start(conn),
             readers: Arc::new(Mutex::new(readers)),
             path: path.into(),
+            _lock: Arc::new(lock),
         })
     }
 

@@ -1,0 +1,80 @@
+//! One process per data center. Two service centers on one database file
+//! (a force-deleted pod whose replacement starts before it dies, or a
+//! second process started by hand on the same directory) would both assign
+//! `seq`s and drain the same outboxes. So the data center holds an exclusive
+//! lock on `<file>.lock` for as long as the process lives; the kernel drops
+//! it when the process exits, however it exits.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::path::Path;
+use std::time::Duration;
+
+use crate::Error;
+
+/// How often a waiting process tries the lock again.
+const RETRY: Duration = Duration::from_millis(200);
+
+/// Takes the lock next to the database at `db`, waiting while another
+/// process holds it. The lock lasts as long as the returned file is open.
+pub fn acquire(db: &Path) -> Result<File, Error> {
+    let path = db.with_extension("lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::FailedPrecondition(format!("lock file {}: {e}", path.display())))?;
+    let mut waiting = false;
+    loop {
+        match file.try_lock() {
+            Ok(()) => {
+                if waiting {
+                    tracing::info!(path = %path.display(), "data center lock taken");
+                }
+                return Ok(file);
+            }
+            Err(TryLockError::WouldBlock) => {
+                if !waiting {
+                    tracing::warn!(path = %path.display(), "another process holds this data center; waiting until it exits");
+                    waiting = true;
+                }
+                std::thread::sleep(RETRY);
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(Error::FailedPrecondition(format!(
+                    "lock file {}: {e}",
+                    path.display()
+                )));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use super::*;
+
+    #[test]
+    fn a_second_holder_waits_until_the_first_lets_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("data-center.sqlite");
+        let first = acquire(&db).unwrap();
+        let (taken, rx) = mpsc::channel();
+        let db2 = db.clone();
+        let waiter = std::thread::spawn(move || {
+            let lock = acquire(&db2).unwrap();
+            taken.send(()).unwrap();
+            lock
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_millis(600)).is_err(),
+            "the lock is not shared"
+        );
+        drop(first);
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("taken once released");
+        drop(waiter.join().unwrap());
+    }
+}
