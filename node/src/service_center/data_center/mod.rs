@@ -9,6 +9,7 @@
 //! small pool of separate connections and never block on the writer.
 
 pub mod accounts;
+mod checkpoint;
 pub mod groups;
 mod lock;
 pub mod messages;
@@ -45,7 +46,11 @@ impl DataCenter {
         let lock = lock::acquire(path)?;
         let mut conn = Connection::open(path)?;
         conn.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
+            // Savepoints' undo copies stay in memory (temp_store), and the
+            // writer checkpoints the WAL between batches (see [`checkpoint`]).
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;
+             PRAGMA temp_store=MEMORY; PRAGMA wal_autocheckpoint=0; PRAGMA cache_size=-65536;
+             PRAGMA journal_size_limit=67108864;",
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         schema::migrate(&mut conn)?;

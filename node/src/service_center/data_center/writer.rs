@@ -11,6 +11,7 @@ use std::sync::mpsc;
 use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::oneshot;
 
+use super::checkpoint::Checkpointer;
 use crate::Error;
 
 /// Jobs committed together at most.
@@ -88,6 +89,7 @@ impl Writer {
 }
 
 fn run(mut conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>) {
+    let mut checkpointer = Checkpointer::new();
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_GROUP {
@@ -97,6 +99,7 @@ fn run(mut conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>) {
             }
         }
         commit_batch(&mut conn, batch);
+        checkpointer.after_batch(&conn);
     }
 }
 
