@@ -81,7 +81,8 @@ impl BusinessCenter {
                 }
                 let mut effects = Effects::default();
                 let seq = if local {
-                    sequence(conn, &region, s, &mut effects)?
+                    // A message id made just now cannot have been sequenced.
+                    sequence(conn, &region, s, Fresh::Yes, &mut effects)?
                         .map(|d| d.seq)
                         .unwrap_or(0)
                 } else {
@@ -136,7 +137,7 @@ impl BusinessCenter {
                 for item in &items {
                     match &item.kind {
                         Some(item::Kind::Submission(s)) => {
-                            if let Err(err) = sequence(conn, &region, s, &mut effects) {
+                            if let Err(err) = sequence(conn, &region, s, Fresh::No, &mut effects) {
                                 if err.is_transient() {
                                     return Err(err);
                                 }
@@ -201,15 +202,24 @@ impl BusinessCenter {
     }
 }
 
+/// Whether a submission's message id was made within this very write, so
+/// that it cannot have been sequenced before.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fresh {
+    Yes,
+    No,
+}
+
 /// At the group's home: gives a submission the next `seq` and fans it out.
 /// Returns `None` when it was sequenced before (a retry).
 fn sequence(
     conn: &Connection,
     region: &str,
     s: &Submission,
+    fresh: Fresh,
     effects: &mut Effects,
 ) -> Result<Option<Delivery>, Error> {
-    if messages::seq_of(conn, &s.message_id)?.is_some() {
+    if fresh == Fresh::No && messages::seq_of(conn, &s.message_id)?.is_some() {
         return Ok(None);
     }
     let key = s.idempotency_key.as_str();
