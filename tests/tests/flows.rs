@@ -250,6 +250,22 @@ async fn a_retried_send_with_the_same_key_makes_one_message() {
     assert_eq!(got, vec!["once", "twice"]);
     quiet(&mut stream).await;
     assert_eq!(ann.history("g@eu", 0, 10).await.unwrap().len(), 2);
+
+    // The same keys again, each through the other region: still one message
+    // each. ann's key-2 was sent at the home; bob's key-1 came through us.
+    let mut ann_at_us = mesh.login("ann@eu", "us").await;
+    ann_at_us.send("g@eu", "twice", "key-2").await.unwrap();
+    let mut bob_at_eu = mesh.login("bob@us", "eu").await;
+    bob_at_eu.send("g@eu", "once", "key-1").await.unwrap();
+    let marker = ann.send("g@eu", "after", "key-3").await.unwrap();
+    let late = bob_at_eu.send("g@eu", "late", "").await.unwrap();
+    assert!(marker.seq == 3 && late.seq == 4, "no retry took a seq");
+    // ann_at_us's retry travels through us's outbox; wait for it to be applied.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let history = ann.history("g@eu", 0, 10).await.unwrap();
+    let mut got = bodies(&history);
+    got.sort();
+    assert_eq!(got, vec!["after", "late", "once", "twice"]);
     mesh.stop().await;
 }
 

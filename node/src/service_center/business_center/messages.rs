@@ -202,8 +202,9 @@ impl BusinessCenter {
     }
 }
 
-/// Whether a submission's message id was made within this very write, so
-/// that it cannot have been sequenced before.
+/// Whether a submission was accepted within this very write, at the home:
+/// its message id cannot have been sequenced before, and the caller records
+/// its key in `accepted`.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Fresh {
     Yes,
@@ -222,8 +223,15 @@ fn sequence(
     if fresh == Fresh::No && messages::seq_of(conn, &s.message_id)?.is_some() {
         return Ok(None);
     }
+    // A key is recorded once per message: in `accepted` when the send was
+    // accepted here at the home (the caller has looked there already for a
+    // fresh send), in `sequenced_keys` when it came from another region.
     let key = s.idempotency_key.as_str();
-    if !key.is_empty() && messages::sequenced_by_key(conn, &s.group, &s.sender, key)?.is_some() {
+    if !key.is_empty()
+        && (messages::sequenced_by_key(conn, &s.group, &s.sender, key)?.is_some()
+            || (fresh == Fresh::No
+                && messages::accepted_by_key(conn, &s.sender, &s.group, key)?.is_some()))
+    {
         return Ok(None);
     }
     if groups::role(conn, &s.group, &s.sender)?.is_none() {
@@ -244,7 +252,7 @@ fn sequence(
         sent_at_ms: s.sent_at_ms,
     };
     messages::insert(conn, &delivery)?;
-    if !key.is_empty() {
+    if !key.is_empty() && fresh == Fresh::No {
         messages::insert_sequenced_key(conn, &s.group, &s.sender, key, &s.message_id)?;
     }
     // Once per recipient region: the message and that region's recipients.
