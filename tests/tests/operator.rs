@@ -508,6 +508,17 @@ fn the_operator_copies_link_state_into_status_and_records_each_change() {
         let s = link(&cluster);
         s["state"] == "Up" && s["observedFrom"] == "eu"
     });
+    // A steady mesh writes nothing: four polls later every version is the same.
+    let version = |kind: &str, name: &str| {
+        get_json(&cluster, &[kind, name, "-n", NS]).unwrap()["metadata"]["resourceVersion"].clone()
+    };
+    let steady = [version("region", "eu"), version("regionlink", "eu-us")];
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        [version("region", "eu"), version("regionlink", "eu-us")],
+        steady,
+        "an unchanged mesh rewrote a status"
+    );
 
     // The drill: eu-us disabled in the manifest detours eu↔us through ap.
     std::fs::write(
@@ -533,7 +544,8 @@ fn the_operator_copies_link_state_into_status_and_records_each_change() {
     wait(&cluster, "Events for the detour", 20, || {
         events(&cluster, "Region", "eu", "LinkDetoured")
             == [("link eu→us is Detoured, path eu→ap→us".to_owned(), 1)]
-            && events(&cluster, "RegionLink", "eu-us", "LinkDetoured").len() == 1
+            && events(&cluster, "RegionLink", "eu-us", "LinkDetoured")
+                == [("link eu→us is Detoured, path eu→ap→us".to_owned(), 1)]
     });
 
     // Healed: back on the direct link; the link's LinkUp Event occurs again.
@@ -560,6 +572,7 @@ fn the_operator_copies_link_state_into_status_and_records_each_change() {
             ["us", "ap"]
                 .iter()
                 .all(|p| peer_status(&cluster, "eu", p)["state"].is_null())
+                && link(&cluster)["state"].is_null()
         },
     );
 }

@@ -6,7 +6,7 @@
 //! `RegionLink.status` and records an Event. Small RTT jitter is not written,
 //! so a steady mesh causes no status writes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,12 +32,14 @@ pub struct ObservedLink {
 /// Every peer of one region, by peer region code.
 pub type ObservedLinks = BTreeMap<String, ObservedLink>;
 
-/// A roaming system's reply as observed links. Entries whose state is not
-/// one of the three known words are skipped (a newer node may add states).
+/// A roaming system's reply as observed links. Skipped: links it has not
+/// judged yet (no change recorded: a roaming system that just started), and
+/// states other than the three known words (a newer node may add states).
 pub fn from_reply(reply: &MeshStatusReply) -> ObservedLinks {
     reply
         .links
         .iter()
+        .filter(|link| link.last_change_ms > 0)
         .filter_map(|link| {
             let state = match link.state.as_str() {
                 "Up" => LinkState::Up,
@@ -54,7 +56,9 @@ pub fn from_reply(reply: &MeshStatusReply) -> ObservedLinks {
                 state,
                 via,
                 rtt_millis: link.rtt_millis.map(|ms| ms.max(0.0).round() as u64),
-                since: Timestamp::from_millisecond(link.last_change_ms)
+                // Whole seconds: the API stores times to the second, and a
+                // finer time would never equal what it gives back.
+                since: Timestamp::from_second(link.last_change_ms / 1000)
                     .unwrap_or(Timestamp::UNIX_EPOCH),
             };
             Some((link.peer.clone(), observed))
@@ -83,31 +87,56 @@ fn rtt_moved(a: Option<u64>, b: Option<u64>) -> bool {
     }
 }
 
+/// What this process knows of one Region's links.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Observation {
+    /// Not polled yet (this process just started or just became leader):
+    /// the status keeps what it says.
+    Pending,
+    /// The roaming system's latest significant report.
+    Reported(ObservedLinks),
+    /// The roaming system has not answered for three polls: nothing is known.
+    Unreachable,
+}
+
 /// The published link state of every local Region, shared with the reconciler.
 #[derive(Clone, Default)]
-pub struct Observations(Arc<Mutex<HashMap<ObjectRef<Region>, ObservedLinks>>>);
+pub struct Observations(Arc<Mutex<HashMap<ObjectRef<Region>, Observation>>>);
 
 impl Observations {
-    pub fn get(&self, region: &ObjectRef<Region>) -> Option<ObservedLinks> {
-        self.lock().get(region).cloned()
+    pub fn get(&self, region: &ObjectRef<Region>) -> Observation {
+        self.lock()
+            .get(region)
+            .cloned()
+            .unwrap_or(Observation::Pending)
     }
 
     /// Replaces a Region's links when the change is significant; returns whether it did.
     fn publish(&self, region: &ObjectRef<Region>, next: ObservedLinks) -> bool {
         let mut map = self.lock();
-        if map.get(region).is_some_and(|old| !significant(old, &next)) {
+        if let Some(Observation::Reported(old)) = map.get(region)
+            && !significant(old, &next)
+        {
             return false;
         }
-        map.insert(region.clone(), next);
+        map.insert(region.clone(), Observation::Reported(next));
         true
     }
 
-    /// Forgets a Region's links; returns whether there were any.
-    fn forget(&self, region: &ObjectRef<Region>) -> bool {
-        self.lock().remove(region).is_some()
+    /// Marks a Region's roaming system unreachable; returns whether that is news.
+    fn lose(&self, region: &ObjectRef<Region>) -> bool {
+        self.lock()
+            .insert(region.clone(), Observation::Unreachable)
+            .is_none_or(|before| before != Observation::Unreachable)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<Region>, ObservedLinks>> {
+    /// Drops what is known of Regions not in `keep` (deleted ones), so that a
+    /// Region made again under the same name starts afresh.
+    fn retain(&self, keep: &HashSet<ObjectRef<Region>>) {
+        self.lock().retain(|key, _| keep.contains(key));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<Region>, Observation>> {
         // The map is replaced entry by entry, so a panic elsewhere leaves it whole.
         self.0
             .lock()
@@ -183,7 +212,9 @@ impl Poller {
                 .collect();
             let keys: Vec<ObjectRef<Region>> =
                 local.iter().map(|r| ObjectRef::from_obj(&**r)).collect();
-            targets.retain(|key, _| keys.contains(key));
+            let keep: HashSet<ObjectRef<Region>> = keys.iter().cloned().collect();
+            targets.retain(|key, _| keep.contains(key));
+            self.observations.retain(&keep);
             for (region, key) in local.iter().zip(&keys) {
                 let url = self.resolver.url(&super::build::peer_url(
                     &region.name_any(),
@@ -208,8 +239,10 @@ impl Poller {
                 }
             }
             let polls = targets.iter_mut().map(|(key, target)| async move {
+                // At most a second, so one silent roaming system delays the
+                // other Regions' polls by little.
                 let reply =
-                    tokio::time::timeout(self.interval.max(Duration::from_secs(1)), async {
+                    tokio::time::timeout(self.interval.min(Duration::from_secs(1)), async {
                         AdminClient::new(target.channel.clone())
                             .mesh_status(MeshStatusRequest {})
                             .await
@@ -229,9 +262,9 @@ impl Poller {
                             _ => "timed out".to_owned(),
                         };
                         tracing::debug!(region = %key, url = %target.url, %err, "no link state");
-                        // Stale state is worse than none: forget it after three missed polls.
+                        // Stale state is worse than none: drop it after three missed polls.
                         target.last_success.elapsed() > self.interval * 3
-                            && self.observations.forget(key)
+                            && self.observations.lose(key)
                     }
                 };
                 if changed {
@@ -346,16 +379,51 @@ mod tests {
     }
 
     #[test]
-    fn observations_publish_only_significant_changes_and_forget() {
+    fn observations_publish_only_significant_changes_and_are_lost_and_dropped() {
         let observations = Observations::default();
         let key = ObjectRef::<Region>::new("eu").within("chat");
+        assert_eq!(observations.get(&key), Observation::Pending);
         let base = from_reply(&reply(vec![link("us", "Up", &["eu", "us"], Some(80.0))]));
         let jitter = from_reply(&reply(vec![link("us", "Up", &["eu", "us"], Some(82.0))]));
         assert!(observations.publish(&key, base.clone()));
         assert!(!observations.publish(&key, jitter));
-        assert_eq!(observations.get(&key), Some(base));
-        assert!(observations.forget(&key));
-        assert!(!observations.forget(&key));
-        assert_eq!(observations.get(&key), None);
+        assert_eq!(observations.get(&key), Observation::Reported(base.clone()));
+        assert!(observations.lose(&key));
+        assert!(!observations.lose(&key), "losing it again is no news");
+        assert_eq!(observations.get(&key), Observation::Unreachable);
+        assert!(observations.publish(&key, base));
+        observations.retain(&HashSet::new());
+        assert_eq!(
+            observations.get(&key),
+            Observation::Pending,
+            "a deleted Region's links are dropped"
+        );
+    }
+
+    #[test]
+    fn times_are_whole_seconds_and_unjudged_links_are_skipped() {
+        let mut fine = link("us", "Up", &["eu", "us"], Some(80.0));
+        fine.last_change_ms = 1_700_000_000_999;
+        let mut unjudged = link("ap", "Down", &[], None);
+        unjudged.last_change_ms = 0;
+        let links = from_reply(&reply(vec![fine, unjudged]));
+        assert_eq!(links.len(), 1, "a link never judged is not reported");
+        assert_eq!(
+            links["us"].since,
+            Timestamp::from_second(1_700_000_000).unwrap()
+        );
+        // What the API gives back equals what was written, so no rewrite follows.
+        let status = meridian_crds::PeerStatus {
+            region: "us".into(),
+            state: Some(links["us"].state),
+            via: Vec::new(),
+            rtt_millis: links["us"].rtt_millis,
+            last_transition_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                links["us"].since,
+            )),
+        };
+        let back: meridian_crds::PeerStatus =
+            serde_json::from_value(serde_json::to_value(&status).unwrap()).unwrap();
+        assert_eq!(back, status);
     }
 }

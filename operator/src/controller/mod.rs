@@ -270,17 +270,29 @@ fn mesh_changes(
             };
             futures::stream::iter(touched.map(|ns| index.namespace(&ns)).unwrap_or_default())
         });
+    // A RegionLink's own status (written by this operator) changes no
+    // generation, and reshapes nothing.
+    let mut link_generations: HashMap<String, Option<i64>> = HashMap::new();
     let links = watcher(links, watcher::Config::default())
         .default_backoff()
-        .touched_objects()
-        .flat_map(move |link| {
-            let refs = match link {
-                Ok(link) => by_link
-                    .lock()
-                    .expect("mesh index")
-                    .namespace(&link.namespace().unwrap_or_default()),
-                Err(_) => Vec::new(),
+        .flat_map(move |event| {
+            let touched = match event {
+                Ok(watcher::Event::Apply(link) | watcher::Event::InitApply(link)) => {
+                    let generation = link.meta().generation;
+                    let changed = link_generations
+                        .insert(link.uid().unwrap_or_default(), generation)
+                        != Some(generation);
+                    changed.then(|| link.namespace().unwrap_or_default())
+                }
+                Ok(watcher::Event::Delete(link)) => {
+                    link_generations.remove(&link.uid().unwrap_or_default());
+                    Some(link.namespace().unwrap_or_default())
+                }
+                _ => None,
             };
+            let refs = touched
+                .map(|ns| by_link.lock().expect("mesh index").namespace(&ns))
+                .unwrap_or_default();
             futures::stream::iter(refs)
         });
     futures::stream::select(regions, links)
@@ -320,6 +332,13 @@ async fn reconcile_region(region: &Region, ctx: &Context) -> Result<Action, Erro
         .await
         .map_err(fetch)?
         .items;
+    // The freshly listed copy: the cache may not hold this reconcile's
+    // predecessor's status write yet, and comparing with it would write and
+    // record the same change twice.
+    let region = regions
+        .iter()
+        .find(|r| r.uid() == region.uid())
+        .unwrap_or(region);
 
     // Validate.
     let problems: Vec<String> = validate::region(region)
@@ -354,16 +373,22 @@ async fn reconcile_region(region: &Region, ctx: &Context) -> Result<Action, Erro
         Outcome::Applied {
             applied: &applied,
             mesh: &desired.mesh,
-            observed: observed.as_ref(),
+            observed: &observed,
         },
     )
     .await?;
+    // Link changes have Events of their own.
+    let reconciled = changed
+        && region.status.as_ref().is_none_or(|before| {
+            (&before.conditions, &before.service_center, &before.roaming)
+                != (&next.conditions, &next.service_center, &next.roaming)
+        });
     let changes = status::peer_changes(region.status.as_ref(), &next);
     for change in &changes {
         link_event(ctx, change, &name, &region.object_ref(&()), &regions).await;
     }
     write_link_statuses(ctx, &name, &regions, &links, &next, &changes).await?;
-    if changed {
+    if reconciled {
         let message = format!(
             "{} peers; service center {}/1 ready, roaming {}/{} ready",
             desired.mesh.peers.len(),
@@ -421,15 +446,14 @@ async fn write_link_statuses(
             continue;
         };
         let peer = if a == region { b } else { a };
-        let Some(next) = status
+        // Unreported, the link's status says nothing rather than something stale.
+        let next = status
             .peers
             .iter()
             .find(|p| p.region == peer)
             .and_then(|p| status::link_status(region, p))
-        else {
-            continue;
-        };
-        if link.status.as_ref() == Some(&next) {
+            .unwrap_or_default();
+        if link.status.clone().unwrap_or_default() == next {
             continue;
         }
         apply::apply_status(&ctx.client, link, &next).await?;

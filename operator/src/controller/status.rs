@@ -11,7 +11,7 @@ use meridian_crds::{
 use meridian_node::mesh::MeshConfig;
 
 use super::apply::Applied;
-use super::links::ObservedLinks;
+use super::links::Observation;
 
 /// What one reconcile found.
 pub enum Outcome<'a> {
@@ -19,8 +19,8 @@ pub enum Outcome<'a> {
     Applied {
         applied: &'a Applied,
         mesh: &'a MeshConfig,
-        /// The roaming system's view of its links, when it has reported one.
-        observed: Option<&'a ObservedLinks>,
+        /// What the roaming system reported of its links.
+        observed: &'a Observation,
     },
     /// The Region or its namespace is invalid; nothing was applied.
     Invalid(&'a str),
@@ -105,7 +105,7 @@ pub fn status(
             next.roaming = WorkloadStatus {
                 ready_replicas: applied.roaming_ready,
             };
-            next.peers = peers(mesh, observed);
+            next.peers = peers(mesh, observed, previous);
         }
         Outcome::Invalid(message) => {
             set("Ready", false, "InvalidSpec", message.to_owned());
@@ -120,13 +120,30 @@ pub fn status(
     next
 }
 
-/// One entry per configured peer, with the roaming system's view of it when
-/// there is one; a peer it has not reported has no state.
-fn peers(mesh: &MeshConfig, observed: Option<&ObservedLinks>) -> Vec<PeerStatus> {
+/// One entry per configured peer, with the roaming system's view of it: as
+/// reported; as the status already says while this process has not polled
+/// yet (a restart or a new leader changes nothing); none when the roaming
+/// system is unreachable or has not judged that link.
+fn peers(
+    mesh: &MeshConfig,
+    observed: &Observation,
+    previous: Option<&RegionStatus>,
+) -> Vec<PeerStatus> {
     mesh.peers
         .iter()
         .map(|p| {
-            let seen = observed.and_then(|o| o.get(&p.region));
+            let seen = match observed {
+                Observation::Reported(links) => links.get(&p.region),
+                Observation::Unreachable => None,
+                Observation::Pending => {
+                    let before =
+                        previous.and_then(|s| s.peers.iter().find(|b| b.region == p.region));
+                    if let Some(before) = before {
+                        return before.clone();
+                    }
+                    None
+                }
+            };
             PeerStatus {
                 region: p.region.clone(),
                 state: seen.map(|s| s.state),
@@ -175,7 +192,10 @@ impl PeerChange {
     }
 
     /// For example `link eu→us is Detoured, path eu→ap→us`. The note names no
-    /// previous state: a repeat of the same change joins the first Event's series.
+    /// previous state. kube's Recorder folds an Event with the same reason
+    /// about the same objects, within a few minutes, into the first one's
+    /// series, keeping its note: a detour moving to another path counts as a
+    /// repeat there, while the status always shows the path in use.
     pub fn note(&self, region: &str) -> String {
         let path: Vec<&str> = std::iter::once(region)
             .chain(self.via.iter().map(String::as_str))
@@ -211,7 +231,7 @@ pub fn peer_changes(previous: Option<&RegionStatus>, next: &RegionStatus) -> Vec
 
 #[cfg(test)]
 mod tests {
-    use super::super::links::ObservedLink;
+    use super::super::links::{ObservedLink, ObservedLinks};
     use super::*;
 
     fn mesh() -> MeshConfig {
@@ -240,7 +260,7 @@ mod tests {
             Outcome::Applied {
                 applied: &waiting,
                 mesh: &mesh,
-                observed: None,
+                observed: &Observation::Pending,
             },
             None,
             t0,
@@ -259,7 +279,7 @@ mod tests {
             Outcome::Applied {
                 applied: &waiting,
                 mesh: &mesh,
-                observed: None,
+                observed: &Observation::Pending,
             },
             Some(&first),
             t1,
@@ -276,7 +296,7 @@ mod tests {
             Outcome::Applied {
                 applied: &done,
                 mesh: &mesh,
-                observed: None,
+                observed: &Observation::Pending,
             },
             Some(&first),
             t1,
@@ -301,17 +321,20 @@ mod tests {
             rtt_millis: rtt,
             since,
         };
-        let at = |observed: &ObservedLinks, previous: Option<&RegionStatus>| {
+        let with = |observed: &Observation, previous: Option<&RegionStatus>| {
             status(
                 Some(1),
                 Outcome::Applied {
                     applied: &applied,
                     mesh: &mesh,
-                    observed: Some(observed),
+                    observed,
                 },
                 previous,
                 since,
             )
+        };
+        let at = |links: &ObservedLinks, previous: Option<&RegionStatus>| {
+            with(&Observation::Reported(links.clone()), previous)
         };
         let up: ObservedLinks = [
             ("us".to_owned(), link(LinkState::Up, &[], Some(80))),
@@ -361,6 +384,14 @@ mod tests {
             (ap.reason(), ap.note("eu").as_str()),
             ("LinkDown", "link eu→ap is Down, no path")
         );
+
+        // A restarted operator that has not polled yet keeps what is written;
+        // an unreachable roaming system leaves no state.
+        let kept = with(&Observation::Pending, Some(&third));
+        assert_eq!(kept.peers, third.peers);
+        assert!(peer_changes(Some(&third), &kept).is_empty());
+        let lost = with(&Observation::Unreachable, Some(&third));
+        assert!(lost.peers.iter().all(|p| p.state.is_none()));
     }
 
     #[test]
