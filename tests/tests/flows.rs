@@ -256,16 +256,32 @@ async fn a_retried_send_with_the_same_key_makes_one_message() {
     let mut ann_at_us = mesh.login("ann@eu", "us").await;
     ann_at_us.send("g@eu", "twice", "key-2").await.unwrap();
     let mut bob_at_eu = mesh.login("bob@us", "eu").await;
-    bob_at_eu.send("g@eu", "once", "key-1").await.unwrap();
+    let again = bob_at_eu.send("g@eu", "once", "key-1").await.unwrap();
+    assert!(
+        again.duplicate && again.message_id == a.message_id && again.seq > 0,
+        "the home answers with the message the key made: {again:?}"
+    );
     let marker = ann.send("g@eu", "after", "key-3").await.unwrap();
     let late = bob_at_eu.send("g@eu", "late", "").await.unwrap();
     assert!(marker.seq == 3 && late.seq == 4, "no retry took a seq");
-    // ann_at_us's retry travels through us's outbox; wait for it to be applied.
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let history = ann.history("g@eu", 0, 10).await.unwrap();
+    // ann_at_us's retry travels through us's outbox, which keeps order: once
+    // a later send from there is in the history, the retry has been applied.
+    ann_at_us.send("g@eu", "via us", "").await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let history = loop {
+        let history = ann.history("g@eu", 0, 10).await.unwrap();
+        if bodies(&history).contains(&"via us") {
+            break history;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the send via us never arrived"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     let mut got = bodies(&history);
     got.sort();
-    assert_eq!(got, vec!["after", "late", "once", "twice"]);
+    assert_eq!(got, vec!["after", "late", "once", "twice", "via us"]);
     mesh.stop().await;
 }
 

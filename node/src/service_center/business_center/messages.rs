@@ -67,10 +67,18 @@ impl BusinessCenter {
             .write(move |conn| {
                 let s = &submission;
                 let key = (!s.idempotency_key.is_empty()).then_some(s.idempotency_key.as_str());
-                if let Some(key) = key
-                    && let Some(earlier) =
-                        messages::accepted_by_key(conn, &s.sender, &s.group, key)?
-                {
+                let earlier = match key {
+                    Some(key) => match messages::accepted_by_key(conn, &s.sender, &s.group, key)? {
+                        Some(id) => Some(id),
+                        // At the home, the key may have come through another region first.
+                        None if local => {
+                            messages::sequenced_by_key(conn, &s.group, &s.sender, key)?
+                        }
+                        None => None,
+                    },
+                    None => None,
+                };
+                if let Some(earlier) = earlier {
                     let seq = messages::seq_of(conn, &earlier)?.unwrap_or(0);
                     let reply = SendReply {
                         message_id: earlier,
@@ -203,8 +211,8 @@ impl BusinessCenter {
 }
 
 /// Whether a submission was accepted within this very write, at the home:
-/// its message id cannot have been sequenced before, and the caller records
-/// its key in `accepted`.
+/// its message id cannot have been sequenced before, the caller has checked
+/// its key, and records it in `accepted`.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Fresh {
     Yes,
@@ -224,13 +232,13 @@ fn sequence(
         return Ok(None);
     }
     // A key is recorded once per message: in `accepted` when the send was
-    // accepted here at the home (the caller has looked there already for a
-    // fresh send), in `sequenced_keys` when it came from another region.
+    // accepted here at the home, in `sequenced_keys` when it came from
+    // another region. A fresh send's caller has looked in both.
     let key = s.idempotency_key.as_str();
     if !key.is_empty()
+        && fresh == Fresh::No
         && (messages::sequenced_by_key(conn, &s.group, &s.sender, key)?.is_some()
-            || (fresh == Fresh::No
-                && messages::accepted_by_key(conn, &s.sender, &s.group, key)?.is_some()))
+            || messages::accepted_by_key(conn, &s.sender, &s.group, key)?.is_some())
     {
         return Ok(None);
     }
