@@ -120,9 +120,17 @@ impl Node {
                 ))
             })?;
             let db = self.data_dir.join("data-center.sqlite");
-            let dc = tokio::task::spawn_blocking(move || DataCenter::open(&db))
-                .await
-                .map_err(|e| Error::Internal(format!("opening the data center: {e}")))??;
+            // Opening waits while another process holds the data center; a
+            // stop request meanwhile ends the wait.
+            let opening = tokio::task::spawn_blocking(move || DataCenter::open(&db));
+            let dc = tokio::select! {
+                opened = opening => opened
+                    .map_err(|e| Error::Internal(format!("opening the data center: {e}")))??,
+                () = stopped() => {
+                    tracing::info!(%region, "stopped while waiting for the data center");
+                    return Ok(());
+                }
+            };
             let link = Arc::new(RoamingLink::new(self.mesh.clone()));
             let center = BusinessCenter::start(dc, link).await?;
             tracing::info!(%region, client = %local(&listeners.client), pair = %local(&listeners.pair), "service center serving");

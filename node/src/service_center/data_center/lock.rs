@@ -2,7 +2,7 @@
 //! (a force-deleted pod whose replacement starts before it dies, or a
 //! second process started by hand on the same directory) would both assign
 //! `seq`s and drain the same outboxes. So the data center holds an exclusive
-//! lock on `<file>.lock` for as long as the process lives; the kernel drops
+//! lock on `data-center.lock` (the file name with `.lock`) for as long as the process lives; the kernel drops
 //! it when the process exits, however it exits.
 
 use std::fs::{File, OpenOptions, TryLockError};

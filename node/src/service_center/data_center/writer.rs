@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::oneshot;
 
-use super::checkpoint::Checkpointer;
+use super::checkpoint::{self, Checkpointer};
 use crate::Error;
 
 /// Jobs committed together at most.
@@ -90,7 +90,15 @@ impl Writer {
 
 fn run(mut conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>) {
     let mut checkpointer = Checkpointer::new();
-    while let Ok(first) = rx.recv() {
+    loop {
+        let first = match rx.recv_timeout(checkpoint::INTERVAL) {
+            Ok(job) => job,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                checkpointer.idle(&conn);
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_GROUP {
             match rx.try_recv() {
