@@ -575,6 +575,9 @@ fn the_operator_copies_link_state_into_status_and_records_each_change() {
                 && link(&cluster)["state"].is_null()
         },
     );
+    wait(&cluster, "a LinkUnknown Event per peer of eu", 20, || {
+        events(&cluster, "Region", "eu", "LinkUnknown").len() == 2
+    });
 }
 
 #[test]

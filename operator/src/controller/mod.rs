@@ -28,7 +28,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
-use meridian_crds::{LinkState, Region, RegionLink, RegionStatus, validate};
+use meridian_crds::{Region, RegionLink, RegionStatus, validate};
 
 pub use build::Settings;
 pub use error::Error;
@@ -475,9 +475,10 @@ async fn link_event(
     regions: &[Region],
 ) {
     let event = Event {
-        type_: match change.now {
-            LinkState::Down => EventType::Warning,
-            LinkState::Up | LinkState::Detoured => EventType::Normal,
+        type_: if change.is_warning() {
+            EventType::Warning
+        } else {
+            EventType::Normal
         },
         reason: change.reason().into(),
         note: Some(change.note(from)),

@@ -177,18 +177,25 @@ pub fn link_status(observer: &str, peer: &PeerStatus) -> Option<RegionLinkStatus
 #[derive(Debug, PartialEq, Eq)]
 pub struct PeerChange {
     pub peer: String,
-    pub now: LinkState,
+    /// `None`: the roaming system no longer reports the link.
+    pub now: Option<LinkState>,
     pub via: Vec<String>,
 }
 
 impl PeerChange {
-    /// The Event's reason: `LinkUp`, `LinkDetoured` or `LinkDown`.
+    /// The Event's reason: `LinkUp`, `LinkDetoured`, `LinkDown` or `LinkUnknown`.
     pub fn reason(&self) -> &'static str {
         match self.now {
-            LinkState::Up => "LinkUp",
-            LinkState::Detoured => "LinkDetoured",
-            LinkState::Down => "LinkDown",
+            Some(LinkState::Up) => "LinkUp",
+            Some(LinkState::Detoured) => "LinkDetoured",
+            Some(LinkState::Down) => "LinkDown",
+            None => "LinkUnknown",
         }
+    }
+
+    /// Whether the Event is a warning: the link is down, or nothing is known.
+    pub fn is_warning(&self) -> bool {
+        matches!(self.now, Some(LinkState::Down) | None)
     }
 
     /// For example `link eu→us is Detoured, path eu→ap→us`. The note names no
@@ -202,24 +209,30 @@ impl PeerChange {
             .chain(std::iter::once(self.peer.as_str()))
             .collect();
         match self.now {
-            LinkState::Down => format!("link {region}→{} is Down, no path", self.peer),
-            now => format!(
+            Some(LinkState::Down) => format!("link {region}→{} is Down, no path", self.peer),
+            Some(now) => format!(
                 "link {region}→{} is {now:?}, path {}",
                 self.peer,
                 path.join("→")
+            ),
+            None => format!(
+                "link {region}→{}: {region}'s roaming system does not report it",
+                self.peer
             ),
         }
     }
 }
 
-/// The peers whose reported state or path differs in `next` from `previous`.
+/// The peers whose reported state or path differs in `next` from
+/// `previous`, and those no longer reported. A peer never reported is no change.
 pub fn peer_changes(previous: Option<&RegionStatus>, next: &RegionStatus) -> Vec<PeerChange> {
     next.peers
         .iter()
         .filter_map(|p| {
-            let now = p.state?;
+            let now = p.state;
             let before = previous.and_then(|s| s.peers.iter().find(|b| b.region == p.region));
-            let same = before.is_some_and(|b| b.state == Some(now) && b.via == p.via);
+            let was = before.and_then(|b| b.state);
+            let same = was == now && before.is_none_or(|b| b.via == p.via);
             (!same).then(|| PeerChange {
                 peer: p.region.clone(),
                 now,
@@ -392,6 +405,21 @@ mod tests {
         assert!(peer_changes(Some(&third), &kept).is_empty());
         let lost = with(&Observation::Unreachable, Some(&third));
         assert!(lost.peers.iter().all(|p| p.state.is_none()));
+        let unknown = peer_changes(Some(&third), &lost);
+        assert_eq!(unknown.len(), 2, "each peer no longer reported is a change");
+        assert_eq!(
+            (unknown[0].reason(), unknown[0].is_warning()),
+            ("LinkUnknown", true)
+        );
+        assert!(
+            unknown[0]
+                .note("eu")
+                .ends_with("eu's roaming system does not report it")
+        );
+        assert!(
+            peer_changes(Some(&lost), &lost).is_empty(),
+            "still unreported is no change"
+        );
     }
 
     #[test]
