@@ -31,9 +31,13 @@ pub fn channel(url: &str) -> Result<Channel, Error> {
     Ok(endpoint.connect_lazy())
 }
 
-/// A gRPC server with Meridian's settings.
-pub fn server() -> tonic::transport::Server {
-    tonic::transport::Server::builder()
+/// A gRPC server with Meridian's settings. It answers the standard health
+/// service (`grpc.health.v1.Health`, SERVING) as soon as it serves, which
+/// Kubernetes' gRPC probes ask: a port that is bound but not yet served (a
+/// service center waiting for its data center) is not ready.
+pub fn server() -> tonic::transport::server::Router {
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    tonic::transport::Server::builder().add_service(health)
 }
 
 /// The connections a bound listener accepts, with Nagle's algorithm off: a

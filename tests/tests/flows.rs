@@ -389,3 +389,26 @@ async fn sends_queue_while_the_home_is_unreachable_and_arrive_in_order_after() {
     );
     mesh.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_server_answers_the_grpc_health_check_kubernetes_probes() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let mesh = Mesh::start(&["eu", "us"]).await;
+    let eu = mesh.region("eu");
+    for url in [&eu.client_url, &eu.peer_url] {
+        let channel = meridian_node::transport::channel(url).unwrap();
+        let mut health = HealthClient::new(channel);
+        let reply = health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(reply.status(), ServingStatus::Serving, "{url}");
+    }
+    mesh.stop().await;
+}

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec,
-    Probe, SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction,
+    GRPCAction, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec,
     Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -315,9 +315,10 @@ fn container(name: &str, image: String, args: &[&str], ports: &[(&str, i32)]) ->
                 })
                 .collect(),
         ),
+        // The node's gRPC servers answer grpc.health.v1 once they serve.
         readiness_probe: Some(Probe {
-            tcp_socket: Some(TCPSocketAction {
-                port: IntOrString::Int(ports[0].1),
+            grpc: Some(GRPCAction {
+                port: ports[0].1,
                 ..Default::default()
             }),
             period_seconds: Some(5),
@@ -580,6 +581,18 @@ spec: {regions: [eu, us], enabled: false}
             .map(|p| p.port)
             .collect();
         assert_eq!(ports, vec![ROAMING_PAIR_PORT, PEER_PORT]);
+    }
+
+    #[test]
+    fn readiness_is_the_grpc_health_check_of_the_first_port() {
+        let d = desired_eu();
+        for template in [&d.service_center.spec.template, &d.roaming.spec.template] {
+            let container = &template.spec.as_ref().unwrap().containers[0];
+            let first = container.ports.as_ref().unwrap()[0].container_port;
+            let probe = container.readiness_probe.as_ref().unwrap();
+            assert_eq!(probe.grpc.as_ref().map(|g| g.port), Some(first));
+            assert!(probe.tcp_socket.is_none());
+        }
     }
 
     #[test]
