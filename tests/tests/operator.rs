@@ -109,6 +109,23 @@ fn wait(cluster: &ControlPlane, what: &str, secs: u64, check: impl FnMut() -> bo
         .unwrap_or_else(|e| panic!("{e}\n{}", cluster.log_tails(20)))
 }
 
+/// Merges `patch` (JSON) into RegionLink eu-us.
+fn patch_eu_us(cluster: &ControlPlane, patch: &str) {
+    cluster
+        .kubectl_ok(&[
+            "patch",
+            "regionlink",
+            "eu-us",
+            "-n",
+            NS,
+            "--type",
+            "merge",
+            "-p",
+            patch,
+        ])
+        .unwrap();
+}
+
 fn reconciles(op: &Operator) -> usize {
     op.log_text().matches("reconciled").count()
 }
@@ -257,19 +274,7 @@ fn the_operator_turns_regions_into_workloads_and_a_full_mesh() {
     });
 
     // 6. Disabling a RegionLink marks it disabled at both ends.
-    cluster
-        .kubectl_ok(&[
-            "patch",
-            "regionlink",
-            "eu-us",
-            "-n",
-            NS,
-            "--type",
-            "merge",
-            "-p",
-            r#"{"spec":{"enabled":false}}"#,
-        ])
-        .unwrap();
+    patch_eu_us(&cluster, r#"{"spec":{"enabled":false}}"#);
     wait(&cluster, "eu-us disabled at both ends", 10, || {
         let eu = mesh(&cluster, "eu").and_then(|m| m.peer("us").map(|p| p.enabled));
         let us = mesh(&cluster, "us").and_then(|m| m.peer("eu").map(|p| p.enabled));
@@ -317,19 +322,7 @@ fn the_operator_turns_regions_into_workloads_and_a_full_mesh() {
     wait(&cluster, "the second replica to stand by", 30, || {
         standby.log_text().contains("standing by")
     });
-    cluster
-        .kubectl_ok(&[
-            "patch",
-            "regionlink",
-            "eu-us",
-            "-n",
-            NS,
-            "--type",
-            "merge",
-            "-p",
-            r#"{"spec":{"enabled":true}}"#,
-        ])
-        .unwrap();
+    patch_eu_us(&cluster, r#"{"spec":{"enabled":true}}"#);
     wait(&cluster, "eu-us enabled again", 10, || {
         mesh(&cluster, "eu").and_then(|m| m.peer("us").map(|p| p.enabled)) == Some(true)
     });
@@ -344,19 +337,7 @@ fn the_operator_turns_regions_into_workloads_and_a_full_mesh() {
     wait(&cluster, "the standby to take the lease", 60, || {
         standby.log_text().contains("became the leader")
     });
-    cluster
-        .kubectl_ok(&[
-            "patch",
-            "regionlink",
-            "eu-us",
-            "-n",
-            NS,
-            "--type",
-            "merge",
-            "-p",
-            r#"{"spec":{"cost":20}}"#,
-        ])
-        .unwrap();
+    patch_eu_us(&cluster, r#"{"spec":{"cost":20}}"#);
     wait(&cluster, "the new leader to apply a change", 20, || {
         mesh(&cluster, "us").and_then(|m| m.peer("eu").and_then(|p| p.cost)) == Some(20)
     });
