@@ -528,7 +528,10 @@ fn the_operator_copies_link_state_into_status_and_records_each_change() {
             s["state"] == "Detoured" && s["via"] == serde_json::json!(["ap"])
         },
     );
-    assert_eq!(peer_status(&cluster, "us", "eu")["state"], "Detoured");
+    // us judges the cut by its own heartbeats, and is polled on its own.
+    wait(&cluster, "us→eu reported Detoured", 20, || {
+        peer_status(&cluster, "us", "eu")["state"] == "Detoured"
+    });
     assert_eq!(peer_status(&cluster, "eu", "ap")["state"], "Up");
     // A busy machine may flap a link once more, so repeats are allowed.
     let has = |kind: &str, name: &str, reason: &str, note: &str, at_least: u64| {
