@@ -1,12 +1,15 @@
 //! A client of the business center's API, used by the CLI, the tests and the
 //! benchmark. It keeps the session token and sends it with every call.
 
+use std::sync::Arc;
+
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use tonic::{Request, Status, Streaming};
 
 use crate::proto::client_api::business_center_client::BusinessCenterClient;
 use crate::proto::client_api::*;
+use crate::transport::Dial;
 
 #[derive(Clone)]
 pub struct Client {
@@ -15,13 +18,24 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to a service center's client API at `url` (`http://host:port`).
-    pub async fn connect(url: &str) -> Result<Self, tonic::transport::Error> {
-        let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?
+    /// Connects to a service center's client API at `url`: `http://host:port`
+    /// in plaintext, or `https://host:port` over TLS, where the server must
+    /// hold a certificate for `host` from a CA that `tls` trusts.
+    pub async fn connect(
+        url: &str,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<Self, tonic::transport::Error> {
+        let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())?
             .connect_timeout(std::time::Duration::from_secs(3))
-            .tcp_nodelay(true)
-            .connect()
-            .await?;
+            .tcp_nodelay(true);
+        let channel = match tls {
+            Some(config) if url.starts_with("https://") => {
+                endpoint
+                    .connect_with_connector(crate::transport::connector(Dial::Host(config)))
+                    .await?
+            }
+            _ => endpoint.connect().await?,
+        };
         Ok(Self {
             api: BusinessCenterClient::new(channel),
             session: None,

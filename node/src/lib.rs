@@ -23,6 +23,7 @@ pub mod roaming;
 pub mod server;
 pub mod service_center;
 pub mod transport;
+pub mod trust;
 
 pub use error::Error;
 

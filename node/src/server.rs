@@ -16,7 +16,8 @@ use crate::roaming::{self, Roaming};
 use crate::service_center::data_center::DataCenter;
 use crate::service_center::roaming_link::RoamingLink;
 use crate::service_center::{self, BusinessCenter};
-use crate::transport;
+use crate::transport::{self, ClientAuth};
+use crate::trust::Credentials;
 
 /// What a node process runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +59,14 @@ pub struct Node {
     pub roaming: Option<RoamingListeners>,
     /// How the roaming system probes and judges its links.
     pub health: HealthPolicy,
+    /// The region's identity: its pair and peer ports serve mutual TLS
+    /// with it, and the roaming system signs with its key.
+    pub credentials: Arc<Credentials>,
+    /// Whether the client API serves TLS too (with the same certificate).
+    pub client_tls: bool,
+    /// A plaintext port answering only grpc.health.v1, for Kubernetes'
+    /// gRPC probes (which speak no TLS). It answers once the node serves.
+    pub probe: Option<TcpListener>,
 }
 
 impl Node {
@@ -78,10 +87,20 @@ impl Node {
             }
         };
         let region = self.mesh.borrow().region.clone();
+        if self.credentials.identity().region() != Some(region.as_str()) {
+            return Err(Error::FailedPrecondition(format!(
+                "the certificate names {}, but this node serves region {region}",
+                self.credentials.identity()
+            )));
+        }
+        self.credentials.watch();
+        let credentials = self.credentials;
+        let mutual =
+            |listener| transport::incoming(listener, credentials.clone(), ClientAuth::Required);
         let mut servers = tokio::task::JoinSet::new();
 
         if let Some(listeners) = self.roaming {
-            let roaming = Roaming::start(self.mesh.clone(), self.health);
+            let roaming = Roaming::start(self.mesh.clone(), self.health, credentials.clone());
             if let Some(metrics) = listeners.metrics {
                 tracing::info!(%region, metrics = %local(&metrics), "roaming metrics serving");
                 let roaming = roaming.clone();
@@ -101,14 +120,14 @@ impl Node {
             servers.spawn(
                 transport::server()
                     .add_service(roaming::grpc::pair_service(roaming.clone()))
-                    .serve_with_incoming_shutdown(transport::incoming(listeners.pair), stopped()),
+                    .serve_with_incoming_shutdown(mutual(listeners.pair), stopped()),
             );
             servers.spawn(
                 transport::server()
                     .add_service(roaming::grpc::data_service(roaming.clone()))
                     .add_service(roaming::grpc::business_service(roaming.clone()))
                     .add_service(roaming::grpc::admin_service(roaming))
-                    .serve_with_incoming_shutdown(transport::incoming(listeners.peer), stopped()),
+                    .serve_with_incoming_shutdown(mutual(listeners.peer), stopped()),
             );
         }
 
@@ -131,18 +150,31 @@ impl Node {
                     return Ok(());
                 }
             };
-            let link = Arc::new(RoamingLink::new(self.mesh.clone()));
+            let link = Arc::new(RoamingLink::new(self.mesh.clone(), credentials.clone()));
             let center = BusinessCenter::start(dc, link).await?;
             tracing::info!(%region, client = %local(&listeners.client), pair = %local(&listeners.pair), "service center serving");
-            servers.spawn(
-                transport::server()
-                    .add_service(service_center::grpc::client_service(center.clone()))
-                    .serve_with_incoming_shutdown(transport::incoming(listeners.client), stopped()),
-            );
+            let client_api = transport::server()
+                .add_service(service_center::grpc::client_service(center.clone()));
+            if self.client_tls {
+                let incoming =
+                    transport::incoming(listeners.client, credentials.clone(), ClientAuth::None);
+                servers.spawn(client_api.serve_with_incoming_shutdown(incoming, stopped()));
+            } else {
+                let incoming = transport::plain_incoming(listeners.client);
+                servers.spawn(client_api.serve_with_incoming_shutdown(incoming, stopped()));
+            }
             servers.spawn(
                 transport::server()
                     .add_service(service_center::grpc::pair_service(center))
-                    .serve_with_incoming_shutdown(transport::incoming(listeners.pair), stopped()),
+                    .serve_with_incoming_shutdown(mutual(listeners.pair), stopped()),
+            );
+        }
+
+        if let Some(probe) = self.probe {
+            tracing::info!(%region, probe = %local(&probe), "health probe serving");
+            servers.spawn(
+                transport::server()
+                    .serve_with_incoming_shutdown(transport::plain_incoming(probe), stopped()),
             );
         }
 

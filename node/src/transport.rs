@@ -2,10 +2,11 @@
 //! and the conversions between [`Error`], `tonic::Status` and the peer API's
 //! `Failure`.
 //!
-//! Every channel and server is made here, so that mutual TLS on the peer
-//! transport is a change to this module only (tonic's rustls support plugs
-//! into `Endpoint::tls_config` and `Server::tls_config`).
+//! Every channel and server is made here. Every one speaks TLS (the
+//! handshakes are `trust::tls`'s): a channel is dialled as a [`Dial`], and a
+//! server takes its connections from [`incoming`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
@@ -13,14 +14,18 @@ use tonic::{Code as StatusCode, Status};
 
 use crate::Error;
 use crate::proto::peer_api::{Code, Failure};
+pub use crate::trust::tls::{ClientAuth, Dial, PeerInfo};
+use crate::trust::{Credentials, Identity};
 
 /// How long to wait for a TCP connection to another process.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long one call to another process may take.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A lazily connected channel to `url` (`http://host:port`).
-pub fn channel(url: &str) -> Result<Channel, Error> {
+/// A lazily connected channel to `url` (`https://host:port`), whose server
+/// must prove itself as `dial` says. Every new connection handshakes with the
+/// credentials current then.
+pub fn channel(url: &str, dial: Dial) -> Result<Channel, Error> {
     let endpoint = Endpoint::from_shared(url.to_owned())
         .map_err(|e| Error::InvalidArgument(format!("endpoint {url:?}: {e}")))?
         .connect_timeout(CONNECT_TIMEOUT)
@@ -28,7 +33,21 @@ pub fn channel(url: &str) -> Result<Channel, Error> {
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5));
-    Ok(endpoint.connect_lazy())
+    Ok(endpoint.connect_with_connector_lazy(connector(dial)))
+}
+
+/// Dials TCP, then handshakes TLS as `dial` says; for `Endpoint`s.
+pub fn connector(
+    dial: Dial,
+) -> impl tower::Service<
+    tonic::codegen::http::Uri,
+    Response = crate::trust::tls::ClientIo,
+    Error = std::io::Error,
+    Future = impl Send,
+> + Send
++ Clone
++ 'static {
+    tower::service_fn(move |uri| crate::trust::tls::connect(uri, dial.clone()))
 }
 
 /// A gRPC server with Meridian's settings. It answers the standard health
@@ -40,11 +59,44 @@ pub fn server() -> tonic::transport::server::Router {
     tonic::transport::Server::builder().add_service(health)
 }
 
-/// The connections a bound listener accepts, with Nagle's algorithm off: a
-/// subscription's deliveries flow one way, and would otherwise wait for the
-/// client's delayed ACK.
-pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
+/// The TLS connections a bound listener accepts, with Nagle's algorithm off
+/// (a subscription's deliveries flow one way, and would otherwise wait for
+/// the client's delayed ACK).
+pub fn incoming(
+    listener: tokio::net::TcpListener,
+    credentials: Arc<Credentials>,
+    auth: ClientAuth,
+) -> tokio_stream::wrappers::ReceiverStream<Result<crate::trust::tls::TlsConn, std::io::Error>> {
+    crate::trust::tls::incoming(listener, credentials, auth)
+}
+
+/// The connections of a port served without TLS (a client API that has no
+/// certificate configured).
+pub fn plain_incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+/// The verified identity of the process that made `request`, if its
+/// connection came through a mutually authenticated port.
+pub fn caller<T>(request: &tonic::Request<T>) -> Option<&Identity> {
+    request
+        .extensions()
+        .get::<PeerInfo>()
+        .and_then(|info| info.identity.as_ref())
+}
+
+/// The region that made `request`, which must be one of `allowed`.
+pub fn calling_region<'a, T>(
+    request: &'a tonic::Request<T>,
+    allowed: impl Fn(&str) -> bool,
+) -> Result<&'a str, Status> {
+    match caller(request) {
+        Some(Identity::Region(region)) if allowed(region) => Ok(region),
+        Some(other) => Err(Status::permission_denied(format!(
+            "{other} may not call this"
+        ))),
+        None => Err(Status::unauthenticated("no mesh certificate")),
+    }
 }
 
 impl From<Error> for Status {

@@ -2,6 +2,7 @@
 //! roaming system) serving gRPC on `127.0.0.1:0`, wired as a full mesh.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use meridian_node::client::Client;
@@ -9,6 +10,9 @@ use meridian_node::mesh::MeshConfig;
 use meridian_node::mesh::config::{PairEndpoint, Peer};
 use meridian_node::mesh::health::HealthPolicy;
 use meridian_node::server::{Node, RoamingListeners, ServiceCenterListeners};
+use meridian_node::transport::{self, Dial};
+use meridian_node::trust::Credentials;
+use meridian_node::trust::pki::{DEFAULT_LIFETIME, MeshCa};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -30,6 +34,12 @@ async fn bind() -> TcpListener {
 }
 
 fn url(listener: &TcpListener) -> String {
+    format!("https://{}", listener.local_addr().expect("local address"))
+}
+
+/// The client API here is served in plaintext (TLS on it is local mode's
+/// and the fault harness's to prove).
+fn plain_url(listener: &TcpListener) -> String {
     format!("http://{}", listener.local_addr().expect("local address"))
 }
 
@@ -46,6 +56,10 @@ pub struct Region {
 /// A mesh of regions running in this process.
 pub struct Mesh {
     pub regions: BTreeMap<String, Region>,
+    /// The mesh CA every region's certificate comes from.
+    pub ca: MeshCa,
+    /// A tool certificate of that CA, for the admin API.
+    pub tool: Arc<Credentials>,
     _data: tempfile::TempDir,
 }
 
@@ -69,6 +83,11 @@ impl Mesh {
             .with_test_writer()
             .try_init();
         let data = tempfile::tempdir().expect("temporary directory");
+        let ca = MeshCa::generate("test").expect("mesh CA");
+        let tool = ca
+            .issue_admin("tests", DEFAULT_LIFETIME)
+            .and_then(|c| c.credentials(&ca.cert_pem))
+            .expect("tool certificate");
         let mut ports = BTreeMap::new();
         for code in codes {
             ports.insert(
@@ -107,7 +126,11 @@ impl Mesh {
                     .collect(),
             };
             let (mesh_tx, mesh_rx) = watch::channel(config);
-            let client_url = url(&p.client);
+            let client_url = plain_url(&p.client);
+            let credentials = ca
+                .issue_region(&code, "test", &["127.0.0.1".into()], DEFAULT_LIFETIME)
+                .and_then(|c| c.credentials(&ca.cert_pem))
+                .expect("region certificate");
             let peer_url = url(&p.peer);
             let node = Node {
                 mesh: mesh_rx,
@@ -122,6 +145,9 @@ impl Mesh {
                     metrics: None,
                 }),
                 health: lenient_health(),
+                credentials,
+                client_tls: false,
+                probe: None,
             };
             let (stop, stopped) = oneshot::channel::<()>();
             let task = tokio::spawn(async move {
@@ -145,6 +171,8 @@ impl Mesh {
         }
         Mesh {
             regions,
+            ca,
+            tool,
             _data: data,
         }
     }
@@ -155,7 +183,7 @@ impl Mesh {
 
     /// A client connected to `code`'s service center, not logged in.
     pub async fn client(&self, code: &str) -> Client {
-        Client::connect(&self.region(code).client_url)
+        Client::connect(&self.region(code).client_url, None)
             .await
             .expect("connect to the service center")
     }
@@ -192,9 +220,12 @@ impl Mesh {
     /// What `code`'s roaming system reports of its links.
     pub async fn mesh_status(&self, code: &str) -> meridian_node::proto::peer_api::MeshStatusReply {
         use meridian_node::proto::peer_api::{MeshStatusRequest, admin_client::AdminClient};
-        let mut admin = AdminClient::connect(self.region(code).peer_url.clone())
-            .await
-            .expect("admin API");
+        let dial = Dial::Region {
+            credentials: self.tool.clone(),
+            region: code.to_owned(),
+        };
+        let channel = transport::channel(&self.region(code).peer_url, dial).expect("admin API");
+        let mut admin = AdminClient::new(channel);
         admin
             .mesh_status(MeshStatusRequest {})
             .await

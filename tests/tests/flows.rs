@@ -398,8 +398,15 @@ async fn every_server_answers_the_grpc_health_check_kubernetes_probes() {
 
     let mesh = Mesh::start(&["eu", "us"]).await;
     let eu = mesh.region("eu");
-    for url in [&eu.client_url, &eu.peer_url] {
-        let channel = meridian_node::transport::channel(url).unwrap();
+    let tool = meridian_node::transport::Dial::Region {
+        credentials: mesh.tool.clone(),
+        region: "eu".into(),
+    };
+    let client = tonic::transport::Endpoint::from_shared(eu.client_url.clone())
+        .unwrap()
+        .connect_lazy();
+    let peer = meridian_node::transport::channel(&eu.peer_url, tool).unwrap();
+    for (url, channel) in [(&eu.client_url, client), (&eu.peer_url, peer)] {
         let mut health = HealthClient::new(channel);
         let reply = health
             .check(HealthCheckRequest {

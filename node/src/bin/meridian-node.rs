@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use meridian_node::mesh::config::watch_file;
 use meridian_node::server::{Node, RoamingListeners, Role, ServiceCenterListeners};
+use meridian_node::trust::{CredentialFiles, Credentials};
 use tokio::net::TcpListener;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -32,24 +33,42 @@ struct Args {
     #[arg(long, env = "MERIDIAN_DATA_DIR", default_value = "data")]
     data_dir: PathBuf,
     /// The service center's client API.
-    #[arg(long, env = "MERIDIAN_LISTEN_CLIENT", default_value = "0.0.0.0:7400")]
+    #[arg(long, env = "MERIDIAN_LISTEN_CLIENT", default_value = "127.0.0.1:7400")]
     listen_client: SocketAddr,
     /// The service center's local-pair API (called by its roaming system).
-    #[arg(long, env = "MERIDIAN_LISTEN_PAIR", default_value = "0.0.0.0:7401")]
+    #[arg(long, env = "MERIDIAN_LISTEN_PAIR", default_value = "127.0.0.1:7401")]
     listen_pair: SocketAddr,
     /// The roaming system's local-pair API (called by its service center).
     #[arg(
         long,
         env = "MERIDIAN_LISTEN_ROAMING_PAIR",
-        default_value = "0.0.0.0:7402"
+        default_value = "127.0.0.1:7402"
     )]
     listen_roaming_pair: SocketAddr,
     /// The roaming system's peer API (called by other regions).
-    #[arg(long, env = "MERIDIAN_LISTEN_PEER", default_value = "0.0.0.0:7443")]
+    #[arg(long, env = "MERIDIAN_LISTEN_PEER", default_value = "127.0.0.1:7443")]
     listen_peer: SocketAddr,
+    /// A plaintext port that answers only the gRPC health check (for
+    /// Kubernetes' probes); off unless given.
+    #[arg(long, env = "MERIDIAN_LISTEN_PROBE")]
+    listen_probe: Option<SocketAddr>,
     /// The roaming system's /metrics and /mesh (HTTP); off unless given.
     #[arg(long, env = "MERIDIAN_LISTEN_METRICS")]
     listen_metrics: Option<SocketAddr>,
+    /// The mesh CA bundle (PEM) that every pair and peer connection is
+    /// verified against. Files are re-read when they change.
+    #[arg(long, env = "MERIDIAN_TLS_CA")]
+    tls_ca: PathBuf,
+    /// This region's certificate (PEM), issued by the mesh CA.
+    #[arg(long, env = "MERIDIAN_TLS_CERT")]
+    tls_cert: PathBuf,
+    /// This region's key (PEM, ECDSA P-256); it also signs what the region
+    /// sends through other regions.
+    #[arg(long, env = "MERIDIAN_TLS_KEY")]
+    tls_key: PathBuf,
+    /// Serve the client API over TLS too, with the region's certificate.
+    #[arg(long, env = "MERIDIAN_CLIENT_TLS")]
+    client_tls: bool,
     /// Stop when the parent process goes away (used by local mode).
     #[arg(long)]
     exit_with_parent: bool,
@@ -77,6 +96,11 @@ async fn main() -> anyhow::Result<()> {
         RoleArg::Both => Role::Both,
     };
     let mesh = watch_file(args.config.clone())?;
+    let credentials = Credentials::load(CredentialFiles {
+        ca: args.tls_ca,
+        cert: args.tls_cert,
+        key: args.tls_key,
+    })?;
     let service_center = if role.runs_service_center() {
         Some(ServiceCenterListeners {
             client: bind(args.listen_client, "client API").await?,
@@ -103,6 +127,12 @@ async fn main() -> anyhow::Result<()> {
         service_center,
         roaming,
         health: Default::default(),
+        credentials,
+        client_tls: args.client_tls,
+        probe: match args.listen_probe {
+            Some(addr) => Some(bind(addr, "health probe").await?),
+            None => None,
+        },
     };
     let exit_with_parent = args.exit_with_parent;
     node.run(async move { stop_signal(exit_with_parent).await })

@@ -53,6 +53,16 @@ pub struct Global {
     /// Print one JSON object per line.
     #[arg(long, global = true)]
     pub json: bool,
+    /// The CA (PEM) that `https://` servers' certificates come from
+    /// (default: local mode's, named in endpoints.json).
+    #[arg(long, global = true, env = "MERIDIAN_CA")]
+    pub ca: Option<PathBuf>,
+    /// A tool certificate (PEM) for `mesh status`, with --key and --ca
+    /// (default: local mode's).
+    #[arg(long, global = true, env = "MERIDIAN_CERT")]
+    pub cert: Option<PathBuf>,
+    #[arg(long, global = true, env = "MERIDIAN_KEY")]
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -176,7 +186,12 @@ impl Global {
     async fn connect(&self) -> CliResult<Client> {
         let home = self.user.as_deref().and_then(|u| Id::parse("user", u).ok());
         let url = endpoints::resolve(self, home.as_ref().map(|id| id.home()))?;
-        Client::connect(&url)
+        if url.starts_with("https://") && self.ca.is_none() && self.state_dir.is_none() {
+            return Err(CliError(format!(
+                "{url} speaks TLS: pass --ca with the CA file its certificate comes from"
+            )));
+        }
+        Client::connect(&url, endpoints::tls(self)?)
             .await
             .map_err(|e| CliError(format!("cannot reach the service center at {url}: {e}")))
     }
@@ -216,9 +231,16 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Group(command) => group(global, &out, command).await?,
         Command::Mesh(MeshCommand::Status) => {
             let url = endpoints::resolve_peer(global)?;
-            let mut admin = AdminClient::connect(url.clone())
-                .await
-                .map_err(|e| CliError(format!("cannot reach the roaming system at {url}: {e}")))?;
+            let region = global.region.clone().ok_or_else(|| {
+                CliError("mesh status needs --region CODE: the region it asks".into())
+            })?;
+            let dial = crate::transport::Dial::Region {
+                credentials: endpoints::tool_credentials(global)?,
+                region,
+            };
+            let channel =
+                crate::transport::channel(&url, dial).map_err(|e| CliError(e.to_string()))?;
+            let mut admin = AdminClient::new(channel);
             let status = admin.mesh_status(MeshStatusRequest {}).await?.into_inner();
             for link in &status.links {
                 out.link(&status.region, link);

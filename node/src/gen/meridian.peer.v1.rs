@@ -12,6 +12,25 @@ pub struct Envelope {
     /// regions the request has passed through
     #[prost(string, repeated, tag = "4")]
     pub path: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The source region's signature over source, destination and the request
+    /// (not hops_left or path, which relays change). A region accepts a request
+    /// whose source is not the TLS peer only with a valid one.
+    #[prost(message, optional, tag = "5")]
+    pub signature: ::core::option::Option<Signature>,
+}
+/// A region's signature, made with the key of its mesh certificate.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Signature {
+    /// the signer's certificate (DER), at most 4 KiB
+    #[prost(bytes = "vec", tag = "1")]
+    pub certificate: ::prost::alloc::vec::Vec<u8>,
+    /// ECDSA P-256 with SHA-256, ASN.1
+    #[prost(bytes = "vec", tag = "2")]
+    pub signature: ::prost::alloc::vec::Vec<u8>,
+    /// refused when further than 5 min from now
+    #[prost(int64, tag = "3")]
+    pub signed_at_ms: i64,
 }
 /// A domain error carried back along the path.
 #[allow(clippy::all)]
@@ -227,6 +246,8 @@ pub struct Pong {
     pub link_states: ::prost::alloc::vec::Vec<LinkState>,
 }
 /// One region's advertisement of its links; newer ones have larger seq.
+/// seq is the origin's clock in microseconds when it made the advertisement:
+/// one more than a minute ahead, or older than an hour, is refused.
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct LinkState {
@@ -236,6 +257,9 @@ pub struct LinkState {
     pub seq: u64,
     #[prost(message, repeated, tag = "3")]
     pub links: ::prost::alloc::vec::Vec<LinkAdvert>,
+    /// the origin's, over origin, seq and links
+    #[prost(message, optional, tag = "4")]
+    pub signature: ::core::option::Option<Signature>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

@@ -11,6 +11,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+/// An origin re-advertises its links at least this often (in microseconds,
+/// the unit of seq), even when nothing changed.
+pub const REFRESH_MICROS: u64 = 10 * 60 * 1_000_000;
+/// A record older than this is forgotten, so one that its origin no longer
+/// refreshes (or a replayed one) cannot steer routes for long.
+pub const MAX_AGE_MICROS: u64 = 60 * 60 * 1_000_000;
+/// A record whose seq is further ahead of the receiver's clock is refused,
+/// so no record can claim every later seq of its origin.
+pub const MAX_AHEAD_MICROS: u64 = 60 * 1_000_000;
+
 /// One region's view of its links.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Advert {
@@ -19,6 +29,8 @@ pub struct Advert {
     pub seq: u64,
     /// Peer region → (up, cost).
     pub links: BTreeMap<String, (bool, u32)>,
+    /// The origin's signature, opaque here, passed on with the record.
+    pub proof: Vec<u8>,
 }
 
 /// The lowest-cost path to a region.
@@ -50,6 +62,18 @@ impl LinkStateDb {
                 true
             }
         }
+    }
+
+    /// Whether `advert` is newer than what is known of its origin.
+    pub fn is_newer(&self, advert: &Advert) -> bool {
+        self.adverts
+            .get(&advert.origin)
+            .is_none_or(|known| known.seq < advert.seq)
+    }
+
+    /// Forgets records made before `oldest` (a seq).
+    pub fn expire(&mut self, oldest: u64) {
+        self.adverts.retain(|_, advert| advert.seq >= oldest);
     }
 
     /// Forgets regions that are no longer in the mesh.
@@ -139,6 +163,7 @@ mod tests {
                 .iter()
                 .map(|(p, up, c)| (p.to_string(), (*up, *c)))
                 .collect(),
+            proof: Vec::new(),
         }
     }
 

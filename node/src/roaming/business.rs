@@ -1,19 +1,32 @@
 //! The business module: carries cross-region message traffic (outbox items)
 //! and answers heartbeats.
 
-use super::{Hop, Roaming};
+use std::sync::Arc;
+
+use prost::Message;
+
+use super::{Hop, Roaming, Sender};
 use crate::ids::is_region_code;
 use crate::limits::MAX_GRPC_MESSAGE_BYTES;
 use crate::mesh::link_state::Advert;
 use crate::proto::peer_api::business_client::BusinessClient;
-use crate::proto::peer_api::{BusinessReply, BusinessRequest, LinkAdvert, LinkState, Ping, Pong};
+use crate::proto::peer_api::{
+    BusinessReply, BusinessRequest, LinkAdvert, LinkState, Ping, Pong, Signature,
+};
 use crate::transport::call_error;
+use crate::trust::Credentials;
+use crate::trust::origin::{self, Payload};
 
 impl Roaming {
     /// Carries outbox items one hop towards their destination. The reply is
     /// the destination's acknowledgement; nothing is kept here.
-    pub async fn route_carry(&self, mut request: BusinessRequest) -> BusinessReply {
-        let answer = match self.hop(request.envelope.as_mut()) {
+    pub async fn route_carry(&self, mut request: BusinessRequest, sender: Sender) -> BusinessReply {
+        let admitted = self.admit(
+            request.envelope.as_mut(),
+            Payload::Carry(&request.items),
+            &sender,
+        );
+        let answer = match admitted.and_then(|()| self.hop(request.envelope.as_mut())) {
             Err(err) => Err(err),
             Ok(Hop::Local(mut service_center)) => service_center
                 .carry(request)
@@ -42,37 +55,82 @@ impl Roaming {
 
     /// Answers a heartbeat, exchanging link state with the prober.
     pub fn heartbeat(&self, ping: Ping) -> Pong {
-        let known = self
-            .links
-            .exchange(&self.config(), adverts_from_wire(ping.link_states));
+        let known = self.merge_link_states(ping.link_states);
         Pong {
             region: self.region(),
             sent_at_micros: ping.sent_at_micros,
             link_states: adverts_to_wire(known),
         }
     }
+
+    /// Merges a peer's link-state records; only newer ones signed by their
+    /// origin within the age and sequence bounds are taken. Returns every
+    /// record this region knows.
+    pub(super) fn merge_link_states(&self, states: Vec<LinkState>) -> Vec<Advert> {
+        let now = crate::now_ms() as u64 * 1000;
+        let accept = |advert: &Advert| match origin::check_link_state(
+            &advert_to_wire(advert.clone()),
+            &self.verifier,
+            now,
+        ) {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::warn!(origin = %advert.origin, %err, "link state refused");
+                false
+            }
+        };
+        self.links
+            .exchange(&self.config(), adverts_from_wire(states), accept)
+    }
+}
+
+/// Signs this region's own link-state records with its current key.
+pub fn link_state_sealer(credentials: Arc<Credentials>) -> super::links::Seal {
+    Box::new(move |advert: &Advert| {
+        let mut state = advert_to_wire(advert.clone());
+        match origin::sign_link_state(&mut state, &credentials.current()) {
+            Ok(()) => state
+                .signature
+                .map(|s| s.encode_to_vec())
+                .unwrap_or_default(),
+            Err(err) => {
+                tracing::error!(%err, "cannot sign this region's link state");
+                Vec::new()
+            }
+        }
+    })
+}
+
+fn advert_to_wire(a: Advert) -> LinkState {
+    LinkState {
+        origin: a.origin,
+        seq: a.seq,
+        links: a
+            .links
+            .into_iter()
+            .map(|(peer, (up, cost))| LinkAdvert { peer, up, cost })
+            .collect(),
+        signature: Signature::decode(a.proof.as_slice()).ok(),
+    }
 }
 
 pub fn adverts_to_wire(adverts: Vec<Advert>) -> Vec<LinkState> {
-    adverts
-        .into_iter()
-        .map(|a| LinkState {
-            origin: a.origin,
-            seq: a.seq,
-            links: a
-                .links
-                .into_iter()
-                .map(|(peer, (up, cost))| LinkAdvert { peer, up, cost })
-                .collect(),
-        })
-        .collect()
+    adverts.into_iter().map(advert_to_wire).collect()
 }
+
+/// Link-state records in one heartbeat, and links in one record.
+const MAX_LINK_STATES: usize = 1024;
 
 /// Reads advertisements from a peer, dropping malformed ones.
 pub fn adverts_from_wire(states: Vec<LinkState>) -> Vec<Advert> {
     states
         .into_iter()
-        .filter(|s| is_region_code(&s.origin) && s.links.iter().all(|l| is_region_code(&l.peer)))
+        .take(MAX_LINK_STATES)
+        .filter(|s| {
+            is_region_code(&s.origin)
+                && s.links.len() <= MAX_LINK_STATES
+                && s.links.iter().all(|l| is_region_code(&l.peer))
+        })
         .map(|s| Advert {
             origin: s.origin,
             seq: s.seq,
@@ -81,6 +139,7 @@ pub fn adverts_from_wire(states: Vec<LinkState>) -> Vec<Advert> {
                 .into_iter()
                 .map(|l| (l.peer, (l.up, l.cost)))
                 .collect(),
+            proof: s.signature.map(|s| s.encode_to_vec()).unwrap_or_default(),
         })
         .collect()
 }

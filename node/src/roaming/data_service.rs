@@ -1,16 +1,22 @@
 //! The data service module: reaches other regions' data centers.
 
-use super::{Hop, Roaming};
+use super::{Hop, Roaming, Sender};
 use crate::limits::MAX_GRPC_MESSAGE_BYTES;
 use crate::proto::peer_api::data_service_client::DataServiceClient;
 use crate::proto::peer_api::{DataReply, DataRequest, data_reply};
 use crate::transport::call_error;
+use crate::trust::origin::Payload;
 
 impl Roaming {
     /// Carries a data request one hop towards its destination and returns
     /// the answer that comes back along the same path.
-    pub async fn route_data(&self, mut request: DataRequest) -> DataReply {
-        let answer = match self.hop(request.envelope.as_mut()) {
+    pub async fn route_data(&self, mut request: DataRequest, sender: Sender) -> DataReply {
+        let admitted = self.admit(
+            request.envelope.as_mut(),
+            Payload::Data(&request.op),
+            &sender,
+        );
+        let answer = match admitted.and_then(|()| self.hop(request.envelope.as_mut())) {
             Err(err) => Err(err),
             Ok(Hop::Local(mut service_center)) => service_center
                 .data(request)

@@ -3,7 +3,7 @@
 
 use tonic::{Request, Response, Status};
 
-use super::Roaming;
+use super::{Roaming, Sender};
 use crate::limits::MAX_GRPC_MESSAGE_BYTES;
 use crate::proto::pair_api::pair_server::{self, PairServer};
 use crate::proto::peer_api::admin_server::{self, AdminServer};
@@ -13,10 +13,25 @@ use crate::proto::peer_api::{
     BusinessReply, BusinessRequest, DataReply, DataRequest, LinkStatus, MeshStatusReply,
     MeshStatusRequest, Ping, Pong,
 };
+use crate::transport;
 
 type Reply<T> = Result<Response<T>, Status>;
 
 pub struct RoamingApi(pub Roaming);
+
+impl RoamingApi {
+    /// Only this region's own service center calls the pair port.
+    fn own_service_center<T>(&self, request: &Request<T>) -> Result<Sender, Status> {
+        let region = self.0.region();
+        transport::calling_region(request, |r| r == region)?;
+        Ok(Sender::ServiceCenter)
+    }
+
+    /// Only the roaming systems of configured peers call the peer API.
+    fn peer<T>(&self, request: &Request<T>) -> Result<String, Status> {
+        transport::calling_region(request, |r| self.0.is_peer(r)).map(str::to_owned)
+    }
+}
 
 /// The local-pair API, for this region's service center.
 pub fn pair_service(roaming: Roaming) -> PairServer<RoamingApi> {
@@ -46,7 +61,12 @@ pub fn admin_service(roaming: Roaming) -> AdminServer<RoamingApi> {
 
 #[tonic::async_trait]
 impl admin_server::Admin for RoamingApi {
-    async fn mesh_status(&self, _: Request<MeshStatusRequest>) -> Reply<MeshStatusReply> {
+    async fn mesh_status(&self, request: Request<MeshStatusRequest>) -> Reply<MeshStatusReply> {
+        // Any holder of a mesh certificate (a region, or a tool such as the
+        // operator) may read the status.
+        if transport::caller(&request).is_none() {
+            return Err(Status::unauthenticated("no mesh certificate"));
+        }
         let config = self.0.config();
         let links = self
             .0
@@ -73,12 +93,16 @@ impl admin_server::Admin for RoamingApi {
 #[tonic::async_trait]
 impl pair_server::Pair for RoamingApi {
     async fn data(&self, request: Request<DataRequest>) -> Reply<DataReply> {
-        Ok(Response::new(self.0.route_data(request.into_inner()).await))
+        let sender = self.own_service_center(&request)?;
+        Ok(Response::new(
+            self.0.route_data(request.into_inner(), sender).await,
+        ))
     }
 
     async fn carry(&self, request: Request<BusinessRequest>) -> Reply<BusinessReply> {
+        let sender = self.own_service_center(&request)?;
         Ok(Response::new(
-            self.0.route_carry(request.into_inner()).await,
+            self.0.route_carry(request.into_inner(), sender).await,
         ))
     }
 }
@@ -86,19 +110,30 @@ impl pair_server::Pair for RoamingApi {
 #[tonic::async_trait]
 impl data_service_server::DataService for RoamingApi {
     async fn call(&self, request: Request<DataRequest>) -> Reply<DataReply> {
-        Ok(Response::new(self.0.route_data(request.into_inner()).await))
+        let sender = Sender::Peer(self.peer(&request)?);
+        Ok(Response::new(
+            self.0.route_data(request.into_inner(), sender).await,
+        ))
     }
 }
 
 #[tonic::async_trait]
 impl business_server::Business for RoamingApi {
     async fn carry(&self, request: Request<BusinessRequest>) -> Reply<BusinessReply> {
+        let sender = Sender::Peer(self.peer(&request)?);
         Ok(Response::new(
-            self.0.route_carry(request.into_inner()).await,
+            self.0.route_carry(request.into_inner(), sender).await,
         ))
     }
 
     async fn heartbeat(&self, request: Request<Ping>) -> Reply<Pong> {
+        let peer = self.peer(&request)?;
+        if request.get_ref().source != peer {
+            return Err(Status::permission_denied(format!(
+                "region {peer} sent a heartbeat in the name of {}",
+                request.get_ref().source
+            )));
+        }
         Ok(Response::new(self.0.heartbeat(request.into_inner())))
     }
 }

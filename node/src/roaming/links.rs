@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use crate::mesh::health::{Health, HealthPolicy, LinkHealth};
-use crate::mesh::link_state::{Advert, LinkStateDb, Path};
+use crate::mesh::link_state::{Advert, LinkStateDb, MAX_AGE_MICROS, Path, REFRESH_MICROS};
 use crate::mesh::{MeshConfig, Route, next_hop};
 
 /// How a peer is reached now.
@@ -54,10 +54,14 @@ struct State {
     views: BTreeMap<String, (LinkView, i64)>,
 }
 
+/// Signs this region's own records; returns the proof passed on with them.
+pub type Seal = Box<dyn Fn(&Advert) -> Vec<u8> + Send + Sync>;
+
 pub struct Links {
     region: String,
     pub policy: HealthPolicy,
     state: Mutex<State>,
+    seal: Seal,
 }
 
 /// Every hop costs this much on top of its round-trip time, so that jitter
@@ -77,11 +81,12 @@ fn now_micros() -> u64 {
 }
 
 impl Links {
-    pub fn new(region: &str, policy: HealthPolicy) -> Self {
+    pub fn new(region: &str, policy: HealthPolicy, seal: Seal) -> Self {
         Self {
             region: region.to_owned(),
             policy,
             state: Mutex::default(),
+            seal,
         }
     }
 
@@ -106,12 +111,19 @@ impl Links {
         self.refresh(&mut state, config);
     }
 
-    /// Merges advertisements from a peer; returns what this region knows.
-    pub fn exchange(&self, config: &MeshConfig, adverts: Vec<Advert>) -> Vec<Advert> {
+    /// Merges advertisements from a peer, each newer one only if `accept`
+    /// takes it (its signature and age are checked there); returns what
+    /// this region knows.
+    pub fn exchange(
+        &self,
+        config: &MeshConfig,
+        adverts: Vec<Advert>,
+        accept: impl Fn(&Advert) -> bool,
+    ) -> Vec<Advert> {
         let mut state = self.state.lock().expect("links");
         let mut changed = false;
         for advert in adverts {
-            if advert.origin != self.region {
+            if advert.origin != self.region && state.db.is_newer(&advert) && accept(&advert) {
                 changed |= state.db.merge(advert);
             }
         }
@@ -198,20 +210,26 @@ impl Links {
                 (peer.region.clone(), (up, cost))
             })
             .collect();
-        let unchanged = state
+        let now = now_micros();
+        // Re-advertised when it changed, and refreshed before it expires.
+        let current = state
             .db
             .get(&self.region)
-            .is_some_and(|own| own.links == links);
-        if !unchanged {
-            state.own_seq = (state.own_seq + 1).max(now_micros());
-            state.db.merge(Advert {
+            .is_some_and(|own| own.links == links && own.seq + REFRESH_MICROS > now);
+        if !current {
+            state.own_seq = (state.own_seq + 1).max(now);
+            let mut advert = Advert {
                 origin: self.region.clone(),
                 seq: state.own_seq,
                 links,
-            });
+                proof: Vec::new(),
+            };
+            advert.proof = (self.seal)(&advert);
+            state.db.merge(advert);
         }
+        state.db.expire(now.saturating_sub(MAX_AGE_MICROS));
         state.routes = state.db.routes(&self.region);
-        let now = crate::now_ms();
+        let now_ms = crate::now_ms();
         for peer in &config.peers {
             let view = match state.routes.get(&peer.region) {
                 Some(path) if path.hops.len() == 1 => LinkView::Up,
@@ -221,10 +239,10 @@ impl Links {
             let entry = state
                 .views
                 .entry(peer.region.clone())
-                .or_insert((view, now));
+                .or_insert((view, now_ms));
             if entry.0 != view {
                 tracing::info!(region = %self.region, peer = %peer.region, from = entry.0.as_str(), to = view.as_str(), "route changed");
-                *entry = (view, now);
+                *entry = (view, now_ms);
             }
         }
         state.views.retain(|peer, _| regions.contains(peer));

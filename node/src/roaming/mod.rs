@@ -24,14 +24,29 @@ use crate::mesh::health::HealthPolicy;
 use crate::mesh::{MeshConfig, Route};
 use crate::proto::pair_api::pair_client::PairClient;
 use crate::proto::peer_api::Envelope;
-use crate::transport;
+use crate::transport::{self, Dial};
+use crate::trust::origin::{self, Payload};
+use crate::trust::{Credentials, Verifier};
 use links::Links;
 
 #[derive(Clone)]
 pub struct Roaming {
     config: watch::Receiver<MeshConfig>,
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Channels by (endpoint, region the server must prove it is).
+    channels: Arc<Mutex<HashMap<(String, String), Channel>>>,
     pub links: Arc<Links>,
+    credentials: Arc<Credentials>,
+    verifier: Arc<Verifier>,
+}
+
+/// Who handed this roaming system a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Sender {
+    /// Its own service center (over the pair port): the request leaves the
+    /// region here, so it is signed here.
+    ServiceCenter,
+    /// The roaming system of this region, proven by its TLS certificate.
+    Peer(String),
 }
 
 /// Where a request goes next.
@@ -49,12 +64,19 @@ enum Hop {
 impl Roaming {
     /// A roaming system that probes its links with `policy`, until dropped
     /// along with every clone.
-    pub fn start(config: watch::Receiver<MeshConfig>, policy: HealthPolicy) -> Self {
+    pub fn start(
+        config: watch::Receiver<MeshConfig>,
+        policy: HealthPolicy,
+        credentials: Arc<Credentials>,
+    ) -> Self {
         let region = config.borrow().region.clone();
+        let seal = business::link_state_sealer(credentials.clone());
         let roaming = Self {
-            links: Arc::new(Links::new(&region, policy)),
+            links: Arc::new(Links::new(&region, policy, seal)),
             config,
             channels: Arc::default(),
+            verifier: Arc::new(Verifier::new(credentials.clone())),
+            credentials,
         };
         roaming.links.configure(&roaming.config.borrow());
         tokio::spawn(probe::run(roaming.clone()));
@@ -69,14 +91,66 @@ impl Roaming {
         self.config.borrow().clone()
     }
 
-    fn channel(&self, url: &str) -> Result<Channel, Error> {
+    /// A channel to the process at `url`, which must prove it is `region`.
+    fn channel(&self, url: &str, region: &str) -> Result<Channel, Error> {
+        let key = (url.to_owned(), region.to_owned());
         let mut channels = self.channels.lock().expect("roaming channels");
-        if let Some(channel) = channels.get(url) {
+        if let Some(channel) = channels.get(&key) {
             return Ok(channel.clone());
         }
-        let channel = transport::channel(url)?;
-        channels.insert(url.to_owned(), channel.clone());
+        let dial = Dial::Region {
+            credentials: self.credentials.clone(),
+            region: region.to_owned(),
+        };
+        let channel = transport::channel(url, dial)?;
+        channels.insert(key, channel.clone());
         Ok(channel)
+    }
+
+    /// Whether `region` is a peer in the current configuration.
+    pub fn is_peer(&self, region: &str) -> bool {
+        self.config.borrow().peer(region).is_some()
+    }
+
+    /// Admits a request into this roaming system. One from the service
+    /// center leaves the region here and is signed with the region's key;
+    /// one from a peer must come from its source, or carry the source's
+    /// valid signature (it was relayed). No peer speaks for this region.
+    fn admit(
+        &self,
+        envelope: Option<&mut Envelope>,
+        payload: Payload<'_>,
+        sender: &Sender,
+    ) -> Result<(), Error> {
+        let envelope =
+            envelope.ok_or_else(|| Error::InvalidArgument("request without an envelope".into()))?;
+        let region = self.region();
+        match sender {
+            Sender::ServiceCenter => {
+                envelope.source = region;
+                origin::seal(envelope, payload, &self.credentials.current())
+            }
+            Sender::Peer(peer) => {
+                if envelope.source == region {
+                    return Err(Error::PermissionDenied(format!(
+                        "region {peer} sent a request in the name of region {region}"
+                    )));
+                }
+                if !is_region_code(&envelope.source) {
+                    return Err(Error::InvalidArgument(format!(
+                        "source {:?} is not a region code",
+                        envelope.source
+                    )));
+                }
+                if envelope.path.len() > crate::limits::MAX_HOPS as usize {
+                    return Err(Error::InvalidArgument("the path is too long".into()));
+                }
+                if envelope.source == *peer {
+                    return Ok(());
+                }
+                origin::check(envelope, payload, &self.verifier)
+            }
+        }
     }
 
     /// Runs a call to the roaming system of `next_hop`, failing it as soon as
@@ -108,7 +182,7 @@ impl Roaming {
         let config = self.config();
         match self.links.next_hop(&config, &envelope.destination) {
             Route::Local => {
-                let channel = self.channel(&config.service_center.pair)?;
+                let channel = self.channel(&config.service_center.pair, &config.region)?;
                 let client = PairClient::new(channel)
                     .max_decoding_message_size(crate::limits::MAX_GRPC_MESSAGE_BYTES)
                     .max_encoding_message_size(crate::limits::MAX_GRPC_MESSAGE_BYTES);
@@ -131,10 +205,11 @@ impl Roaming {
                 };
                 envelope.hops_left -= 1;
                 envelope.path.push(config.region.clone());
+                let channel = self.channel(&endpoint, &next_hop)?;
                 Ok(Hop::Peer {
                     next_hop,
                     destination: envelope.destination.clone(),
-                    channel: self.channel(&endpoint)?,
+                    channel,
                 })
             }
             Route::Unreachable => Err(Error::unreachable(&envelope.destination)),

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use super::Roaming;
-use super::business::{adverts_from_wire, adverts_to_wire};
+use super::business::adverts_to_wire;
 use crate::proto::peer_api::Ping;
 use crate::proto::peer_api::business_client::BusinessClient;
 
@@ -40,7 +40,7 @@ pub async fn run(roaming: Roaming) {
 
 /// One heartbeat; the round-trip time, or `None` when it went unanswered.
 async fn probe(roaming: &Roaming, peer: &str, endpoint: &str) -> Option<std::time::Duration> {
-    let channel = roaming.channel(endpoint).ok()?;
+    let channel = roaming.channel(endpoint, peer).ok()?;
     let ping = Ping {
         source: roaming.region(),
         sent_at_micros: crate::now_ms() * 1000,
@@ -60,9 +60,7 @@ async fn probe(roaming: &Roaming, peer: &str, endpoint: &str) -> Option<std::tim
                 tracing::warn!(%peer, answered = %pong.region, "a different region answered the heartbeat");
                 return None;
             }
-            roaming
-                .links
-                .exchange(&roaming.config(), adverts_from_wire(pong.link_states));
+            roaming.merge_link_states(pong.link_states);
             Some(rtt)
         }
         _ => None,

@@ -117,15 +117,24 @@ impl business_center_server::BusinessCenter for ClientApi {
 
 pub struct PairApi(BusinessCenter);
 
+impl PairApi {
+    /// Only this region's own roaming system calls the pair port.
+    fn own_roaming<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        crate::transport::calling_region(request, |r| r == self.0.region()).map(|_| ())
+    }
+}
+
 #[tonic::async_trait]
 impl pair_server::Pair for PairApi {
     async fn data(&self, request: Request<DataRequest>) -> Reply<DataReply> {
+        self.own_roaming(&request)?;
         Ok(Response::new(
             self.0.handle_data(request.into_inner()).await,
         ))
     }
 
     async fn carry(&self, request: Request<BusinessRequest>) -> Reply<BusinessReply> {
+        self.own_roaming(&request)?;
         Ok(Response::new(
             self.0.handle_carry(request.into_inner()).await,
         ))

@@ -1,7 +1,7 @@
 //! The service center's only way out of its region: the local-pair API of
 //! its own roaming system.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 use tonic::transport::Channel;
@@ -13,17 +13,20 @@ use crate::proto::pair_api::pair_client::PairClient;
 use crate::proto::peer_api::{
     BusinessRequest, DataReply, DataRequest, Envelope, Item, data_reply, data_request,
 };
-use crate::transport;
+use crate::transport::{self, Dial};
+use crate::trust::Credentials;
 
 pub struct RoamingLink {
     config: watch::Receiver<MeshConfig>,
+    credentials: Arc<Credentials>,
     client: Mutex<Option<(String, PairClient<Channel>)>>,
 }
 
 impl RoamingLink {
-    pub fn new(config: watch::Receiver<MeshConfig>) -> Self {
+    pub fn new(config: watch::Receiver<MeshConfig>, credentials: Arc<Credentials>) -> Self {
         Self {
             config,
+            credentials,
             client: Mutex::new(None),
         }
     }
@@ -40,7 +43,11 @@ impl RoamingLink {
         {
             return Ok(client.clone());
         }
-        let client = PairClient::new(transport::channel(&endpoint)?)
+        let dial = Dial::Region {
+            credentials: self.credentials.clone(),
+            region: self.region(),
+        };
+        let client = PairClient::new(transport::channel(&endpoint, dial)?)
             .max_decoding_message_size(crate::limits::MAX_GRPC_MESSAGE_BYTES)
             .max_encoding_message_size(crate::limits::MAX_GRPC_MESSAGE_BYTES);
         *cached = Some((endpoint, client.clone()));
@@ -53,6 +60,8 @@ impl RoamingLink {
             destination: destination.to_owned(),
             hops_left: MAX_HOPS,
             path: Vec::new(),
+            // The roaming system signs what leaves the region.
+            signature: None,
         }
     }
 

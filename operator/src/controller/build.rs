@@ -8,8 +8,8 @@ use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, StatefulSet, Statef
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
     GRPCAction, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec,
-    Volume, VolumeMount, VolumeResourceRequirements,
+    PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource, SecurityContext, Service,
+    ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -24,7 +24,12 @@ pub const SERVICE_CENTER_PAIR_PORT: i32 = 7401;
 pub const ROAMING_PAIR_PORT: i32 = 7402;
 pub const PEER_PORT: i32 = 7443;
 pub const METRICS_PORT: i32 = 9090;
+/// Plaintext, answering only grpc.health.v1: kubelet's gRPC probes speak no
+/// TLS, and every other port is mutual TLS.
+pub const PROBE_PORT: i32 = 7404;
 const CONFIG_DIR: &str = "/etc/meridian";
+/// Where the Region's Secret (CA, certificate, key) is mounted.
+const TLS_DIR: &str = "/etc/meridian-tls";
 const DATA_DIR: &str = "/var/lib/meridian";
 const MESH_FILE: &str = "mesh.yaml";
 
@@ -63,18 +68,49 @@ pub fn config_map_name(region: &str) -> String {
 /// The in-cluster address of a local region's roaming peer API.
 pub(crate) fn peer_url(region: &str, namespace: &str) -> String {
     format!(
-        "http://{}.{namespace}.svc:{PEER_PORT}",
+        "https://{}.{namespace}.svc:{PEER_PORT}",
         roaming_name(region)
     )
 }
 
-/// A remote region's `spec.peerEndpoint` as a URL (`host:port` gets `http://`).
+/// A remote region's `spec.peerEndpoint` as a URL (`host:port` gets `https://`).
 pub fn remote_peer_url(endpoint: &str) -> String {
     if endpoint.contains("://") {
         endpoint.to_owned()
     } else {
-        format!("http://{endpoint}")
+        format!("https://{endpoint}")
     }
+}
+
+/// The names a local region's servers answer at, for its certificate.
+pub fn region_hosts(region: &Region, namespace: &str) -> Vec<String> {
+    let code = region.metadata.name.clone().unwrap_or_default();
+    let mut hosts = vec![
+        format!("{}.{namespace}.svc", roaming_name(&code)),
+        format!("{}.{namespace}.svc", service_center_name(&code)),
+    ];
+    if let Some(endpoint) = &region.spec.peer_endpoint {
+        let authority = endpoint.rsplit("://").next().unwrap_or(endpoint);
+        let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+        if !host.is_empty() {
+            hosts.push(host.to_owned());
+        }
+    }
+    hosts
+}
+
+/// The node's arguments for its identity and its probe port.
+fn trust_args() -> Vec<String> {
+    vec![
+        "--tls-ca".into(),
+        format!("{TLS_DIR}/{}", super::pki::CA_KEY),
+        "--tls-cert".into(),
+        format!("{TLS_DIR}/{}", super::pki::CERT_KEY),
+        "--tls-key".into(),
+        format!("{TLS_DIR}/{}", super::pki::KEY_KEY),
+        "--listen-probe".into(),
+        format!("0.0.0.0:{PROBE_PORT}"),
+    ]
 }
 
 /// Builds the desired objects of `region` (which must be local and valid).
@@ -89,11 +125,11 @@ pub fn desired(
     let namespace = region.metadata.namespace.clone().unwrap_or_default();
     let pair = PairEndpoints {
         service_center: format!(
-            "http://{}.{namespace}.svc:{SERVICE_CENTER_PAIR_PORT}",
+            "https://{}.{namespace}.svc:{SERVICE_CENTER_PAIR_PORT}",
             service_center_name(&code)
         ),
         roaming: format!(
-            "http://{}.{namespace}.svc:{ROAMING_PAIR_PORT}",
+            "https://{}.{namespace}.svc:{ROAMING_PAIR_PORT}",
             roaming_name(&code)
         ),
     };
@@ -304,10 +340,16 @@ fn container(name: &str, image: String, args: &[&str], ports: &[(&str, i32)]) ->
     Container {
         name: name.into(),
         image: Some(image),
-        args: Some(args.iter().map(|a| a.to_string()).collect()),
+        args: Some(
+            args.iter()
+                .map(|a| a.to_string())
+                .chain(trust_args())
+                .collect(),
+        ),
         ports: Some(
             ports
                 .iter()
+                .chain(&[("probe", PROBE_PORT)])
                 .map(|(n, p)| ContainerPort {
                     name: Some(n.to_string()),
                     container_port: *p,
@@ -315,10 +357,10 @@ fn container(name: &str, image: String, args: &[&str], ports: &[(&str, i32)]) ->
                 })
                 .collect(),
         ),
-        // The node's gRPC servers answer grpc.health.v1 once they serve.
+        // The probe port answers grpc.health.v1 once the node serves.
         readiness_probe: Some(Probe {
             grpc: Some(GRPCAction {
-                port: ports[0].1,
+                port: PROBE_PORT,
                 ..Default::default()
             }),
             period_seconds: Some(5),
@@ -334,6 +376,12 @@ fn container(name: &str, image: String, args: &[&str], ports: &[(&str, i32)]) ->
             VolumeMount {
                 name: "tmp".into(),
                 mount_path: "/tmp".into(),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: "tls".into(),
+                mount_path: TLS_DIR.into(),
+                read_only: Some(true),
                 ..Default::default()
             },
         ]),
@@ -365,6 +413,16 @@ fn common_volumes(region: &str) -> Vec<Volume> {
         Volume {
             name: "tmp".into(),
             empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        },
+        // Readable by the pod's group (fsGroup) only: the key is in it.
+        Volume {
+            name: "tls".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(super::pki::region_secret_name(region)),
+                default_mode: Some(0o440),
+                ..Default::default()
+            }),
             ..Default::default()
         },
     ]
@@ -584,15 +642,47 @@ spec: {regions: [eu, us], enabled: false}
     }
 
     #[test]
-    fn readiness_is_the_grpc_health_check_of_the_first_port() {
+    fn readiness_is_the_grpc_health_check_of_the_plaintext_probe_port() {
         let d = desired_eu();
         for template in [&d.service_center.spec.template, &d.roaming.spec.template] {
             let container = &template.spec.as_ref().unwrap().containers[0];
-            let first = container.ports.as_ref().unwrap()[0].container_port;
             let probe = container.readiness_probe.as_ref().unwrap();
-            assert_eq!(probe.grpc.as_ref().map(|g| g.port), Some(first));
+            assert_eq!(probe.grpc.as_ref().map(|g| g.port), Some(PROBE_PORT));
             assert!(probe.tcp_socket.is_none());
+            let args = container.args.as_ref().unwrap();
+            assert!(args.contains(&format!("0.0.0.0:{PROBE_PORT}")), "{args:?}");
         }
+    }
+
+    #[test]
+    fn both_pods_mount_the_regions_identity_and_use_it() {
+        let d = desired_eu();
+        for template in [&d.service_center.spec.template, &d.roaming.spec.template] {
+            let spec = template.spec.as_ref().unwrap();
+            let volume = spec
+                .volumes
+                .as_ref()
+                .unwrap()
+                .iter()
+                .find(|v| v.name == "tls")
+                .expect("a tls volume");
+            let secret = volume.secret.as_ref().unwrap();
+            assert_eq!(secret.secret_name.as_deref(), Some("eu-tls"));
+            assert_eq!(secret.default_mode, Some(0o440));
+            let container = &spec.containers[0];
+            let args = container.args.as_ref().unwrap().join(" ");
+            assert!(
+                args.contains("--tls-key /etc/meridian-tls/tls.key"),
+                "{args}"
+            );
+        }
+        assert!(d.mesh.roaming.pair.starts_with("https://"));
+        assert!(
+            d.mesh
+                .peers
+                .iter()
+                .all(|p| p.endpoint.starts_with("https://"))
+        );
     }
 
     #[test]

@@ -164,14 +164,16 @@ impl Resolver {
         Ok(Resolver(map))
     }
 
-    /// `url` (`http://host:port`) with its authority replaced when its host is listed.
+    /// `url` (`https://host:port`) with its authority replaced when its
+    /// host is listed. The server is still verified as its region, not by
+    /// the address.
     pub fn url(&self, url: &str) -> String {
-        let Some(rest) = url.strip_prefix("http://") else {
+        let Some((scheme, rest)) = url.split_once("://") else {
             return url.to_owned();
         };
         let host = rest.split([':', '/']).next().unwrap_or_default();
         match self.0.get(host) {
-            Some(addr) => format!("http://{addr}"),
+            Some(addr) => format!("{scheme}://{addr}"),
             None => url.to_owned(),
         }
     }
@@ -186,11 +188,14 @@ pub struct Poller {
     pub interval: Duration,
     /// Regions whose published links changed, to be reconciled.
     pub changed: UnboundedSender<ObjectRef<Region>>,
+    /// Where the operator's tool certificate of each namespace comes from.
+    pub authorities: super::pki::Authorities,
 }
 
 struct Target {
     channel: Channel,
     url: String,
+    tool: Arc<meridian_node::trust::Credentials>,
     last_success: Instant,
 }
 
@@ -216,18 +221,28 @@ impl Poller {
             targets.retain(|key, _| keep.contains(key));
             self.observations.retain(&keep);
             for (region, key) in local.iter().zip(&keys) {
-                let url = self.resolver.url(&super::build::peer_url(
-                    &region.name_any(),
-                    &region.namespace().unwrap_or_default(),
-                ));
-                if targets.get(key).is_none_or(|t| t.url != url) {
-                    match meridian_node::transport::channel(&url) {
+                let namespace = region.namespace().unwrap_or_default();
+                let url = self
+                    .resolver
+                    .url(&super::build::peer_url(&region.name_any(), &namespace));
+                // Known once a reconcile has read the namespace's mesh CA.
+                let Some(tool) = self.authorities.tool(&namespace) else {
+                    continue;
+                };
+                let stale = |t: &Target| t.url != url || !Arc::ptr_eq(&t.tool, &tool);
+                if targets.get(key).is_none_or(stale) {
+                    let dial = meridian_node::transport::Dial::Region {
+                        credentials: tool.clone(),
+                        region: region.name_any(),
+                    };
+                    match meridian_node::transport::channel(&url, dial) {
                         Ok(channel) => {
                             targets.insert(
                                 key.clone(),
                                 Target {
                                     channel,
                                     url,
+                                    tool,
                                     last_success: Instant::now(),
                                 },
                             );

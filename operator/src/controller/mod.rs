@@ -12,6 +12,7 @@ mod error;
 mod leader;
 pub mod links;
 mod metrics;
+pub mod pki;
 mod status;
 
 use std::collections::{BTreeSet, HashMap};
@@ -67,6 +68,18 @@ pub struct RunArgs {
     /// cluster that reaches the roaming Services through forwarded ports.
     #[arg(long = "resolve", env = "MERIDIAN_RESOLVE", value_delimiter = ',')]
     pub resolve: Vec<String>,
+    /// The Secret holding the mesh CA in each namespace; created with a new
+    /// CA when absent. Clusters of one mesh share it (copy it to each).
+    #[arg(
+        long,
+        env = "MERIDIAN_MESH_CA_SECRET",
+        default_value = "meridian-mesh-ca"
+    )]
+    pub mesh_ca_secret: String,
+    /// How long the certificates issued to Regions live; each is renewed
+    /// once it has used a third of its life.
+    #[arg(long, env = "MERIDIAN_CERT_LIFETIME_SECONDS", default_value_t = 24 * 60 * 60, value_parser = clap::value_parser!(u64).range(60..))]
+    pub cert_lifetime_seconds: u64,
 }
 
 struct Context {
@@ -75,6 +88,7 @@ struct Context {
     recorder: Recorder,
     metrics: Arc<Metrics>,
     observations: links::Observations,
+    authorities: pki::Authorities,
 }
 
 /// Runs the controller until the process is stopped.
@@ -156,6 +170,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         instance: Some(identity.clone()),
     };
     let observations = links::Observations::default();
+    let authorities = pki::Authorities::new(pki::Issuing {
+        ca_secret: args.mesh_ca_secret.clone(),
+        lifetime: Duration::from_secs(args.cert_lifetime_seconds),
+    });
     let (link_changes, changed_regions) = futures::channel::mpsc::unbounded();
     tokio::spawn(
         links::Poller {
@@ -165,6 +183,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             observations: observations.clone(),
             interval: Duration::from_millis(args.link_poll_millis),
             changed: link_changes,
+            authorities: authorities.clone(),
         }
         .run(),
     );
@@ -177,6 +196,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         recorder: Recorder::new(client.clone(), reporter),
         metrics: metrics.clone(),
         observations,
+        authorities,
     });
     tracing::info!(cluster = %args.cluster, "reconciling the Regions of this cluster");
 
@@ -352,10 +372,24 @@ async fn reconcile_region(region: &Region, ctx: &Context) -> Result<Action, Erro
         return Err(Error::Invalid(message));
     }
 
-    // Build, then apply.
+    // Build, then apply; the identity first, so the pods find it.
     let owner = region
         .controller_owner_ref(&())
         .expect("a Region from the API has a uid");
+    let hosts = build::region_hosts(region, &ns);
+    let renew_in = match ctx
+        .authorities
+        .ensure_region(&ctx.client, &ns, &name, &hosts, owner.clone())
+        .await
+    {
+        Ok(renew_in) => renew_in,
+        Err(err) => {
+            let message = err.to_string();
+            write_status(ctx, region, Outcome::Failed(&message)).await?;
+            event(ctx, region, EventType::Warning, "IdentityFailed", &message).await;
+            return Err(err);
+        }
+    };
     let desired = build::desired(region, &regions, &links, &ctx.settings, owner);
     let applied = match apply::apply_all(&ctx.client, &desired).await {
         Ok(applied) => applied,
@@ -399,7 +433,7 @@ async fn reconcile_region(region: &Region, ctx: &Context) -> Result<Action, Erro
         event(ctx, region, EventType::Normal, "Reconciled", &message).await;
     }
     tracing::debug!(region = %name, "reconciled");
-    Ok(Action::requeue(Duration::from_secs(300)))
+    Ok(Action::requeue(renew_in.min(Duration::from_secs(300))))
 }
 
 /// Builds the status and writes it when it differs; returns it and whether it

@@ -25,6 +25,11 @@ pub struct LocalArgs {
     #[arg(long, value_name = "DIR")]
     pub state_dir: PathBuf,
 
+    /// How long the certificates local mode issues live; each is renewed
+    /// once it has used a third of its life.
+    #[arg(long, value_name = "SECONDS", default_value_t = 24 * 60 * 60, value_parser = clap::value_parser!(u64).range(3..))]
+    pub cert_lifetime: u64,
+
     /// The meridian-node binary (default: next to this binary).
     #[arg(long, env = "MERIDIAN_NODE_BINARY", value_name = "PATH")]
     pub node_binary: Option<PathBuf>,
@@ -57,7 +62,8 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     );
     let _lock = StateLock::take(&state_dir)?;
 
-    let mut mesh = LocalMesh::new(state_dir.clone(), node_binary)?;
+    let lifetime = std::time::Duration::from_secs(args.cert_lifetime);
+    let mut mesh = LocalMesh::new(state_dir.clone(), node_binary, lifetime)?;
     mesh.reconcile(&manifests)?;
     let ready = tokio::select! {
         ready = mesh.wait_ready() => Some(ready),
@@ -80,6 +86,9 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         tokio::select! {
             () = &mut signal => stopped = true,
             () = tokio::time::sleep(WATCH_INTERVAL) => {
+                if let Err(err) = mesh.renew() {
+                    tracing::error!("renewing certificates: {err:#}");
+                }
                 let texts = read_all(&args.files);
                 if texts == last_texts {
                     continue;

@@ -1,19 +1,34 @@
 //! Whether a region serves: its service center answers a client call and its
-//! roaming system answers a heartbeat.
+//! roaming system answers a status call, both over TLS.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use meridian_node::client::Client;
-use meridian_node::proto::peer_api::Ping;
-use meridian_node::proto::peer_api::business_client::BusinessClient;
+use meridian_node::proto::peer_api::MeshStatusRequest;
+use meridian_node::proto::peer_api::admin_client::AdminClient;
+use meridian_node::transport::{self, Dial};
+use meridian_node::trust::Credentials;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
-pub async fn wait(code: &str, client_url: String, peer_url: String) -> anyhow::Result<()> {
+/// How local mode reaches the regions it runs: the CA for the client API,
+/// and its tool certificate for the roaming systems.
+pub struct Access {
+    pub client_tls: Arc<rustls::ClientConfig>,
+    pub tool: Arc<Credentials>,
+}
+
+pub async fn wait(
+    code: &str,
+    client_url: String,
+    peer_url: String,
+    access: &Access,
+) -> anyhow::Result<()> {
     let attempt = async {
         loop {
-            if serves(&client_url, &peer_url).await {
+            if serves(code, &client_url, &peer_url, access).await {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -26,8 +41,8 @@ pub async fn wait(code: &str, client_url: String, peer_url: String) -> anyhow::R
         })
 }
 
-async fn serves(client_url: &str, peer_url: &str) -> bool {
-    let Ok(mut client) = Client::connect(client_url).await else {
+async fn serves(code: &str, client_url: &str, peer_url: &str, access: &Access) -> bool {
+    let Ok(mut client) = Client::connect(client_url, Some(access.client_tls.clone())).await else {
         return false;
     };
     // Any answer from the business center (here: "log in first") means it serves.
@@ -35,8 +50,15 @@ async fn serves(client_url: &str, peer_url: &str) -> bool {
         Err(status) if status.code() == tonic::Code::Unauthenticated => {}
         _ => return false,
     }
-    let Ok(mut roaming) = BusinessClient::connect(peer_url.to_owned()).await else {
+    let dial = Dial::Region {
+        credentials: access.tool.clone(),
+        region: code.to_owned(),
+    };
+    let Ok(channel) = transport::channel(peer_url, dial) else {
         return false;
     };
-    roaming.heartbeat(Ping::default()).await.is_ok()
+    AdminClient::new(channel)
+        .mesh_status(MeshStatusRequest {})
+        .await
+        .is_ok()
 }

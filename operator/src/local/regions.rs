@@ -10,14 +10,27 @@ use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use meridian_node::trust::pki::{self, PkiDir};
+use meridian_node::trust::{CredentialFiles, Credentials};
+
 use super::ports::{PortBook, RegionPorts};
+use super::readiness::{self, Access};
 use super::supervisor::{ProcessSpec, supervise};
-use super::{readiness, write_atomically};
+use super::write_atomically;
 use crate::mesh::{PairEndpoints, mesh_config};
 
+/// Every port local mode runs speaks TLS.
 fn url(port: u16) -> String {
-    format!("http://127.0.0.1:{port}")
+    format!("https://127.0.0.1:{port}")
 }
+
+/// The plain HTTP metrics endpoint.
+fn metrics_url(port: u16) -> String {
+    format!("http://127.0.0.1:{port}/metrics")
+}
+
+/// The name of local mode's own tool certificate, in `DIR/pki/`.
+const TOOL: &str = "admin";
 
 struct RunningRegion {
     ports: RegionPorts,
@@ -30,16 +43,65 @@ pub struct LocalMesh {
     node_binary: PathBuf,
     book: PortBook,
     running: BTreeMap<String, RunningRegion>,
+    pki: PkiDir,
+    /// How long the certificates it issues live.
+    lifetime: std::time::Duration,
+    access: Access,
 }
 
 impl LocalMesh {
-    pub fn new(state_dir: PathBuf, node_binary: PathBuf) -> anyhow::Result<Self> {
+    pub fn new(
+        state_dir: PathBuf,
+        node_binary: PathBuf,
+        lifetime: std::time::Duration,
+    ) -> anyhow::Result<Self> {
+        let pki = PkiDir::open(&state_dir.join("pki"), "local")?;
+        pki.ensure(TOOL, |ca| ca.issue_admin(TOOL, lifetime))?;
+        let files = pki.files(TOOL);
+        let ca_pem = std::fs::read_to_string(&files.ca)?;
+        let tool = Credentials::load(CredentialFiles {
+            ca: files.ca,
+            cert: files.cert,
+            key: files.key,
+        })?;
+        tool.watch();
+        let access = Access {
+            client_tls: meridian_node::trust::tls::ca_only_client(&ca_pem)?,
+            tool,
+        };
         Ok(Self {
             book: PortBook::load(&state_dir)?,
             state_dir,
             node_binary,
             running: BTreeMap::new(),
+            pki,
+            lifetime,
+            access,
         })
+    }
+
+    /// Renews every certificate that has used a third of its life; the
+    /// processes pick the new files up without a restart.
+    pub fn renew(&self) -> anyhow::Result<()> {
+        let lifetime = self.lifetime;
+        if self.pki.ensure(TOOL, |ca| ca.issue_admin(TOOL, lifetime))? {
+            tracing::info!("tool certificate renewed");
+        }
+        for code in self.running.keys() {
+            if self.issue(code)? {
+                tracing::info!(region = %code, "region certificate renewed");
+            }
+        }
+        Ok(())
+    }
+
+    /// Issues `code`'s certificate if it has none or it is due.
+    fn issue(&self, code: &str) -> anyhow::Result<bool> {
+        let hosts = ["127.0.0.1".to_owned(), "localhost".to_owned()];
+        let lifetime = self.lifetime;
+        Ok(self
+            .pki
+            .ensure(code, |ca| ca.issue_region(code, "local", &hosts, lifetime))?)
     }
 
     pub fn region_count(&self) -> usize {
@@ -79,8 +141,8 @@ impl LocalMesh {
         }
         for code in &codes {
             let dir = self.region_dir(code);
-            std::fs::create_dir_all(&dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
+            pki::private_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            self.issue(code)?;
             let own = ports[code];
             let pair = PairEndpoints {
                 service_center: url(own.service_center_pair),
@@ -113,6 +175,15 @@ impl LocalMesh {
         let config = dir.join("mesh.yaml").display().to_string();
         let (stop, stop_rx) = watch::channel(false);
         let addr = |port: u16| format!("127.0.0.1:{port}");
+        let files = self.pki.files(code);
+        let tls: Vec<String> = vec![
+            "--tls-ca".into(),
+            files.ca.display().to_string(),
+            "--tls-cert".into(),
+            files.cert.display().to_string(),
+            "--tls-key".into(),
+            files.key.display().to_string(),
+        ];
         let roaming = ProcessSpec {
             name: format!("{code} roaming system"),
             program: self.node_binary.clone(),
@@ -128,7 +199,10 @@ impl LocalMesh {
                 "--listen-metrics".into(),
                 addr(ports.metrics),
                 "--exit-with-parent".into(),
-            ],
+            ]
+            .into_iter()
+            .chain(tls.iter().cloned())
+            .collect(),
             log: dir.join("roaming.log"),
             pid_file: dir.join("roaming.pid"),
         };
@@ -146,8 +220,12 @@ impl LocalMesh {
                 addr(ports.client),
                 "--listen-pair".into(),
                 addr(ports.service_center_pair),
+                "--client-tls".into(),
                 "--exit-with-parent".into(),
-            ],
+            ]
+            .into_iter()
+            .chain(tls)
+            .collect(),
             log: dir.join("service-center.log"),
             pid_file: dir.join("service-center.pid"),
         };
@@ -165,7 +243,13 @@ impl LocalMesh {
     /// Waits until every region's service center and roaming system answer.
     pub async fn wait_ready(&self) -> anyhow::Result<()> {
         for (code, region) in &self.running {
-            readiness::wait(code, url(region.ports.client), url(region.ports.peer)).await?;
+            readiness::wait(
+                code,
+                url(region.ports.client),
+                url(region.ports.peer),
+                &self.access,
+            )
+            .await?;
             tracing::info!(region = %code, client = %url(region.ports.client), "region serves");
         }
         Ok(())
@@ -183,13 +267,18 @@ impl LocalMesh {
                     "serviceCenterPair": url(r.ports.service_center_pair),
                     "roamingPair": url(r.ports.roaming_pair),
                     "peer": url(r.ports.peer),
-                    "metrics": format!("{}/metrics", url(r.ports.metrics)),
+                    "metrics": metrics_url(r.ports.metrics),
                     "dir": dir.display().to_string(),
                 });
                 (code.clone(), entry)
             })
             .collect();
-        let text = serde_json::to_string_pretty(&json!({ "regions": regions }))?;
+        let tool = self.pki.files(TOOL);
+        let text = serde_json::to_string_pretty(&json!({
+            "regions": regions,
+            "ca": tool.ca,
+            "admin": {"cert": tool.cert, "key": tool.key},
+        }))?;
         write_atomically(&self.state_dir.join("endpoints.json"), text.as_bytes())?;
         Ok(())
     }

@@ -16,6 +16,8 @@ const STOP_GRACE: Duration = Duration::from_secs(20);
 #[derive(Clone, Debug)]
 pub struct Endpoints {
     pub regions: BTreeMap<String, String>,
+    /// The mesh CA that `https://` client URLs are verified with.
+    pub ca: Option<PathBuf>,
 }
 
 impl Endpoints {
@@ -37,7 +39,18 @@ impl Endpoints {
         if out.is_empty() {
             bail!("no regions");
         }
-        Ok(Self { regions: out })
+        let ca = value.get("ca").and_then(|c| c.as_str()).map(PathBuf::from);
+        Ok(Self { regions: out, ca })
+    }
+
+    /// The TLS client configuration for the client URLs, if they need one.
+    pub fn tls(&self) -> anyhow::Result<Option<std::sync::Arc<rustls::ClientConfig>>> {
+        let Some(ca) = &self.ca else {
+            return Ok(None);
+        };
+        let pem = std::fs::read_to_string(ca)
+            .with_context(|| format!("cannot read the CA {}", ca.display()))?;
+        Ok(Some(meridian_node::trust::tls::ca_only_client(&pem)?))
     }
 
     pub fn load(path: &Path) -> anyhow::Result<Self> {

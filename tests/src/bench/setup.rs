@@ -31,6 +31,7 @@ pub struct Session {
     pub user: String,
     pub client: Client,
     url: String,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     token: String,
 }
 
@@ -38,7 +39,7 @@ impl Ctx {
     /// A new connection to `region`'s service center (retried for a few
     /// seconds: a region may have just started listening).
     pub async fn connect(&self, region: &str) -> anyhow::Result<Client> {
-        connect_url(self.endpoints.client(region)?).await
+        connect_url(self.endpoints.client(region)?, self.endpoints.tls()?).await
     }
 
     /// `<prefix>-<role>`, a user or group name.
@@ -63,6 +64,7 @@ impl Ctx {
             user,
             client,
             url: self.endpoints.client(at)?.to_owned(),
+            tls: self.endpoints.tls()?,
             token: reply.session,
         })
     }
@@ -73,7 +75,7 @@ impl Session {
     pub async fn pool(&self, n: usize) -> anyhow::Result<Vec<Client>> {
         let mut clients = Vec::with_capacity(n);
         for _ in 0..n.max(1) {
-            let mut client = connect_url(&self.url).await?;
+            let mut client = connect_url(&self.url, self.tls.clone()).await?;
             client.set_session(&self.token)?;
             clients.push(client);
         }
@@ -101,10 +103,13 @@ impl Session {
     }
 }
 
-async fn connect_url(url: &str) -> anyhow::Result<Client> {
+async fn connect_url(
+    url: &str,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+) -> anyhow::Result<Client> {
     let mut attempt = 0;
     loop {
-        match Client::connect(url).await {
+        match Client::connect(url, tls.clone()).await {
             Ok(client) => return Ok(client),
             Err(e) if attempt >= 50 => {
                 return Err(e).with_context(|| format!("cannot connect to {url}"));

@@ -27,7 +27,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use meridian_node::client::Client;
@@ -35,6 +35,9 @@ use meridian_node::mesh::MeshConfig;
 use meridian_node::mesh::config::{PairEndpoint, Peer};
 use meridian_node::proto::peer_api::admin_client::AdminClient;
 use meridian_node::proto::peer_api::{LinkStatus, MeshStatusReply, MeshStatusRequest};
+use meridian_node::transport::{self, Dial};
+use meridian_node::trust::pki::{DEFAULT_LIFETIME, PkiDir};
+use meridian_node::trust::{CredentialFiles, Credentials};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::net::TcpListener;
@@ -96,6 +99,10 @@ pub struct RegionHost {
 
 pub struct Cluster {
     regions: BTreeMap<String, RegionHost>,
+    /// The mesh CA and every region's certificate, as local mode keeps them.
+    pki: PkiDir,
+    /// The test's tool certificate, for the admin API.
+    tool: Arc<Credentials>,
     nodes: Mutex<BTreeMap<(String, Process), Node>>,
     /// The proxy of each directed link `(from, to)`.
     links: BTreeMap<(String, String), Proxy>,
@@ -174,6 +181,16 @@ impl Cluster {
             }
         }
 
+        let pki = PkiDir::open(&dir.path().join("pki"), "faults").expect("PKI directory");
+        pki.ensure("tests", |ca| ca.issue_admin("tests", DEFAULT_LIFETIME))
+            .expect("tool certificate");
+        let files = pki.files("tests");
+        let tool = Credentials::load(CredentialFiles {
+            ca: files.ca,
+            cert: files.cert,
+            key: files.key,
+        })
+        .expect("tool credentials");
         let mut regions = BTreeMap::new();
         let mut nodes = BTreeMap::new();
         let log_level = std::env::var("MERIDIAN_FAULTS_LOG").unwrap_or_else(|_| "info".into());
@@ -181,13 +198,18 @@ impl Cluster {
             let a = addresses[*code].clone();
             let region_dir = dir.path().join(code);
             std::fs::create_dir_all(&region_dir).expect("region directory");
+            pki.ensure(code, |ca| {
+                ca.issue_region(code, "faults", &[], DEFAULT_LIFETIME)
+            })
+            .expect("region certificate");
+            let tls = pki.files(code);
             let config = MeshConfig {
                 region: code.to_string(),
                 service_center: PairEndpoint {
-                    pair: format!("http://{}", a.sc_pair),
+                    pair: format!("https://{}", a.sc_pair),
                 },
                 roaming: PairEndpoint {
-                    pair: format!("http://{}", a.roaming_pair),
+                    pair: format!("https://{}", a.roaming_pair),
                 },
                 peers: codes
                     .iter()
@@ -195,7 +217,7 @@ impl Cluster {
                     .map(|other| Peer {
                         region: other.to_string(),
                         endpoint: format!(
-                            "http://{}",
+                            "https://{}",
                             links[&(code.to_string(), other.to_string())].addr()
                         ),
                         enabled: true,
@@ -211,6 +233,9 @@ impl Cluster {
                     format!("--config={}", mesh.display()),
                     format!("--data-dir={}", region_dir.join(data).display()),
                     "--exit-with-parent".to_owned(),
+                    format!("--tls-ca={}", tls.ca.display()),
+                    format!("--tls-cert={}", tls.cert.display()),
+                    format!("--tls-key={}", tls.key.display()),
                 ]
             };
             let mut sc = common("service-center", "data");
@@ -242,13 +267,13 @@ impl Cluster {
                     );
                     (
                         format!("http://{}", client.addr()),
-                        format!("http://{}", admin.addr()),
+                        format!("https://{}", admin.addr()),
                         vec![client, admin],
                     )
                 }
                 Mode::Loopback => (
                     format!("http://{}", a.client),
-                    format!("http://{}", a.peer),
+                    format!("https://{}", a.peer),
                     Vec::new(),
                 ),
             };
@@ -267,6 +292,8 @@ impl Cluster {
 
         let cluster = Cluster {
             regions,
+            pki,
+            tool,
             nodes: Mutex::new(nodes),
             links,
             hosts,
@@ -504,7 +531,7 @@ impl Cluster {
 
     /// A client of `code`'s service center, not logged in.
     pub async fn client(&self, code: &str) -> Client {
-        Client::connect(&self.regions[code].client_url)
+        Client::connect(&self.regions[code].client_url, None)
             .await
             .unwrap_or_else(|e| panic!("connect to {code}'s service center: {e}"))
     }
@@ -528,8 +555,12 @@ impl Cluster {
     /// What `code`'s roaming system reports, or `None` if it does not answer.
     pub async fn try_mesh_status(&self, code: &str) -> Option<MeshStatusReply> {
         let url = self.regions[code].admin_url.clone();
+        let dial = Dial::Region {
+            credentials: self.tool.clone(),
+            region: code.to_owned(),
+        };
         let call = async move {
-            let mut admin = AdminClient::connect(url).await.ok()?;
+            let mut admin = AdminClient::new(transport::channel(&url, dial).ok()?);
             admin
                 .mesh_status(MeshStatusRequest {})
                 .await

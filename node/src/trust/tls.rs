@@ -1,0 +1,306 @@
+//! TLS for every gRPC port, on rustls. Tonic serves and dials plain streams
+//! here; the handshakes happen in this module so that each one uses the
+//! credentials current at that moment (a renewed certificate is picked up
+//! without dropping established connections), and so that the verified
+//! identity of the other side reaches the handlers as connection info.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tonic::transport::server::Connected;
+
+use super::credentials::Credentials;
+use super::pki::Identity;
+use super::verify::identity_of;
+use crate::Error;
+
+/// How long a client has to finish its handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Handshakes in progress on one port; further connections are closed at
+/// once until one finishes.
+pub const MAX_HANDSHAKES: usize = 256;
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn config_error(e: impl std::fmt::Display) -> Error {
+    Error::FailedPrecondition(format!("TLS configuration: {e}"))
+}
+
+/// Whether a server asks its clients for a mesh certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Pair and peer ports: a certificate from the mesh CA, or no handshake.
+    Required,
+    /// The client API: clients prove who they are with a session instead.
+    None,
+}
+
+/// The rustls configurations made from one set of credentials.
+pub struct Configs {
+    pub mutual_server: Arc<ServerConfig>,
+    pub open_server: Arc<ServerConfig>,
+    pub client: Arc<ClientConfig>,
+}
+
+impl Configs {
+    pub fn new(
+        roots: &Arc<RootCertStore>,
+        chain: &[CertificateDer<'static>],
+        key: &PrivateKeyDer<'static>,
+    ) -> Result<Self, Error> {
+        let versions = &[&rustls::version::TLS13];
+        let server = |auth: ClientAuth| -> Result<Arc<ServerConfig>, Error> {
+            let builder = ServerConfig::builder_with_provider(provider())
+                .with_protocol_versions(versions)
+                .map_err(config_error)?;
+            let builder = match auth {
+                ClientAuth::Required => builder.with_client_cert_verifier(
+                    WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+                        .build()
+                        .map_err(config_error)?,
+                ),
+                ClientAuth::None => builder.with_no_client_auth(),
+            };
+            let mut config = builder
+                .with_single_cert(chain.to_vec(), key.clone_key())
+                .map_err(config_error)?;
+            config.alpn_protocols = vec![b"h2".to_vec()];
+            Ok(Arc::new(config))
+        };
+        let mut client = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(versions)
+            .map_err(config_error)?
+            .with_root_certificates(roots.clone())
+            .with_client_auth_cert(chain.to_vec(), key.clone_key())
+            .map_err(config_error)?;
+        client.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Self {
+            mutual_server: server(ClientAuth::Required)?,
+            open_server: server(ClientAuth::None)?,
+            client: Arc::new(client),
+        })
+    }
+}
+
+/// A client configuration that trusts `ca_pem` and shows no certificate
+/// (the CLI and other clients of the client API).
+pub fn ca_only_client(ca_pem: &str) -> Result<Arc<ClientConfig>, Error> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots
+            .add(cert.map_err(config_error)?)
+            .map_err(config_error)?;
+    }
+    if roots.is_empty() {
+        return Err(config_error("the CA file holds no certificate"));
+    }
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(config_error)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// What a server knows of the other end of a connection.
+#[derive(Clone, Debug)]
+pub struct PeerInfo {
+    pub addr: SocketAddr,
+    /// Verified by the handshake; `None` on a port without client auth.
+    pub identity: Option<Identity>,
+}
+
+/// An accepted, handshaken connection.
+pub struct TlsConn {
+    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    info: PeerInfo,
+}
+
+impl Connected for TlsConn {
+    type ConnectInfo = PeerInfo;
+
+    fn connect_info(&self) -> PeerInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// The TLS connections a bound listener accepts, handshaken with the
+/// credentials current at each accept. Handshakes run concurrently, each
+/// within [`HANDSHAKE_TIMEOUT`], at most [`MAX_HANDSHAKES`] at once; a
+/// refused one is logged and never reaches the server.
+pub fn incoming(
+    listener: TcpListener,
+    credentials: Arc<Credentials>,
+    auth: ClientAuth,
+) -> tokio_stream::wrappers::ReceiverStream<Result<TlsConn, std::io::Error>> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = tx.closed() => return,
+            };
+            let (tcp, addr) = match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of descriptors, for example: back off, keep serving.
+                    tracing::warn!(%err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                tracing::warn!(%addr, "too many handshakes in progress; connection closed");
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let loaded = credentials.current();
+            let config = match auth {
+                ClientAuth::Required => loaded.configs.mutual_server.clone(),
+                ClientAuth::None => loaded.configs.open_server.clone(),
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let handshake = TlsAcceptor::from(config).accept(tcp);
+                let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(err)) => {
+                        tracing::info!(%addr, %err, "TLS handshake refused");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::info!(%addr, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                let identity = match auth {
+                    ClientAuth::None => None,
+                    ClientAuth::Required => {
+                        let leaf = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first());
+                        match leaf.map(identity_of) {
+                            Some(Ok(identity)) => Some(identity),
+                            _ => {
+                                tracing::info!(%addr, "client certificate names no Meridian identity");
+                                return;
+                            }
+                        }
+                    }
+                };
+                let info = PeerInfo { addr, identity };
+                let _ = tx.send(Ok(TlsConn { stream, info })).await;
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// How a channel authenticates the server it dials.
+#[derive(Clone)]
+pub enum Dial {
+    /// A mesh server that must prove it is `region`, with this process's
+    /// certificate as the client's (a region's, or a tool's such as the
+    /// operator's).
+    Region {
+        credentials: Arc<Credentials>,
+        region: String,
+    },
+    /// A client of the client API: the server must hold a certificate for
+    /// the host in the URL, from a CA in `config`.
+    Host(Arc<ClientConfig>),
+}
+
+/// A dialled, handshaken connection, as hyper takes it.
+pub type ClientIo = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+
+/// Connects TCP to the host and port of `uri`, then handshakes as `dial`.
+pub async fn connect(
+    uri: tonic::codegen::http::Uri,
+    dial: Dial,
+) -> Result<ClientIo, std::io::Error> {
+    let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
+    let host = uri
+        .host()
+        .ok_or_else(|| invalid(format!("{uri} has no host")))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = uri
+        .port_u16()
+        .ok_or_else(|| invalid(format!("{uri} has no port")))?;
+    let tcp = TcpStream::connect((host.as_str(), port)).await?;
+    tcp.set_nodelay(true)?;
+    let (config, name) = match dial {
+        Dial::Region {
+            credentials,
+            region,
+        } => (
+            credentials.current().configs.client.clone(),
+            super::pki::region_name(&region),
+        ),
+        Dial::Host(config) => (config, host),
+    };
+    let name = ServerName::try_from(name).map_err(|e| invalid(e.to_string()))?;
+    let stream = TlsConnector::from(config).connect(name, tcp).await?;
+    Ok(TokioIo::new(stream))
+}
