@@ -69,10 +69,10 @@ pub fn tls(global: &Global) -> Result<Option<Arc<rustls::ClientConfig>>, CliErro
         .map_err(|e| CliError(format!("{}: {e}", ca.display())))
 }
 
-/// The tool credentials for the mesh ports: `--cert`, `--key` and `--ca`,
-/// else local mode's.
+/// The tool credentials for the mesh ports: `--tool-cert`, `--tool-key` and
+/// `--ca`, else local mode's.
 pub fn tool_credentials(global: &Global) -> Result<Arc<Credentials>, CliError> {
-    let files = match (&global.cert, &global.key, &global.ca) {
+    let files = match (&global.tool_cert, &global.tool_key, &global.ca) {
         (Some(cert), Some(key), Some(ca)) => CredentialFiles {
             ca: ca.clone(),
             cert: cert.clone(),
@@ -88,7 +88,7 @@ pub fn tool_credentials(global: &Global) -> Result<Arc<Credentials>, CliError> {
                 },
                 _ => {
                     return Err(CliError(
-                        "no tool certificate: pass --cert, --key and --ca".into(),
+                        "no tool certificate: pass --tool-cert, --tool-key and --ca".into(),
                     ));
                 }
             }

@@ -57,12 +57,12 @@ pub struct Global {
     /// (default: local mode's, named in endpoints.json).
     #[arg(long, global = true, env = "MERIDIAN_CA")]
     pub ca: Option<PathBuf>,
-    /// A tool certificate (PEM) for `mesh status`, with --key and --ca
-    /// (default: local mode's).
-    #[arg(long, global = true, env = "MERIDIAN_CERT")]
-    pub cert: Option<PathBuf>,
-    #[arg(long, global = true, env = "MERIDIAN_KEY")]
-    pub key: Option<PathBuf>,
+    /// A tool certificate (PEM) for `mesh status`, with --tool-key and
+    /// --ca (default: local mode's).
+    #[arg(long, global = true, env = "MERIDIAN_TOOL_CERT")]
+    pub tool_cert: Option<PathBuf>,
+    #[arg(long, global = true, env = "MERIDIAN_TOOL_KEY")]
+    pub tool_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -85,10 +85,19 @@ impl BusinessCenter {
         Ok(id)
     }
 
-    /// Applies outbox items carried from another region.
+    /// Applies outbox items carried from another region (its roaming
+    /// system proved the source), if the source may send every one of them.
     pub async fn handle_carry(&self, request: BusinessRequest) -> BusinessReply {
         let source = request.envelope.map(|e| e.source).unwrap_or_default();
-        match self.receive(source, request.items).await {
+        let checked = super::authority::check_items(&self.region, &source, &request.items);
+        let received = match checked {
+            Ok(()) => self.receive(source, request.items).await,
+            Err(err) => {
+                tracing::warn!(%source, %err, "carried items refused");
+                Err(err)
+            }
+        };
+        match received {
             Ok(()) => BusinessReply { failure: None },
             Err(err) => BusinessReply {
                 failure: Some(err.into()),

@@ -290,7 +290,9 @@ fn sequence(
     Ok(Some(delivery))
 }
 
-/// In a recipient region: stores the record and delivers it.
+/// In a recipient region: stores the record and delivers it. At the group's
+/// own home (a roaming forward to a recipient attached there) the record is
+/// the home's: it is delivered only if it is the message sequenced here.
 fn distribute(
     conn: &Connection,
     region: &str,
@@ -301,7 +303,15 @@ fn distribute(
         .message
         .as_ref()
         .ok_or_else(|| Error::InvalidArgument("distribution without a message".into()))?;
-    messages::insert(conn, message)?;
+    let homed_here = message.group.rsplit('@').next() == Some(region);
+    if homed_here {
+        if messages::seq_of(conn, &message.message_id)? != Some(message.seq) {
+            tracing::warn!(group = %message.group, seq = message.seq, "forward of a message this home never sequenced ignored");
+            return Ok(());
+        }
+    } else {
+        messages::insert(conn, message)?;
+    }
     deliver_here(conn, region, d, effects)
 }
 

@@ -4,6 +4,7 @@
 //! It knows nothing of gRPC; `service_center::grpc` adapts it.
 
 mod accounts;
+mod authority;
 mod groups;
 mod inbound;
 mod messages;

@@ -1,0 +1,374 @@
+//! The mesh trusts no one: attacks on the pair and peer ports of real
+//! local-mode processes, each refused, with nothing stored or delivered and
+//! every acknowledged message intact.
+//!
+//! The attacker holds what a rogue region would: region eu's own valid
+//! certificate and key (from local mode's `DIR/pki/`), plus anything it can
+//! make itself (another CA, a certificate that has expired).
+
+use std::path::Path;
+use std::process::Output;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use meridian_node::proto::client_api::Delivery;
+use meridian_node::proto::peer_api::business_client::BusinessClient;
+use meridian_node::proto::peer_api::data_service_client::DataServiceClient;
+use meridian_node::proto::peer_api::{
+    BusinessRequest, Code, DataRequest, Distribution, Envelope, GetGroup, Item, LinkAdvert,
+    LinkState, Ping, Submission, data_request, item,
+};
+use meridian_node::transport::{self, Dial};
+use meridian_node::trust::origin::{self, Payload};
+use meridian_node::trust::pki::{DEFAULT_LIFETIME, MeshCa, PkiDir};
+use meridian_node::trust::{CredentialFiles, Credentials};
+use meridian_tests::local_mode::{LocalMode, workspace_root};
+use serde_json::Value;
+
+fn ok(output: Output) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "meridian failed: {}\nstdout: {stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+fn as_user<'a>(user: &'a str, args: &[&'a str]) -> Vec<&'a str> {
+    let mut all = vec!["--user", user, "--password", "secret-pass"];
+    all.extend_from_slice(args);
+    all
+}
+
+/// `(seq, body)` of every message in `group`'s history, as `user` reads it.
+fn history(local: &LocalMode, user: &str, group: &str) -> Vec<(u64, String)> {
+    ok(local.cli(&as_user(user, &["--json", "history", group])))
+        .lines()
+        .map(|line| {
+            let v: Value = serde_json::from_str(line).unwrap();
+            (
+                v["seq"].as_u64().unwrap(),
+                v["body"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn wait_history(local: &LocalMode, user: &str, group: &str, want: &[(u64, &str)]) {
+    let want: Vec<(u64, String)> = want.iter().map(|(s, b)| (*s, b.to_string())).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = history(local, user, group);
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{user} reads {got:?}, not {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn endpoint(state: &Path, region: &str, port: &str) -> String {
+    let text = std::fs::read_to_string(state.join("endpoints.json")).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    v["regions"][region][port].as_str().unwrap().to_owned()
+}
+
+fn credentials(pki: &PkiDir, name: &str) -> Arc<Credentials> {
+    let files = pki.files(name);
+    Credentials::load(CredentialFiles {
+        ca: files.ca,
+        cert: files.cert,
+        key: files.key,
+    })
+    .unwrap()
+}
+
+fn as_region(credentials: &Arc<Credentials>, server: &str) -> Dial {
+    Dial::Region {
+        credentials: credentials.clone(),
+        region: server.into(),
+    }
+}
+
+fn envelope(source: &str, destination: &str) -> Envelope {
+    Envelope {
+        source: source.into(),
+        destination: destination.into(),
+        hops_left: 8,
+        path: Vec::new(),
+        signature: None,
+    }
+}
+
+fn submission(group: &str, sender: &str, body: &str, origin: &str) -> Item {
+    Item {
+        kind: Some(item::Kind::Submission(Submission {
+            message_id: uuid::Uuid::now_v7().to_string(),
+            group: group.into(),
+            sender: sender.into(),
+            body: body.into(),
+            idempotency_key: String::new(),
+            sent_at_ms: meridian_node::now_ms(),
+            origin: origin.into(),
+        })),
+    }
+}
+
+fn distribution(group: &str, seq: u64, recipients: &[&str]) -> Item {
+    Item {
+        kind: Some(item::Kind::Distribution(Distribution {
+            message: Some(Delivery {
+                group: group.into(),
+                seq,
+                message_id: uuid::Uuid::now_v7().to_string(),
+                sender: "bob@us".into(),
+                body: "forged".into(),
+                sent_at_ms: meridian_node::now_ms(),
+            }),
+            recipients: recipients.iter().map(|r| r.to_string()).collect(),
+            roaming: false,
+        })),
+    }
+}
+
+/// Carries `request` to the peer port at `url` as `dial`; the failure code
+/// the destination answered with, or `None` when it accepted.
+async fn carry(url: &str, dial: Dial, request: BusinessRequest) -> Result<Option<Code>, String> {
+    let channel = transport::channel(url, dial).map_err(|e| e.to_string())?;
+    let reply = BusinessClient::new(channel)
+        .carry(request)
+        .await
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+        .into_inner();
+    Ok(reply.failure.map(|f| f.code()))
+}
+
+/// A data-service call to the peer port at `url` as `dial`: `Ok` when the
+/// handshake and the call went through (whatever the reply).
+async fn reach(url: &str, dial: Dial) -> Result<(), String> {
+    let channel = transport::channel(url, dial).map_err(|e| e.to_string())?;
+    let request = DataRequest {
+        envelope: Some(envelope("eu", "us")),
+        op: Some(data_request::Op::GetGroup(GetGroup {
+            actor: "bob@us".into(),
+            group: "lobby@us".into(),
+        })),
+    };
+    DataServiceClient::new(channel)
+        .call(request)
+        .await
+        .map(|_| ())
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_and_unauthenticated_peer_traffic_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let local = LocalMode::start(
+        &[workspace_root().join("examples/three-regions.yaml")],
+        &state,
+    );
+    for user in ["ann@eu", "bob@us", "cat@ap"] {
+        ok(local.cli(&as_user(user, &["register"])));
+    }
+    assert_eq!(
+        ok(local.cli(&as_user("bob@us", &["group", "create", "lobby"]))).trim(),
+        "lobby@us"
+    );
+    ok(local.cli(&as_user("ann@eu", &["group", "join", "lobby@us"])));
+    ok(local.cli(&as_user("cat@ap", &["group", "join", "lobby@us"])));
+    ok(local.cli(&as_user("ann@eu", &["send", "lobby@us", "first, from eu"])));
+    wait_history(&local, "bob@us", "lobby@us", &[(1, "first, from eu")]);
+
+    let pki_dir = PkiDir::open(&state.join("pki"), "local").unwrap();
+    let eu = credentials(&pki_dir, "eu");
+    let ap = credentials(&pki_dir, "ap");
+    let us_peer = endpoint(&state, "us", "peer");
+    let ap_peer = endpoint(&state, "ap", "peer");
+    let us_pair = endpoint(&state, "us", "serviceCenterPair");
+
+    // The positive control: eu's own certificate reaches us's peer port.
+    reach(&us_peer, as_region(&eu, "us")).await.unwrap();
+
+    // Plaintext is refused at the handshake.
+    let plain = us_peer.replace("https://", "http://");
+    let channel = tonic::transport::Endpoint::from_shared(plain)
+        .unwrap()
+        .connect_lazy();
+    let plaintext = DataServiceClient::new(channel)
+        .call(DataRequest::default())
+        .await;
+    assert!(plaintext.is_err(), "a plaintext call was answered");
+
+    // TLS with no client certificate is refused.
+    let ca_pem = std::fs::read_to_string(state.join("pki/ca.crt")).unwrap();
+    let no_cert = meridian_node::trust::tls::ca_only_client(&ca_pem).unwrap();
+    let err = reach(&us_peer, Dial::Host(no_cert)).await.unwrap_err();
+    assert!(!err.is_empty());
+
+    // A certificate from another CA is refused.
+    let other = MeshCa::generate("other").unwrap();
+    let foreign = other
+        .issue_region("eu", "other", &[], DEFAULT_LIFETIME)
+        .and_then(|c| c.credentials(&other.cert_pem))
+        .unwrap();
+    reach(&us_peer, as_region(&foreign, "us"))
+        .await
+        .unwrap_err();
+
+    // An expired certificate from the right CA is refused (it lives for no
+    // time at all; it is refused once the clock has passed its end).
+    let expired = pki_dir
+        .ca()
+        .issue_region("eu", "local", &[], Duration::ZERO)
+        .and_then(|c| c.credentials(&ca_pem))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reach(&us_peer, as_region(&expired, "us")).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "an expired certificate kept working"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The pair port takes only the region's own processes: eu's valid
+    // certificate is refused at us's service center.
+    let channel = transport::channel(&us_pair, as_region(&eu, "us")).unwrap();
+    let pair = meridian_node::proto::pair_api::pair_client::PairClient::new(channel)
+        .carry(BusinessRequest {
+            envelope: Some(envelope("us", "us")),
+            items: vec![submission("lobby@us", "bob@us", "forged", "us")],
+        })
+        .await;
+    assert!(pair.is_err(), "eu reached us's pair port");
+
+    // Region eu's certificate claiming region ap, with no signature of ap.
+    let forged = BusinessRequest {
+        envelope: Some(envelope("ap", "us")),
+        items: vec![submission("lobby@us", "cat@ap", "forged as ap", "ap")],
+    };
+    assert_eq!(
+        carry(&us_peer, as_region(&eu, "us"), forged).await,
+        Ok(Some(Code::Unauthenticated))
+    );
+    // ... or claiming us itself.
+    let as_us = BusinessRequest {
+        envelope: Some(envelope("us", "us")),
+        items: vec![submission("lobby@us", "bob@us", "forged as us", "us")],
+    };
+    assert_eq!(
+        carry(&us_peer, as_region(&eu, "us"), as_us).await,
+        Ok(Some(Code::PermissionDenied))
+    );
+
+    // A request ap signed, relayed by eu: accepted as it is, refused with
+    // one byte of its body changed.
+    let items = vec![submission("lobby@us", "dan@ap", "signed by ap", "ap")];
+    let mut signed = envelope("ap", "us");
+    origin::seal(&mut signed, Payload::Carry(&items), &ap.current()).unwrap();
+    signed.path = vec!["ap".into(), "eu".into()];
+    let relayed = BusinessRequest {
+        envelope: Some(signed.clone()),
+        items: items.clone(),
+    };
+    assert_eq!(
+        carry(&us_peer, as_region(&eu, "us"), relayed).await,
+        Ok(None),
+        "ap's signed request relayed unchanged is accepted (dan@ap is no member: dropped)"
+    );
+    let mut altered = items;
+    if let Some(item::Kind::Submission(s)) = &mut altered[0].kind {
+        s.body = "signed by aq".into();
+    }
+    let altered = BusinessRequest {
+        envelope: Some(signed),
+        items: altered,
+    };
+    assert_eq!(
+        carry(&us_peer, as_region(&eu, "us"), altered).await,
+        Ok(Some(Code::Unauthenticated))
+    );
+
+    // A forged distribution for the next seq: to the group's home, and to a
+    // third region.
+    let to_home = BusinessRequest {
+        envelope: Some(envelope("eu", "us")),
+        items: vec![distribution("lobby@us", 2, &["bob@us"])],
+    };
+    assert_eq!(
+        carry(&us_peer, as_region(&eu, "us"), to_home).await,
+        Ok(Some(Code::PermissionDenied))
+    );
+    let to_third = BusinessRequest {
+        envelope: Some(envelope("eu", "ap")),
+        items: vec![distribution("lobby@us", 2, &["cat@ap"])],
+    };
+    assert_eq!(
+        carry(&ap_peer, as_region(&eu, "ap"), to_third).await,
+        Ok(Some(Code::PermissionDenied))
+    );
+
+    // A forged link-state record with seq 2^64-1 saying ap has no links:
+    // unsigned, and signed by ap itself. Neither is taken.
+    let mut poison = LinkState {
+        origin: "ap".into(),
+        seq: u64::MAX,
+        links: ["eu", "us"]
+            .iter()
+            .map(|p| LinkAdvert {
+                peer: p.to_string(),
+                up: false,
+                cost: 1,
+            })
+            .collect(),
+        signature: None,
+    };
+    let channel = transport::channel(&us_peer, as_region(&eu, "us")).unwrap();
+    let mut heartbeat = BusinessClient::new(channel);
+    let ping = |states: Vec<LinkState>| Ping {
+        source: "eu".into(),
+        sent_at_micros: 0,
+        link_states: states,
+    };
+    let pong = heartbeat
+        .heartbeat(ping(vec![poison.clone()]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(pong.link_states.iter().all(|s| s.seq != u64::MAX));
+    origin::sign_link_state(&mut poison, &ap.current()).unwrap();
+    let pong = heartbeat
+        .heartbeat(ping(vec![poison]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        pong.link_states.iter().all(|s| s.seq != u64::MAX),
+        "a record from the future was taken"
+    );
+    // A heartbeat in another region's name is refused outright.
+    let mut as_ap = ping(Vec::new());
+    as_ap.source = "ap".into();
+    assert!(heartbeat.heartbeat(as_ap).await.is_err());
+
+    // us still reaches ap directly, and a real send after all of it gets the
+    // next seq: every acknowledged message is intact, nothing forged stored.
+    let status = ok(local.cli(&["--json", "--region", "us", "mesh", "status"]));
+    let ap_link = status
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|v| v["peer"] == "ap")
+        .expect("us reports its link to ap");
+    assert_eq!(ap_link["state"], "Up", "{ap_link}");
+    ok(local.cli(&as_user("cat@ap", &["send", "lobby@us", "second, from ap"])));
+    let want = [(1, "first, from eu"), (2, "second, from ap")];
+    wait_history(&local, "bob@us", "lobby@us", &want);
+    wait_history(&local, "ann@eu", "lobby@us", &want);
+    wait_history(&local, "cat@ap", "lobby@us", &want);
+}
