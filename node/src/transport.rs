@@ -86,10 +86,10 @@ pub fn caller<T>(request: &tonic::Request<T>) -> Option<&Identity> {
 }
 
 /// The region that made `request`, which must be one of `allowed`.
-pub fn calling_region<'a, T>(
-    request: &'a tonic::Request<T>,
+pub fn calling_region<T>(
+    request: &tonic::Request<T>,
     allowed: impl Fn(&str) -> bool,
-) -> Result<&'a str, Status> {
+) -> Result<&str, Status> {
     match caller(request) {
         Some(Identity::Region(region)) if allowed(region) => Ok(region),
         Some(other) => Err(Status::permission_denied(format!(

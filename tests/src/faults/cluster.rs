@@ -320,6 +320,12 @@ impl Cluster {
         self.hosts.mode()
     }
 
+    /// The mesh CA and the regions' credentials (to make certificates that
+    /// a test needs, such as forged ones).
+    pub fn pki(&self) -> &PkiDir {
+        &self.pki
+    }
+
     pub fn hosts(&self) -> &Hosts {
         &self.hosts
     }
