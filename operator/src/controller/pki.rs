@@ -147,7 +147,7 @@ impl Authorities {
             .cloned();
         if let Some(known) = known
             && known.ca.cert_pem == cert
-            && !pki::due_for_renewal(&known.tool.current().certificate_pem(), RENEW_AT)
+            && !pki::due_for_renewal(known.tool.current().certificate_pem(), RENEW_AT)
         {
             return Ok(known);
         }
