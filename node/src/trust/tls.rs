@@ -78,6 +78,14 @@ impl Configs {
                 .with_single_cert(chain.to_vec(), key.clone_key())
                 .map_err(config_error)?;
             config.alpn_protocols = vec![b"h2".to_vec()];
+            if auth == ClientAuth::Required {
+                // No resumption: a resumed session skips the client
+                // certificate, which could have expired or been replaced
+                // since. Mesh connections are long-lived, so every one
+                // paying a full handshake costs little.
+                config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+                config.send_tls13_tickets = 0;
+            }
             Ok(Arc::new(config))
         };
         let mut client = ClientConfig::builder_with_provider(provider())
@@ -87,6 +95,7 @@ impl Configs {
             .with_client_auth_cert(chain.to_vec(), key.clone_key())
             .map_err(config_error)?;
         client.alpn_protocols = vec![b"h2".to_vec()];
+        client.resumption = rustls::client::Resumption::disabled();
         Ok(Self {
             mutual_server: server(ClientAuth::Required)?,
             open_server: server(ClientAuth::None)?,
@@ -303,4 +312,53 @@ pub async fn connect(
     let name = ServerName::try_from(name).map_err(|e| invalid(e.to_string()))?;
     let stream = TlsConnector::from(config).connect(name, tcp).await?;
     Ok(TokioIo::new(stream))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::trust::pki::{DEFAULT_LIFETIME, MeshCa};
+
+    /// Handshakes a client holding `client` with a server holding `server`
+    /// (of region eu) over an in-memory pipe; the server's verdict.
+    async fn handshake(server: &Arc<Credentials>, client: &Arc<Credentials>) -> Result<(), String> {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let acceptor = TlsAcceptor::from(server.current().configs.mutual_server.clone());
+        let connector = TlsConnector::from(client.current().configs.client.clone());
+        let name = ServerName::try_from(super::super::pki::region_name("eu")).unwrap();
+        let (served, dialled) = tokio::join!(acceptor.accept(a), connector.connect(name, b));
+        served.map(|_| ()).map_err(|e| e.to_string())?;
+        dialled.map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    #[tokio::test]
+    async fn the_handshake_takes_only_current_certificates_of_the_mesh_ca() {
+        let ca = MeshCa::generate("test").unwrap();
+        let region = |code: &str, lifetime| {
+            ca.issue_region(code, "test", &[], lifetime)
+                .and_then(|c| c.credentials(&ca.cert_pem))
+                .unwrap()
+        };
+        let eu = region("eu", DEFAULT_LIFETIME);
+        handshake(&eu, &region("us", DEFAULT_LIFETIME))
+            .await
+            .unwrap();
+
+        let other = MeshCa::generate("other").unwrap();
+        let foreign = other
+            .issue_region("us", "other", &[], DEFAULT_LIFETIME)
+            .and_then(|c| c.credentials(&other.cert_pem))
+            .unwrap();
+        assert!(handshake(&eu, &foreign).await.is_err(), "another CA");
+
+        // Valid for its first second: one handshake succeeds, and no
+        // resumed session carries it past its end.
+        let expiring = region("us", Duration::from_secs(1));
+        handshake(&eu, &expiring).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        let err = handshake(&eu, &expiring).await.unwrap_err();
+        assert!(err.contains("xpired"), "{err}");
+    }
 }
