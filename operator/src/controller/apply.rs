@@ -80,6 +80,7 @@ pub struct Applied {
 /// Applies every object of a Region: configuration first, so the pods find it.
 pub async fn apply_all(client: &Client, desired: &Desired) -> Result<Applied, Error> {
     apply(client, &desired.config_map).await?;
+    apply(client, &desired.network_policy).await?;
     apply(client, &desired.service_center_service).await?;
     apply(client, &desired.roaming_service).await?;
     let sts = apply(client, &desired.service_center).await?;

@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::{
     PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource, SecurityContext, Service,
     ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
 };
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -47,6 +48,7 @@ pub struct Settings {
 pub struct Desired {
     pub mesh: MeshConfig,
     pub config_map: ConfigMap,
+    pub network_policy: NetworkPolicy,
     pub service_center_service: Service,
     pub service_center: StatefulSet,
     pub roaming_service: Service,
@@ -293,9 +295,12 @@ pub fn desired(
         &[("pair", ROAMING_PAIR_PORT), ("peer", PEER_PORT)],
     );
 
+    let network_policy =
+        super::policy::network_policy(meta(format!("{code}-meridian"), "network"), &code);
     Desired {
         mesh,
         config_map,
+        network_policy,
         service_center_service,
         service_center,
         roaming_service,
@@ -561,7 +566,7 @@ spec: {regions: [eu, us], enabled: false}
         assert_eq!(
             peers,
             vec![
-                ("ap", "http://roaming.ap.example.net:7443", true),
+                ("ap", "https://roaming.ap.example.net:7443", true),
                 ("us", "http://us-roaming.chat.svc:7443", false),
             ],
             "sa is remote without a peerEndpoint, so it cannot be reached and is left out"

@@ -13,6 +13,7 @@ mod leader;
 pub mod links;
 mod metrics;
 pub mod pki;
+mod policy;
 mod status;
 
 use std::collections::{BTreeSet, HashMap};
