@@ -567,13 +567,13 @@ spec: {regions: [eu, us], enabled: false}
             peers,
             vec![
                 ("ap", "https://roaming.ap.example.net:7443", true),
-                ("us", "http://us-roaming.chat.svc:7443", false),
+                ("us", "https://us-roaming.chat.svc:7443", false),
             ],
             "sa is remote without a peerEndpoint, so it cannot be reached and is left out"
         );
         assert_eq!(
             d.mesh.service_center.pair,
-            "http://eu-service-center.chat.svc:7401"
+            "https://eu-service-center.chat.svc:7401"
         );
         assert_eq!(
             d.config_map.data.as_ref().unwrap()["mesh.yaml"],
