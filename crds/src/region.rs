@@ -1,7 +1,7 @@
 //! The `Region` custom resource: one set region of the source design, deployed as a
 //! service center (StatefulSet) paired with a roaming system (Deployment).
 //!
-//! The object's name is the region code (ARCHITECTURE.md §2). The schema carries the
+//! The object's name is the region code (docs/ARCHITECTURE.md §2). The schema carries the
 //! same rules that [`crate::validate`] checks in pure code for local mode.
 
 use k8s_openapi::api::core::v1::ResourceRequirements;

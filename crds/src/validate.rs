@@ -11,7 +11,7 @@ use kube::core::ObjectMeta;
 
 use crate::{Region, RegionLink};
 
-/// The region code pattern (ARCHITECTURE.md §2), as used in the CEL rules.
+/// The region code pattern (docs/ARCHITECTURE.md §2), as used in the CEL rules.
 pub const REGION_CODE_PATTERN: &str = "^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$";
 /// Longest region code.
 pub const REGION_CODE_MAX_LEN: usize = 32;

@@ -1,4 +1,4 @@
-//! Identities (ARCHITECTURE.md §2): region codes, and user and group ids of
+//! Identities (docs/ARCHITECTURE.md §2): region codes, and user and group ids of
 //! the form `name@region`, whose region part is the home.
 
 use std::fmt;

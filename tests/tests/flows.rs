@@ -1,4 +1,4 @@
-//! Every flow of ARCHITECTURE.md §3 across three regions running in this
+//! Every flow of docs/ARCHITECTURE.md §3 across three regions running in this
 //! process: real nodes, real gRPC on 127.0.0.1, real data center files.
 
 use std::time::Duration;

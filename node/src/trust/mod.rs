@@ -1,4 +1,4 @@
-//! Trust between the processes of the mesh (docs/ARCHITECTURE.md, "Trust"):
+//! Trust between the processes of the mesh (docs/ARCHITECTURE.md §8):
 //! every region has an X.509 identity from the mesh CA ([`pki`]), every pair
 //! and peer port speaks mutual TLS ([`tls`]), and what a region says through
 //! other regions carries its origin signature ([`origin`], checked by

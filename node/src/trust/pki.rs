@@ -1,4 +1,4 @@
-//! The mesh CA and the identities it issues (docs/ARCHITECTURE.md, "Trust").
+//! The mesh CA and the identities it issues (docs/ARCHITECTURE.md §8).
 //!
 //! A region's certificate names it by the DNS name `<region>.region.meridian`,
 //! which peers verify as the TLS server name and servers read as the client's

@@ -1,5 +1,5 @@
 //! The invariant checker. Clients record what the service acknowledged and
-//! what each member session received; [`check`] verifies ARCHITECTURE.md §4:
+//! what each member session received; [`check`] verifies docs/ARCHITECTURE.md §4:
 //!
 //! - every acknowledged message reaches every member session of its group
 //!   exactly once after dedupe by `(group, seq)` (else *lost* or

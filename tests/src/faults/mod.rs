@@ -1,4 +1,4 @@
-//! The fault-injection harness (ARCHITECTURE.md §7, rung 4), shared by every
+//! The fault-injection harness (docs/ARCHITECTURE.md §7, rung 4), shared by every
 //! fault test.
 //!
 //! - [`hosts`]: each region is a host, a network namespace of its own, with a

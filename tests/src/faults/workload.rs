@@ -6,7 +6,7 @@
 //!   acknowledged (as a real client does), so "acknowledged" is well defined
 //!   while processes die. A send never acknowledged is not counted.
 //! - A subscriber resubscribes after any error with its last seen `seq` per
-//!   group (the client contract of ARCHITECTURE.md §3.7), so one member
+//!   group (the client contract of docs/ARCHITECTURE.md §3.7), so one member
 //!   session spans reconnects and restarts.
 
 use std::collections::BTreeMap;

@@ -1,4 +1,4 @@
-//! Who may say what to this region (docs/ARCHITECTURE.md, "Trust"): checks
+//! Who may say what to this region (docs/ARCHITECTURE.md §8): checks
 //! on every item another region's outbox carries here, before any of it is
 //! applied. The source region is proven by mutual TLS or its origin
 //! signature; these rules bound what even a proven region may ask.
