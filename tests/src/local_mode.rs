@@ -33,15 +33,22 @@ pub struct LocalMode {
     pub state_dir: PathBuf,
     child: Option<Child>,
     files: Vec<PathBuf>,
+    args: Vec<String>,
 }
 
 impl LocalMode {
     /// Starts local mode on `files` in `state_dir` and waits for endpoints.json.
     pub fn start(files: &[PathBuf], state_dir: &Path) -> LocalMode {
+        Self::start_with(files, state_dir, &[])
+    }
+
+    /// Starts local mode with further arguments (`--cert-lifetime 6`).
+    pub fn start_with(files: &[PathBuf], state_dir: &Path, args: &[&str]) -> LocalMode {
         let mut local = LocalMode {
             state_dir: state_dir.to_path_buf(),
             child: None,
             files: files.to_vec(),
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         local.restart();
         local
@@ -60,6 +67,7 @@ impl LocalMode {
         for file in &self.files {
             command.arg("-f").arg(file);
         }
+        command.args(&self.args);
         let log = std::fs::File::create(self.state_dir.with_extension("operator.log"))
             .expect("operator log");
         let child = command

@@ -224,16 +224,50 @@ fn the_operator_turns_regions_into_workloads_and_a_full_mesh() {
     let us_peer = eu.peer("us").unwrap();
     assert_eq!(
         (us_peer.endpoint.as_str(), us_peer.cost),
-        ("http://us-roaming.chat.svc:7443", Some(10))
+        ("https://us-roaming.chat.svc:7443", Some(10))
     );
     assert_eq!(
         eu.service_center.pair,
-        "http://eu-service-center.chat.svc:7401"
+        "https://eu-service-center.chat.svc:7401"
     );
     let events = cluster
         .kubectl_ok(&["get", "events", "-n", NS, "-o", "json"])
         .unwrap();
     assert!(events.contains("Reconciled"), "the operator records events");
+
+    // Identities: the operator made the namespace's mesh CA, and issued each
+    // Region a certificate naming it, from that CA, in a Secret its pods
+    // mount; each Region's pods get a NetworkPolicy.
+    let secret = |name: &str| -> k8s_openapi::api::core::v1::Secret {
+        serde_json::from_value(get_json(&cluster, &["secret", name, "-n", NS]).unwrap()).unwrap()
+    };
+    let text = |s: &k8s_openapi::api::core::v1::Secret, key: &str| {
+        String::from_utf8(s.data.as_ref().unwrap()[key].0.clone()).unwrap()
+    };
+    let ca = secret("meridian-mesh-ca");
+    for region in ["eu", "us", "ap"] {
+        let identity = secret(&format!("{region}-tls"));
+        assert_eq!(text(&identity, "ca.crt"), text(&ca, "tls.crt"));
+        let credentials = meridian_node::trust::credentials::Loaded::from_pem(
+            &text(&identity, "ca.crt"),
+            &text(&identity, "tls.crt"),
+            &text(&identity, "tls.key"),
+        )
+        .unwrap();
+        assert_eq!(
+            credentials.identity,
+            meridian_node::trust::Identity::Region(region.into())
+        );
+        let policy = get_json(
+            &cluster,
+            &["networkpolicy", &format!("{region}-meridian"), "-n", NS],
+        )
+        .unwrap();
+        assert_eq!(
+            policy["spec"]["podSelector"]["matchLabels"]["meridian.dev/region"],
+            region
+        );
+    }
 
     // 4. A fourth Region: within 10 s every region's mesh lists it.
     cluster
@@ -374,20 +408,20 @@ fn two_clusters_each_deploy_their_own_regions_and_list_the_others_as_peers() {
     let eu = mesh(&a, "eu").unwrap();
     assert_eq!(
         eu.peer("ap").unwrap().endpoint,
-        "http://roaming.ap.example.net:7443"
+        "https://roaming.ap.example.net:7443"
     );
     assert_eq!(
         eu.peer("us").unwrap().endpoint,
-        "http://us-roaming.chat.svc:7443"
+        "https://us-roaming.chat.svc:7443"
     );
     let ap = mesh(&b, "ap").unwrap();
     assert_eq!(
         ap.peer("eu").unwrap().endpoint,
-        "http://roaming.eu.example.net:7443"
+        "https://roaming.eu.example.net:7443"
     );
     assert_eq!(
         ap.peer("us").unwrap().endpoint,
-        "http://roaming.us.example.net:7443"
+        "https://roaming.us.example.net:7443"
     );
     // Each cluster runs only its own regions.
     assert!(
@@ -451,7 +485,7 @@ fn the_operator_copies_link_state_into_status_and_records_each_change() {
     let mut args = vec!["--link-poll-millis".to_owned(), "500".to_owned()];
     for region in ["eu", "us", "ap"] {
         let peer = endpoints["regions"][region]["peer"].as_str().unwrap();
-        let addr = peer.trim_start_matches("http://");
+        let addr = peer.trim_start_matches("https://");
         args.push("--resolve".into());
         args.push(format!("{region}-roaming.{NS}.svc={addr}"));
     }
@@ -459,6 +493,23 @@ fn the_operator_copies_link_state_into_status_and_records_each_change() {
     let cluster = ControlPlane::start().expect("a control plane");
     install_and_wait(&cluster, "default").unwrap();
     cluster.kubectl_ok(&["create", "namespace", NS]).unwrap();
+    // The cluster shares the mesh CA with the local-mode processes, as two
+    // clusters of one mesh do: the CA Secret is made before the operator
+    // starts, which then issues from it rather than making a CA of its own.
+    let pki = dir.path().join("state/pki");
+    let (ca_cert, ca_key) = (pki.join("ca.crt"), pki.join("ca.key"));
+    cluster
+        .kubectl_ok(&[
+            "create",
+            "secret",
+            "tls",
+            "meridian-mesh-ca",
+            "-n",
+            NS,
+            &format!("--cert={}", ca_cert.display()),
+            &format!("--key={}", ca_key.display()),
+        ])
+        .unwrap();
     cluster
         .kubectl_stdin(&["apply", "-f", "-"], &example)
         .unwrap();

@@ -372,3 +372,139 @@ async fn forged_and_unauthenticated_peer_traffic_is_refused() {
     wait_history(&local, "ann@eu", "lobby@us", &want);
     wait_history(&local, "cat@ap", "lobby@us", &want);
 }
+
+/// Every message of `group` as `client` reads it, page by page.
+async fn all_history(client: &mut meridian_node::client::Client, group: &str) -> Vec<Delivery> {
+    let mut all: Vec<Delivery> = Vec::new();
+    loop {
+        let after = all.last().map_or(0, |d| d.seq);
+        let page = client.history(group, after, 1000).await.unwrap();
+        if page.is_empty() {
+            return all;
+        }
+        all.extend(page);
+    }
+}
+
+/// Certificates that live six seconds are renewed every two while messages
+/// flow between regions: every send is acknowledged and delivered once, in
+/// order, and no link ever leaves Up (no link Down, no detour).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotate_under_load_without_a_link_leaving_up() {
+    use meridian_node::proto::peer_api::MeshStatusRequest;
+    use meridian_node::proto::peer_api::admin_client::AdminClient;
+
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    // Every link at a fixed cost, so that only a link failing (not its
+    // round-trip time on a loaded machine) could move a route.
+    let mut manifest =
+        std::fs::read_to_string(workspace_root().join("examples/three-regions.yaml")).unwrap();
+    for (a, b) in [("eu", "ap"), ("us", "ap")] {
+        manifest.push_str(&format!(
+            "---\napiVersion: meridian.dev/v1alpha1\nkind: RegionLink\nmetadata:\n  name: {a}-{b}\n  \
+             namespace: chat\nspec:\n  regions: [{a}, {b}]\n  enabled: true\n  cost: 10\n"
+        ));
+    }
+    let file = dir.path().join("fixed-costs.yaml");
+    std::fs::write(&file, manifest).unwrap();
+    let local = LocalMode::start_with(&[file], &state, &["--cert-lifetime", "6"]);
+    for user in ["ann@eu", "bob@us"] {
+        ok(local.cli(&as_user(user, &["register"])));
+    }
+    ok(local.cli(&as_user("bob@us", &["group", "create", "lobby"])));
+    ok(local.cli(&as_user("ann@eu", &["group", "join", "lobby@us"])));
+
+    let ca_pem = std::fs::read_to_string(state.join("pki/ca.crt")).unwrap();
+    let tls = meridian_node::trust::tls::ca_only_client(&ca_pem).unwrap();
+    let connect = |region: &str| {
+        let url = endpoint(&state, region, "client");
+        let tls = tls.clone();
+        async move {
+            meridian_node::client::Client::connect(&url, Some(tls))
+                .await
+                .unwrap()
+        }
+    };
+    let pki_dir = PkiDir::open(&state.join("pki"), "local").unwrap();
+    let tool = credentials(&pki_dir, "admin");
+    let admins: Vec<(String, AdminClient<tonic::transport::Channel>)> = ["eu", "us", "ap"]
+        .iter()
+        .map(|r| {
+            let url = endpoint(&state, r, "peer");
+            let channel = transport::channel(&url, as_region(&tool, r)).unwrap();
+            (r.to_string(), AdminClient::new(channel))
+        })
+        .collect();
+
+    // Watch the links and the certificate files while the messages flow.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let stop = stop.clone();
+        let cert = state.join("pki/eu.crt");
+        tokio::spawn(async move {
+            let mut admins = admins;
+            let mut not_up = Vec::new();
+            let mut certs = std::collections::BTreeSet::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                certs.insert(std::fs::read_to_string(&cert).unwrap_or_default());
+                for (region, admin) in &mut admins {
+                    let status = admin.mesh_status(MeshStatusRequest {}).await;
+                    match status {
+                        Ok(reply) => not_up.extend(
+                            reply
+                                .into_inner()
+                                .links
+                                .into_iter()
+                                .filter(|l| l.state != "Up")
+                                .map(|l| format!("{region}→{}: {}", l.peer, l.state)),
+                        ),
+                        Err(err) => not_up.push(format!("{region} unanswered: {err}")),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            (not_up, certs.len())
+        })
+    };
+
+    let mut ann = connect("eu").await;
+    ann.login("ann@eu", "secret-pass").await.unwrap();
+    const SENDS: usize = 800;
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    for i in 0..SENDS {
+        tick.tick().await;
+        let reply = ann
+            .send("lobby@us", &format!("m{i}"), &format!("k{i}"))
+            .await
+            .unwrap_or_else(|e| panic!("send {i} failed: {e}"));
+        assert!(!reply.message_id.is_empty());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (not_up, certificates) = watcher.await.unwrap();
+
+    let mut bob = connect("us").await;
+    bob.login("bob@us", "secret-pass").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let history = loop {
+        let history = all_history(&mut bob, "lobby@us").await;
+        if history.len() >= SENDS || Instant::now() > deadline {
+            break history;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let bodies: Vec<String> = history.iter().map(|d| d.body.clone()).collect();
+    let want: Vec<String> = (0..SENDS).map(|i| format!("m{i}")).collect();
+    assert_eq!(bodies, want, "every acknowledged message, once, in order");
+    assert!(
+        certificates >= 3,
+        "eu's certificate was renewed only {} times during the run",
+        certificates.saturating_sub(1)
+    );
+    let log = std::fs::read_to_string(state.join("eu/roaming.log")).unwrap();
+    assert!(
+        log.contains("credentials reloaded"),
+        "eu's roaming system never reloaded"
+    );
+    assert!(not_up.is_empty(), "links left Up: {not_up:?}");
+}
