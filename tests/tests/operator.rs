@@ -13,6 +13,7 @@ use meridian_tests::local_mode::workspace_root;
 use meridian_tests::operator::{
     Operator, RELEASE_NAMESPACE, install_and_wait, service_account_kubeconfig,
 };
+use serde::Deserialize;
 use serde_json::Value;
 
 const NS: &str = "chat";
@@ -144,6 +145,22 @@ fn the_operator_turns_regions_into_workloads_and_a_full_mesh() {
 
     // 3. The example Regions become workloads, Ready through kwok.
     cluster.kubectl_ok(&["create", "namespace", NS]).unwrap();
+    // The API server admits only pods that meet the "restricted" profile:
+    // every pod the operator writes must pass it to become Ready below.
+    cluster
+        .kubectl_ok(&[
+            "label",
+            "namespace",
+            NS,
+            "pod-security.kubernetes.io/enforce=restricted",
+        ])
+        .unwrap();
+    let refused = cluster.kubectl(&["run", "unconfined", "--image=example.invalid/x", "-n", NS]);
+    assert!(
+        !refused.status.success()
+            && String::from_utf8_lossy(&refused.stderr).contains("PodSecurity"),
+        "the namespace enforces the restricted profile"
+    );
     let example = workspace_root().join("examples/three-regions.yaml");
     cluster
         .kubectl_ok(&["apply", "-f", example.to_str().unwrap()])
@@ -653,5 +670,47 @@ fn the_chart_lints_clean_and_its_schema_refuses_bad_values() {
     assert!(
         String::from_utf8_lossy(&bad.stderr).contains("replicas"),
         "the schema names the value"
+    );
+
+    // Least privilege: no wildcard anywhere in the rendered RBAC, and
+    // Secrets are read and written by name, never listed or watched.
+    let rendered = std::process::Command::new(&helm)
+        .args(["template", "x"])
+        .arg(&chart)
+        .output()
+        .unwrap();
+    assert!(rendered.status.success());
+    let text = String::from_utf8_lossy(&rendered.stdout);
+    let mut secrets_verbs = Vec::new();
+    for document in serde_yaml::Deserializer::from_str(&text) {
+        let object = Value::deserialize(document).unwrap();
+        if !matches!(object["kind"].as_str(), Some("Role" | "ClusterRole")) {
+            continue;
+        }
+        for rule in object["rules"].as_array().into_iter().flatten() {
+            for field in ["apiGroups", "resources", "verbs", "resourceNames"] {
+                for value in rule[field].as_array().into_iter().flatten() {
+                    assert_ne!(
+                        value, "*",
+                        "a wildcard in {field} of {}",
+                        object["metadata"]["name"]
+                    );
+                }
+            }
+            if rule["resources"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|r| r == "secrets"))
+            {
+                secrets_verbs.extend(rule["verbs"].as_array().unwrap().iter().cloned());
+            }
+        }
+    }
+    assert_eq!(
+        secrets_verbs,
+        vec![
+            Value::from("get"),
+            Value::from("create"),
+            Value::from("patch")
+        ]
     );
 }
