@@ -1,5 +1,6 @@
 //! A client of the business center's API, used by the CLI, the tests and the
-//! benchmark. It keeps the session token and sends it with every call.
+//! benchmark. It keeps the session token and sends it with every call, and
+//! the refresh token that renews it.
 
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use crate::transport::Dial;
 pub struct Client {
     api: BusinessCenterClient<Channel>,
     session: Option<MetadataValue<tonic::metadata::Ascii>>,
+    refresh_token: Option<String>,
 }
 
 impl Client {
@@ -39,6 +41,7 @@ impl Client {
         Ok(Self {
             api: BusinessCenterClient::new(channel),
             session: None,
+            refresh_token: None,
         })
     }
 
@@ -48,6 +51,18 @@ impl Client {
             .parse()
             .map_err(|_| Status::invalid_argument("a session token is printable ASCII"))?;
         self.session = Some(value);
+        Ok(())
+    }
+
+    /// Uses an existing refresh token, for [`Client::refresh`] and
+    /// [`Client::logout`].
+    pub fn set_refresh_token(&mut self, token: &str) {
+        self.refresh_token = Some(token.to_owned());
+    }
+
+    fn keep(&mut self, reply: &LoginReply) -> Result<(), Status> {
+        self.set_session(&reply.session)?;
+        self.refresh_token = Some(reply.refresh_token.clone());
         Ok(())
     }
 
@@ -76,7 +91,35 @@ impl Client {
             password: password.into(),
         };
         let reply = self.api.login(message).await?.into_inner();
-        self.set_session(&reply.session)?;
+        self.keep(&reply)?;
+        Ok(reply)
+    }
+
+    /// Trades the refresh token for a new session and refresh token, and
+    /// keeps them. Only the region that issued the session does this.
+    pub async fn refresh(&mut self) -> Result<LoginReply, Status> {
+        let refresh_token = self
+            .refresh_token
+            .clone()
+            .ok_or_else(|| Status::failed_precondition("no refresh token: log in first"))?;
+        let reply = self
+            .api
+            .refresh(RefreshRequest { refresh_token })
+            .await?
+            .into_inner();
+        self.keep(&reply)?;
+        Ok(reply)
+    }
+
+    /// Logs out: the session and its refresh token stop working, and this
+    /// client forgets them.
+    pub async fn logout(&mut self) -> Result<LogoutReply, Status> {
+        let request = self.request(LogoutRequest {
+            refresh_token: self.refresh_token.clone().unwrap_or_default(),
+        });
+        let reply = self.api.logout(request).await?.into_inner();
+        self.session = None;
+        self.refresh_token = None;
         Ok(reply)
     }
 

@@ -1,4 +1,5 @@
-//! Size limits on every field a client or peer can send.
+//! Size limits on every field a client or peer can send, and the bounds on
+//! sessions and logins.
 
 /// A message body, in bytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -27,5 +28,27 @@ pub const MAX_HOPS: u32 = 8;
 pub const MAX_GRPC_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
 /// Live deliveries buffered per subscriber before it is told to resume.
 pub const SUBSCRIBER_BUFFER: usize = 4_096;
-/// How long a session lasts.
-pub const SESSION_TTL_MS: i64 = 24 * 60 * 60 * 1000;
+/// How long a session's access token (the bearer `session`) lasts.
+pub const ACCESS_TOKEN_TTL_MS: i64 = 15 * 60 * 1000;
+/// How long a refresh token lasts; each refresh issues a new one.
+pub const REFRESH_TOKEN_TTL_MS: i64 = 24 * 60 * 60 * 1000;
+/// Sessions kept in the service center's memory; the rest are read from the
+/// data center when used.
+pub const MAX_CACHED_SESSIONS: usize = 10_000;
+/// Expired sessions deleted from the data center per login or refresh.
+pub const SESSION_SWEEP_BATCH: usize = 256;
+/// Failed logins for one user, and from one source address, before each
+/// further attempt waits (doubling from [`LOGIN_BACKOFF_MS`]). They are
+/// also the most attempts in progress at once for each.
+pub const LOGIN_FAILURES_PER_USER: u32 = 5;
+pub const LOGIN_FAILURES_PER_ADDRESS: u32 = 16;
+/// The first wait after too many failed logins, and the longest.
+pub const LOGIN_BACKOFF_MS: i64 = 1_000;
+pub const MAX_LOGIN_BACKOFF_MS: i64 = 15 * 60 * 1000;
+/// Failed logins are forgotten after this long without another.
+pub const LOGIN_FAILURE_MEMORY_MS: i64 = 60 * 60 * 1000;
+/// Users and source addresses whose failed logins are remembered at once.
+pub const MAX_THROTTLED_KEYS: usize = 65_536;
+/// Logins and registrations waiting for a password-hashing worker; one more
+/// is refused at once.
+pub const MAX_PASSWORD_QUEUE: usize = 64;

@@ -132,7 +132,7 @@ impl Node {
         }
 
         if let Some(listeners) = self.service_center {
-            std::fs::create_dir_all(&self.data_dir).map_err(|e| {
+            crate::service_center::data_center::private_dir(&self.data_dir).map_err(|e| {
                 Error::FailedPrecondition(format!(
                     "data directory {}: {e}",
                     self.data_dir.display()

@@ -69,8 +69,27 @@ pub struct Global {
 pub enum Command {
     /// Create the user at its home region.
     Register,
-    /// Log in and print the session.
+    /// Log in and print the session and its refresh token. The session is
+    /// valid at the region where you logged in, for 15 minutes.
     Login,
+    /// Trade a refresh token for a new session and refresh token, at the
+    /// region where you logged in.
+    Refresh {
+        /// The refresh token `login` printed.
+        #[arg(long, env = "MERIDIAN_REFRESH_TOKEN", hide_env_values = true)]
+        refresh_token: String,
+    },
+    /// Log a session out: it and its refresh token stop working. Run it
+    /// against the region where you logged in (the same --region or
+    /// --server); give the session, its refresh token, or both.
+    Logout {
+        /// The session `login` printed.
+        #[arg(long, env = "MERIDIAN_SESSION", hide_env_values = true)]
+        session: Option<String>,
+        /// The refresh token `login` printed.
+        #[arg(long, env = "MERIDIAN_REFRESH_TOKEN", hide_env_values = true)]
+        refresh_token: Option<String>,
+    },
     /// Create, inspect, change, join or leave groups.
     #[command(subcommand)]
     Group(GroupCommand),
@@ -228,6 +247,31 @@ pub async fn run(cli: Cli) -> CliResult {
                 .await?;
             out.session(&reply);
         }
+        Command::Refresh { refresh_token } => {
+            let mut client = global.connect().await?;
+            client.set_refresh_token(&refresh_token);
+            out.session(&client.refresh().await?);
+        }
+        Command::Logout {
+            session,
+            refresh_token,
+        } => {
+            if session.is_none() && refresh_token.is_none() {
+                return Err(CliError(
+                    "no session: pass --session TOKEN (or set MERIDIAN_SESSION), \
+                     or --refresh-token TOKEN"
+                        .into(),
+                ));
+            }
+            let mut client = global.connect().await?;
+            if let Some(session) = &session {
+                client.set_session(session)?;
+            }
+            if let Some(refresh_token) = &refresh_token {
+                client.set_refresh_token(refresh_token);
+            }
+            out.logged_out(client.logout().await?.revoked);
+        }
         Command::Group(command) => group(global, &out, command).await?,
         Command::Mesh(MeshCommand::Status) => {
             let url = endpoints::resolve_peer(global)?;
@@ -327,9 +371,20 @@ async fn listen(
     let mut cursors = after;
     let mut seen = 0u64;
     let mut client = global.session().await?;
+    let mut renewed = false;
     let work = async {
         loop {
-            let mut stream = client.subscribe(cursors.clone()).await?;
+            let mut stream = match client.subscribe(cursors.clone()).await {
+                Ok(stream) => stream,
+                // The session expired while listening: renew it, once.
+                Err(status) if status.code() == tonic::Code::Unauthenticated && !renewed => {
+                    client.refresh().await?;
+                    renewed = true;
+                    continue;
+                }
+                Err(status) => return Err(CliError::from(status)),
+            };
+            renewed = false;
             while let Some(item) = stream.next().await {
                 let delivery = match item {
                     Ok(delivery) => delivery,

@@ -24,9 +24,25 @@ impl Output {
 
     pub fn session(&self, reply: &LoginReply) {
         self.print(
-            json!({"user": reply.user, "region": reply.region, "session": reply.session, "expiresAtMs": reply.expires_at_ms}),
-            format!("logged in as {} at region {}; session {}", reply.user, reply.region, reply.session),
+            json!({
+                "user": reply.user, "region": reply.region, "session": reply.session,
+                "expiresAtMs": reply.expires_at_ms, "refreshToken": reply.refresh_token,
+                "refreshExpiresAtMs": reply.refresh_expires_at_ms,
+            }),
+            format!(
+                "logged in as {} at region {}; session {}; refresh token {}",
+                reply.user, reply.region, reply.session, reply.refresh_token
+            ),
         );
+    }
+
+    pub fn logged_out(&self, revoked: bool) {
+        let human = if revoked {
+            "logged out"
+        } else {
+            "no such session here (expired, logged out, or issued by another region)"
+        };
+        self.print(json!({"revoked": revoked}), human.to_owned());
     }
 
     pub fn group_id(&self, id: &str) {

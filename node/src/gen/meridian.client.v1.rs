@@ -33,8 +33,34 @@ pub struct LoginReply {
     /// where the session was issued
     #[prost(string, tag = "3")]
     pub region: ::prost::alloc::string::String,
+    /// when the bearer token stops working
     #[prost(int64, tag = "4")]
     pub expires_at_ms: i64,
+    /// for Refresh, at `region`
+    #[prost(string, tag = "5")]
+    pub refresh_token: ::prost::alloc::string::String,
+    #[prost(int64, tag = "6")]
+    pub refresh_expires_at_ms: i64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RefreshRequest {
+    #[prost(string, tag = "1")]
+    pub refresh_token: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct LogoutRequest {
+    /// optional when the call carries the session
+    #[prost(string, tag = "1")]
+    pub refresh_token: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct LogoutReply {
+    /// false: no such session (expired or already revoked)
+    #[prost(bool, tag = "1")]
+    pub revoked: bool,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -331,6 +357,8 @@ pub mod business_center_client {
             self.inner.unary(req, path, codec).await
         }
         /// Logs in from any region; the home region verifies the credentials.
+        /// Failed logins are throttled per user and per source address: past the
+        /// limit the answer is RESOURCE_EXHAUSTED, saying how long to wait.
         pub async fn login(
             &mut self,
             request: impl tonic::IntoRequest<super::LoginRequest>,
@@ -350,6 +378,53 @@ pub mod business_center_client {
             let mut req = request.into_request();
             req.extensions_mut()
                 .insert(GrpcMethod::new("meridian.client.v1.BusinessCenter", "Login"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Trades a refresh token for a new session token and refresh token; the
+        /// old ones stop working. Only at the region that issued the session.
+        pub async fn refresh(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RefreshRequest>,
+        ) -> std::result::Result<tonic::Response<super::LoginReply>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/meridian.client.v1.BusinessCenter/Refresh",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("meridian.client.v1.BusinessCenter", "Refresh"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Revokes a session: its session and refresh tokens stop working at once.
+        /// Takes the session as `authorization: Bearer <token>`, or the refresh
+        /// token in the request (or both).
+        pub async fn logout(
+            &mut self,
+            request: impl tonic::IntoRequest<super::LogoutRequest>,
+        ) -> std::result::Result<tonic::Response<super::LogoutReply>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/meridian.client.v1.BusinessCenter/Logout",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("meridian.client.v1.BusinessCenter", "Logout"));
             self.inner.unary(req, path, codec).await
         }
         pub async fn create_group(
@@ -563,10 +638,25 @@ pub mod business_center_server {
             request: tonic::Request<super::RegisterRequest>,
         ) -> std::result::Result<tonic::Response<super::RegisterReply>, tonic::Status>;
         /// Logs in from any region; the home region verifies the credentials.
+        /// Failed logins are throttled per user and per source address: past the
+        /// limit the answer is RESOURCE_EXHAUSTED, saying how long to wait.
         async fn login(
             &self,
             request: tonic::Request<super::LoginRequest>,
         ) -> std::result::Result<tonic::Response<super::LoginReply>, tonic::Status>;
+        /// Trades a refresh token for a new session token and refresh token; the
+        /// old ones stop working. Only at the region that issued the session.
+        async fn refresh(
+            &self,
+            request: tonic::Request<super::RefreshRequest>,
+        ) -> std::result::Result<tonic::Response<super::LoginReply>, tonic::Status>;
+        /// Revokes a session: its session and refresh tokens stop working at once.
+        /// Takes the session as `authorization: Bearer <token>`, or the refresh
+        /// token in the request (or both).
+        async fn logout(
+            &self,
+            request: tonic::Request<super::LogoutRequest>,
+        ) -> std::result::Result<tonic::Response<super::LogoutReply>, tonic::Status>;
         async fn create_group(
             &self,
             request: tonic::Request<super::CreateGroupRequest>,
@@ -759,6 +849,96 @@ pub mod business_center_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = LoginSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/meridian.client.v1.BusinessCenter/Refresh" => {
+                    #[allow(non_camel_case_types)]
+                    struct RefreshSvc<T: BusinessCenter>(pub Arc<T>);
+                    impl<
+                        T: BusinessCenter,
+                    > tonic::server::UnaryService<super::RefreshRequest>
+                    for RefreshSvc<T> {
+                        type Response = super::LoginReply;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RefreshRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as BusinessCenter>::refresh(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RefreshSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/meridian.client.v1.BusinessCenter/Logout" => {
+                    #[allow(non_camel_case_types)]
+                    struct LogoutSvc<T: BusinessCenter>(pub Arc<T>);
+                    impl<
+                        T: BusinessCenter,
+                    > tonic::server::UnaryService<super::LogoutRequest>
+                    for LogoutSvc<T> {
+                        type Response = super::LogoutReply;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::LogoutRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as BusinessCenter>::logout(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = LogoutSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -1,6 +1,8 @@
 //! gRPC adapters of the service center: the client API, and the local-pair
 //! API on which its roaming system hands it requests for this region.
 
+use std::net::IpAddr;
+
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
@@ -31,17 +33,36 @@ pub struct ClientApi(BusinessCenter);
 
 impl ClientApi {
     async fn actor<T>(&self, request: &Request<T>) -> Result<Id, Status> {
-        let header = request
-            .metadata()
-            .get("authorization")
-            .ok_or_else(|| Status::unauthenticated("no session: log in first"))?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .ok_or_else(|| Status::unauthenticated("authorization must be `Bearer <session>`"))?;
+        let token = bearer(request)?
+            .ok_or_else(|| Error::Unauthenticated("no session: log in first".into()))?;
         Ok(self.0.authenticate(token).await?)
     }
+}
+
+/// The session token a request carries, if any.
+fn bearer<T>(request: &Request<T>) -> Result<Option<&str>, Error> {
+    let Some(header) = request.metadata().get("authorization") else {
+        return Ok(None);
+    };
+    // A value that is not visible ASCII has no `Bearer ` prefix either.
+    bearer_token(header.to_str().unwrap_or_default()).map(Some)
+}
+
+/// The session token in an `authorization` header's value: `Bearer <session>`.
+pub fn bearer_token(header: &str) -> Result<&str, Error> {
+    header
+        .strip_prefix("Bearer ")
+        .ok_or_else(|| Error::Unauthenticated("authorization must be `Bearer <session>`".into()))
+}
+
+/// The client's address: from the TLS connection when the port serves TLS,
+/// otherwise from the TCP connection.
+fn source<T>(request: &Request<T>) -> Option<IpAddr> {
+    request
+        .extensions()
+        .get::<crate::transport::PeerInfo>()
+        .map(|info| info.addr.ip())
+        .or_else(|| request.remote_addr().map(|addr| addr.ip()))
 }
 
 fn ok<T>(result: Result<T, Error>) -> Reply<T> {
@@ -56,8 +77,19 @@ impl business_center_server::BusinessCenter for ClientApi {
     }
 
     async fn login(&self, request: Request<LoginRequest>) -> Reply<LoginReply> {
+        let source = source(&request);
         let r = request.into_inner();
-        ok(self.0.login(&r.user, &r.password).await)
+        ok(self.0.login(&r.user, &r.password, source).await)
+    }
+
+    async fn refresh(&self, request: Request<RefreshRequest>) -> Reply<LoginReply> {
+        ok(self.0.refresh(&request.into_inner().refresh_token).await)
+    }
+
+    async fn logout(&self, request: Request<LogoutRequest>) -> Reply<LogoutReply> {
+        let session = bearer(&request)?.map(str::to_owned);
+        let refresh = request.into_inner().refresh_token;
+        ok(self.0.logout(session.as_deref(), Some(&refresh)).await)
     }
 
     async fn create_group(&self, request: Request<CreateGroupRequest>) -> Reply<GroupInfo> {

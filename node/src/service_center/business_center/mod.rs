@@ -5,13 +5,16 @@
 
 mod accounts;
 mod authority;
+mod bounded;
 mod groups;
 mod inbound;
 mod messages;
+mod passwords;
+mod sessions;
 mod subscribe;
+mod throttle;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use super::data_center::DataCenter;
 use super::hub::Hub;
@@ -19,6 +22,7 @@ use super::outbox::Outbox;
 use super::roaming_link::RoamingLink;
 use crate::Error;
 use crate::ids::Id;
+use crate::limits::MAX_THROTTLED_KEYS;
 use crate::proto::peer_api::{data_reply, data_request};
 
 pub use subscribe::DeliveryStream;
@@ -30,7 +34,29 @@ pub struct BusinessCenter {
     hub: Hub,
     link: Arc<RoamingLink>,
     outbox: Outbox,
-    sessions: Arc<Mutex<HashMap<String, (Id, i64)>>>,
+    sessions: sessions::Sessions,
+    throttle: throttle::LoginThrottle,
+    passwords: passwords::PasswordPool,
+    clock: Clock,
+}
+
+/// Where logins and sessions read the time, in milliseconds since the Unix
+/// epoch: the system clock, or a clock a test moves by hand.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> i64 + Send + Sync>);
+
+impl Clock {
+    pub fn system() -> Self {
+        Clock(Arc::new(crate::now_ms))
+    }
+
+    pub fn new(now_ms: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
+        Clock(Arc::new(now_ms))
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        (self.0)()
+    }
 }
 
 impl BusinessCenter {
@@ -40,12 +66,21 @@ impl BusinessCenter {
         outbox.resume().await?;
         Ok(Self {
             region: link.region().into(),
+            sessions: sessions::Sessions::new(dc.clone()),
             dc,
             hub: Hub::default(),
             link,
             outbox,
-            sessions: Arc::default(),
+            throttle: throttle::LoginThrottle::new(MAX_THROTTLED_KEYS),
+            passwords: passwords::PasswordPool::for_this_machine(),
+            clock: Clock::system(),
         })
+    }
+
+    /// This business center reading the time from `clock` (for tests).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     pub fn region(&self) -> &str {
@@ -80,4 +115,36 @@ fn check_len(field: &str, value: &str, max: usize) -> Result<(), Error> {
         )));
     }
     Ok(())
+}
+
+/// A business center for unit tests: a fresh data center, and a roaming
+/// system that is not running (so only this region's records are served).
+#[cfg(test)]
+pub(crate) async fn for_tests(region: &str) -> (tempfile::TempDir, BusinessCenter) {
+    use crate::mesh::MeshConfig;
+    use crate::mesh::config::PairEndpoint;
+    use crate::trust::pki::{DEFAULT_LIFETIME, MeshCa};
+
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let dc = DataCenter::open(&dir.path().join("data-center.sqlite")).expect("data center");
+    let ca = MeshCa::generate("test").expect("mesh CA");
+    let credentials = ca
+        .issue_region(region, "test", &[], DEFAULT_LIFETIME)
+        .and_then(|c| c.credentials(&ca.cert_pem))
+        .expect("region certificate");
+    let nowhere = PairEndpoint {
+        pair: "https://127.0.0.1:9".into(),
+    };
+    let config = MeshConfig {
+        region: region.into(),
+        service_center: nowhere.clone(),
+        roaming: nowhere,
+        peers: Vec::new(),
+    };
+    let (_config, config_rx) = tokio::sync::watch::channel(config);
+    let link = Arc::new(RoamingLink::new(config_rx, credentials));
+    let center = BusinessCenter::start(dc, link)
+        .await
+        .expect("business center");
+    (dir, center)
 }

@@ -1,5 +1,5 @@
-//! User accounts of this home region, their home-location register, and the
-//! sessions this region issued.
+//! User accounts of this home region and their home-location register. The
+//! sessions this region issued are in [`super::sessions`].
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -44,27 +44,6 @@ pub fn attached_region(conn: &Connection, id: &str) -> Result<Option<String>, Er
     Ok(conn
         .prepare_cached("SELECT attached_region FROM users WHERE id = ?1")?
         .query_row([id], |r| r.get(0))
-        .optional()?)
-}
-
-pub fn insert_session(
-    conn: &Connection,
-    token: &str,
-    user: &str,
-    expires_at_ms: i64,
-) -> Result<(), Error> {
-    conn.execute(
-        "INSERT INTO sessions (token, user_id, expires_at_ms) VALUES (?1, ?2, ?3)",
-        params![token, user, expires_at_ms],
-    )?;
-    Ok(())
-}
-
-/// The user and expiry of a session token.
-pub fn session(conn: &Connection, token: &str) -> Result<Option<(String, i64)>, Error> {
-    Ok(conn
-        .prepare_cached("SELECT user_id, expires_at_ms FROM sessions WHERE token = ?1")?
-        .query_row([token], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?)
 }
 

@@ -7,6 +7,9 @@
 //! point leaves the last committed state. All writes go through one
 //! [`Writer`] thread that commits many callers' jobs together; reads use a
 //! small pool of separate connections and never block on the writer.
+//!
+//! The file and its `-wal` and `-shm` companions are readable and writable
+//! by the service center's user only (mode 0600), whatever the umask.
 
 pub mod accounts;
 mod checkpoint;
@@ -15,6 +18,7 @@ mod lock;
 pub mod messages;
 pub mod outbox;
 pub mod schema;
+pub mod sessions;
 pub mod writer;
 
 use std::path::Path;
@@ -44,6 +48,8 @@ impl DataCenter {
     /// Blocks: call it off the async threads.
     pub fn open(path: &Path) -> Result<Self, Error> {
         let lock = lock::acquire(path)?;
+        // SQLite gives the -wal and -shm files the database file's mode.
+        restrict(path)?;
         let mut conn = Connection::open(path)?;
         conn.execute_batch(
             // Savepoints' undo copies stay in memory (temp_store), and the
@@ -54,6 +60,7 @@ impl DataCenter {
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         schema::migrate(&mut conn)?;
+        restrict(path)?; // companions an earlier build left with another mode
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             readers.push(open_reader(path)?);
@@ -105,6 +112,42 @@ impl DataCenter {
     }
 }
 
+/// Creates the data directory (and any missing parents) if needed, and
+/// makes it mode 0700 whatever the umask or its earlier mode.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Creates the database file if it is missing, and makes it and its
+/// companions mode 0600.
+fn restrict(path: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let failed = |file: &Path, e: std::io::Error| {
+        Error::FailedPrecondition(format!("data center file {}: {e}", file.display()))
+    };
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| failed(path, e))?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let file = Path::new(&file);
+        match std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            other => other.map_err(|e| failed(file, e))?,
+        }
+    }
+    Ok(())
+}
+
 fn open_reader(path: &Path) -> Result<Connection, Error> {
     let conn = Connection::open_with_flags(
         path,
@@ -112,4 +155,46 @@ fn open_reader(path: &Path) -> Result<Connection, Error> {
     )?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn the_data_directory_is_private_even_when_it_existed() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("regions/eu");
+        private_dir(&data).unwrap();
+        assert_eq!(mode(&data), 0o700);
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+        private_dir(&data).unwrap();
+        assert_eq!(mode(&data), 0o700);
+    }
+
+    #[tokio::test]
+    async fn the_database_and_its_companions_are_private_to_the_service_center() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data-center.sqlite");
+        // An earlier build left the file readable by everyone.
+        std::fs::write(&path, b"").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let dc = DataCenter::open(&path).unwrap();
+        dc.write(|conn| {
+            accounts::insert_user(conn, "ann@eu", "h", 1)?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        for suffix in ["", "-wal", "-shm"] {
+            let file = dir.path().join(format!("data-center.sqlite{suffix}"));
+            assert_eq!(mode(&file), 0o600, "{}", file.display());
+        }
+    }
 }

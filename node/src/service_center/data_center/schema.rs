@@ -86,6 +86,25 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX outbox_by_destination ON outbox (destination, id);
     ",
+    // 2: sessions keep only the SHA-256 of their tokens, and gain a refresh
+    // token. Sessions of version 1 held plaintext tokens: they are dropped
+    // (their users log in again), and scrubbed (see `migrate`).
+    "
+    DROP TABLE sessions;
+
+    -- Sessions issued by this region (to local and roaming users), by the
+    -- hashes of their tokens. A session can be used until `expires_at_ms`
+    -- and refreshed until `refresh_expires_at_ms`.
+    CREATE TABLE sessions (
+        id INTEGER PRIMARY KEY,
+        access_hash BLOB NOT NULL UNIQUE,
+        refresh_hash BLOB NOT NULL UNIQUE,
+        user_id TEXT NOT NULL,
+        expires_at_ms INTEGER NOT NULL,
+        refresh_expires_at_ms INTEGER NOT NULL
+    );
+    CREATE INDEX sessions_by_expiry ON sessions (refresh_expires_at_ms);
+    ",
 ];
 
 /// The schema version this build writes.
@@ -102,7 +121,19 @@ pub fn migrate(conn: &mut Connection) -> Result<(), Error> {
             current_version()
         )));
     }
-    for (index, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+    if version == current_version() {
+        return Ok(());
+    }
+    // What a migration drops (such as version 1's plaintext session tokens)
+    // is overwritten with zeros, not left in free pages.
+    conn.pragma_update(None, "secure_delete", true)?;
+    let migrated = apply(conn, version);
+    conn.pragma_update(None, "secure_delete", false)?;
+    migrated
+}
+
+fn apply(conn: &mut Connection, from: u32) -> Result<(), Error> {
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(from as usize) {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", index as u32 + 1)?;
@@ -130,5 +161,43 @@ mod tests {
             migrate(&mut conn),
             Err(Error::FailedPrecondition(_))
         ));
+    }
+
+    #[test]
+    fn version_1_plaintext_sessions_are_dropped_and_scrubbed_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let token = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO sessions (token, user_id, expires_at_ms) VALUES (?1, 'ann@eu', 1)",
+                [token],
+            )
+            .unwrap();
+        }
+        let on_disk = || String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned();
+        assert!(
+            on_disk().contains(token),
+            "the test wrote a plaintext token"
+        );
+
+        let mut conn = Connection::open(&path).unwrap();
+        migrate(&mut conn).unwrap();
+        let version: u32 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, current_version());
+        let sessions: i64 = conn
+            .query_row("SELECT count(*) FROM sessions", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(sessions, 0);
+        drop(conn);
+        assert!(
+            !on_disk().contains(token),
+            "the plaintext token is gone from the file"
+        );
     }
 }
