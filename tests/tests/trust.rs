@@ -114,6 +114,7 @@ fn submission(group: &str, sender: &str, body: &str, origin: &str) -> Item {
             idempotency_key: String::new(),
             sent_at_ms: meridian_node::now_ms(),
             origin: origin.into(),
+            sender_assertion: None,
         })),
     }
 }
@@ -147,12 +148,28 @@ async fn carry(url: &str, dial: Dial, request: BusinessRequest) -> Result<Option
     Ok(reply.failure.map(|f| f.code()))
 }
 
+/// A data-service call to the peer port at `url` as `dial`; the failure code
+/// the destination answered with, or `None` when it answered a result.
+async fn data(url: &str, dial: Dial, request: DataRequest) -> Result<Option<Code>, String> {
+    let channel = transport::channel(url, dial).map_err(|e| e.to_string())?;
+    let reply = DataServiceClient::new(channel)
+        .call(request)
+        .await
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+        .into_inner();
+    Ok(match reply.result {
+        Some(meridian_node::proto::peer_api::data_reply::Result::Failure(f)) => Some(f.code()),
+        _ => None,
+    })
+}
+
 /// A data-service call to the peer port at `url` as `dial`: `Ok` when the
 /// handshake and the call went through (whatever the reply).
 async fn reach(url: &str, dial: Dial) -> Result<(), String> {
     let channel = transport::channel(url, dial).map_err(|e| e.to_string())?;
     let request = DataRequest {
         envelope: Some(envelope("eu", "us")),
+        actor_assertion: None,
         op: Some(data_request::Op::GetGroup(GetGroup {
             actor: "bob@us".into(),
             group: "lobby@us".into(),
@@ -356,6 +373,77 @@ async fn forged_and_unauthenticated_peer_traffic_is_refused() {
     let mut as_ap = ping(Vec::new());
     as_ap.source = "ap".into();
     assert!(heartbeat.heartbeat(as_ap).await.is_err());
+
+    // Acting for a user who never logged in at eu: leaving the group as
+    // cat@ap, reading its history as bob@us, sending as cat@ap. Refused
+    // without an assertion from the user's home, and with one that ap made
+    // for another region.
+    let as_eu = |op| DataRequest {
+        envelope: Some(envelope("eu", "us")),
+        actor_assertion: None,
+        op: Some(op),
+    };
+    let leave = data_request::Op::Leave(meridian_node::proto::peer_api::Leave {
+        actor: "cat@ap".into(),
+        group: "lobby@us".into(),
+    });
+    let history_as_bob = data_request::Op::History(meridian_node::proto::peer_api::History {
+        actor: "bob@us".into(),
+        query: Some(meridian_node::proto::client_api::HistoryRequest {
+            group: "lobby@us".into(),
+            after_seq: 0,
+            limit: 10,
+        }),
+    });
+    let cat = meridian_node::ids::Id::parse("user", "cat@ap").unwrap();
+    let elsewhere = meridian_node::trust::assertion::issue(
+        &cat,
+        "us",
+        meridian_node::now_ms() + 60_000,
+        &ap.current(),
+    )
+    .unwrap();
+    let mut with_other = as_eu(leave.clone());
+    with_other.actor_assertion = Some(elsewhere.clone());
+    for request in [as_eu(leave), as_eu(history_as_bob), with_other] {
+        assert_eq!(
+            data(&us_peer, as_region(&eu, "us"), request).await,
+            Ok(Some(Code::PermissionDenied))
+        );
+    }
+    let mut as_cat = submission("lobby@us", "cat@ap", "sent as cat by eu", "eu");
+    assert_eq!(
+        carry(
+            &us_peer,
+            as_region(&eu, "us"),
+            BusinessRequest {
+                envelope: Some(envelope("eu", "us")),
+                items: vec![as_cat.clone()],
+            }
+        )
+        .await,
+        Ok(Some(Code::PermissionDenied))
+    );
+    if let Some(item::Kind::Submission(s)) = &mut as_cat.kind {
+        s.sender_assertion = Some(elsewhere);
+    }
+    assert_eq!(
+        carry(
+            &us_peer,
+            as_region(&eu, "us"),
+            BusinessRequest {
+                envelope: Some(envelope("eu", "us")),
+                items: vec![as_cat],
+            }
+        )
+        .await,
+        Ok(Some(Code::PermissionDenied))
+    );
+    let members = ok(local.cli(&as_user("bob@us", &["--json", "group", "get", "lobby@us"])));
+    assert!(
+        members.contains("cat@ap"),
+        "cat is still a member: {members}"
+    );
 
     // us still reaches ap directly, and a real send after all of it gets the
     // next seq: every acknowledged message is intact, nothing forged stored.

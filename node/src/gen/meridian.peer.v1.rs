@@ -46,6 +46,10 @@ pub struct Failure {
 pub struct DataRequest {
     #[prost(message, optional, tag = "1")]
     pub envelope: ::core::option::Option<Envelope>,
+    /// For an operation with an actor whose home is not the envelope's source:
+    /// the actor's home's assertion that the actor logged in at the source.
+    #[prost(message, optional, tag = "9")]
+    pub actor_assertion: ::core::option::Option<UserAssertion>,
     #[prost(oneof = "data_request::Op", tags = "2, 3, 4, 5, 6, 7, 8")]
     pub op: ::core::option::Option<data_request::Op>,
 }
@@ -118,6 +122,25 @@ pub struct VerifyLogin {
 pub struct Verified {
     #[prost(string, tag = "1")]
     pub user: ::prost::alloc::string::String,
+    /// When the user logged in at another region than the home: the home's
+    /// assertion of it, which that region shows with the user's actions.
+    #[prost(message, optional, tag = "2")]
+    pub assertion: ::core::option::Option<UserAssertion>,
+}
+/// A user's home vouches that the user logged in at `region`, until
+/// `expires_at_ms`. Checked by every home the region then acts at.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct UserAssertion {
+    #[prost(string, tag = "1")]
+    pub user: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub region: ::prost::alloc::string::String,
+    #[prost(int64, tag = "3")]
+    pub expires_at_ms: i64,
+    /// the user's home's
+    #[prost(message, optional, tag = "4")]
+    pub signature: ::core::option::Option<Signature>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -211,6 +234,10 @@ pub struct Submission {
     /// the region that accepted it
     #[prost(string, tag = "7")]
     pub origin: ::prost::alloc::string::String,
+    /// When the sender's home is not the origin: the home's assertion that the
+    /// sender was logged in at the origin, valid at sent_at_ms.
+    #[prost(message, optional, tag = "8")]
+    pub sender_assertion: ::core::option::Option<UserAssertion>,
 }
 /// A sequenced message and the recipients it is for in the receiving region.
 #[allow(clippy::all)]

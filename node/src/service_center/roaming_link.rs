@@ -11,7 +11,8 @@ use crate::limits::MAX_HOPS;
 use crate::mesh::MeshConfig;
 use crate::proto::pair_api::pair_client::PairClient;
 use crate::proto::peer_api::{
-    BusinessRequest, DataReply, DataRequest, Envelope, Item, data_reply, data_request,
+    BusinessRequest, DataReply, DataRequest, Envelope, Item, UserAssertion, data_reply,
+    data_request,
 };
 use crate::transport::{self, Dial};
 use crate::trust::Credentials;
@@ -29,6 +30,11 @@ impl RoamingLink {
             credentials,
             client: Mutex::new(None),
         }
+    }
+
+    /// The region's credentials (its key signs user assertions).
+    pub fn credentials(&self) -> &Arc<Credentials> {
+        &self.credentials
     }
 
     pub fn region(&self) -> String {
@@ -65,14 +71,17 @@ impl RoamingLink {
         }
     }
 
-    /// Asks the data center of `destination`; its failure becomes the error.
+    /// Asks the data center of `destination`, showing `actor_assertion`
+    /// for the operation's actor; its failure becomes the error.
     pub async fn data(
         &self,
         destination: &str,
         op: data_request::Op,
+        actor_assertion: Option<UserAssertion>,
     ) -> Result<data_reply::Result, Error> {
         let request = DataRequest {
             envelope: Some(self.envelope(destination)),
+            actor_assertion,
             op: Some(op),
         };
         let reply: DataReply = self

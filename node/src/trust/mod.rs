@@ -4,6 +4,7 @@
 //! other regions carries its origin signature ([`origin`], checked by
 //! [`verify`]).
 
+pub mod assertion;
 pub mod credentials;
 pub mod origin;
 pub mod pki;

@@ -36,6 +36,7 @@ fn signed_bytes(envelope: &Envelope, signed_at_ms: i64, payload: &Payload<'_>) -
             "meridian.peer.v1.DataRequest",
             DataRequest {
                 envelope: None,
+                actor_assertion: None,
                 op: (*r).clone(),
             }
             .encode_to_vec(),

@@ -75,7 +75,17 @@ impl BusinessCenter {
                 attach_region: self.region.to_string(),
             });
             match self.ask_home(id.home(), op).await {
-                Ok(data_reply::Result::Verified(_)) => Ok(()),
+                Ok(data_reply::Result::Verified(verified)) => match verified.assertion {
+                    Some(vouched) => {
+                        self.assertions
+                            .keep(&id, vouched, self.clock.now_ms())
+                            .await
+                    }
+                    None => Err(Error::Internal(format!(
+                        "region {} verified {id} without an assertion",
+                        id.home()
+                    ))),
+                },
                 Ok(_) => Err(unexpected(id.home())),
                 Err(err) => Err(err),
             }
@@ -99,7 +109,11 @@ impl BusinessCenter {
             .throttle
             .begin(vec![Key::user(id)], self.clock.now_ms())?;
         let checked = self.check_credentials(id, password, region).await;
-        self.judge(attempt, checked)
+        let mut verified = self.judge(attempt, checked)?;
+        if region != &*self.region {
+            verified.assertion = Some(self.assertions.issue(id, region, self.clock.now_ms())?);
+        }
+        Ok(verified)
     }
 
     /// Counts a login attempt's outcome: wrong credentials are a failure;
@@ -136,6 +150,7 @@ impl BusinessCenter {
             .await?;
         Ok(Verified {
             user: id.to_string(),
+            assertion: None,
         })
     }
 

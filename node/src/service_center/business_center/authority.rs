@@ -141,6 +141,7 @@ mod tests {
                 idempotency_key: String::new(),
                 sent_at_ms: 1,
                 origin: origin.into(),
+                sender_assertion: None,
             })),
         }
     }

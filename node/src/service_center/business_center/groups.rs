@@ -85,6 +85,7 @@ impl BusinessCenter {
         if self.is_local(&id) {
             return self.apply_group_op(actor, &id, op).await;
         }
+        let actor_id = actor;
         let (actor, group) = (actor.to_string(), group.to_owned());
         let request = match op {
             GroupOp::Get => data_request::Op::GetGroup(GetGroup { actor, group }),
@@ -95,7 +96,7 @@ impl BusinessCenter {
             GroupOp::Join => data_request::Op::Join(Join { actor, group }),
             GroupOp::Leave => data_request::Op::Leave(Leave { actor, group }),
         };
-        match self.ask_home(id.home(), request).await? {
+        match self.ask_home_as(id.home(), actor_id, request).await? {
             data_reply::Result::Group(info) => Ok(info),
             _ => Err(unexpected(id.home())),
         }

@@ -6,7 +6,7 @@ use super::groups::GroupOp;
 use crate::Error;
 use crate::ids::Id;
 use crate::proto::peer_api::{
-    BusinessReply, BusinessRequest, DataReply, DataRequest, data_reply, data_request,
+    BusinessReply, BusinessRequest, DataReply, DataRequest, Item, data_reply, data_request, item,
 };
 
 impl BusinessCenter {
@@ -23,6 +23,21 @@ impl BusinessCenter {
 
     async fn dispatch_data(&self, request: DataRequest) -> Result<data_reply::Result, Error> {
         use data_request::Op;
+        // The roaming system proved the source region.
+        let source = request
+            .envelope
+            .as_ref()
+            .map(|e| e.source.clone())
+            .unwrap_or_default();
+        let shown = request.actor_assertion.as_ref();
+        let now = self.clock.now_ms();
+        // The source may act only for its own users and for those whose
+        // home vouches that they logged in there.
+        let actor = |actor: &str| -> Result<Id, Error> {
+            let id = Id::parse("user", actor)?;
+            self.assertions.check(&id, &source, shown, now)?;
+            Ok(id)
+        };
         let op = request
             .op
             .ok_or_else(|| Error::InvalidArgument("data request without an operation".into()))?;
@@ -33,28 +48,43 @@ impl BusinessCenter {
             }
             Op::VerifyLogin(v) => {
                 let id = self.home_id("user", &v.user)?;
+                if v.attach_region != source {
+                    return Err(Error::PermissionDenied(format!(
+                        "region {source} may not log {id} in at region {}",
+                        v.attach_region
+                    )));
+                }
                 data_reply::Result::Verified(
                     self.verify_login(&id, &v.password, &v.attach_region)
                         .await?,
                 )
             }
-            Op::GetGroup(g) => self.group_reply(&g.actor, &g.group, GroupOp::Get).await?,
+            Op::GetGroup(g) => {
+                self.group_reply(&actor(&g.actor)?, &g.group, GroupOp::Get)
+                    .await?
+            }
             Op::UpdateGroup(u) => {
                 let update = u
                     .update
                     .ok_or_else(|| Error::InvalidArgument("update without a body".into()))?;
                 let group = update.group.clone();
-                self.group_reply(&u.actor, &group, GroupOp::Update(update))
+                self.group_reply(&actor(&u.actor)?, &group, GroupOp::Update(update))
                     .await?
             }
-            Op::Join(j) => self.group_reply(&j.actor, &j.group, GroupOp::Join).await?,
-            Op::Leave(l) => self.group_reply(&l.actor, &l.group, GroupOp::Leave).await?,
+            Op::Join(j) => {
+                self.group_reply(&actor(&j.actor)?, &j.group, GroupOp::Join)
+                    .await?
+            }
+            Op::Leave(l) => {
+                self.group_reply(&actor(&l.actor)?, &l.group, GroupOp::Leave)
+                    .await?
+            }
             Op::History(h) => {
                 let query = h
                     .query
                     .ok_or_else(|| Error::InvalidArgument("history without a query".into()))?;
                 self.home_id("group", &query.group)?;
-                let actor = Id::parse("user", &h.actor)?;
+                let actor = actor(&h.actor)?;
                 data_reply::Result::History(self.history(&actor, query).await?)
             }
         })
@@ -62,14 +92,13 @@ impl BusinessCenter {
 
     async fn group_reply(
         &self,
-        actor: &str,
+        actor: &Id,
         group: &str,
         op: GroupOp,
     ) -> Result<data_reply::Result, Error> {
-        let actor = Id::parse("user", actor)?;
         let group = self.home_id("group", group)?;
         Ok(data_reply::Result::Group(
-            self.apply_group_op(&actor, &group, op).await?,
+            self.apply_group_op(actor, &group, op).await?,
         ))
     }
 
@@ -89,7 +118,8 @@ impl BusinessCenter {
     /// system proved the source), if the source may send every one of them.
     pub async fn handle_carry(&self, request: BusinessRequest) -> BusinessReply {
         let source = request.envelope.map(|e| e.source).unwrap_or_default();
-        let checked = super::authority::check_items(&self.region, &source, &request.items);
+        let checked = super::authority::check_items(&self.region, &source, &request.items)
+            .and_then(|()| self.check_senders(&source, &request.items));
         let received = match checked {
             Ok(()) => self.receive(source, request.items).await,
             Err(err) => {
@@ -103,5 +133,30 @@ impl BusinessCenter {
                 failure: Some(err.into()),
             },
         }
+    }
+
+    /// Each submission's sender is the source's own user, or one whose
+    /// home vouches that they were logged in at the source when they sent
+    /// it (a sending time from more than 5 minutes ahead is refused).
+    fn check_senders(&self, source: &str, items: &[Item]) -> Result<(), Error> {
+        let now = self.clock.now_ms();
+        for item in items {
+            if let Some(item::Kind::Submission(s)) = &item.kind {
+                if s.sent_at_ms > now + crate::trust::origin::MAX_SKEW_MS {
+                    return Err(Error::InvalidArgument(format!(
+                        "message {} was sent in the future",
+                        s.message_id
+                    )));
+                }
+                let sender = Id::parse("user", &s.sender)?;
+                self.assertions.check(
+                    &sender,
+                    source,
+                    s.sender_assertion.as_ref(),
+                    s.sent_at_ms,
+                )?;
+            }
+        }
+        Ok(())
     }
 }

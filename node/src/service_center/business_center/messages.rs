@@ -59,6 +59,7 @@ impl BusinessCenter {
             idempotency_key: request.idempotency_key,
             sent_at_ms: crate::now_ms(),
             origin: self.region.to_string(),
+            sender_assertion: self.assertions.get(actor).await?,
         };
         let region = self.region.clone();
         let local = self.is_local(&group);
@@ -180,7 +181,7 @@ impl BusinessCenter {
                 actor: actor.to_string(),
                 query: Some(request),
             });
-            return match self.ask_home(group.home(), op).await? {
+            return match self.ask_home_as(group.home(), actor, op).await? {
                 data_reply::Result::History(reply) => Ok(reply),
                 _ => Err(unexpected(group.home())),
             };

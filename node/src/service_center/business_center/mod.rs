@@ -4,6 +4,7 @@
 //! It knows nothing of gRPC; `service_center::grpc` adapts it.
 
 mod accounts;
+mod assertions;
 mod authority;
 mod bounded;
 mod groups;
@@ -37,6 +38,7 @@ pub struct BusinessCenter {
     sessions: sessions::Sessions,
     throttle: throttle::LoginThrottle,
     passwords: passwords::PasswordPool,
+    assertions: assertions::Assertions,
     clock: Clock,
 }
 
@@ -64,6 +66,11 @@ impl BusinessCenter {
     pub async fn start(dc: DataCenter, link: Arc<RoamingLink>) -> Result<Self, Error> {
         let outbox = Outbox::new(dc.clone(), link.clone());
         outbox.resume().await?;
+        let assertions = assertions::Assertions::new(
+            link.region().into(),
+            dc.clone(),
+            link.credentials().clone(),
+        );
         Ok(Self {
             region: link.region().into(),
             sessions: sessions::Sessions::new(dc.clone()),
@@ -73,6 +80,7 @@ impl BusinessCenter {
             outbox,
             throttle: throttle::LoginThrottle::new(MAX_THROTTLED_KEYS),
             passwords: passwords::PasswordPool::for_this_machine(),
+            assertions,
             clock: Clock::system(),
         })
     }
@@ -91,13 +99,25 @@ impl BusinessCenter {
         id.home() == &*self.region
     }
 
-    /// Asks the home region of a record.
+    /// Asks the home region of a record, for no particular user.
     async fn ask_home(
         &self,
         home: &str,
         op: data_request::Op,
     ) -> Result<data_reply::Result, Error> {
-        self.link.data(home, op).await
+        self.link.data(home, op, None).await
+    }
+
+    /// Asks the home region of a record for `actor`, with the assertion of
+    /// the actor's home that the actor logged in here.
+    async fn ask_home_as(
+        &self,
+        home: &str,
+        actor: &Id,
+        op: data_request::Op,
+    ) -> Result<data_reply::Result, Error> {
+        let assertion = self.assertions.get(actor).await?;
+        self.link.data(home, op, assertion).await
     }
 }
 

@@ -47,6 +47,36 @@ pub fn attached_region(conn: &Connection, id: &str) -> Result<Option<String>, Er
         .optional()?)
 }
 
+/// Keeps the assertion (encoded) of `id`'s home that `id` logged in here,
+/// replacing an older one, and forgets up to 256 that have expired.
+pub fn put_assertion(
+    conn: &Connection,
+    id: &str,
+    assertion: &[u8],
+    expires_at_ms: i64,
+    now_ms: i64,
+) -> Result<(), Error> {
+    conn.prepare_cached(
+        "INSERT INTO assertions (user_id, assertion, expires_at_ms) VALUES (?1, ?2, ?3)
+         ON CONFLICT (user_id) DO UPDATE SET assertion = ?2, expires_at_ms = ?3",
+    )?
+    .execute(params![id, assertion, expires_at_ms])?;
+    conn.prepare_cached(
+        "DELETE FROM assertions WHERE user_id IN
+         (SELECT user_id FROM assertions WHERE expires_at_ms <= ?1 LIMIT 256)",
+    )?
+    .execute([now_ms])?;
+    Ok(())
+}
+
+/// The assertion (encoded) kept for `id`, if any.
+pub fn assertion(conn: &Connection, id: &str) -> Result<Option<Vec<u8>>, Error> {
+    Ok(conn
+        .prepare_cached("SELECT assertion FROM assertions WHERE user_id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -105,6 +105,16 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX sessions_by_expiry ON sessions (refresh_expires_at_ms);
     ",
+    // 3: the assertions of their homes that roaming users logged in here,
+    // shown with what this region does for them at other homes.
+    "
+    CREATE TABLE assertions (
+        user_id TEXT PRIMARY KEY,
+        assertion BLOB NOT NULL,
+        expires_at_ms INTEGER NOT NULL
+    );
+    CREATE INDEX assertions_by_expiry ON assertions (expires_at_ms);
+    ",
 ];
 
 /// The schema version this build writes.
