@@ -169,3 +169,21 @@ pub fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
         && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
 }
+
+/// The CLI's stdout, asserting that it succeeded.
+pub fn ok(output: Output) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "meridian failed: {}\nstdout: {stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// CLI arguments as `user`, with the password every test user has.
+pub fn as_user<'a>(user: &'a str, args: &[&'a str]) -> Vec<&'a str> {
+    let mut all = vec!["--user", user, "--password", "secret-pass"];
+    all.extend_from_slice(args);
+    all
+}

@@ -5,18 +5,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use meridian_tests::local_mode::{LocalMode, alive, signal, workspace_root};
+use meridian_tests::local_mode::{LocalMode, alive, as_user, ok, signal, workspace_root};
 use serde_json::Value;
-
-fn ok(output: Output) -> String {
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "meridian failed: {}\nstdout: {stdout}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
-}
 
 fn failed(output: Output) -> String {
     assert!(
@@ -25,12 +15,6 @@ fn failed(output: Output) -> String {
         output
     );
     String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-fn as_user<'a>(user: &'a str, args: &[&'a str]) -> Vec<&'a str> {
-    let mut all = vec!["--user", user, "--password", "secret-pass"];
-    all.extend_from_slice(args);
-    all
 }
 
 #[test]

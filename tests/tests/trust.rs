@@ -7,7 +7,6 @@
 //! make itself (another CA, a certificate that has expired).
 
 use std::path::Path;
-use std::process::Output;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,24 +21,8 @@ use meridian_node::transport::{self, Dial};
 use meridian_node::trust::origin::{self, Payload};
 use meridian_node::trust::pki::{DEFAULT_LIFETIME, MeshCa, PkiDir};
 use meridian_node::trust::{CredentialFiles, Credentials};
-use meridian_tests::local_mode::{LocalMode, workspace_root};
+use meridian_tests::local_mode::{LocalMode, as_user, ok, workspace_root};
 use serde_json::Value;
-
-fn ok(output: Output) -> String {
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "meridian failed: {}\nstdout: {stdout}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
-}
-
-fn as_user<'a>(user: &'a str, args: &[&'a str]) -> Vec<&'a str> {
-    let mut all = vec!["--user", user, "--password", "secret-pass"];
-    all.extend_from_slice(args);
-    all
-}
 
 /// `(seq, body)` of every message in `group`'s history, as `user` reads it.
 fn history(local: &LocalMode, user: &str, group: &str) -> Vec<(u64, String)> {
@@ -314,22 +297,17 @@ async fn forged_and_unauthenticated_peer_traffic_is_refused() {
 
     // A forged distribution for the next seq: to the group's home, and to a
     // third region.
-    let to_home = BusinessRequest {
-        envelope: Some(envelope("eu", "us")),
-        items: vec![distribution("lobby@us", 2, &["bob@us"])],
-    };
-    assert_eq!(
-        carry(&us_peer, as_region(&eu, "us"), to_home).await,
-        Ok(Some(Code::PermissionDenied))
-    );
-    let to_third = BusinessRequest {
-        envelope: Some(envelope("eu", "ap")),
-        items: vec![distribution("lobby@us", 2, &["cat@ap"])],
-    };
-    assert_eq!(
-        carry(&ap_peer, as_region(&eu, "ap"), to_third).await,
-        Ok(Some(Code::PermissionDenied))
-    );
+    for (url, to, recipient) in [(&us_peer, "us", "bob@us"), (&ap_peer, "ap", "cat@ap")] {
+        let forged = BusinessRequest {
+            envelope: Some(envelope("eu", to)),
+            items: vec![distribution("lobby@us", 2, &[recipient])],
+        };
+        assert_eq!(
+            carry(url, as_region(&eu, to), forged).await,
+            Ok(Some(Code::PermissionDenied)),
+            "a forged distribution to {to}"
+        );
+    }
 
     // A forged link-state record with seq 2^64-1 saying ap has no links:
     // unsigned, and signed by ap itself. Neither is taken.

@@ -12,6 +12,7 @@
 //!   delivered, and only when it is the message the home sequenced.)
 //! - Every field has the limits client input has.
 
+use super::check_len;
 use crate::Error;
 use crate::ids::Id;
 use crate::limits::{
@@ -21,16 +22,6 @@ use crate::proto::peer_api::{Distribution, Item, Submission, item};
 
 fn denied(source: &str, what: String) -> Error {
     Error::PermissionDenied(format!("region {source} may not {what}"))
-}
-
-fn check_len(field: &str, value: &str, max: usize) -> Result<(), Error> {
-    if value.len() > max {
-        return Err(Error::InvalidArgument(format!(
-            "{field} is {} bytes; at most {max} are allowed",
-            value.len()
-        )));
-    }
-    Ok(())
 }
 
 /// Checks a batch that `source` carried to `region`; nothing of a batch
