@@ -417,6 +417,32 @@ async fn forged_and_unauthenticated_peer_traffic_is_refused() {
         .await,
         Ok(Some(Code::PermissionDenied))
     );
+    // Peer input has the client limits: a 5 MiB body, a 5 MiB announcement.
+    let huge = "x".repeat(5 << 20);
+    assert_eq!(
+        carry(
+            &us_peer,
+            as_region(&eu, "us"),
+            BusinessRequest {
+                envelope: Some(envelope("eu", "us")),
+                items: vec![submission("lobby@us", "ann@eu", &huge, "eu")],
+            }
+        )
+        .await,
+        Ok(Some(Code::InvalidArgument))
+    );
+    let update = data_request::Op::UpdateGroup(meridian_node::proto::peer_api::UpdateGroup {
+        actor: "ann@eu".into(),
+        update: Some(meridian_node::proto::client_api::UpdateGroupRequest {
+            group: "lobby@us".into(),
+            announcement: Some(huge),
+            ..Default::default()
+        }),
+    });
+    assert_eq!(
+        data(&us_peer, as_region(&eu, "us"), as_eu(update)).await,
+        Ok(Some(Code::InvalidArgument))
+    );
     let members = ok(local.cli(&as_user("bob@us", &["--json", "group", "get", "lobby@us"])));
     assert!(
         members.contains("cat@ap"),

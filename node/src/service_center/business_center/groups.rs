@@ -160,7 +160,7 @@ impl BusinessCenter {
     }
 }
 
-fn validate_update(update: &UpdateGroupRequest) -> Result<(), Error> {
+pub(super) fn validate_update(update: &UpdateGroupRequest) -> Result<(), Error> {
     if let Some(title) = &update.title {
         if title.is_empty() {
             return Err(Error::InvalidArgument("title must not be empty".into()));

@@ -67,6 +67,8 @@ impl BusinessCenter {
                 let update = u
                     .update
                     .ok_or_else(|| Error::InvalidArgument("update without a body".into()))?;
+                // The limits a client's update has, for a peer's too.
+                super::groups::validate_update(&update)?;
                 let group = update.group.clone();
                 self.group_reply(&actor(&u.actor)?, &group, GroupOp::Update(update))
                     .await?
