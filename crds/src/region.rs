@@ -90,6 +90,22 @@ pub struct ServiceCenterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = IMAGE_MAX_LEN))]
     pub image: Option<String>,
+
+    /// Serve the client API over TLS with this certificate. Without it the
+    /// client API is plaintext (inside the cluster's network policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_tls: Option<ClientTlsSpec>,
+}
+
+/// The client API's server certificate.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientTlsSpec {
+    /// A Secret of type kubernetes.io/tls in the Region's namespace
+    /// (`tls.crt`, `tls.key`), for example one cert-manager keeps. A renewed
+    /// certificate is picked up without a restart.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
 }
 
 impl Default for ServiceCenterSpec {
@@ -100,6 +116,7 @@ impl Default for ServiceCenterSpec {
             storage: None,
             bandwidth: None,
             image: None,
+            client_tls: None,
         }
     }
 }

@@ -167,6 +167,14 @@ pub fn region(region: &Region) -> Vec<Violation> {
         IMAGE_MAX_LEN,
         &mut out,
     );
+    if let Some(tls) = &sc.client_tls
+        && !is_dns_subdomain(&tls.secret_name)
+    {
+        out.push(Violation::new(
+            "spec.serviceCenter.clientTls.secretName",
+            format!("{:?} is not a Secret name", tls.secret_name),
+        ));
+    }
 
     let roaming = &spec.roaming;
     replicas("spec.roaming.replicas", roaming.replicas, &mut out);
@@ -520,6 +528,7 @@ spec:
     replicas: 0
     storage: {size: ten, storageClassName: ''}
     bandwidth: {ingress: 1x}
+    clientTls: {secretName: Not_A_Name}
   roaming: {replicas: -1, image: '', bandwidth: {egress: fast}}
 ",
         );
@@ -533,6 +542,7 @@ spec:
                 "spec.serviceCenter.storage.size",
                 "spec.serviceCenter.storage.storageClassName",
                 "spec.serviceCenter.bandwidth.ingress",
+                "spec.serviceCenter.clientTls.secretName",
                 "spec.roaming.replicas",
                 "spec.roaming.bandwidth.egress",
                 "spec.roaming.image",

@@ -16,7 +16,7 @@ use crate::roaming::{self, Roaming};
 use crate::service_center::data_center::DataCenter;
 use crate::service_center::roaming_link::RoamingLink;
 use crate::service_center::{self, BusinessCenter};
-use crate::transport::{self, ClientAuth};
+use crate::transport::{self, ClientAuth, ServerTls};
 use crate::trust::Credentials;
 
 /// What a node process runs.
@@ -62,8 +62,9 @@ pub struct Node {
     /// The region's identity: its pair and peer ports serve mutual TLS
     /// with it, and the roaming system signs with its key.
     pub credentials: Arc<Credentials>,
-    /// Whether the client API serves TLS too (with the same certificate).
-    pub client_tls: bool,
+    /// How the client API serves TLS: with the region's certificate, with
+    /// one of its own, or (`None`) not at all.
+    pub client_tls: Option<ServerTls>,
     /// A plaintext port answering only grpc.health.v1, for Kubernetes'
     /// gRPC probes (which speak no TLS). It answers once the node serves.
     pub probe: Option<TcpListener>,
@@ -95,8 +96,12 @@ impl Node {
         }
         self.credentials.watch();
         let credentials = self.credentials;
-        let mutual =
-            |listener| transport::incoming(listener, credentials.clone(), ClientAuth::Required);
+        let mutual = |listener| {
+            transport::incoming(
+                listener,
+                ServerTls::Region(credentials.clone(), ClientAuth::Required),
+            )
+        };
         let mut servers = tokio::task::JoinSet::new();
 
         if let Some(listeners) = self.roaming {
@@ -155,9 +160,8 @@ impl Node {
             tracing::info!(%region, client = %local(&listeners.client), pair = %local(&listeners.pair), "service center serving");
             let client_api = transport::server()
                 .add_service(service_center::grpc::client_service(center.clone()));
-            if self.client_tls {
-                let incoming =
-                    transport::incoming(listeners.client, credentials.clone(), ClientAuth::None);
+            if let Some(tls) = self.client_tls {
+                let incoming = transport::incoming(listeners.client, tls);
                 servers.spawn(client_api.serve_with_incoming_shutdown(incoming, stopped()));
             } else {
                 let incoming = transport::plain_incoming(listeners.client);

@@ -6,7 +6,6 @@
 //! handshakes are `trust::tls`'s): a channel is dialled as a [`Dial`], and a
 //! server takes its connections from [`incoming`].
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
@@ -14,8 +13,8 @@ use tonic::{Code as StatusCode, Status};
 
 use crate::Error;
 use crate::proto::peer_api::{Code, Failure};
-pub use crate::trust::tls::{ClientAuth, Dial, PeerInfo};
-use crate::trust::{Credentials, Identity};
+use crate::trust::Identity;
+pub use crate::trust::tls::{ClientAuth, Dial, PeerInfo, ServerTls};
 
 /// How long to wait for a TCP connection to another process.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -64,10 +63,9 @@ pub fn server() -> tonic::transport::server::Router {
 /// the client's delayed ACK).
 pub fn incoming(
     listener: tokio::net::TcpListener,
-    credentials: Arc<Credentials>,
-    auth: ClientAuth,
+    tls: ServerTls,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<crate::trust::tls::TlsConn, std::io::Error>> {
-    crate::trust::tls::incoming(listener, credentials, auth)
+    crate::trust::tls::incoming(listener, tls)
 }
 
 /// The connections of a port served without TLS (a client API that has no

@@ -146,7 +146,7 @@ impl Mesh {
                 }),
                 health: lenient_health(),
                 credentials,
-                client_tls: false,
+                client_tls: None,
                 probe: None,
             };
             let (stop, stopped) = oneshot::channel::<()>();

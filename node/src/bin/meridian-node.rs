@@ -8,6 +8,8 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use meridian_node::mesh::config::watch_file;
 use meridian_node::server::{Node, RoamingListeners, Role, ServiceCenterListeners};
+use meridian_node::transport::{ClientAuth, ServerTls};
+use meridian_node::trust::server_cert::ServerCert;
 use meridian_node::trust::{CredentialFiles, Credentials};
 use tokio::net::TcpListener;
 
@@ -67,8 +69,14 @@ struct Args {
     #[arg(long, env = "MERIDIAN_TLS_KEY")]
     tls_key: PathBuf,
     /// Serve the client API over TLS too, with the region's certificate.
-    #[arg(long, env = "MERIDIAN_CLIENT_TLS")]
+    #[arg(long, env = "MERIDIAN_CLIENT_TLS", conflicts_with = "client_tls_cert")]
     client_tls: bool,
+    /// Serve the client API over TLS with this certificate (PEM) instead,
+    /// with --client-tls-key. Re-read when it changes.
+    #[arg(long, env = "MERIDIAN_CLIENT_TLS_CERT", requires = "client_tls_key")]
+    client_tls_cert: Option<PathBuf>,
+    #[arg(long, env = "MERIDIAN_CLIENT_TLS_KEY", requires = "client_tls_cert")]
+    client_tls_key: Option<PathBuf>,
     /// Stop when the parent process goes away (used by local mode).
     #[arg(long)]
     exit_with_parent: bool,
@@ -127,8 +135,17 @@ async fn main() -> anyhow::Result<()> {
         service_center,
         roaming,
         health: Default::default(),
+        client_tls: match (args.client_tls_cert, args.client_tls_key) {
+            (Some(cert), Some(key)) => {
+                let cert = ServerCert::load(cert, key)?;
+                cert.watch();
+                Some(ServerTls::Cert(cert))
+            }
+            _ => args
+                .client_tls
+                .then(|| ServerTls::Region(credentials.clone(), ClientAuth::None)),
+        },
         credentials,
-        client_tls: args.client_tls,
         probe: match args.listen_probe {
             Some(addr) => Some(bind(addr, "health probe").await?),
             None => None,

@@ -8,6 +8,7 @@ pub mod assertion;
 pub mod credentials;
 pub mod origin;
 pub mod pki;
+pub mod server_cert;
 pub mod tls;
 pub mod verify;
 

@@ -192,11 +192,41 @@ impl AsyncWrite for TlsConn {
 /// credentials current at each accept. Handshakes run concurrently, each
 /// within [`HANDSHAKE_TIMEOUT`], at most [`MAX_HANDSHAKES`] at once; a
 /// refused one is logged and never reaches the server.
+/// What a server port presents, and whether it asks for a mesh certificate.
+#[derive(Clone)]
+pub enum ServerTls {
+    /// The region's certificate; `Required` asks clients for theirs.
+    Region(Arc<Credentials>, ClientAuth),
+    /// Another certificate (the client API's own), asking for none.
+    Cert(Arc<super::server_cert::ServerCert>),
+}
+
+impl ServerTls {
+    fn config(&self) -> Arc<ServerConfig> {
+        match self {
+            ServerTls::Region(credentials, ClientAuth::Required) => {
+                credentials.current().configs.mutual_server.clone()
+            }
+            ServerTls::Region(credentials, ClientAuth::None) => {
+                credentials.current().configs.open_server.clone()
+            }
+            ServerTls::Cert(cert) => cert.config(),
+        }
+    }
+
+    fn auth(&self) -> ClientAuth {
+        match self {
+            ServerTls::Region(_, auth) => *auth,
+            ServerTls::Cert(_) => ClientAuth::None,
+        }
+    }
+}
+
 pub fn incoming(
     listener: TcpListener,
-    credentials: Arc<Credentials>,
-    auth: ClientAuth,
+    tls: ServerTls,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<TlsConn, std::io::Error>> {
+    let auth = tls.auth();
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
@@ -219,11 +249,7 @@ pub fn incoming(
                 continue;
             };
             let _ = tcp.set_nodelay(true);
-            let loaded = credentials.current();
-            let config = match auth {
-                ClientAuth::Required => loaded.configs.mutual_server.clone(),
-                ClientAuth::None => loaded.configs.open_server.clone(),
-            };
+            let config = tls.config();
             let tx = tx.clone();
             tokio::spawn(async move {
                 let _permit = permit;

@@ -31,6 +31,8 @@ pub const PROBE_PORT: i32 = 7404;
 const CONFIG_DIR: &str = "/etc/meridian";
 /// Where the Region's Secret (CA, certificate, key) is mounted.
 const TLS_DIR: &str = "/etc/meridian-tls";
+/// Where the client API's own certificate (spec.serviceCenter.clientTls) is.
+const CLIENT_TLS_DIR: &str = "/etc/meridian-client-tls";
 const DATA_DIR: &str = "/var/lib/meridian";
 const MESH_FILE: &str = "mesh.yaml";
 
@@ -188,6 +190,33 @@ pub fn desired(
             ..Default::default()
         });
     let mut sc_volumes = common_volumes(&code);
+    if let Some(tls) = &sc.client_tls {
+        // The client API's own certificate, re-read by the node on renewal.
+        sc_container.args.get_or_insert_default().extend([
+            "--client-tls-cert".to_owned(),
+            format!("{CLIENT_TLS_DIR}/tls.crt"),
+            "--client-tls-key".to_owned(),
+            format!("{CLIENT_TLS_DIR}/tls.key"),
+        ]);
+        sc_container
+            .volume_mounts
+            .get_or_insert_default()
+            .push(VolumeMount {
+                name: "client-tls".into(),
+                mount_path: CLIENT_TLS_DIR.into(),
+                read_only: Some(true),
+                ..Default::default()
+            });
+        sc_volumes.push(Volume {
+            name: "client-tls".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(tls.secret_name.clone()),
+                default_mode: Some(0o440),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
     let claims = match &sc.storage {
         Some(storage) => Some(vec![PersistentVolumeClaim {
             metadata: ObjectMeta {
@@ -540,7 +569,13 @@ spec: {regions: [eu, us], enabled: false}
 ";
 
     fn desired_eu() -> Desired {
-        let m = manifest::parse(&[(PathBuf::from("m.yaml"), MANIFESTS.to_owned())]).unwrap();
+        desired_eu_with(|_| {})
+    }
+
+    /// eu's desired objects, after `change` to the parsed eu Region.
+    fn desired_eu_with(change: impl FnOnce(&mut Region)) -> Desired {
+        let mut m = manifest::parse(&[(PathBuf::from("m.yaml"), MANIFESTS.to_owned())]).unwrap();
+        change(&mut m.regions[0]);
         let settings = Settings {
             cluster: "a".into(),
             image: "example/node:1".into(),
@@ -657,6 +692,42 @@ spec: {regions: [eu, us], enabled: false}
             let args = container.args.as_ref().unwrap();
             assert!(args.contains(&format!("0.0.0.0:{PROBE_PORT}")), "{args:?}");
         }
+    }
+
+    #[test]
+    fn a_client_certificate_in_the_spec_is_mounted_into_the_service_center() {
+        let d = desired_eu();
+        let args = |d: &Desired| {
+            d.service_center
+                .spec
+                .template
+                .spec
+                .as_ref()
+                .unwrap()
+                .containers[0]
+                .args
+                .clone()
+                .unwrap()
+                .join(" ")
+        };
+        assert!(!args(&d).contains("--client-tls"), "plaintext unless asked");
+        let d = desired_eu_with(|eu| {
+            eu.spec.service_center.client_tls = Some(meridian_crds::region::ClientTlsSpec {
+                secret_name: "chat-example-com".into(),
+            });
+        });
+        assert!(args(&d).contains("--client-tls-cert /etc/meridian-client-tls/tls.crt"));
+        let spec = d.service_center.spec.template.spec.unwrap();
+        let volume = spec
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "client-tls")
+            .unwrap();
+        assert_eq!(
+            volume.secret.unwrap().secret_name.as_deref(),
+            Some("chat-example-com")
+        );
     }
 
     #[test]
