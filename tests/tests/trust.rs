@@ -38,6 +38,10 @@ fn history(local: &LocalMode, user: &str, group: &str) -> Vec<(u64, String)> {
         .collect()
 }
 
+/// The tests here each run a local mode; one at a time, so that one's load
+/// does not slow the other's heartbeats.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn wait_history(local: &LocalMode, user: &str, group: &str, want: &[(u64, &str)]) {
     let want: Vec<(u64, String)> = want.iter().map(|(s, b)| (*s, b.to_string())).collect();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -167,6 +171,7 @@ async fn reach(url: &str, dial: Dial) -> Result<(), String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_and_unauthenticated_peer_traffic_is_refused() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let local = LocalMode::start(
@@ -485,6 +490,7 @@ async fn all_history(client: &mut meridian_node::client::Client, group: &str) ->
 async fn certificates_rotate_under_load_without_a_link_leaving_up() {
     use meridian_node::proto::peer_api::MeshStatusRequest;
     use meridian_node::proto::peer_api::admin_client::AdminClient;
+    let _serial = SERIAL.lock().await;
 
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
