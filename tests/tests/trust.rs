@@ -484,8 +484,9 @@ async fn all_history(client: &mut meridian_node::client::Client, group: &str) ->
 }
 
 /// Certificates that live six seconds are renewed every two while messages
-/// flow between regions: every send is acknowledged and delivered once, in
-/// order, and no link ever leaves Up (no link Down, no detour).
+/// flow between regions (100 msg/s per sender): every send is acknowledged
+/// and delivered once, in order, and no link ever leaves Up (no link Down,
+/// no detour).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_rotate_under_load_without_a_link_leaving_up() {
     use meridian_node::proto::peer_api::MeshStatusRequest;
@@ -566,18 +567,43 @@ async fn certificates_rotate_under_load_without_a_link_leaving_up() {
         })
     };
 
-    let mut ann = connect("eu").await;
-    ann.login("ann@eu", "secret-pass").await.unwrap();
-    const SENDS: usize = 800;
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
-    for i in 0..SENDS {
-        tick.tick().await;
-        let reply = ann
-            .send("lobby@us", &format!("m{i}"), &format!("k{i}"))
-            .await
-            .unwrap_or_else(|e| panic!("send {i} failed: {e}"));
-        assert!(!reply.message_id.is_empty());
+    // Senders of 100 msg/s each, on their own connections: one in the test
+    // command; MERIDIAN_ROTATION_SENDERS=6 gives more than the 500 msg/s.
+    let senders: usize = std::env::var("MERIDIAN_ROTATION_SENDERS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1);
+    const PER_SENDER: usize = 800;
+    let mut sending = Vec::new();
+    let started = Instant::now();
+    for sender in 0..senders {
+        let mut ann = connect("eu").await;
+        ann.login("ann@eu", "secret-pass").await.unwrap();
+        sending.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            for i in 0..PER_SENDER {
+                tick.tick().await;
+                let reply = ann
+                    .send(
+                        "lobby@us",
+                        &format!("s{sender}m{i}"),
+                        &format!("s{sender}k{i}"),
+                    )
+                    .await
+                    .unwrap_or_else(|e| panic!("send {i} of sender {sender} failed: {e}"));
+                assert!(!reply.message_id.is_empty());
+            }
+        }));
     }
+    for sent in sending {
+        sent.await.unwrap();
+    }
+    let took = started.elapsed().as_secs_f64();
+    let total = senders * PER_SENDER;
+    println!(
+        "sent {total} in {took:.1} s: {:.0} msg/s",
+        total as f64 / took
+    );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (not_up, certificates) = watcher.await.unwrap();
 
@@ -586,14 +612,29 @@ async fn certificates_rotate_under_load_without_a_link_leaving_up() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let history = loop {
         let history = all_history(&mut bob, "lobby@us").await;
-        if history.len() >= SENDS || Instant::now() > deadline {
+        if history.len() >= senders * PER_SENDER || Instant::now() > deadline {
             break history;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let bodies: Vec<String> = history.iter().map(|d| d.body.clone()).collect();
-    let want: Vec<String> = (0..SENDS).map(|i| format!("m{i}")).collect();
-    assert_eq!(bodies, want, "every acknowledged message, once, in order");
+    // Every acknowledged message once, each sender's in the order it sent.
+    for sender in 0..senders {
+        let prefix = format!("s{sender}m");
+        let bodies: Vec<&str> = history
+            .iter()
+            .map(|d| d.body.as_str())
+            .filter(|b| b.starts_with(&prefix))
+            .collect();
+        let want: Vec<String> = (0..PER_SENDER).map(|i| format!("{prefix}{i}")).collect();
+        assert_eq!(bodies, want, "sender {sender}");
+    }
+    assert_eq!(
+        history.len(),
+        senders * PER_SENDER,
+        "nothing else, nothing twice"
+    );
+    let seqs: Vec<u64> = history.iter().map(|d| d.seq).collect();
+    assert_eq!(seqs, (1..=history.len() as u64).collect::<Vec<_>>());
     assert!(
         certificates >= 3,
         "eu's certificate was renewed only {} times during the run",
