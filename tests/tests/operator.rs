@@ -405,10 +405,29 @@ fn two_clusters_each_deploy_their_own_regions_and_list_the_others_as_peers() {
         region_yaml("ap", "cluster-b", Some("roaming.ap.example.net:7443")),
     ]
     .join("---\n");
+    // One mesh, one CA: made once, copied into both clusters before the
+    // operators start (the README's way for clusters that share a mesh).
+    let ca = meridian_node::trust::pki::MeshCa::generate(NS).unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let (ca_cert, ca_key) = (files.path().join("ca.crt"), files.path().join("ca.key"));
+    std::fs::write(&ca_cert, &ca.cert_pem).unwrap();
+    std::fs::write(&ca_key, ca.key_pem()).unwrap();
     let mut operators = Vec::new();
     for (cluster, name) in [(&a, "cluster-a"), (&b, "cluster-b")] {
         install_and_wait(cluster, name).unwrap();
         cluster.kubectl_ok(&["create", "namespace", NS]).unwrap();
+        cluster
+            .kubectl_ok(&[
+                "create",
+                "secret",
+                "tls",
+                "meridian-mesh-ca",
+                "-n",
+                NS,
+                &format!("--cert={}", ca_cert.display()),
+                &format!("--key={}", ca_key.display()),
+            ])
+            .unwrap();
         cluster
             .kubectl_stdin(&["apply", "-f", "-"], &manifests)
             .unwrap();
@@ -447,6 +466,34 @@ fn two_clusters_each_deploy_their_own_regions_and_list_the_others_as_peers() {
     );
     assert!(
         mesh(&b, "eu").is_none() && get_json(&b, &["deployment", "us-roaming", "-n", NS]).is_none()
+    );
+
+    // Each cluster issued its regions' identities from the shared CA, so a
+    // region of one cluster verifies a region of the other: eu's
+    // certificate (cluster a) is trusted by ap (cluster b) as eu's.
+    let identity = |cluster: &ControlPlane, region: &str| {
+        let name = format!("{region}-tls");
+        wait(cluster, &format!("Secret {name}"), 30, || {
+            get_json(cluster, &["secret", &name, "-n", NS]).is_some()
+        });
+        let secret: k8s_openapi::api::core::v1::Secret =
+            serde_json::from_value(get_json(cluster, &["secret", &name, "-n", NS]).unwrap())
+                .unwrap();
+        let text =
+            |key: &str| String::from_utf8(secret.data.as_ref().unwrap()[key].0.clone()).unwrap();
+        assert_eq!(text("ca.crt"), ca.cert_pem, "{region} has the shared CA");
+        meridian_node::trust::credentials::Loaded::from_pem(
+            &text("ca.crt"),
+            &text("tls.crt"),
+            &text("tls.key"),
+        )
+        .unwrap()
+    };
+    let (eu, ap) = (identity(&a, "eu"), identity(&b, "ap"));
+    let at_ap = meridian_node::trust::Verifier::new(meridian_node::trust::Credentials::fixed(ap));
+    assert_eq!(
+        at_ap.certificate(eu.certificate()).unwrap(),
+        meridian_node::trust::Identity::Region("eu".into())
     );
 }
 
