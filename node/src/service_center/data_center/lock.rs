@@ -6,6 +6,7 @@
 //! it when the process exits, however it exits.
 
 use std::fs::{File, OpenOptions, TryLockError};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
 
@@ -18,12 +19,18 @@ const RETRY: Duration = Duration::from_millis(200);
 /// process holds it. The lock lasts as long as the returned file is open.
 pub fn acquire(db: &Path) -> Result<File, Error> {
     let path = db.with_extension("lock");
+    let failed =
+        |e: std::io::Error| Error::FailedPrecondition(format!("lock file {}: {e}", path.display()));
     let file = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
         .open(&path)
-        .map_err(|e| Error::FailedPrecondition(format!("lock file {}: {e}", path.display())))?;
+        .map_err(failed)?;
+    // Private like the database, also when an older build made it.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(failed)?;
     let mut waiting = false;
     loop {
         match file.try_lock() {

@@ -192,8 +192,8 @@ mod tests {
         })
         .await
         .unwrap();
-        for suffix in ["", "-wal", "-shm"] {
-            let file = dir.path().join(format!("data-center.sqlite{suffix}"));
+        for suffix in ["sqlite", "sqlite-wal", "sqlite-shm", "lock"] {
+            let file = dir.path().join(format!("data-center.{suffix}"));
             assert_eq!(mode(&file), 0o600, "{}", file.display());
         }
     }
