@@ -28,6 +28,9 @@ pub const MAX_HOPS: u32 = 8;
 pub const MAX_GRPC_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
 /// Live deliveries buffered per subscriber before it is told to resume.
 pub const SUBSCRIBER_BUFFER: usize = 4_096;
+/// A session or refresh token as a client sends it back (issued ones are
+/// 64 hex digits), in bytes.
+pub const MAX_TOKEN_BYTES: usize = 128;
 /// How long a session's access token (the bearer `session`) lasts.
 pub const ACCESS_TOKEN_TTL_MS: i64 = 15 * 60 * 1000;
 /// How long a refresh token lasts; each refresh issues a new one.

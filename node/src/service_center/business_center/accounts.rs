@@ -14,7 +14,7 @@ use super::throttle::{Attempt, Key};
 use super::{BusinessCenter, check_len, passwords, unexpected};
 use crate::Error;
 use crate::ids::Id;
-use crate::limits::MAX_PASSWORD_BYTES;
+use crate::limits::{MAX_PASSWORD_BYTES, MAX_TOKEN_BYTES};
 use crate::proto::client_api::{LoginReply, LogoutReply, RegisterReply};
 use crate::proto::peer_api::{Register, Verified, VerifyLogin, data_reply, data_request};
 use crate::service_center::data_center::accounts;
@@ -161,6 +161,7 @@ impl BusinessCenter {
                 "no refresh token: log in first".into(),
             ));
         }
+        check_len("refresh token", refresh_token, MAX_TOKEN_BYTES)?;
         let issued = self
             .sessions
             .refresh(refresh_token, self.clock.now_ms())
@@ -197,6 +198,9 @@ impl BusinessCenter {
                  or send its refresh token"
                     .into(),
             ));
+        }
+        for token in [session, refresh_token].into_iter().flatten() {
+            check_len("token", token, MAX_TOKEN_BYTES)?;
         }
         let mut revoked = false;
         for token in tokens {
@@ -317,6 +321,21 @@ mod tests {
         assert!(!again.revoked, "already logged out");
         unauthenticated(center.logout(None, Some("")).await);
         unauthenticated(center.refresh("").await);
+    }
+
+    #[tokio::test]
+    async fn oversized_tokens_are_refused_before_any_lookup() {
+        let now = Arc::new(AtomicI64::new(START));
+        let (_dir, center) = center_at(&now).await;
+        let huge = "a".repeat(MAX_TOKEN_BYTES + 1);
+        assert!(matches!(
+            center.refresh(&huge).await,
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            center.logout(None, Some(&huge)).await,
+            Err(Error::InvalidArgument(_))
+        ));
     }
 
     #[tokio::test]
