@@ -416,18 +416,7 @@ fn two_clusters_each_deploy_their_own_regions_and_list_the_others_as_peers() {
     for (cluster, name) in [(&a, "cluster-a"), (&b, "cluster-b")] {
         install_and_wait(cluster, name).unwrap();
         cluster.kubectl_ok(&["create", "namespace", NS]).unwrap();
-        cluster
-            .kubectl_ok(&[
-                "create",
-                "secret",
-                "tls",
-                "meridian-mesh-ca",
-                "-n",
-                NS,
-                &format!("--cert={}", ca_cert.display()),
-                &format!("--key={}", ca_key.display()),
-            ])
-            .unwrap();
+        install_mesh_ca(cluster, &ca_cert, &ca_key);
         cluster
             .kubectl_stdin(&["apply", "-f", "-"], &manifests)
             .unwrap();
@@ -497,6 +486,23 @@ fn two_clusters_each_deploy_their_own_regions_and_list_the_others_as_peers() {
     );
 }
 
+/// Makes the mesh CA in `cert` and `key` the namespace's, as clusters of one
+/// mesh share it: before the operator starts, which then issues from it.
+fn install_mesh_ca(cluster: &ControlPlane, cert: &std::path::Path, key: &std::path::Path) {
+    cluster
+        .kubectl_ok(&[
+            "create",
+            "secret",
+            "tls",
+            "meridian-mesh-ca",
+            "-n",
+            NS,
+            &format!("--cert={}", cert.display()),
+            &format!("--key={}", key.display()),
+        ])
+        .unwrap();
+}
+
 /// The peer entry for `peer` in Region `region`'s status.
 fn peer_status(cluster: &ControlPlane, region: &str, peer: &str) -> Value {
     get_json(cluster, &["region", region, "-n", NS])
@@ -562,18 +568,7 @@ fn the_operator_copies_link_state_into_status_and_records_each_change() {
     // starts, which then issues from it rather than making a CA of its own.
     let pki = dir.path().join("state/pki");
     let (ca_cert, ca_key) = (pki.join("ca.crt"), pki.join("ca.key"));
-    cluster
-        .kubectl_ok(&[
-            "create",
-            "secret",
-            "tls",
-            "meridian-mesh-ca",
-            "-n",
-            NS,
-            &format!("--cert={}", ca_cert.display()),
-            &format!("--key={}", ca_key.display()),
-        ])
-        .unwrap();
+    install_mesh_ca(&cluster, &ca_cert, &ca_key);
     cluster
         .kubectl_stdin(&["apply", "-f", "-"], &example)
         .unwrap();
