@@ -1,12 +1,15 @@
 //go:build tools
 
 // Package tools pins the Kubernetes commands that tests/control-plane/build
-// builds, so that `go mod tidy` keeps everything they need in go.sum.
+// builds (the last three for tests/kind's node image), so that `go mod tidy` keeps everything they need in go.sum.
 package tools
 
 import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubeadm"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
 )
