@@ -1,0 +1,9 @@
+//go:build tools
+
+// Package tools pins what tests/kind/build builds from github.com/rancher/local-path-provisioner,
+// so that `go mod tidy` keeps everything they need in go.sum.
+package tools
+
+import (
+	_ "github.com/rancher/local-path-provisioner"
+)
