@@ -592,6 +592,25 @@ fn the_operator_copies_link_state_into_status_and_records_each_change() {
             })
         },
     );
+    // Which says the link state is known.
+    let link_state_known = |region: &str| {
+        get_json(&cluster, &["region", region, "-n", NS]).and_then(|r| {
+            let c = r["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "LinkStateKnown")?
+                .clone();
+            Some((
+                c["status"].as_str()?.to_owned(),
+                c["reason"].as_str()?.to_owned(),
+            ))
+        })
+    };
+    wait(&cluster, "LinkStateKnown=True on every region", 20, || {
+        ["eu", "us", "ap"]
+            .iter()
+            .all(|r| link_state_known(r) == Some(("True".into(), "LinkStateReported".into())))
+    });
     let link = |cluster: &ControlPlane| {
         get_json(cluster, &["regionlink", "eu-us", "-n", NS]).unwrap()["status"].clone()
     };
@@ -683,6 +702,10 @@ fn the_operator_copies_link_state_into_status_and_records_each_change() {
     );
     wait(&cluster, "a LinkUnknown Event per peer of eu", 20, || {
         events(&cluster, "Region", "eu", "LinkUnknown").len() == 2
+    });
+    // And a condition says so.
+    wait(&cluster, "LinkStateKnown=False on eu", 20, || {
+        link_state_known("eu") == Some(("False".into(), "LinkStateUnknown".into()))
     });
 }
 

@@ -5,6 +5,14 @@
 //! reconcile of that Region, which writes it into `Region.status.peers` and
 //! `RegionLink.status` and records an Event. Small RTT jitter is not written,
 //! so a steady mesh causes no status writes.
+//!
+//! A failed poll drops the channel and dials afresh for the next one: a
+//! lazily connected channel keeps its connection for as long as the server
+//! at the other end keeps it open, even one that answers every call wrongly
+//! (a Service address that still led to another pod when it was first
+//! dialled). Failures are logged at WARN when they start, then at most once
+//! a minute; a Region whose roaming system has not answered for three polls
+//! gets the condition `LinkStateKnown=False` (see `status.rs`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -95,8 +103,9 @@ pub enum Observation {
     Pending,
     /// The roaming system's latest significant report.
     Reported(ObservedLinks),
-    /// The roaming system has not answered for three polls: nothing is known.
-    Unreachable,
+    /// The roaming system has not answered for three polls: nothing is
+    /// known. Says why, as of when it stopped answering.
+    Unreachable(String),
 }
 
 /// The published link state of every local Region, shared with the reconciler.
@@ -123,11 +132,16 @@ impl Observations {
         true
     }
 
-    /// Marks a Region's roaming system unreachable; returns whether that is news.
-    fn lose(&self, region: &ObjectRef<Region>) -> bool {
-        self.lock()
-            .insert(region.clone(), Observation::Unreachable)
-            .is_none_or(|before| before != Observation::Unreachable)
+    /// Marks a Region's roaming system unreachable, for `why`; returns
+    /// whether that is news. An unreachable Region keeps its first reason,
+    /// so that a changing error text causes no status writes.
+    fn lose(&self, region: &ObjectRef<Region>, why: String) -> bool {
+        let mut map = self.lock();
+        if matches!(map.get(region), Some(Observation::Unreachable(_))) {
+            return false;
+        }
+        map.insert(region.clone(), Observation::Unreachable(why));
+        true
     }
 
     /// Drops what is known of Regions not in `keep` (deleted ones), so that a
@@ -192,11 +206,69 @@ pub struct Poller {
     pub authorities: super::pki::Authorities,
 }
 
+/// How often a roaming system that keeps failing is logged at WARN.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
 struct Target {
     channel: Channel,
     url: String,
+    region: String,
     tool: Arc<meridian_node::trust::Credentials>,
     last_success: Instant,
+    /// Failed polls since the last success.
+    failures: u32,
+    /// When a failure was last logged at WARN.
+    warned: Option<Instant>,
+}
+
+/// A lazily connected channel to `region`'s roaming system at `url`.
+fn dial(
+    url: &str,
+    region: &str,
+    tool: &Arc<meridian_node::trust::Credentials>,
+) -> Result<Channel, meridian_node::Error> {
+    let dial = meridian_node::transport::Dial::Region {
+        credentials: tool.clone(),
+        region: region.to_owned(),
+    };
+    meridian_node::transport::channel(url, dial)
+}
+
+impl Target {
+    /// Records a failed poll: the next poll dials afresh, and the failure
+    /// is logged at WARN when it starts a run of failures and then at most
+    /// every [`WARN_EVERY`]. Returns how long the roaming system has not
+    /// answered.
+    fn failed(&mut self, key: &ObjectRef<Region>, err: &str) -> Duration {
+        self.failures += 1;
+        // Whatever answered (or did not) at the far end of this channel
+        // may not be the roaming system: a new connection is dialled, and
+        // resolved, for the next poll.
+        match dial(&self.url, &self.region, &self.tool) {
+            Ok(channel) => self.channel = channel,
+            Err(err) => tracing::warn!(%err, region = %key, "cannot reach its roaming system"),
+        }
+        let silent = self.last_success.elapsed();
+        if self.failures == 1 || self.warned.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+            tracing::warn!(region = %key, url = %self.url, %err, failures = self.failures,
+                silent_secs = silent.as_secs(), "cannot poll the roaming system's link state; reconnecting");
+            self.warned = Some(Instant::now());
+        } else {
+            tracing::debug!(region = %key, url = %self.url, %err, failures = self.failures, "no link state");
+        }
+        silent
+    }
+
+    /// Records a successful poll.
+    fn succeeded(&mut self, key: &ObjectRef<Region>) {
+        if self.failures > 0 {
+            tracing::info!(region = %key, url = %self.url, failures = self.failures,
+                "polling the roaming system's link state again");
+        }
+        self.failures = 0;
+        self.warned = None;
+        self.last_success = Instant::now();
+    }
 }
 
 impl Poller {
@@ -231,19 +303,23 @@ impl Poller {
                 };
                 let stale = |t: &Target| t.url != url || !Arc::ptr_eq(&t.tool, &tool);
                 if targets.get(key).is_none_or(stale) {
-                    let dial = meridian_node::transport::Dial::Region {
-                        credentials: tool.clone(),
-                        region: region.name_any(),
-                    };
-                    match meridian_node::transport::channel(&url, dial) {
+                    match dial(&url, &region.name_any(), &tool) {
                         Ok(channel) => {
+                            // A new address or certificate keeps the count
+                            // of a roaming system that is not answering.
+                            let last_success = targets
+                                .get(key)
+                                .map_or_else(Instant::now, |t| t.last_success);
                             targets.insert(
                                 key.clone(),
                                 Target {
                                     channel,
                                     url,
+                                    region: region.name_any(),
                                     tool,
-                                    last_success: Instant::now(),
+                                    last_success,
+                                    failures: 0,
+                                    warned: None,
                                 },
                             );
                         }
@@ -253,33 +329,36 @@ impl Poller {
                     }
                 }
             }
+            // At most a second, so one silent roaming system delays the
+            // other Regions' polls by little.
+            let timeout = self.interval.min(Duration::from_secs(1));
             let polls = targets.iter_mut().map(|(key, target)| async move {
-                // At most a second, so one silent roaming system delays the
-                // other Regions' polls by little.
-                let reply =
-                    tokio::time::timeout(self.interval.min(Duration::from_secs(1)), async {
-                        AdminClient::new(target.channel.clone())
-                            .mesh_status(MeshStatusRequest {})
-                            .await
-                    })
-                    .await;
+                let reply = tokio::time::timeout(timeout, async {
+                    AdminClient::new(target.channel.clone())
+                        .mesh_status(MeshStatusRequest {})
+                        .await
+                })
+                .await;
                 (key, target, reply)
             });
             for (key, target, reply) in futures::future::join_all(polls).await {
                 let changed = match reply {
                     Ok(Ok(reply)) => {
-                        target.last_success = Instant::now();
+                        target.succeeded(key);
                         self.observations.publish(key, from_reply(reply.get_ref()))
                     }
                     failed => {
                         let err = match failed {
-                            Ok(Err(status)) => status.message().to_owned(),
-                            _ => "timed out".to_owned(),
+                            Ok(Err(status)) => format!("{:?}: {}", status.code(), status.message()),
+                            _ => format!("no answer within {timeout:?}"),
                         };
-                        tracing::debug!(region = %key, url = %target.url, %err, "no link state");
+                        let silent = target.failed(key, &err);
                         // Stale state is worse than none: drop it after three missed polls.
-                        target.last_success.elapsed() > self.interval * 3
-                            && self.observations.lose(key)
+                        silent > self.interval * 3
+                            && self.observations.lose(
+                                key,
+                                format!("cannot poll the roaming system at {}: {err}", target.url),
+                            )
                     }
                 };
                 if changed {
@@ -313,6 +392,155 @@ mod tests {
             region: "eu".into(),
             links,
         }
+    }
+
+    /// Serves a Service address the way kube-proxy does: each new
+    /// connection goes to the backend set at that moment, and established
+    /// ones stay where they went.
+    async fn service_address(backend: Arc<Mutex<std::net::SocketAddr>>) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let to = *backend.lock().unwrap();
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    async fn wait_for(
+        observations: &Observations,
+        key: &ObjectRef<Region>,
+        what: &str,
+        check: impl Fn(&Observation) -> bool,
+    ) -> Observation {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let now = observations.get(key);
+            if check(&now) {
+                return now;
+            }
+            assert!(Instant::now() < deadline, "{what}: still {now:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The trial on kind: the first poll reached another server behind the
+    /// Service address (which answered HTTP 404), and the channel kept that
+    /// connection. The poller must dial again, and get the state once the
+    /// address leads to the roaming system, without a restart.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_poller_whose_connection_reached_the_wrong_server_dials_again() {
+        use meridian_node::transport::{ClientAuth, ServerTls};
+        use meridian_node::trust::pki::MeshCa;
+
+        let ca = MeshCa::generate("chat").unwrap();
+        let eu = ca
+            .issue_region("eu", "chat", &[], Duration::from_secs(3600))
+            .and_then(|c| c.credentials(&ca.cert_pem))
+            .unwrap();
+
+        // The wrong server holds eu's certificate (as an old pod of the
+        // region might) and answers every request with HTTP 404.
+        let wrong = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let wrong_addr = wrong.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_routes(tonic::service::Routes::from(axum::Router::new()))
+                .serve_with_incoming(meridian_node::transport::incoming(
+                    wrong,
+                    ServerTls::Region(eu.clone(), ClientAuth::Required),
+                )),
+        );
+        let backend = Arc::new(Mutex::new(wrong_addr));
+        let service = service_address(backend.clone()).await;
+
+        let (regions, mut writer) = kube::runtime::reflector::store::<Region>();
+        let region: Region = serde_yaml::from_str(
+            "apiVersion: meridian.dev/v1alpha1\nkind: Region\nmetadata: {name: eu, namespace: chat, uid: u1}\nspec: {cluster: here}\n",
+        )
+        .unwrap();
+        let key = ObjectRef::from_obj(&region);
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(region));
+        let authorities = super::super::pki::Authorities::new(super::super::pki::Issuing {
+            ca_secret: "meridian-mesh-ca".into(),
+            lifetime: Duration::from_secs(3600),
+        });
+        authorities.insert(
+            "chat",
+            MeshCa::from_pem(&ca.cert_pem, &ca.key_pem()).unwrap(),
+        );
+        let observations = Observations::default();
+        let (changed, mut reconciles) = futures::channel::mpsc::unbounded();
+        let poller = tokio::spawn(
+            Poller {
+                regions,
+                cluster: "here".into(),
+                resolver: Resolver::parse(&[format!("eu-roaming.chat.svc={service}")]).unwrap(),
+                observations: observations.clone(),
+                interval: Duration::from_millis(200),
+                changed,
+                authorities,
+            }
+            .run(),
+        );
+
+        let lost = wait_for(&observations, &key, "eu unreachable", |o| {
+            matches!(o, Observation::Unreachable(_))
+        })
+        .await;
+        let Observation::Unreachable(why) = lost else {
+            unreachable!()
+        };
+        assert!(why.contains("404"), "the reason names the answer: {why}");
+        assert_eq!(reconciles.try_recv().ok(), Some(key.clone()));
+
+        // Now the address leads to eu's roaming system; the wrong server
+        // keeps serving whatever connection it has.
+        let pair = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer_addr = peer.local_addr().unwrap();
+        let mesh = meridian_node::mesh::MeshConfig::from_yaml(&format!(
+            "region: eu\nserviceCenter: {{pair: 'https://127.0.0.1:1'}}\nroaming: {{pair: 'https://{}'}}\n",
+            pair.local_addr().unwrap()
+        ))
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (_config, mesh) = tokio::sync::watch::channel(mesh);
+        let node = tokio::spawn(
+            meridian_node::server::Node {
+                mesh,
+                data_dir: dir.path().to_owned(),
+                service_center: None,
+                roaming: Some(meridian_node::server::RoamingListeners {
+                    pair,
+                    peer,
+                    metrics: None,
+                }),
+                health: Default::default(),
+                credentials: eu,
+                client_tls: None,
+                probe: None,
+            }
+            .run(async {
+                let _ = stopped.await;
+            }),
+        );
+        *backend.lock().unwrap() = peer_addr;
+        wait_for(&observations, &key, "eu's links reported", |o| {
+            matches!(o, Observation::Reported(_))
+        })
+        .await;
+        assert_eq!(reconciles.try_recv().ok(), Some(key.clone()));
+        poller.abort();
+        let _ = stop.send(());
+        node.await.unwrap().unwrap();
     }
 
     #[test]
@@ -403,9 +631,16 @@ mod tests {
         assert!(observations.publish(&key, base.clone()));
         assert!(!observations.publish(&key, jitter));
         assert_eq!(observations.get(&key), Observation::Reported(base.clone()));
-        assert!(observations.lose(&key));
-        assert!(!observations.lose(&key), "losing it again is no news");
-        assert_eq!(observations.get(&key), Observation::Unreachable);
+        assert!(observations.lose(&key, "refused".into()));
+        assert!(
+            !observations.lose(&key, "timed out".into()),
+            "losing it again is no news"
+        );
+        assert_eq!(
+            observations.get(&key),
+            Observation::Unreachable("refused".into()),
+            "the first reason is kept"
+        );
         assert!(observations.publish(&key, base));
         observations.retain(&HashSet::new());
         assert_eq!(

@@ -94,6 +94,19 @@ impl Authorities {
         authorities.get(namespace).map(|a| a.tool.clone())
     }
 
+    /// Makes `ca` the CA of `namespace`, as reading its Secret would.
+    #[cfg(test)]
+    pub(crate) fn insert(&self, namespace: &str, ca: MeshCa) {
+        let tool = ca
+            .issue_admin("operator", self.issuing.lifetime)
+            .and_then(|c| c.credentials(&ca.cert_pem))
+            .expect("a tool certificate");
+        self.by_namespace
+            .lock()
+            .expect("authorities")
+            .insert(namespace.to_owned(), Arc::new(Authority { ca, tool }));
+    }
+
     /// The CA of `namespace`: read from its Secret, which is created (with
     /// a new CA) when it does not exist.
     async fn authority(&self, client: &Client, namespace: &str) -> Result<Arc<Authority>, Error> {

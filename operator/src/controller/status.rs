@@ -2,6 +2,12 @@
 //! counts and the peer list. Built by a pure function; a condition keeps its
 //! transition time while its status stays the same, so an unchanged world
 //! writes an unchanged status.
+//!
+//! `LinkStateKnown` says whether `peers` comes from the roaming system:
+//! `True` (`LinkStateReported`) once it answered the operator's poll,
+//! `False` (`LinkStateUnknown`, with the error) while it has not answered for
+//! three polls, `Unknown` (`NotPolledYet`) before the first poll of a new
+//! Region. A restarted operator keeps what is written until it has polled.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -36,8 +42,7 @@ pub fn status(
 ) -> RegionStatus {
     let mut next = previous.cloned().unwrap_or_default();
     next.observed_generation = generation;
-    let mut set = |type_: &str, ok: bool, reason: &str, message: String| {
-        let status = if ok { "True" } else { "False" };
+    let mut set_status = |type_: &str, status: &str, reason: &str, message: String| {
         let kept = previous
             .and_then(|p| p.conditions.iter().find(|c| c.type_ == type_))
             .filter(|c| c.status == status)
@@ -54,6 +59,9 @@ pub fn status(
             Some(existing) => *existing = condition,
             None => next.conditions.push(condition),
         }
+    };
+    let mut set = |type_: &str, ok: bool, reason: &str, message: String| {
+        set_status(type_, if ok { "True" } else { "False" }, reason, message)
     };
     match outcome {
         Outcome::Applied {
@@ -99,6 +107,8 @@ pub fn status(
                 "PeersConfigured",
                 format!("{} peers configured", mesh.peers.len()),
             );
+            let (known, reason, message) = link_state_known(observed, previous);
+            set_status("LinkStateKnown", &known, &reason, message);
             next.service_center = WorkloadStatus {
                 ready_replicas: applied.service_center_ready,
             };
@@ -120,6 +130,34 @@ pub fn status(
     next
 }
 
+/// The `LinkStateKnown` condition's status, reason and message.
+fn link_state_known(
+    observed: &Observation,
+    previous: Option<&RegionStatus>,
+) -> (String, String, String) {
+    match observed {
+        Observation::Reported(_) => (
+            "True".into(),
+            "LinkStateReported".into(),
+            "the roaming system reports its links".into(),
+        ),
+        Observation::Unreachable(why) => ("False".into(), "LinkStateUnknown".into(), why.clone()),
+        Observation::Pending => {
+            let before =
+                previous.and_then(|p| p.conditions.iter().find(|c| c.type_ == "LinkStateKnown"));
+            match before {
+                // Not polled by this process yet: what is written stands.
+                Some(c) => (c.status.clone(), c.reason.clone(), c.message.clone()),
+                None => (
+                    "Unknown".into(),
+                    "NotPolledYet".into(),
+                    "the roaming system has not been polled yet".into(),
+                ),
+            }
+        }
+    }
+}
+
 /// One entry per configured peer, with the roaming system's view of it: as
 /// reported; as the status already says while this process has not polled
 /// yet (a restart or a new leader changes nothing); none when the roaming
@@ -134,7 +172,7 @@ fn peers(
         .map(|p| {
             let seen = match observed {
                 Observation::Reported(links) => links.get(&p.region),
-                Observation::Unreachable => None,
+                Observation::Unreachable(_) => None,
                 Observation::Pending => {
                     let before =
                         previous.and_then(|s| s.peers.iter().find(|b| b.region == p.region));
@@ -403,7 +441,7 @@ mod tests {
         let kept = with(&Observation::Pending, Some(&third));
         assert_eq!(kept.peers, third.peers);
         assert!(peer_changes(Some(&third), &kept).is_empty());
-        let lost = with(&Observation::Unreachable, Some(&third));
+        let lost = with(&Observation::Unreachable("refused".into()), Some(&third));
         assert!(lost.peers.iter().all(|p| p.state.is_none()));
         let unknown = peer_changes(Some(&third), &lost);
         assert_eq!(unknown.len(), 2, "each peer no longer reported is a change");
@@ -420,6 +458,76 @@ mod tests {
             peer_changes(Some(&lost), &lost).is_empty(),
             "still unreported is no change"
         );
+    }
+
+    #[test]
+    fn link_state_known_says_whether_the_roaming_system_answers() {
+        let mesh = mesh();
+        let applied = Applied {
+            service_center_ready: 1,
+            roaming_ready: 1,
+            roaming_wanted: 1,
+        };
+        let t = |s| Timestamp::from_second(s).unwrap();
+        let at = |observed: &Observation, previous: Option<&RegionStatus>, now| {
+            status(
+                Some(1),
+                Outcome::Applied {
+                    applied: &applied,
+                    mesh: &mesh,
+                    observed,
+                },
+                previous,
+                now,
+            )
+        };
+        let known = |s: &RegionStatus| {
+            let c = condition(s, "LinkStateKnown");
+            (c.status.clone(), c.reason.clone(), c.message.clone())
+        };
+        let fresh = at(&Observation::Pending, None, t(1));
+        assert_eq!(known(&fresh).0, "Unknown");
+        assert_eq!(known(&fresh).1, "NotPolledYet");
+
+        let lost = at(
+            &Observation::Unreachable("cannot poll: refused".into()),
+            Some(&fresh),
+            t(2),
+        );
+        assert_eq!(
+            known(&lost),
+            (
+                "False".into(),
+                "LinkStateUnknown".into(),
+                "cannot poll: refused".into()
+            )
+        );
+        assert_eq!(
+            condition(&lost, "Ready").status,
+            "True",
+            "an unpolled roaming system does not make the Region unready"
+        );
+        // A restarted operator that has not polled yet keeps the condition.
+        let restarted = at(&Observation::Pending, Some(&lost), t(3));
+        assert_eq!(restarted, lost);
+
+        let polled = at(
+            &Observation::Reported(ObservedLinks::new()),
+            Some(&restarted),
+            t(4),
+        );
+        assert_eq!(known(&polled).0, "True");
+        assert_eq!(known(&polled).1, "LinkStateReported");
+        assert_eq!(
+            condition(&polled, "LinkStateKnown").last_transition_time,
+            Time(t(4))
+        );
+        let again = at(
+            &Observation::Reported(ObservedLinks::new()),
+            Some(&polled),
+            t(5),
+        );
+        assert_eq!(again, polled, "a steady poll writes nothing new");
     }
 
     #[test]
