@@ -395,6 +395,56 @@ fn the_operator_turns_regions_into_workloads_and_a_full_mesh() {
     assert!(standby.is_running());
 }
 
+/// A rolling restart: the leader gets SIGTERM and releases the Lease, so
+/// the standby leads within a few seconds rather than after the 15 s the
+/// Lease lasts.
+#[test]
+fn a_leader_that_stops_hands_the_lease_over_at_once() {
+    let cluster = ControlPlane::start().expect("a control plane");
+    install_and_wait(&cluster, "default").unwrap();
+    let kubeconfig = service_account_kubeconfig(&cluster).unwrap();
+    let logs = cluster.log_dir();
+    let lease = || {
+        get_json(
+            &cluster,
+            &["lease", "meridian-operator", "-n", RELEASE_NAMESPACE],
+        )
+        .map(|l| l["spec"].clone())
+        .unwrap_or(Value::Null)
+    };
+    let mut leader = Operator::start(&kubeconfig, "default", "replica-a", &logs);
+    wait(&cluster, "replica-a to lead", 60, || {
+        leader.log_text().contains("became the leader")
+    });
+    let standby = Operator::start(&kubeconfig, "default", "replica-b", &logs);
+    wait(&cluster, "replica-b to stand by", 30, || {
+        standby.log_text().contains("standing by")
+    });
+    assert_eq!(lease()["holderIdentity"], "replica-a");
+    let transitions = lease()["leaseTransitions"].as_i64().unwrap_or(0);
+
+    let stopped = Instant::now();
+    leader.stop(false);
+    assert!(
+        leader.log_text().contains("released the leader lease"),
+        "{}",
+        leader.log_text()
+    );
+    wait(&cluster, "replica-b to take the released Lease", 8, || {
+        lease()["holderIdentity"] == "replica-b"
+    });
+    let took = stopped.elapsed();
+    println!("the standby led {took:?} after the leader's SIGTERM");
+    assert!(
+        took < Duration::from_secs(8),
+        "the standby took {took:?}; the Lease lasts 15 s"
+    );
+    assert_eq!(lease()["leaseTransitions"].as_i64(), Some(transitions + 1));
+    wait(&cluster, "replica-b to say it leads", 10, || {
+        standby.log_text().contains("became the leader")
+    });
+}
+
 #[test]
 fn two_clusters_each_deploy_their_own_regions_and_list_the_others_as_peers() {
     let a = ControlPlane::start().expect("control plane a");

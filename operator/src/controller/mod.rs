@@ -223,7 +223,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     match &election {
         Some(election) => {
             tokio::select! {
-                () = controller => {}
+                () = controller => {
+                    // Stopped (SIGTERM or Ctrl-C) with every reconcile
+                    // done: hand the lease over now rather than leave the
+                    // cluster without a leader until it expires.
+                    metrics
+                        .leading
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                    election.release().await;
+                }
                 () = election.hold() => {
                     // Another replica may lead now: stop at once rather than write.
                     anyhow::bail!("lost the leader lease; exiting so that only the leader writes");
