@@ -5,9 +5,11 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tonic_health::ServingStatus;
 
 use crate::Error;
 use crate::mesh::MeshConfig;
@@ -66,9 +68,20 @@ pub struct Node {
     /// one of its own, or (`None`) not at all.
     pub client_tls: Option<ServerTls>,
     /// A plaintext port answering only grpc.health.v1, for Kubernetes'
-    /// gRPC probes (which speak no TLS). It answers once the node serves.
+    /// gRPC probes (which speak no TLS). It answers once the node serves:
+    /// a roaming system is SERVING at once; a service center is NOT_SERVING
+    /// until a call to its own roaming system (over the pair port's mutual
+    /// TLS) has succeeded, so that it turns ready only when its region can
+    /// reach others. That holds once reached: a service center that loses
+    /// its roaming system later keeps serving its own users (local first),
+    /// so it stays SERVING.
     pub probe: Option<TcpListener>,
 }
+
+/// How often a service center that waits for its roaming system asks again.
+const PAIRING_RETRY: Duration = Duration::from_millis(200);
+/// How long one such call may take.
+const PAIRING_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Node {
     /// Serves until `shutdown` completes.
@@ -103,6 +116,8 @@ impl Node {
             )
         };
         let mut servers = tokio::task::JoinSet::new();
+        // The service center's link to its roaming system, for readiness.
+        let mut pairing = None;
 
         if let Some(listeners) = self.roaming {
             let roaming = Roaming::start(self.mesh.clone(), self.health, credentials.clone());
@@ -156,6 +171,7 @@ impl Node {
                 }
             };
             let link = Arc::new(RoamingLink::new(self.mesh.clone(), credentials.clone()));
+            pairing = Some(link.clone());
             let center = BusinessCenter::start(dc, link).await?;
             tracing::info!(%region, client = %local(&listeners.client), pair = %local(&listeners.pair), "service center serving");
             let client_api = transport::server()
@@ -176,8 +192,24 @@ impl Node {
 
         if let Some(probe) = self.probe {
             tracing::info!(%region, probe = %local(&probe), "health probe serving");
+            let (reporter, health) = tonic_health::server::health_reporter();
+            if let Some(link) = pairing {
+                reporter
+                    .set_service_status("", ServingStatus::NotServing)
+                    .await;
+                let stop = stopped();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        () = link.wait_until_paired(PAIRING_RETRY, PAIRING_TIMEOUT) => {
+                            reporter.set_service_status("", ServingStatus::Serving).await;
+                        }
+                        () = stop => {}
+                    }
+                });
+            }
             servers.spawn(
-                transport::server()
+                tonic::transport::Server::builder()
+                    .add_service(health)
                     .serve_with_incoming_shutdown(transport::plain_incoming(probe), stopped()),
             );
         }

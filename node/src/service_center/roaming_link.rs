@@ -2,9 +2,13 @@
 //! its own roaming system.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 use crate::Error;
 use crate::limits::MAX_HOPS;
@@ -20,7 +24,8 @@ use crate::trust::Credentials;
 pub struct RoamingLink {
     config: watch::Receiver<MeshConfig>,
     credentials: Arc<Credentials>,
-    client: Mutex<Option<(String, PairClient<Channel>)>>,
+    /// The channel to the roaming system's pair port, and its URL.
+    channel: Mutex<Option<(String, Channel)>>,
 }
 
 impl RoamingLink {
@@ -28,7 +33,7 @@ impl RoamingLink {
         Self {
             config,
             credentials,
-            client: Mutex::new(None),
+            channel: Mutex::new(None),
         }
     }
 
@@ -41,23 +46,79 @@ impl RoamingLink {
         self.config.borrow().region.clone()
     }
 
-    fn client(&self) -> Result<PairClient<Channel>, Error> {
+    fn channel(&self) -> Result<Channel, Error> {
         let endpoint = self.config.borrow().roaming.pair.clone();
-        let mut cached = self.client.lock().expect("roaming link");
-        if let Some((url, client)) = cached.as_ref()
+        let mut cached = self.channel.lock().expect("roaming link");
+        if let Some((url, channel)) = cached.as_ref()
             && *url == endpoint
         {
-            return Ok(client.clone());
+            return Ok(channel.clone());
         }
         let dial = Dial::Region {
             credentials: self.credentials.clone(),
             region: self.region(),
         };
-        let client = PairClient::new(transport::channel(&endpoint, dial)?)
+        let channel = transport::channel(&endpoint, dial)?;
+        *cached = Some((endpoint, channel.clone()));
+        Ok(channel)
+    }
+
+    fn client(&self) -> Result<PairClient<Channel>, Error> {
+        Ok(PairClient::new(self.channel()?)
             .max_decoding_message_size(crate::limits::MAX_GRPC_MESSAGE_BYTES)
-            .max_encoding_message_size(crate::limits::MAX_GRPC_MESSAGE_BYTES);
-        *cached = Some((endpoint, client.clone()));
-        Ok(client)
+            .max_encoding_message_size(crate::limits::MAX_GRPC_MESSAGE_BYTES))
+    }
+
+    /// One real call to the roaming system: the health check of its pair
+    /// port, over the channel that carries this region's requests. It
+    /// succeeds only when the roaming system serves and accepted this
+    /// region's certificate (mutual TLS). A failure drops the channel, so
+    /// that the next call dials afresh rather than reuse a connection that
+    /// may lead elsewhere.
+    pub async fn check(&self) -> Result<(), Error> {
+        let channel = self.channel()?;
+        let reply = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await;
+        let failure = match reply {
+            Ok(reply) if reply.get_ref().status() == ServingStatus::Serving => return Ok(()),
+            Ok(reply) => format!("it reports {:?}", reply.get_ref().status()),
+            Err(status) => format!("{:?}: {}", status.code(), status.message()),
+        };
+        self.channel.lock().expect("roaming link").take();
+        Err(Error::Unavailable(format!(
+            "the roaming system at {} does not answer: {failure}",
+            self.config.borrow().roaming.pair
+        )))
+    }
+
+    /// Returns once [`RoamingLink::check`] has succeeded, trying every
+    /// `every` (each try bounded by `timeout`). Logs the wait at INFO, and
+    /// once at WARN if it lasts longer than 10 s.
+    pub async fn wait_until_paired(&self, every: Duration, timeout: Duration) {
+        let started = tokio::time::Instant::now();
+        let region = self.region();
+        tracing::info!(%region, roaming = %self.config.borrow().roaming.pair,
+            "service center not ready until its roaming system answers");
+        let mut warned = false;
+        loop {
+            let err = match tokio::time::timeout(timeout, self.check()).await {
+                Ok(Ok(())) => break,
+                Ok(Err(err)) => err.to_string(),
+                Err(_) => format!("no answer within {timeout:?}"),
+            };
+            if !warned && started.elapsed() >= Duration::from_secs(10) {
+                tracing::warn!(%region, %err, "the service center's roaming system still does not answer; not ready");
+                warned = true;
+            } else {
+                tracing::debug!(%region, %err, "roaming system not answering yet");
+            }
+            tokio::time::sleep(every).await;
+        }
+        tracing::info!(%region, waited_ms = started.elapsed().as_millis() as u64,
+            "service center ready: its roaming system answers");
     }
 
     fn envelope(&self, destination: &str) -> Envelope {

@@ -1,0 +1,203 @@
+//! A service center's readiness, as Kubernetes asks it: the gRPC health
+//! check of the plaintext probe port (`--listen-probe`). Real `meridian-node`
+//! processes: the service center stays NOT_SERVING while its roaming system
+//! is not running, turns SERVING once a call to it has succeeded, and stays
+//! SERVING when it is lost later (it still serves its own users).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use meridian_node::trust::pki::{self, MeshCa};
+use meridian_tests::local_mode::binary;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+}
+
+/// A node process, killed when dropped.
+struct Node {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Node {
+    fn start(dir: &Path, name: &str, args: &[String]) -> Node {
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(binary("meridian-node"))
+            .args(args)
+            .env("RUST_LOG", "info,meridian_node=debug")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log"))
+            .stderr(file)
+            .spawn()
+            .expect("start meridian-node");
+        Node { child, log }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The probe port's answer for the whole server (service ""), if it answers.
+async fn health(probe: SocketAddr) -> Option<ServingStatus> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{probe}"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .ok()?;
+    let reply = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .ok()?;
+    Some(reply.into_inner().status())
+}
+
+/// Waits up to `secs` for `probe` to answer `want`.
+async fn wait_for(node: &Node, probe: SocketAddr, want: ServingStatus, secs: u64) -> Duration {
+    let started = Instant::now();
+    loop {
+        let now = health(probe).await;
+        if now == Some(want) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(secs),
+            "{probe} still answers {now:?}, not {want:?}, after {secs} s\n{}",
+            node.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Asserts that `probe` answers `want` at every check for `window`.
+async fn stays(node: &Node, probe: SocketAddr, want: ServingStatus, window: Duration) {
+    let started = Instant::now();
+    while started.elapsed() < window {
+        let now = health(probe).await;
+        assert_eq!(now, Some(want), "{probe}\n{}", node.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_center_is_ready_only_once_its_roaming_system_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let ca = MeshCa::generate("readiness").unwrap();
+    let eu = ca
+        .issue_region("eu", "readiness", &[], Duration::from_secs(3600))
+        .unwrap();
+    let (ca_file, cert, key) = (dir.join("ca.crt"), dir.join("eu.crt"), dir.join("eu.key"));
+    std::fs::write(&ca_file, &ca.cert_pem).unwrap();
+    std::fs::write(&cert, &eu.cert_pem).unwrap();
+    pki::write_private(&key, &eu.key_pem).unwrap();
+
+    let (client, sc_pair, sc_probe) = (free_addr(), free_addr(), free_addr());
+    let (roaming_pair, peer, roaming_probe) = (free_addr(), free_addr(), free_addr());
+    let config = dir.join("mesh.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "region: eu\nserviceCenter: {{pair: 'https://{sc_pair}'}}\nroaming: {{pair: 'https://{roaming_pair}'}}\n"
+        ),
+    )
+    .unwrap();
+    let common = |role: &str| -> Vec<String> {
+        [
+            "--role",
+            role,
+            "--config",
+            config.to_str().unwrap(),
+            "--tls-ca",
+            ca_file.to_str().unwrap(),
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+
+    let mut args = common("service-center");
+    args.extend([
+        "--data-dir".into(),
+        dir.join("data").display().to_string(),
+        "--listen-client".into(),
+        client.to_string(),
+        "--listen-pair".into(),
+        sc_pair.to_string(),
+        "--listen-probe".into(),
+        sc_probe.to_string(),
+    ]);
+    let service_center = Node::start(dir, "service-center", &args);
+
+    // It serves (the probe answers), but is not ready: no roaming system.
+    wait_for(&service_center, sc_probe, ServingStatus::NotServing, 30).await;
+    stays(
+        &service_center,
+        sc_probe,
+        ServingStatus::NotServing,
+        Duration::from_secs(3),
+    )
+    .await;
+
+    let mut args = common("roaming");
+    args.extend([
+        "--listen-roaming-pair".into(),
+        roaming_pair.to_string(),
+        "--listen-peer".into(),
+        peer.to_string(),
+        "--listen-probe".into(),
+        roaming_probe.to_string(),
+    ]);
+    let mut roaming = Node::start(dir, "roaming", &args);
+    // A roaming system is ready as soon as it serves.
+    wait_for(&roaming, roaming_probe, ServingStatus::Serving, 30).await;
+    let took = wait_for(&service_center, sc_probe, ServingStatus::Serving, 20).await;
+    println!("the service center was ready {took:?} after its roaming system");
+    assert!(
+        service_center
+            .log_text()
+            .contains("service center ready: its roaming system answers"),
+        "{}",
+        service_center.log_text()
+    );
+
+    // Losing the roaming system later does not make it unready: it still
+    // serves its own users and local groups.
+    roaming.kill();
+    stays(
+        &service_center,
+        sc_probe,
+        ServingStatus::Serving,
+        Duration::from_secs(2),
+    )
+    .await;
+}
