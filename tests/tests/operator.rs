@@ -602,7 +602,12 @@ fn the_operator_copies_link_state_into_status_and_records_each_change() {
     let endpoints: Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("state/endpoints.json")).unwrap())
             .unwrap();
-    let mut args = vec!["--link-poll-millis".to_owned(), "500".to_owned()];
+    let mut args = vec![
+        "--link-poll-millis".to_owned(),
+        "500".to_owned(),
+        "--node-log-level".to_owned(),
+        "info,meridian_node=debug".to_owned(),
+    ];
     for region in ["eu", "us", "ap"] {
         let peer = endpoints["regions"][region]["peer"].as_str().unwrap();
         let addr = peer.trim_start_matches("https://");
@@ -642,6 +647,25 @@ fn the_operator_copies_link_state_into_status_and_records_each_change() {
             })
         },
     );
+    // The node pods get the operator's --node-log-level as RUST_LOG.
+    for (kind, name) in [
+        ("statefulset", "eu-service-center"),
+        ("deployment", "eu-roaming"),
+    ] {
+        let workload = get_json(&cluster, &[kind, name, "-n", NS]).unwrap();
+        let env = &workload["spec"]["template"]["spec"]["containers"][0]["env"];
+        let rust_log: Vec<&Value> = env
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["name"] == "RUST_LOG")
+            .collect();
+        assert_eq!(
+            rust_log,
+            [&serde_json::json!({"name": "RUST_LOG", "value": "info,meridian_node=debug"})],
+            "{kind}/{name}"
+        );
+    }
     // Which says the link state is known.
     let link_state_known = |region: &str| {
         get_json(&cluster, &["region", region, "-n", NS]).and_then(|r| {

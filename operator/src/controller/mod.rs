@@ -11,6 +11,7 @@ pub mod build;
 mod error;
 mod leader;
 pub mod links;
+mod log_level;
 mod metrics;
 pub mod pki;
 mod policy;
@@ -81,6 +82,12 @@ pub struct RunArgs {
     /// once it has used a third of its life.
     #[arg(long, env = "MERIDIAN_CERT_LIFETIME_SECONDS", default_value_t = 24 * 60 * 60, value_parser = clap::value_parser!(u64).range(60..))]
     pub cert_lifetime_seconds: u64,
+    /// The log filter of the node pods (RUST_LOG in their containers): a
+    /// level such as info or debug, optionally with per-module levels, as
+    /// in info,meridian_node=debug. Unset, the pods get none and log at info.
+    /// (The operator's own comes from RUST_LOG.)
+    #[arg(long, env = "MERIDIAN_NODE_LOG_LEVEL", value_parser = log_level::parse)]
+    pub node_log_level: Option<String>,
 }
 
 struct Context {
@@ -90,6 +97,8 @@ struct Context {
     metrics: Arc<Metrics>,
     observations: links::Observations,
     authorities: pki::Authorities,
+    /// `--node-log-level`.
+    node_log_level: Option<String>,
 }
 
 /// Runs the controller until the process is stopped.
@@ -198,6 +207,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         observations,
         authorities,
+        node_log_level: args.node_log_level.clone(),
     });
     tracing::info!(cluster = %args.cluster, "reconciling the Regions of this cluster");
 
@@ -399,7 +409,8 @@ async fn reconcile_region(region: &Region, ctx: &Context) -> Result<Action, Erro
             return Err(err);
         }
     };
-    let desired = build::desired(region, &regions, &links, &ctx.settings, owner);
+    let mut desired = build::desired(region, &regions, &links, &ctx.settings, owner);
+    log_level::apply(&mut desired, ctx.node_log_level.as_deref());
     let applied = match apply::apply_all(&ctx.client, &desired).await {
         Ok(applied) => applied,
         Err(err) => {
