@@ -9,8 +9,8 @@ pub mod validate;
 use kube::CustomResourceExt;
 
 pub use region::{
-    BandwidthSpec, PeerStatus, Region, RegionSpec, RegionStatus, RoamingSpec, ServiceCenterSpec,
-    StorageSpec, WorkloadStatus,
+    BandwidthSpec, PeerServiceSpec, PeerServiceType, PeerStatus, Region, RegionSpec, RegionStatus,
+    RoamingSpec, ServiceCenterSpec, StorageSpec, WorkloadStatus,
 };
 pub use region_link::{LinkState, RegionLink, RegionLinkSpec, RegionLinkStatus};
 pub use validate::is_region_code;

@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::region_link::LinkState;
 use crate::validate::{
-    CLUSTER_MAX_LEN, IMAGE_MAX_LEN, NAME_MAX_LEN, PEER_ENDPOINT_MAX_LEN, REGION_CODE_MAX_LEN,
-    REGION_CODE_PATTERN, SIZE_PATTERN,
+    CLUSTER_MAX_LEN, IMAGE_MAX_LEN, NAME_MAX_LEN, NODE_PORT_MAX, NODE_PORT_MIN,
+    PEER_ENDPOINT_MAX_LEN, REGION_CODE_MAX_LEN, REGION_CODE_PATTERN, SIZE_PATTERN,
 };
 
 /// Desired state of a region.
@@ -142,6 +142,12 @@ pub struct RoamingSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = IMAGE_MAX_LEN))]
     pub image: Option<String>,
+
+    /// How other clusters reach the peer port: the type of the Service
+    /// `<region>-roaming-peer`, which carries the peer port (7443) and no other.
+    /// A ClusterIP Service when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_service: Option<PeerServiceSpec>,
 }
 
 impl Default for RoamingSpec {
@@ -151,7 +157,62 @@ impl Default for RoamingSpec {
             resources: None,
             bandwidth: None,
             image: None,
+            peer_service: None,
         }
+    }
+}
+
+/// The Service `<region>-roaming-peer`: the roaming system's peer port (mutual TLS),
+/// alone, for roaming systems in other clusters. Other clusters set this region's
+/// `spec.peerEndpoint` to the address it gives (a node's address and `nodePort`, or the
+/// load balancer's address and port 7443).
+#[derive(Serialize, Deserialize, KubeSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[x_kube(
+    validation = Rule::new("!has(self.nodePort) || (has(self.type) && self.type != 'ClusterIP')")
+        .message("spec.roaming.peerService.nodePort is allowed only with type NodePort or LoadBalancer")
+        .field_path(".nodePort")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerServiceSpec {
+    /// `ClusterIP` (the default: inside the cluster only), `NodePort` (every node's
+    /// address, at `nodePort`) or `LoadBalancer` (a load balancer's address, at port 7443).
+    #[serde(default, rename = "type")]
+    pub type_: PeerServiceType,
+
+    /// The node port of the peer port, with type `NodePort` or `LoadBalancer` only;
+    /// Kubernetes picks a free one when unset. 30000 to 32767, Kubernetes' default
+    /// node port range (`--service-node-port-range`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = NODE_PORT_MIN, max = NODE_PORT_MAX))]
+    pub node_port: Option<i32>,
+}
+
+/// A Kubernetes Service type.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum PeerServiceType {
+    /// A cluster-internal address only.
+    #[default]
+    #[serde(rename = "ClusterIP")]
+    ClusterIp,
+    /// A port on every node, plus the cluster-internal address.
+    NodePort,
+    /// A load balancer in front of a node port, plus the cluster-internal address.
+    LoadBalancer,
+}
+
+impl PeerServiceType {
+    /// The name Kubernetes uses in `Service.spec.type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClusterIp => "ClusterIP",
+            Self::NodePort => "NodePort",
+            Self::LoadBalancer => "LoadBalancer",
+        }
+    }
+
+    /// Whether the Service has node ports (and so may set `nodePort`).
+    pub fn has_node_ports(self) -> bool {
+        self != Self::ClusterIp
     }
 }
 

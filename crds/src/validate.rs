@@ -25,6 +25,11 @@ pub const PEER_ENDPOINT_MAX_LEN: usize = 512;
 pub const IMAGE_MAX_LEN: usize = 1024;
 /// Longest Kubernetes object name (a DNS subdomain), also used for storage class names.
 pub const NAME_MAX_LEN: usize = 253;
+/// Lowest `nodePort`: the start of Kubernetes' default node port range
+/// (`kube-apiserver --service-node-port-range`, 30000-32767).
+pub const NODE_PORT_MIN: i32 = 30000;
+/// Highest `nodePort`: the end of Kubernetes' default node port range.
+pub const NODE_PORT_MAX: i32 = 32767;
 /// The namespace of an object whose manifest names none.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
@@ -187,6 +192,28 @@ pub fn region(region: &Region) -> Vec<Violation> {
         IMAGE_MAX_LEN,
         &mut out,
     );
+    if let Some(peer) = &roaming.peer_service
+        && let Some(port) = peer.node_port
+    {
+        let field = "spec.roaming.peerService.nodePort";
+        if !peer.type_.has_node_ports() {
+            out.push(Violation::new(
+                field,
+                format!(
+                    "is allowed only with type NodePort or LoadBalancer, not {}",
+                    peer.type_.as_str()
+                ),
+            ));
+        }
+        if !(NODE_PORT_MIN..=NODE_PORT_MAX).contains(&port) {
+            out.push(Violation::new(
+                field,
+                format!(
+                    "must be in {NODE_PORT_MIN}-{NODE_PORT_MAX} (Kubernetes' default node port range), not {port}"
+                ),
+            ));
+        }
+    }
     out
 }
 
@@ -548,6 +575,76 @@ spec:
                 "spec.roaming.image",
             ]
         );
+    }
+
+    #[test]
+    fn a_peer_service_may_be_a_node_port_or_a_load_balancer() {
+        let r = region_yaml(
+            "metadata: {name: eu}\nspec:\n  cluster: c\n  roaming:\n    peerService: {type: NodePort, nodePort: 30701}\n",
+        );
+        let peer = r.spec.roaming.peer_service.as_ref().unwrap();
+        assert_eq!(peer.type_, crate::PeerServiceType::NodePort);
+        assert_eq!(peer.node_port, Some(30701));
+        assert_eq!(region(&r), vec![]);
+
+        for ok in [
+            "{type: LoadBalancer}",
+            "{type: LoadBalancer, nodePort: 32767}",
+            "{type: NodePort, nodePort: 30000}",
+            "{type: NodePort}",
+            "{type: ClusterIP}",
+            "{}",
+        ] {
+            let r = region_yaml(&format!(
+                "metadata: {{name: eu}}\nspec: {{cluster: c, roaming: {{peerService: {ok}}}}}\n"
+            ));
+            assert_eq!(region(&r), vec![], "{ok}");
+        }
+        let r =
+            region_yaml("metadata: {name: eu}\nspec: {cluster: c, roaming: {peerService: {}}}\n");
+        assert_eq!(
+            r.spec.roaming.peer_service.unwrap().type_,
+            crate::PeerServiceType::ClusterIp,
+            "ClusterIP by default"
+        );
+    }
+
+    #[test]
+    fn a_node_port_needs_a_type_with_node_ports_and_the_default_range() {
+        let check = |peer: &str| {
+            region(&region_yaml(&format!(
+                "metadata: {{name: eu}}\nspec: {{cluster: c, roaming: {{peerService: {peer}}}}}\n"
+            )))
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            check("{nodePort: 30701}"),
+            vec![
+                "spec.roaming.peerService.nodePort: is allowed only with type NodePort or LoadBalancer, not ClusterIP"
+            ]
+        );
+        assert_eq!(
+            check("{type: ClusterIP, nodePort: 30701}"),
+            check("{nodePort: 30701}")
+        );
+        assert_eq!(
+            check("{type: NodePort, nodePort: 7443}"),
+            vec![
+                "spec.roaming.peerService.nodePort: must be in 30000-32767 (Kubernetes' default node port range), not 7443"
+            ]
+        );
+        assert_eq!(
+            check("{type: LoadBalancer, nodePort: 32768}").len(),
+            1,
+            "one past the range"
+        );
+        assert_eq!(check("{type: ClusterIP, nodePort: 1}").len(), 2);
+        let unknown = serde_yaml::from_str::<Region>(
+            "metadata: {name: eu}\nspec: {cluster: c, roaming: {peerService: {type: ExternalName}}}\n",
+        );
+        assert!(unknown.is_err(), "ExternalName is not a peer Service type");
     }
 
     #[test]

@@ -853,3 +853,96 @@ fn the_chart_lints_clean_and_its_schema_refuses_bad_values() {
         ]
     );
 }
+
+/// `spec.roaming.peerService` exposes the peer port, and only it, to other
+/// clusters: the Service `<region>-roaming-peer` turns from ClusterIP into a
+/// NodePort at the given port and back in place (same object, same cluster
+/// IP) through the operator's server-side apply, while `<region>-roaming`
+/// (pair and peer ports, for this cluster) stays ClusterIP. The apiserver
+/// refuses a node port without a node-port type, or outside the default
+/// range, naming the field.
+#[test]
+fn a_regions_peer_port_becomes_a_node_port_in_place_and_the_pair_port_never_does() {
+    let cluster = ControlPlane::start().expect("a control plane");
+    install_and_wait(&cluster, "cluster-b").unwrap();
+    cluster.kubectl_ok(&["create", "namespace", NS]).unwrap();
+    let kubeconfig = service_account_kubeconfig(&cluster).unwrap();
+    let _operator = Operator::start(&kubeconfig, "cluster-b", "cluster-b", &cluster.log_dir());
+
+    let ap = |peer_service: Option<&str>| {
+        let peer_service = peer_service
+            .map(|p| format!("  roaming: {{peerService: {p}}}\n"))
+            .unwrap_or_default();
+        format!("{}{peer_service}", region_yaml("ap", "cluster-b", None))
+    };
+    let service = |name: &str| get_json(&cluster, &["service", name, "-n", NS]);
+    // (type, [(port, nodePort)]) of a Service.
+    let shape = |svc: &Value| {
+        let ports: Vec<(i64, Option<i64>)> = svc["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["port"].as_i64().unwrap(), p["nodePort"].as_i64()))
+            .collect();
+        (svc["spec"]["type"].as_str().unwrap().to_owned(), ports)
+    };
+    let in_cluster = || {
+        let roaming = service("ap-roaming").unwrap();
+        assert_eq!(
+            shape(&roaming),
+            ("ClusterIP".to_owned(), vec![(7402, None), (7443, None)])
+        );
+    };
+
+    // ClusterIP by default.
+    cluster
+        .kubectl_stdin(&["apply", "-f", "-"], &ap(None))
+        .unwrap();
+    wait(&cluster, "ap-roaming-peer", 60, || {
+        service("ap-roaming-peer").is_some()
+    });
+    let first = service("ap-roaming-peer").unwrap();
+    assert_eq!(shape(&first), ("ClusterIP".to_owned(), vec![(7443, None)]));
+    in_cluster();
+    let same_object = |svc: &Value| {
+        svc["metadata"]["uid"] == first["metadata"]["uid"]
+            && svc["spec"]["clusterIP"] == first["spec"]["clusterIP"]
+    };
+
+    // Refused by the CRD's schema, naming the field.
+    for bad in ["{nodePort: 30701}", "{type: NodePort, nodePort: 80}"] {
+        let refused = cluster
+            .kubectl_stdin(&["apply", "-f", "-"], &ap(Some(bad)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("spec.roaming.peerService.nodePort"),
+            "{bad}: {refused}"
+        );
+    }
+
+    // ClusterIP -> NodePort, in place.
+    cluster
+        .kubectl_stdin(
+            &["apply", "-f", "-"],
+            &ap(Some("{type: NodePort, nodePort: 30701}")),
+        )
+        .unwrap();
+    wait(&cluster, "ap-roaming-peer at node port 30701", 30, || {
+        service("ap-roaming-peer")
+            .is_some_and(|s| shape(&s) == ("NodePort".to_owned(), vec![(7443, Some(30701))]))
+    });
+    assert!(same_object(&service("ap-roaming-peer").unwrap()));
+    in_cluster();
+
+    // And back: the node port is released.
+    cluster
+        .kubectl_stdin(&["apply", "-f", "-"], &ap(None))
+        .unwrap();
+    wait(&cluster, "ap-roaming-peer ClusterIP again", 30, || {
+        service("ap-roaming-peer")
+            .is_some_and(|s| shape(&s) == ("ClusterIP".to_owned(), vec![(7443, None)]))
+    });
+    assert!(same_object(&service("ap-roaming-peer").unwrap()));
+    in_cluster();
+}

@@ -77,7 +77,8 @@ pub struct Applied {
     pub roaming_wanted: i32,
 }
 
-/// Applies every object of a Region: configuration first, so the pods find it.
+/// Applies every object of a Region: configuration first, so the pods find it,
+/// and the Service exposing the peer port to other clusters last.
 pub async fn apply_all(client: &Client, desired: &Desired) -> Result<Applied, Error> {
     apply(client, &desired.config_map).await?;
     apply(client, &desired.network_policy).await?;
@@ -85,6 +86,9 @@ pub async fn apply_all(client: &Client, desired: &Desired) -> Result<Applied, Er
     apply(client, &desired.roaming_service).await?;
     let sts = apply(client, &desired.service_center).await?;
     let deployment = apply(client, &desired.roaming).await?;
+    // Last: a node port another Service holds fails only this write, and
+    // the region still runs for its own users and in-cluster peers.
+    apply(client, &desired.roaming_peer_service).await?;
     Ok(Applied {
         service_center_ready: sts.status.and_then(|s| s.ready_replicas).unwrap_or(0),
         roaming_ready: deployment

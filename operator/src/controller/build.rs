@@ -15,7 +15,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use meridian_crds::{BandwidthSpec, Region, RegionLink};
+use meridian_crds::{BandwidthSpec, PeerServiceSpec, Region, RegionLink};
 use meridian_node::mesh::MeshConfig;
 
 use crate::mesh::{PairEndpoints, mesh_config};
@@ -53,7 +53,12 @@ pub struct Desired {
     pub network_policy: NetworkPolicy,
     pub service_center_service: Service,
     pub service_center: StatefulSet,
+    /// `<region>-roaming`: the pair and peer ports, ClusterIP, for this
+    /// cluster (the service center and local peers).
     pub roaming_service: Service,
+    /// `<region>-roaming-peer`: the peer port alone, of the type
+    /// `spec.roaming.peerService` asks for, for other clusters.
+    pub roaming_peer_service: Service,
     pub roaming: Deployment,
 }
 
@@ -63,6 +68,12 @@ pub fn service_center_name(region: &str) -> String {
 
 pub fn roaming_name(region: &str) -> String {
     format!("{region}-roaming")
+}
+
+/// The Service that carries a region's peer port alone, exposed as
+/// `spec.roaming.peerService` asks; never the pair port.
+pub fn roaming_peer_name(region: &str) -> String {
+    format!("{region}-roaming-peer")
 }
 
 pub fn config_map_name(region: &str) -> String {
@@ -317,11 +328,18 @@ pub fn desired(
         },
         ..Default::default()
     };
+    // In-cluster addressing (the pair endpoint, local peers' URLs, the
+    // certificate's names) stays on `<region>-roaming`, always ClusterIP.
     let roaming_service = service(
         meta(r_name, "roaming"),
         &code,
         "roaming",
         &[("pair", ROAMING_PAIR_PORT), ("peer", PEER_PORT)],
+    );
+    let roaming_peer_service = peer_service(
+        meta(roaming_peer_name(&code), "roaming"),
+        &code,
+        roaming_spec.peer_service.clone().unwrap_or_default(),
     );
 
     let network_policy =
@@ -333,6 +351,7 @@ pub fn desired(
         service_center_service,
         service_center,
         roaming_service,
+        roaming_peer_service,
         roaming,
     }
 }
@@ -529,6 +548,27 @@ fn service(metadata: ObjectMeta, region: &str, component: &str, ports: &[(&str, 
     }
 }
 
+/// The peer port alone, for other clusters: a NodePort or LoadBalancer
+/// Service gives every port it carries a node port, so the pair port (its
+/// region's own pods only) must never be on it. The type is always written,
+/// so that a change in either direction is applied in place: Kubernetes
+/// allows ClusterIP to NodePort or LoadBalancer and back on a live Service
+/// (it allocates the node port, or releases it, itself), and with
+/// server-side apply the operator owns `type` and, when given, `nodePort`;
+/// the cluster IP and an allocated node port stay the API server's.
+fn peer_service(metadata: ObjectMeta, region: &str, spec: PeerServiceSpec) -> Service {
+    let mut service = service(metadata, region, "roaming", &[("peer", PEER_PORT)]);
+    if let Some(service_spec) = service.spec.as_mut() {
+        service_spec.type_ = Some(spec.type_.as_str().to_owned());
+        if spec.type_.has_node_ports()
+            && let Some(port) = service_spec.ports.iter_mut().flatten().next()
+        {
+            port.node_port = spec.node_port;
+        }
+    }
+    service
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -574,7 +614,12 @@ spec: {regions: [eu, us], enabled: false}
 
     /// eu's desired objects, after `change` to the parsed eu Region.
     fn desired_eu_with(change: impl FnOnce(&mut Region)) -> Desired {
-        let mut m = manifest::parse(&[(PathBuf::from("m.yaml"), MANIFESTS.to_owned())]).unwrap();
+        desired_eu_from(MANIFESTS, change)
+    }
+
+    /// eu's desired objects from `manifests` (eu first), after `change` to eu.
+    fn desired_eu_from(manifests: &str, change: impl FnOnce(&mut Region)) -> Desired {
+        let mut m = manifest::parse(&[(PathBuf::from("m.yaml"), manifests.to_owned())]).unwrap();
         change(&mut m.regions[0]);
         let settings = Settings {
             cluster: "a".into(),
@@ -782,5 +827,199 @@ spec: {regions: [eu, us], enabled: false}
                 );
             }
         }
+    }
+
+    /// MANIFESTS with eu's `spec.roaming.peerService` set to `peer` (flow YAML).
+    fn with_eu_peer_service(peer: &str) -> String {
+        let roaming = "roaming: {replicas: 2, image: 'example/roaming:1'}";
+        assert!(MANIFESTS.contains(roaming));
+        MANIFESTS.replacen(
+            roaming,
+            &format!("roaming: {{replicas: 2, image: 'example/roaming:1', peerService: {peer}}}"),
+            1,
+        )
+    }
+
+    /// (name, port, targetPort, nodePort) of each port of `service`.
+    fn service_ports(service: &Service) -> Vec<(String, i32, Option<IntOrString>, Option<i32>)> {
+        service
+            .spec
+            .as_ref()
+            .unwrap()
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| {
+                (
+                    p.name.clone().unwrap_or_default(),
+                    p.port,
+                    p.target_port.clone(),
+                    p.node_port,
+                )
+            })
+            .collect()
+    }
+
+    fn service_type(service: &Service) -> Option<&str> {
+        service.spec.as_ref().unwrap().type_.as_deref()
+    }
+
+    #[test]
+    fn the_peer_service_is_cluster_ip_by_default_and_carries_the_peer_port_alone() {
+        let d = desired_eu();
+        let peer = &d.roaming_peer_service;
+        assert_eq!(peer.metadata.name.as_deref(), Some("eu-roaming-peer"));
+        assert_eq!(peer.metadata.namespace.as_deref(), Some("chat"));
+        assert_eq!(
+            peer.metadata.owner_references.as_ref().unwrap()[0].name,
+            "eu"
+        );
+        assert_eq!(service_type(peer), Some("ClusterIP"));
+        assert_eq!(
+            service_ports(peer),
+            vec![(
+                "peer".to_owned(),
+                PEER_PORT,
+                Some(IntOrString::Int(PEER_PORT)),
+                None
+            )]
+        );
+        assert_eq!(
+            peer.spec.as_ref().unwrap().selector,
+            d.roaming_service.spec.as_ref().unwrap().selector,
+            "the same roaming pods"
+        );
+        // An explicit ClusterIP is the same as none.
+        let explicit = desired_eu_from(&with_eu_peer_service("{type: ClusterIP}"), |_| {});
+        assert_eq!(explicit.roaming_peer_service, d.roaming_peer_service);
+    }
+
+    #[test]
+    fn a_node_port_peer_service_exposes_the_peer_port_at_the_given_node_port() {
+        let d = desired_eu_from(
+            &with_eu_peer_service("{type: NodePort, nodePort: 30701}"),
+            |_| {},
+        );
+        let peer = &d.roaming_peer_service;
+        assert_eq!(service_type(peer), Some("NodePort"));
+        assert_eq!(
+            service_ports(peer),
+            vec![(
+                "peer".to_owned(),
+                PEER_PORT,
+                Some(IntOrString::Int(PEER_PORT)),
+                Some(30701)
+            )]
+        );
+
+        // In-cluster addressing is unchanged: the pair endpoints and local
+        // peers still use `<region>-roaming`, which stays ClusterIP with
+        // the pair and peer ports.
+        let plain = desired_eu();
+        assert_eq!(d.roaming_service, plain.roaming_service);
+        assert_eq!(service_type(&d.roaming_service), None, "ClusterIP");
+        assert_eq!(d.mesh, plain.mesh);
+        assert_eq!(d.mesh.roaming.pair, "https://eu-roaming.chat.svc:7402");
+        assert_eq!(
+            d.mesh.peer("us").map(|p| p.endpoint.as_str()),
+            Some("https://us-roaming.chat.svc:7443")
+        );
+    }
+
+    #[test]
+    fn a_load_balancer_peer_service_lets_kubernetes_pick_the_node_port() {
+        let d = desired_eu_from(&with_eu_peer_service("{type: LoadBalancer}"), |_| {});
+        let peer = &d.roaming_peer_service;
+        assert_eq!(service_type(peer), Some("LoadBalancer"));
+        assert_eq!(
+            service_ports(peer),
+            vec![(
+                "peer".to_owned(),
+                PEER_PORT,
+                Some(IntOrString::Int(PEER_PORT)),
+                None
+            )]
+        );
+    }
+
+    #[test]
+    fn invalid_peer_services_are_refused_naming_the_field() {
+        for (peer, why) in [
+            (
+                "{nodePort: 30701}",
+                "is allowed only with type NodePort or LoadBalancer, not ClusterIP",
+            ),
+            (
+                "{type: ClusterIP, nodePort: 30701}",
+                "is allowed only with type NodePort or LoadBalancer, not ClusterIP",
+            ),
+            (
+                "{type: NodePort, nodePort: 80}",
+                "must be in 30000-32767 (Kubernetes' default node port range), not 80",
+            ),
+        ] {
+            let err = manifest::parse(&[(PathBuf::from("m.yaml"), with_eu_peer_service(peer))])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!(
+                    "Region \"eu\"): spec.roaming.peerService.nodePort: {why}"
+                )),
+                "{peer}: {err}"
+            );
+        }
+    }
+
+    /// The pair port must never reach outside the cluster: it is on no
+    /// Service that may get node ports, and the NetworkPolicy opens it only
+    /// to the region's own pods, while every port of the peer Service is
+    /// open from anywhere (mutual TLS), as node-port traffic needs.
+    #[test]
+    fn only_the_peer_port_leaves_the_cluster_and_the_network_policy_agrees() {
+        let d = desired_eu_from(
+            &with_eu_peer_service("{type: NodePort, nodePort: 30701}"),
+            |_| {},
+        );
+        let exposed: Vec<i32> = service_ports(&d.roaming_peer_service)
+            .into_iter()
+            .map(|(_, port, _, _)| port)
+            .collect();
+        assert_eq!(exposed, vec![PEER_PORT]);
+        for internal in [&d.roaming_service, &d.service_center_service] {
+            assert!(
+                matches!(service_type(internal), None | Some("ClusterIP")),
+                "{:?}",
+                internal.metadata.name
+            );
+        }
+
+        let rules = d
+            .network_policy
+            .spec
+            .as_ref()
+            .unwrap()
+            .ingress
+            .clone()
+            .unwrap();
+        let ports = |rule: &k8s_openapi::api::networking::v1::NetworkPolicyIngressRule| {
+            rule.ports
+                .iter()
+                .flatten()
+                .filter_map(|p| match p.port {
+                    Some(IntOrString::Int(n)) => Some(n),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        let open: Vec<i32> = rules
+            .iter()
+            .filter(|r| r.from.is_none())
+            .flat_map(ports)
+            .collect();
+        for port in &exposed {
+            assert!(open.contains(port), "{port} is open from anywhere");
+        }
+        assert!(!open.contains(&ROAMING_PAIR_PORT));
+        assert!(!open.contains(&SERVICE_CENTER_PAIR_PORT));
     }
 }
