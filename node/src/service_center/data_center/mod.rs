@@ -114,13 +114,31 @@ impl DataCenter {
 
 /// Creates the data directory (and any missing parents) if needed, and
 /// makes it mode 0700 whatever the umask or its earlier mode.
+///
+/// A directory this process does not own cannot be made 0700: a volume from
+/// a provisioner that ignores `fsGroup` (local-path, hostPath) is owned by
+/// root and made writable for everyone. It is used as it is, with a warning;
+/// the files the data center keeps in it are 0600 all the same.
 pub fn private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+    match std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            let meta = std::fs::metadata(dir)?;
+            tracing::warn!(
+                dir = %dir.display(),
+                owner = meta.uid(),
+                mode = format!("{:o}", meta.mode() & 0o7777),
+                "the data directory is not this process's own, so it stays as it is; \
+                 the data center's files in it are 0600"
+            );
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 /// Creates the database file if it is missing, and makes it and its
