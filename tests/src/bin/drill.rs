@@ -269,10 +269,12 @@ async fn check(args: &Args, acked: &[PathBuf]) -> anyhow::Result<()> {
 fn parse_acked(text: &str) -> anyhow::Result<Vec<(String, String)>> {
     text.lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|line| match line.split_whitespace().collect::<Vec<_>>()[..] {
-            [key, id] => Ok((key.to_owned(), id.to_owned())),
-            _ => bail!("not a `key id` line: {line:?}"),
-        })
+        .map(
+            |line| match line.split_whitespace().collect::<Vec<_>>()[..] {
+                [key, id] => Ok((key.to_owned(), id.to_owned())),
+                _ => bail!("not a `key id` line: {line:?}"),
+            },
+        )
         .collect()
 }
 
@@ -288,7 +290,11 @@ fn verify(history: &[(u64, String)], acks: &[(String, String)]) -> anyhow::Resul
     let mut seen = HashSet::new();
     for (i, (seq, id)) in history.iter().enumerate() {
         if *seq != i as u64 + 1 {
-            bail!("the history's seq {} is at position {}: a gap or a reorder", seq, i + 1);
+            bail!(
+                "the history's seq {} is at position {}: a gap or a reorder",
+                seq,
+                i + 1
+            );
         }
         if !seen.insert(id.as_str()) {
             bail!("message {id} appears twice in the history");
@@ -333,7 +339,13 @@ mod tests {
             &a(&[("k1", "m1"), ("k3", "m3"), ("k3", "m3")]),
         )
         .unwrap();
-        assert_eq!(summary, Summary { messages: 3, acked: 2 });
+        assert_eq!(
+            summary,
+            Summary {
+                messages: 3,
+                acked: 2
+            }
+        );
     }
 
     #[test]
@@ -344,8 +356,8 @@ mod tests {
         assert!(twice.to_string().contains("twice"), "{twice}");
         let lost = verify(&h(&[(1, "m1")]), &a(&[("k2", "m2")])).unwrap_err();
         assert!(lost.to_string().contains("not in the history"), "{lost}");
-        let split = verify(&h(&[(1, "m1"), (2, "m2")]), &a(&[("k", "m1"), ("k", "m2")]))
-            .unwrap_err();
+        let split =
+            verify(&h(&[(1, "m1"), (2, "m2")]), &a(&[("k", "m1"), ("k", "m2")])).unwrap_err();
         assert!(split.to_string().contains("both"), "{split}");
     }
 
