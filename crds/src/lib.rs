@@ -1,7 +1,9 @@
 //! Meridian's Kubernetes API types: [`Region`] and [`RegionLink`] (group `meridian.dev`,
-//! version `v1alpha1`), their CRDs, their validation, and loading them from manifests.
+//! version `v1alpha1`), their CRDs, their validation, loading them from manifests, and
+//! comparing the quantities they hold.
 
 pub mod manifest;
+pub mod quantity;
 pub mod region;
 pub mod region_link;
 pub mod validate;
