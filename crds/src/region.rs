@@ -257,7 +257,8 @@ pub struct RegionStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
-    /// `Ready`, `Progressing`, `Degraded` and `MeshConfigured`.
+    /// `Ready`, `Progressing`, `Degraded`, `MeshConfigured`, `LinkStateKnown` and,
+    /// with a data volume (`spec.serviceCenter.storage`), `StorageResized`.
     #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,

@@ -821,6 +821,7 @@ fn the_chart_lints_clean_and_its_schema_refuses_bad_values() {
     assert!(rendered.status.success());
     let text = String::from_utf8_lossy(&rendered.stdout);
     let mut secrets_verbs = Vec::new();
+    let mut storage_rules = Vec::new();
     for document in serde_yaml::Deserializer::from_str(&text) {
         let object = Value::deserialize(document).unwrap();
         if !matches!(object["kind"].as_str(), Some("Role" | "ClusterRole")) {
@@ -842,6 +843,19 @@ fn the_chart_lints_clean_and_its_schema_refuses_bad_values() {
             {
                 secrets_verbs.extend(rule["verbs"].as_array().unwrap().iter().cloned());
             }
+            let kind = object["kind"].as_str().unwrap().to_owned();
+            for resource in rule["resources"].as_array().into_iter().flatten() {
+                if matches!(
+                    resource.as_str(),
+                    Some("persistentvolumeclaims" | "storageclasses")
+                ) {
+                    storage_rules.push((
+                        kind.clone(),
+                        resource.as_str().unwrap().to_owned(),
+                        rule["verbs"].clone(),
+                    ));
+                }
+            }
         }
     }
     assert_eq!(
@@ -850,6 +864,25 @@ fn the_chart_lints_clean_and_its_schema_refuses_bad_values() {
             Value::from("get"),
             Value::from("create"),
             Value::from("patch")
+        ]
+    );
+    // Growing data volumes: claims are read and patched by name, never
+    // created, deleted, listed or watched; StorageClasses (cluster-scoped)
+    // only read by name.
+    storage_rules.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    assert_eq!(
+        storage_rules,
+        vec![
+            (
+                "ClusterRole".to_owned(),
+                "persistentvolumeclaims".to_owned(),
+                serde_json::json!(["get", "patch"])
+            ),
+            (
+                "ClusterRole".to_owned(),
+                "storageclasses".to_owned(),
+                serde_json::json!(["get"])
+            ),
         ]
     );
 }
@@ -945,4 +978,276 @@ fn a_regions_peer_port_becomes_a_node_port_in_place_and_the_pair_port_never_does
     });
     assert!(same_object(&service("ap-roaming-peer").unwrap()));
     in_cluster();
+}
+
+/// (status, reason, message) of condition `type_` of Region `region`.
+fn region_condition(
+    cluster: &ControlPlane,
+    region: &str,
+    type_: &str,
+) -> Option<(String, String, String)> {
+    let region = get_json(cluster, &["region", region, "-n", NS])?;
+    let c = region["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)?
+        .clone();
+    Some((
+        c["status"].as_str()?.to_owned(),
+        c["reason"].as_str()?.to_owned(),
+        c["message"].as_str()?.to_owned(),
+    ))
+}
+
+/// Growing a Region's data volume (`spec.serviceCenter.storage.size`). The
+/// StatefulSet's claim template cannot change, so the operator grows the
+/// claim itself where its StorageClass allows expansion, and refuses (with a
+/// condition, an Event, and nothing changed) where it does not or where the
+/// size shrinks, while the rest of the Region is still applied. kwok binds
+/// the claims of its default class `kwok-volume` but resizes nothing, so
+/// the test plays the cluster's resizer by writing the claim's capacity.
+#[test]
+fn a_regions_data_volume_grows_where_its_class_allows_and_is_refused_elsewhere() {
+    let cluster = ControlPlane::start().expect("a control plane");
+    install_and_wait(&cluster, "default").unwrap();
+    cluster.kubectl_ok(&["create", "namespace", NS]).unwrap();
+    let kubeconfig = service_account_kubeconfig(&cluster).unwrap();
+    let operator = Operator::start(&kubeconfig, "default", "storage", &cluster.log_dir());
+
+    let apply = |name: &str, size: &str, roaming_replicas: i32| {
+        let yaml = format!(
+            "apiVersion: meridian.dev/v1alpha1\nkind: Region\nmetadata: {{name: {name}, namespace: {NS}}}\nspec:\n  cluster: default\n  serviceCenter: {{storage: {{size: {size}}}}}\n  roaming: {{replicas: {roaming_replicas}}}\n"
+        );
+        cluster.kubectl_stdin(&["apply", "-f", "-"], &yaml).unwrap();
+    };
+    let claim = |region: &str| {
+        get_json(
+            &cluster,
+            &["pvc", &format!("data-{region}-service-center-0"), "-n", NS],
+        )
+        .unwrap_or(Value::Null)
+    };
+    let requested =
+        |region: &str| claim(region)["spec"]["resources"]["requests"]["storage"].clone();
+    let statefulset = |region: &str| {
+        get_json(
+            &cluster,
+            &["statefulset", &format!("{region}-service-center"), "-n", NS],
+        )
+        .unwrap()
+    };
+    let template_size = |region: &str| {
+        statefulset(region)["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]
+            ["storage"]
+            .clone()
+    };
+    let uid = |kind: &str, name: &str| {
+        get_json(&cluster, &[kind, name, "-n", NS]).unwrap()["metadata"]["uid"].clone()
+    };
+    let condition = |region: &str, type_: &str| region_condition(&cluster, region, type_);
+    let is = |region: &str, type_: &str, status: &str, reason: &str, message: &str| {
+        condition(region, type_) == Some((status.to_owned(), reason.to_owned(), message.to_owned()))
+    };
+    let has_event = |region: &str, reason: &str, note: &str| {
+        events(&cluster, "Region", region, reason)
+            .iter()
+            .any(|(n, _)| n == note)
+    };
+
+    // Two Regions on kwok's default class, which binds their claims and does
+    // not allow volume expansion.
+    apply("eu", "1Gi", 1);
+    apply("ap", "1Gi", 1);
+    wait(&cluster, "both claims Bound at 1Gi", 90, || {
+        ["eu", "ap"].iter().all(|r| {
+            let c = claim(r);
+            c["status"]["phase"] == "Bound"
+                && c["status"]["capacity"]["storage"] == "1Gi"
+                && c["spec"]["storageClassName"] == "kwok-volume"
+        })
+    });
+    let class = get_json(&cluster, &["storageclass", "kwok-volume"]).unwrap();
+    assert!(class["allowVolumeExpansion"].is_null(), "{class}");
+    wait(&cluster, "both Regions Ready and sized", 60, || {
+        ["eu", "ap"].iter().all(|r| {
+            ready(&cluster, r)
+                && is(
+                    r,
+                    "StorageResized",
+                    "True",
+                    "SizeMatchesSpec",
+                    "the data claims have spec.serviceCenter.storage.size (1Gi)",
+                )
+        })
+    });
+    let ap_claim = claim("ap");
+    let ap_sts = statefulset("ap");
+    let ap_pod = uid("pod", "ap-service-center-0");
+
+    // 1. Refused: ap grows where its class does not allow it, and gets a
+    // second roaming replica in the same change, which is applied.
+    apply("ap", "2Gi", 2);
+    let refused = "spec.serviceCenter.storage.size: cannot grow 1Gi to 2Gi: StorageClass \"kwok-volume\" does not allow volume expansion";
+    wait(&cluster, "ap's refused resize in its status", 30, || {
+        is(
+            "ap",
+            "StorageResized",
+            "False",
+            "StorageResizeRefused",
+            refused,
+        ) && is("ap", "Degraded", "True", "StorageResizeRefused", refused)
+    });
+    wait(
+        &cluster,
+        "the rest of ap applied: 2 roaming replicas",
+        30,
+        || {
+            get_json(&cluster, &["deployment", "ap-roaming", "-n", NS])
+                .is_some_and(|d| d["spec"]["replicas"] == 2)
+        },
+    );
+    wait(&cluster, "a Warning Event for the refusal", 20, || {
+        has_event("ap", "StorageResizeRefused", refused)
+    });
+    assert_eq!(
+        claim("ap")["spec"],
+        ap_claim["spec"],
+        "the claim is unchanged"
+    );
+    let sts = statefulset("ap");
+    assert_eq!(sts["spec"], ap_sts["spec"], "the StatefulSet is unchanged");
+    assert_eq!(
+        sts["metadata"]["generation"],
+        ap_sts["metadata"]["generation"]
+    );
+    assert_eq!(uid("pod", "ap-service-center-0"), ap_pod);
+    assert!(
+        events(&cluster, "Region", "ap", "ApplyFailed").is_empty(),
+        "the StatefulSet's apply did not fail"
+    );
+
+    // 2. Shrinking is refused too; the same size in other units is no change.
+    apply("eu", "512Mi", 1);
+    wait(&cluster, "eu's refused shrink", 30, || {
+        is(
+            "eu",
+            "StorageResized",
+            "False",
+            "StorageResizeRefused",
+            "spec.serviceCenter.storage.size: cannot shrink 1Gi to 512Mi: volumes cannot shrink",
+        )
+    });
+    assert_eq!(requested("eu"), "1Gi");
+    apply("eu", "1024Mi", 1);
+    wait(&cluster, "eu sized again at 1024Mi", 30, || {
+        is(
+            "eu",
+            "StorageResized",
+            "True",
+            "SizeMatchesSpec",
+            "the data claims have spec.serviceCenter.storage.size (1024Mi)",
+        ) && is(
+            "eu",
+            "Degraded",
+            "False",
+            "AsExpected",
+            "every object is applied",
+        )
+    });
+    assert_eq!(requested("eu"), "1Gi");
+
+    // 3. Grown: the admin allows expansion on the class; eu grows to 2Gi.
+    cluster
+        .kubectl_ok(&[
+            "patch",
+            "storageclass",
+            "kwok-volume",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"allowVolumeExpansion":true}"#,
+        ])
+        .unwrap();
+    let eu_claim = uid("pvc", "data-eu-service-center-0");
+    let eu_pod = uid("pod", "eu-service-center-0");
+    let eu_generation = statefulset("eu")["metadata"]["generation"].clone();
+    apply("eu", "2Gi", 1);
+    let growing = "spec.serviceCenter.storage.size: claim data-eu-service-center-0 requests 2Gi and has 1Gi so far";
+    let took = wait(&cluster, "eu's claim patched and growing", 30, || {
+        requested("eu") == "2Gi"
+            && is("eu", "StorageResized", "False", "StorageResizing", growing)
+            && is("eu", "Progressing", "True", "StorageResizing", growing)
+    });
+    println!("eu's claim was patched to 2Gi in {took:?}");
+    assert!(is(
+        "eu",
+        "Degraded",
+        "False",
+        "AsExpected",
+        "every object is applied"
+    ));
+    wait(&cluster, "a StorageResizing Event", 20, || {
+        has_event(
+            "eu",
+            "StorageResizing",
+            "growing claim data-eu-service-center-0 from 1Gi to 2Gi (spec.serviceCenter.storage.size)",
+        )
+    });
+    // In place: the same claim and pod; the StatefulSet keeps the template
+    // it was created with and is not rewritten.
+    assert_eq!(uid("pvc", "data-eu-service-center-0"), eu_claim);
+    assert_eq!(uid("pod", "eu-service-center-0"), eu_pod);
+    assert_eq!(template_size("eu"), "1Gi");
+    assert_eq!(statefulset("eu")["metadata"]["generation"], eu_generation);
+    assert!(events(&cluster, "Region", "eu", "ApplyFailed").is_empty());
+
+    // The cluster's resizer finishes: the claim's capacity reaches 2Gi.
+    cluster
+        .kubectl_ok(&[
+            "patch",
+            "pvc",
+            "data-eu-service-center-0",
+            "-n",
+            NS,
+            "--subresource=status",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"status":{"capacity":{"storage":"2Gi"}}}"#,
+        ])
+        .unwrap();
+    wait(&cluster, "eu sized at 2Gi", 30, || {
+        is(
+            "eu",
+            "StorageResized",
+            "True",
+            "SizeMatchesSpec",
+            "the data claims have spec.serviceCenter.storage.size (2Gi)",
+        ) && condition("eu", "Progressing").is_some_and(|c| c.1 == "RolloutComplete")
+    });
+    wait(&cluster, "a StorageResized Event", 20, || {
+        has_event(
+            "eu",
+            "StorageResized",
+            "the data claims have spec.serviceCenter.storage.size (2Gi)",
+        )
+    });
+
+    // ap, refused before, grows at its next look now that its class allows.
+    wait(
+        &cluster,
+        "ap's claim patched once the class allows",
+        30,
+        || {
+            requested("ap") == "2Gi"
+                && condition("ap", "StorageResized").is_some_and(|c| c.1 == "StorageResizing")
+                && condition("ap", "Degraded").is_some_and(|c| c.0 == "False")
+        },
+    );
+    assert_eq!(uid("pod", "ap-service-center-0"), ap_pod);
+    assert!(
+        !operator.log_text().contains("volumeClaimTemplates"),
+        "no apply of the StatefulSet failed: {}",
+        operator.log_text()
+    );
 }

@@ -76,6 +76,15 @@ pub fn roaming_peer_name(region: &str) -> String {
     format!("{region}-roaming-peer")
 }
 
+/// The service center's data volume, and the name of its claim template.
+pub const DATA_VOLUME: &str = "data";
+
+/// The claim the StatefulSet makes for pod `ordinal` from its template:
+/// `data-<region>-service-center-<ordinal>`.
+pub fn data_claim_name(region: &str, ordinal: i32) -> String {
+    format!("{DATA_VOLUME}-{}-{ordinal}", service_center_name(region))
+}
+
 pub fn config_map_name(region: &str) -> String {
     format!("{region}-mesh")
 }
@@ -196,7 +205,7 @@ pub fn desired(
         .volume_mounts
         .get_or_insert_default()
         .push(VolumeMount {
-            name: "data".into(),
+            name: DATA_VOLUME.into(),
             mount_path: DATA_DIR.into(),
             ..Default::default()
         });
@@ -231,7 +240,7 @@ pub fn desired(
     let claims = match &sc.storage {
         Some(storage) => Some(vec![PersistentVolumeClaim {
             metadata: ObjectMeta {
-                name: Some("data".into()),
+                name: Some(DATA_VOLUME.into()),
                 ..Default::default()
             },
             spec: Some(PersistentVolumeClaimSpec {
@@ -250,7 +259,7 @@ pub fn desired(
         }]),
         None => {
             sc_volumes.push(Volume {
-                name: "data".into(),
+                name: DATA_VOLUME.into(),
                 empty_dir: Some(EmptyDirVolumeSource::default()),
                 ..Default::default()
             });

@@ -17,6 +17,13 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("cannot read {kind} {name}: {source}")]
+    Read {
+        kind: &'static str,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("cannot write the status of {kind} {name}: {source}")]
     Status {
         kind: String,
@@ -33,6 +40,7 @@ impl Error {
             Error::Fetch { .. } => "fetch",
             Error::Invalid(_) => "invalid",
             Error::Apply { .. } => "apply",
+            Error::Read { .. } => "read",
             Error::Status { .. } => "status",
         }
     }

@@ -16,6 +16,7 @@ mod metrics;
 pub mod pki;
 mod policy;
 mod status;
+mod storage;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -411,14 +412,28 @@ async fn reconcile_region(region: &Region, ctx: &Context) -> Result<Action, Erro
     };
     let mut desired = build::desired(region, &regions, &links, &ctx.settings, owner);
     log_level::apply(&mut desired, ctx.node_log_level.as_deref());
+    // The data volume first: it keeps the StatefulSet's claim template as
+    // created, so the apply below never touches it, and grows the claims
+    // where the spec asks and their class allows. A refused resize leaves
+    // the claims alone and the rest of the Region is applied all the same.
+    let storage = match storage::check(&ctx.client, region, &ns, &mut desired.service_center).await
+    {
+        Ok(storage) => storage,
+        Err(err) => return Err(failed(ctx, region, err).await),
+    };
+    for note in &storage.expanded {
+        event(
+            ctx,
+            region,
+            EventType::Normal,
+            status::STORAGE_RESIZING,
+            note,
+        )
+        .await;
+    }
     let applied = match apply::apply_all(&ctx.client, &desired).await {
         Ok(applied) => applied,
-        Err(err) => {
-            let message = err.to_string();
-            write_status(ctx, region, Outcome::Failed(&message)).await?;
-            event(ctx, region, EventType::Warning, "ApplyFailed", &message).await;
-            return Err(err);
-        }
+        Err(err) => return Err(failed(ctx, region, err).await),
     };
     let observed = ctx.observations.get(&ObjectRef::from_obj(region));
     let (next, changed) = write_status(
@@ -428,9 +443,21 @@ async fn reconcile_region(region: &Region, ctx: &Context) -> Result<Action, Erro
             applied: &applied,
             mesh: &desired.mesh,
             observed: &observed,
+            storage: &storage.state,
         },
     )
     .await?;
+    if changed
+        && let Some((warning, reason, note)) =
+            status::storage_event(region.status.as_ref(), &storage.state)
+    {
+        let type_ = if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        event(ctx, region, type_, reason, &note).await;
+    }
     // Link changes have Events of their own.
     let reconciled = changed
         && region.status.as_ref().is_none_or(|before| {
@@ -453,7 +480,26 @@ async fn reconcile_region(region: &Region, ctx: &Context) -> Result<Action, Erro
         event(ctx, region, EventType::Normal, "Reconciled", &message).await;
     }
     tracing::debug!(region = %name, "reconciled");
-    Ok(Action::requeue(renew_in.min(Duration::from_secs(300))))
+    let mut requeue = renew_in.min(Duration::from_secs(300));
+    if matches!(
+        storage.state,
+        storage::StorageState::Resizing(_) | storage::StorageState::Refused(_)
+    ) {
+        // Claims and StorageClasses are not watched: look again soon.
+        requeue = requeue.min(storage::RECHECK);
+    }
+    Ok(Action::requeue(requeue))
+}
+
+/// Writes a failed reconcile's status and Event (`ApplyFailed`), and
+/// returns its error; or the error writing the status.
+async fn failed(ctx: &Context, region: &Region, err: Error) -> Error {
+    let message = err.to_string();
+    if let Err(status_err) = write_status(ctx, region, Outcome::Failed(&message)).await {
+        return status_err;
+    }
+    event(ctx, region, EventType::Warning, "ApplyFailed", &message).await;
+    err
 }
 
 /// Builds the status and writes it when it differs; returns it and whether it

@@ -8,6 +8,13 @@
 //! `False` (`LinkStateUnknown`, with the error) while it has not answered for
 //! three polls, `Unknown` (`NotPolledYet`) before the first poll of a new
 //! Region. A restarted operator keeps what is written until it has polled.
+//!
+//! `StorageResized` (only with `spec.serviceCenter.storage`) says whether the
+//! data claims have the spec's size: `True` (`SizeMatchesSpec`), `False`
+//! (`StorageResizing`) while a claim grows, `False` (`StorageResizeRefused`)
+//! when the operator will not resize (see `storage.rs`). A refusal also
+//! makes the Region `Degraded` and a resize `Progressing`, with the same
+//! reason and message.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -18,6 +25,12 @@ use meridian_node::mesh::MeshConfig;
 
 use super::apply::Applied;
 use super::links::Observation;
+use super::storage::{SIZE_FIELD, StorageState};
+
+/// The condition on the data volume's size.
+pub const STORAGE_RESIZED: &str = "StorageResized";
+pub const STORAGE_RESIZING: &str = "StorageResizing";
+pub const STORAGE_RESIZE_REFUSED: &str = "StorageResizeRefused";
 
 /// What one reconcile found.
 pub enum Outcome<'a> {
@@ -27,6 +40,8 @@ pub enum Outcome<'a> {
         mesh: &'a MeshConfig,
         /// What the roaming system reported of its links.
         observed: &'a Observation,
+        /// The data volume's size against the spec.
+        storage: &'a StorageState,
     },
     /// The Region or its namespace is invalid; nothing was applied.
     Invalid(&'a str),
@@ -68,6 +83,7 @@ pub fn status(
             applied,
             mesh,
             observed,
+            storage,
         } => {
             let ready = applied.service_center_ready >= 1
                 && applied.roaming_ready >= applied.roaming_wanted;
@@ -85,22 +101,33 @@ pub fn status(
                 },
                 counts.clone(),
             );
-            set(
-                "Progressing",
-                !ready,
-                if ready {
-                    "RolloutComplete"
-                } else {
-                    "RollingOut"
-                },
-                counts,
-            );
-            set(
-                "Degraded",
-                false,
-                "AsExpected",
-                "every object is applied".into(),
-            );
+            match storage {
+                // Pods first: a rollout says more than a volume growing.
+                StorageState::Resizing(message) if ready => {
+                    set("Progressing", true, STORAGE_RESIZING, message.clone());
+                }
+                _ => set(
+                    "Progressing",
+                    !ready,
+                    if ready {
+                        "RolloutComplete"
+                    } else {
+                        "RollingOut"
+                    },
+                    counts,
+                ),
+            }
+            match storage {
+                StorageState::Refused(message) => {
+                    set("Degraded", true, STORAGE_RESIZE_REFUSED, message.clone());
+                }
+                _ => set(
+                    "Degraded",
+                    false,
+                    "AsExpected",
+                    "every object is applied".into(),
+                ),
+            }
             set(
                 "MeshConfigured",
                 true,
@@ -109,6 +136,26 @@ pub fn status(
             );
             let (known, reason, message) = link_state_known(observed, previous);
             set_status("LinkStateKnown", &known, &reason, message);
+            match storage {
+                StorageState::NoVolume => {
+                    next.conditions.retain(|c| c.type_ != STORAGE_RESIZED);
+                }
+                StorageState::Sized { size } => set_status(
+                    STORAGE_RESIZED,
+                    "True",
+                    "SizeMatchesSpec",
+                    format!("the data claims have {SIZE_FIELD} ({size})"),
+                ),
+                StorageState::Resizing(message) => {
+                    set_status(STORAGE_RESIZED, "False", STORAGE_RESIZING, message.clone());
+                }
+                StorageState::Refused(message) => set_status(
+                    STORAGE_RESIZED,
+                    "False",
+                    STORAGE_RESIZE_REFUSED,
+                    message.clone(),
+                ),
+            }
             next.service_center = WorkloadStatus {
                 ready_replicas: applied.service_center_ready,
             };
@@ -128,6 +175,36 @@ pub fn status(
     }
     next.conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
     next
+}
+
+/// The Event a data volume's state deserves, against the status before:
+/// (warning?, reason, note). A refusal is recorded when it is new or says
+/// something new, not at every look; the end of a resize once. (Each claim
+/// patched has an Event of its own, `StorageResizing`.)
+pub fn storage_event(
+    previous: Option<&RegionStatus>,
+    state: &StorageState,
+) -> Option<(bool, &'static str, String)> {
+    let before = previous.and_then(|p| p.conditions.iter().find(|c| c.type_ == STORAGE_RESIZED));
+    match state {
+        StorageState::Refused(message) => {
+            let known =
+                before.is_some_and(|c| c.reason == STORAGE_RESIZE_REFUSED && &c.message == message);
+            (!known).then(|| (true, STORAGE_RESIZE_REFUSED, message.clone()))
+        }
+        StorageState::Sized { size } => {
+            before
+                .is_some_and(|c| c.reason == STORAGE_RESIZING)
+                .then(|| {
+                    (
+                        false,
+                        STORAGE_RESIZED,
+                        format!("the data claims have {SIZE_FIELD} ({size})"),
+                    )
+                })
+        }
+        StorageState::NoVolume | StorageState::Resizing(_) => None,
+    }
 }
 
 /// The `LinkStateKnown` condition's status, reason and message.
@@ -312,6 +389,7 @@ mod tests {
                 applied: &waiting,
                 mesh: &mesh,
                 observed: &Observation::Pending,
+                storage: &StorageState::NoVolume,
             },
             None,
             t0,
@@ -331,6 +409,7 @@ mod tests {
                 applied: &waiting,
                 mesh: &mesh,
                 observed: &Observation::Pending,
+                storage: &StorageState::NoVolume,
             },
             Some(&first),
             t1,
@@ -348,6 +427,7 @@ mod tests {
                 applied: &done,
                 mesh: &mesh,
                 observed: &Observation::Pending,
+                storage: &StorageState::NoVolume,
             },
             Some(&first),
             t1,
@@ -379,6 +459,7 @@ mod tests {
                     applied: &applied,
                     mesh: &mesh,
                     observed,
+                    storage: &StorageState::NoVolume,
                 },
                 previous,
                 since,
@@ -476,6 +557,7 @@ mod tests {
                     applied: &applied,
                     mesh: &mesh,
                     observed,
+                    storage: &StorageState::NoVolume,
                 },
                 previous,
                 now,
@@ -557,6 +639,120 @@ mod tests {
             ..peer
         };
         assert_eq!(link_status("eu", &unreported), None);
+    }
+
+    #[test]
+    fn storage_resized_follows_the_data_volume_and_a_refusal_degrades_the_region() {
+        let mesh = mesh();
+        let applied = Applied {
+            service_center_ready: 1,
+            roaming_ready: 1,
+            roaming_wanted: 1,
+        };
+        let t = |s| Timestamp::from_second(s).unwrap();
+        let at = |storage: &StorageState, previous: Option<&RegionStatus>, now| {
+            status(
+                Some(2),
+                Outcome::Applied {
+                    applied: &applied,
+                    mesh: &mesh,
+                    observed: &Observation::Pending,
+                    storage,
+                },
+                previous,
+                now,
+            )
+        };
+        let view = |s: &RegionStatus, type_: &str| {
+            let c = condition(s, type_);
+            (c.status.clone(), c.reason.clone(), c.message.clone())
+        };
+        let triple = |status: &str, reason: &str, message: &str| {
+            (status.to_owned(), reason.to_owned(), message.to_owned())
+        };
+
+        let sized = StorageState::Sized { size: "1Gi".into() };
+        let first = at(&sized, None, t(1));
+        assert_eq!(
+            view(&first, "StorageResized"),
+            triple(
+                "True",
+                "SizeMatchesSpec",
+                "the data claims have spec.serviceCenter.storage.size (1Gi)"
+            )
+        );
+        assert_eq!(storage_event(None, &sized), None);
+
+        let why = "spec.serviceCenter.storage.size: cannot grow 1Gi to 2Gi: StorageClass \"standard\" does not allow volume expansion";
+        let refused = StorageState::Refused(why.into());
+        let second = at(&refused, Some(&first), t(2));
+        assert_eq!(
+            view(&second, "StorageResized"),
+            triple("False", "StorageResizeRefused", why)
+        );
+        assert_eq!(
+            view(&second, "Degraded"),
+            triple("True", "StorageResizeRefused", why)
+        );
+        assert_eq!(
+            view(&second, "Ready").0,
+            "True",
+            "the region still serves on the volume it has"
+        );
+        assert_eq!(
+            storage_event(Some(&first), &refused),
+            Some((true, "StorageResizeRefused", why.to_owned()))
+        );
+        assert_eq!(
+            storage_event(Some(&second), &refused),
+            None,
+            "the same refusal is recorded once"
+        );
+        let shrink = StorageState::Refused("cannot shrink".into());
+        assert!(
+            storage_event(Some(&second), &shrink).is_some(),
+            "a new reason is"
+        );
+
+        let growing = "spec.serviceCenter.storage.size: claim data-eu-service-center-0 requests 2Gi and has 1Gi so far";
+        let resizing = StorageState::Resizing(growing.into());
+        let third = at(&resizing, Some(&second), t(3));
+        assert_eq!(
+            view(&third, "StorageResized"),
+            triple("False", "StorageResizing", growing)
+        );
+        assert_eq!(
+            view(&third, "Progressing"),
+            triple("True", "StorageResizing", growing)
+        );
+        assert_eq!(
+            view(&third, "Degraded"),
+            triple("False", "AsExpected", "every object is applied")
+        );
+        assert_eq!(
+            condition(&third, "StorageResized").last_transition_time,
+            Time(t(2)),
+            "still False: the transition time stays"
+        );
+        assert_eq!(storage_event(Some(&second), &resizing), None);
+
+        let done = StorageState::Sized { size: "2Gi".into() };
+        let fourth = at(&done, Some(&third), t(4));
+        assert_eq!(view(&fourth, "StorageResized").0, "True");
+        assert_eq!(view(&fourth, "Progressing").1, "RolloutComplete");
+        assert_eq!(
+            storage_event(Some(&third), &done),
+            Some((
+                false,
+                "StorageResized",
+                "the data claims have spec.serviceCenter.storage.size (2Gi)".to_owned()
+            ))
+        );
+        assert_eq!(storage_event(Some(&fourth), &done), None, "once");
+
+        // Storage removed from the spec: the condition goes.
+        let none = at(&StorageState::NoVolume, Some(&fourth), t(5));
+        assert!(none.conditions.iter().all(|c| c.type_ != "StorageResized"));
     }
 
     #[test]
