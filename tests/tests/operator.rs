@@ -821,6 +821,7 @@ fn the_chart_lints_clean_and_its_schema_refuses_bad_values() {
     assert!(rendered.status.success());
     let text = String::from_utf8_lossy(&rendered.stdout);
     let mut secrets_verbs = Vec::new();
+    let mut pods_verbs = Vec::new();
     let mut storage_rules = Vec::new();
     for document in serde_yaml::Deserializer::from_str(&text) {
         let object = Value::deserialize(document).unwrap();
@@ -842,6 +843,12 @@ fn the_chart_lints_clean_and_its_schema_refuses_bad_values() {
                 .is_some_and(|r| r.iter().any(|r| r == "secrets"))
             {
                 secrets_verbs.extend(rule["verbs"].as_array().unwrap().iter().cloned());
+            }
+            if rule["resources"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|r| r == "pods"))
+            {
+                pods_verbs.extend(rule["verbs"].as_array().unwrap().iter().cloned());
             }
             let kind = object["kind"].as_str().unwrap().to_owned();
             for resource in rule["resources"].as_array().into_iter().flatten() {
@@ -866,6 +873,9 @@ fn the_chart_lints_clean_and_its_schema_refuses_bad_values() {
             Value::from("patch")
         ]
     );
+    // Pods are listed (by label) and their annotations patched, to refresh
+    // their mounted mesh configuration; never created, deleted or watched.
+    assert_eq!(pods_verbs, vec![Value::from("list"), Value::from("patch")]);
     // Growing data volumes: claims are read and patched by name, never
     // created, deleted, listed or watched; StorageClasses (cluster-scoped)
     // only read by name.
@@ -1250,4 +1260,208 @@ fn a_regions_data_volume_grows_where_its_class_allows_and_is_refused_elsewhere()
         "no apply of the StatefulSet failed: {}",
         operator.log_text()
     );
+}
+
+/// The first 16 hex digits of the SHA-256 of `text`, as `sha256sum` prints
+/// them: the operator's `meridian.dev/mesh-config` annotation, computed
+/// independently of it.
+fn sha256_prefix(text: &str) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("sha256sum");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8(out.stdout).unwrap()[..16].to_owned()
+}
+
+/// The service center and roaming pods of `region`: name -> (uid,
+/// resourceVersion, `meridian.dev/mesh-config` annotation), of those not
+/// being deleted.
+fn region_pods(
+    cluster: &ControlPlane,
+    region: &str,
+) -> BTreeMap<String, (String, String, Option<String>)> {
+    let selector = format!("meridian.dev/region={region}");
+    let list = get_json(cluster, &["pods", "-n", NS, "-l", &selector]).unwrap();
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .map(|p| {
+            let meta = &p["metadata"];
+            (
+                meta["name"].as_str().unwrap().to_owned(),
+                (
+                    meta["uid"].as_str().unwrap().to_owned(),
+                    meta["resourceVersion"].as_str().unwrap().to_owned(),
+                    meta["annotations"]["meridian.dev/mesh-config"]
+                        .as_str()
+                        .map(str::to_owned),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// The hash of `region`'s mesh configuration as its ConfigMap holds it.
+fn mesh_config_hash(cluster: &ControlPlane, region: &str) -> Option<String> {
+    let cm = get_json(cluster, &["configmap", &format!("{region}-mesh"), "-n", NS])?;
+    cm["data"]["mesh.yaml"].as_str().map(sha256_prefix)
+}
+
+/// Whether every pod of `region` (1 service center + `roaming` roaming pods)
+/// runs and carries the hash of the region's current mesh configuration.
+fn pods_carry_current_hash(cluster: &ControlPlane, region: &str, roaming: usize) -> bool {
+    let Some(hash) = mesh_config_hash(cluster, region) else {
+        return false;
+    };
+    let pods = region_pods(cluster, region);
+    pods.len() == 1 + roaming
+        && pods
+            .values()
+            .all(|(_, _, annotation)| annotation.as_deref() == Some(hash.as_str()))
+}
+
+/// A RegionLink edit reaches the nodes' mounted `mesh.yaml` within about a
+/// second rather than at the kubelet's next periodic sync (a minute by
+/// default): after the operator changes a Region's mesh ConfigMap, it
+/// annotates the Region's running pods with the hash of the new content, and
+/// the pod update makes the kubelet sync the pod and remount the ConfigMap.
+/// kwok mounts nothing, so this proves the operator's half: every pod
+/// carries the new hash promptly, the pods are not restarted (the hash is
+/// not in the template), and a reconcile that changes nothing writes no pod.
+/// Run with the chart's ServiceAccount, in a namespace enforcing the
+/// "restricted" Pod Security profile, so the RBAC and admission allow it.
+#[test]
+fn a_mesh_change_is_announced_on_the_regions_running_pods_and_nothing_else_writes_them() {
+    let cluster = ControlPlane::start().expect("a control plane");
+    install_and_wait(&cluster, "default").unwrap();
+    cluster.kubectl_ok(&["create", "namespace", NS]).unwrap();
+    cluster
+        .kubectl_ok(&[
+            "label",
+            "namespace",
+            NS,
+            "pod-security.kubernetes.io/enforce=restricted",
+        ])
+        .unwrap();
+    let kubeconfig = service_account_kubeconfig(&cluster).unwrap();
+    let operator = Operator::start(&kubeconfig, "default", "nudge", &cluster.log_dir());
+    let announcements = || {
+        operator
+            .log_text()
+            .matches("told the region's pods of a new mesh configuration")
+            .count()
+    };
+
+    let region = |name: &str, roaming: usize| {
+        format!(
+            "apiVersion: meridian.dev/v1alpha1\nkind: Region\nmetadata: {{name: {name}, namespace: {NS}}}\nspec:\n  cluster: default\n  serviceCenter: {{storage: {{size: 1Gi}}}}\n  roaming: {{replicas: {roaming}}}\n"
+        )
+    };
+    let manifest = format!(
+        "{}---\n{}---\napiVersion: meridian.dev/v1alpha1\nkind: RegionLink\nmetadata: {{name: eu-us, namespace: {NS}}}\nspec: {{regions: [eu, us], cost: 10}}\n",
+        region("eu", 2),
+        region("us", 1)
+    );
+    cluster
+        .kubectl_stdin(&["apply", "-f", "-"], &manifest)
+        .unwrap();
+    let all_current =
+        || pods_carry_current_hash(&cluster, "eu", 2) && pods_carry_current_hash(&cluster, "us", 1);
+    let took = wait(
+        &cluster,
+        "every pod annotated with its mesh configuration",
+        180,
+        || ready(&cluster, "eu") && ready(&cluster, "us") && all_current(),
+    );
+    println!("every pod carried its mesh configuration's hash after {took:?}");
+    // On the pods, never in their templates: that would restart them.
+    let sts = get_json(&cluster, &["statefulset", "eu-service-center", "-n", NS]).unwrap();
+    let deploy = get_json(&cluster, &["deployment", "eu-roaming", "-n", NS]).unwrap();
+    for template in [&sts, &deploy] {
+        assert!(
+            template["spec"]["template"]["metadata"]["annotations"]["meridian.dev/mesh-config"]
+                .is_null(),
+            "{template}"
+        );
+    }
+
+    // 1. A reconcile that changes nothing writes no pod: an annotation on the
+    // Region makes the controller reconcile it without a mesh change.
+    let quiet = |step: &str| {
+        let pods = (region_pods(&cluster, "eu"), region_pods(&cluster, "us"));
+        let (told, done) = (announcements(), reconciles(&operator));
+        cluster
+            .kubectl_ok(&[
+                "annotate",
+                "region",
+                "eu",
+                "us",
+                "-n",
+                NS,
+                "--overwrite",
+                &format!("test.meridian.dev/touch={step}"),
+            ])
+            .unwrap();
+        wait(&cluster, "both Regions reconciled again", 30, || {
+            reconciles(&operator) >= done + 2
+        });
+        assert_eq!(
+            (region_pods(&cluster, "eu"), region_pods(&cluster, "us")),
+            pods,
+            "{step}: a reconcile with no change rewrote a pod"
+        );
+        assert_eq!(announcements(), told, "{step}: no pod was patched");
+    };
+    quiet("before");
+
+    // 2. A RegionLink edit changes both ends' mesh: every pod of both
+    // regions carries the new hash promptly, and none was replaced.
+    let before = (region_pods(&cluster, "eu"), region_pods(&cluster, "us"));
+    let old = (
+        mesh_config_hash(&cluster, "eu").unwrap(),
+        mesh_config_hash(&cluster, "us").unwrap(),
+    );
+    patch_eu_us(&cluster, r#"{"spec":{"cost":25}}"#);
+    let took = wait(&cluster, "the new mesh's hash on every pod", 10, || {
+        mesh(&cluster, "eu").and_then(|m| m.peer("us").and_then(|p| p.cost)) == Some(25)
+            && mesh(&cluster, "us").and_then(|m| m.peer("eu").and_then(|p| p.cost)) == Some(25)
+            && all_current()
+    });
+    println!("a RegionLink edit reached every pod's annotation in {took:?}");
+    assert_ne!(mesh_config_hash(&cluster, "eu").unwrap(), old.0);
+    assert_ne!(mesh_config_hash(&cluster, "us").unwrap(), old.1);
+    let uids = |pods: &BTreeMap<String, (String, String, Option<String>)>| {
+        pods.iter()
+            .map(|(name, (uid, _, _))| (name.clone(), uid.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        uids(&region_pods(&cluster, "eu")),
+        uids(&before.0),
+        "no eu pod restarted"
+    );
+    assert_eq!(
+        uids(&region_pods(&cluster, "us")),
+        uids(&before.1),
+        "no us pod restarted"
+    );
+    assert_eq!(
+        get_json(&cluster, &["statefulset", "eu-service-center", "-n", NS]).unwrap()["metadata"]["generation"],
+        sts["metadata"]["generation"],
+        "the template did not change"
+    );
+
+    // 3. And once told, they are left alone again.
+    quiet("after");
 }

@@ -80,7 +80,19 @@ pub struct Applied {
 /// Applies every object of a Region: configuration first, so the pods find it,
 /// and the Service exposing the peer port to other clusters last.
 pub async fn apply_all(client: &Client, desired: &Desired) -> Result<Applied, Error> {
-    apply(client, &desired.config_map).await?;
+    let config_map = apply(client, &desired.config_map).await?;
+    // At once, so that a failure further down does not hold it back: the
+    // running pods' kubelets refresh the file now rather than at their next
+    // periodic sync. Never fails the reconcile.
+    if let (Some(namespace), Some(mesh_yaml)) = (
+        config_map.metadata.namespace.as_deref(),
+        config_map
+            .data
+            .as_ref()
+            .and_then(|data| data.get(super::build::MESH_FILE)),
+    ) {
+        super::nudge::pods(client, namespace, &desired.mesh.region, mesh_yaml).await;
+    }
     apply(client, &desired.network_policy).await?;
     apply(client, &desired.service_center_service).await?;
     apply(client, &desired.roaming_service).await?;

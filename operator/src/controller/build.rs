@@ -34,7 +34,8 @@ const TLS_DIR: &str = "/etc/meridian-tls";
 /// Where the client API's own certificate (spec.serviceCenter.clientTls) is.
 const CLIENT_TLS_DIR: &str = "/etc/meridian-client-tls";
 const DATA_DIR: &str = "/var/lib/meridian";
-const MESH_FILE: &str = "mesh.yaml";
+/// The mesh configuration's key in the ConfigMap, and its file name.
+pub(crate) const MESH_FILE: &str = "mesh.yaml";
 
 /// What the operator was started with.
 #[derive(Clone, Debug)]

@@ -13,6 +13,7 @@ mod leader;
 pub mod links;
 mod log_level;
 mod metrics;
+pub mod nudge;
 pub mod pki;
 mod policy;
 mod status;
