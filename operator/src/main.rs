@@ -20,7 +20,7 @@ enum Command {
     /// Print the Region and RegionLink CustomResourceDefinitions as YAML.
     Crd,
     /// Run the controller: deploy this cluster's Regions and keep the mesh configured.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Run the regions of manifest files as processes on this machine.
     Local(LocalArgs),
 }
@@ -42,7 +42,7 @@ async fn main() -> ExitCode {
             print!("{}", meridian_crds::crd_yaml());
             Ok(())
         }
-        Command::Run(args) => controller::run(args).await,
+        Command::Run(args) => controller::run(*args).await,
         Command::Local(args) => local::run(args).await,
     };
     match result {

@@ -17,6 +17,8 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("cannot apply cert-manager Certificate {name}: {message}")]
+    Certificate { name: String, message: String },
     #[error("cannot read {kind} {name}: {source}")]
     Read {
         kind: &'static str,
@@ -39,7 +41,7 @@ impl Error {
         match self {
             Error::Fetch { .. } => "fetch",
             Error::Invalid(_) => "invalid",
-            Error::Apply { .. } => "apply",
+            Error::Apply { .. } | Error::Certificate { .. } => "apply",
             Error::Read { .. } => "read",
             Error::Status { .. } => "status",
         }

@@ -470,6 +470,7 @@ mod tests {
         let authorities = super::super::pki::Authorities::new(super::super::pki::Issuing {
             ca_secret: "meridian-mesh-ca".into(),
             lifetime: Duration::from_secs(3600),
+            issuer: None,
         });
         authorities.insert(
             "chat",

@@ -8,6 +8,7 @@
 
 mod apply;
 pub mod build;
+pub mod cert_manager;
 mod error;
 mod leader;
 pub mod links;
@@ -80,8 +81,19 @@ pub struct RunArgs {
         default_value = "meridian-mesh-ca"
     )]
     pub mesh_ca_secret: String,
+    /// Issue the Regions' identities (and the operator's own) from this
+    /// cert-manager issuer instead of the CA Secret, which is then neither
+    /// created nor read: KIND/NAME, as in Issuer/mesh-ca (an Issuer in each
+    /// Region's namespace) or ClusterIssuer/mesh-ca. Clusters of one mesh
+    /// need issuers backed by the same CA.
+    #[arg(long, env = "MERIDIAN_MESH_ISSUER", value_parser = cert_manager::parse_issuer)]
+    pub mesh_issuer: Option<(String, String)>,
+    /// The API group of --mesh-issuer's kind.
+    #[arg(long, env = "MERIDIAN_MESH_ISSUER_GROUP", default_value = cert_manager::DEFAULT_GROUP)]
+    pub mesh_issuer_group: String,
     /// How long the certificates issued to Regions live; each is renewed
-    /// once it has used a third of its life.
+    /// once it has used a third of its life. At least 3600 with
+    /// --mesh-issuer (cert-manager's shortest).
     #[arg(long, env = "MERIDIAN_CERT_LIFETIME_SECONDS", default_value_t = 24 * 60 * 60, value_parser = clap::value_parser!(u64).range(60..))]
     pub cert_lifetime_seconds: u64,
     /// The log filter of the node pods (RUST_LOG in their containers): a
@@ -106,6 +118,22 @@ struct Context {
 /// Runs the controller until the process is stopped.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let resolver = links::Resolver::parse(&args.resolve)?;
+    let lifetime = Duration::from_secs(args.cert_lifetime_seconds);
+    let issuer = args
+        .mesh_issuer
+        .clone()
+        .map(|(kind, name)| cert_manager::IssuerRef {
+            kind,
+            name,
+            group: args.mesh_issuer_group.clone(),
+        });
+    if issuer.is_some() && lifetime < cert_manager::MIN_LIFETIME {
+        anyhow::bail!(
+            "--cert-lifetime-seconds is {}: with --mesh-issuer it must be at least {} (cert-manager refuses shorter Certificates)",
+            args.cert_lifetime_seconds,
+            cert_manager::MIN_LIFETIME.as_secs()
+        );
+    }
     let client = Client::try_default().await?;
     let metrics = Arc::new(Metrics::default());
     tokio::spawn(metrics::serve(args.metrics_addr, metrics.clone()));
@@ -182,9 +210,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         instance: Some(identity.clone()),
     };
     let observations = links::Observations::default();
+    match &issuer {
+        Some(issuer) => tracing::info!(%issuer, "identities come from cert-manager"),
+        None => {
+            tracing::info!(secret = %args.mesh_ca_secret, "identities come from the mesh CA Secret")
+        }
+    }
     let authorities = pki::Authorities::new(pki::Issuing {
         ca_secret: args.mesh_ca_secret.clone(),
-        lifetime: Duration::from_secs(args.cert_lifetime_seconds),
+        lifetime,
+        issuer,
     });
     let (link_changes, changed_regions) = futures::channel::mpsc::unbounded();
     tokio::spawn(
@@ -398,12 +433,12 @@ async fn reconcile_region(region: &Region, ctx: &Context) -> Result<Action, Erro
         .controller_owner_ref(&())
         .expect("a Region from the API has a uid");
     let hosts = build::region_hosts(region, &ns);
-    let renew_in = match ctx
+    let identity = match ctx
         .authorities
         .ensure_region(&ctx.client, &ns, &name, &hosts, owner.clone())
         .await
     {
-        Ok(renew_in) => renew_in,
+        Ok(identity) => identity,
         Err(err) => {
             let message = err.to_string();
             write_status(ctx, region, Outcome::Failed(&message)).await?;
@@ -445,6 +480,7 @@ async fn reconcile_region(region: &Region, ctx: &Context) -> Result<Action, Erro
             mesh: &desired.mesh,
             observed: &observed,
             storage: &storage.state,
+            identity: &identity.certificate,
         },
     )
     .await?;
@@ -481,7 +517,7 @@ async fn reconcile_region(region: &Region, ctx: &Context) -> Result<Action, Erro
         event(ctx, region, EventType::Normal, "Reconciled", &message).await;
     }
     tracing::debug!(region = %name, "reconciled");
-    let mut requeue = renew_in.min(Duration::from_secs(300));
+    let mut requeue = identity.recheck_in.min(Duration::from_secs(300));
     if matches!(
         storage.state,
         storage::StorageState::Resizing(_) | storage::StorageState::Refused(_)

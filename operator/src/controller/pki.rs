@@ -6,6 +6,10 @@
 //! Clusters that share one mesh share its CA: give every cluster's operator
 //! the same CA Secret (chart value `meshCA.secretName`), created once and
 //! copied. An operator creates the CA only when the Secret does not exist.
+//!
+//! With a cert-manager Issuer (`--mesh-issuer`, chart value
+//! `meshCA.issuerRef`) the operator neither creates nor reads the CA Secret:
+//! cert-manager issues both kinds of identity (see `cert_manager.rs`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -21,6 +25,7 @@ use meridian_node::trust::pki::{self, MeshCa};
 
 use super::Error;
 use super::apply::params;
+use super::cert_manager::{self, CertificateState, IssuerRef};
 
 /// The keys of a Region's Secret, as its pods read them.
 pub const CA_KEY: &str = "ca.crt";
@@ -42,6 +47,17 @@ pub struct Issuing {
     pub ca_secret: String,
     /// How long a Region's certificate lives.
     pub lifetime: Duration,
+    /// The cert-manager issuer that issues instead, when set.
+    pub issuer: Option<IssuerRef>,
+}
+
+/// Where a Region's identity stands after [`Authorities::ensure_region`].
+#[derive(Debug)]
+pub struct RegionIdentity {
+    /// When to look at it again.
+    pub recheck_in: Duration,
+    /// With an issuer: whether cert-manager has issued it.
+    pub certificate: CertificateState,
 }
 
 struct Authority {
@@ -54,6 +70,8 @@ struct Authority {
 pub struct Authorities {
     issuing: Issuing,
     by_namespace: Arc<Mutex<HashMap<String, Arc<Authority>>>>,
+    /// With an issuer: the tool credentials cert-manager issued.
+    issued_tools: cert_manager::Tools,
 }
 
 fn secret_error(name: &str, source: kube::Error) -> Error {
@@ -85,11 +103,16 @@ impl Authorities {
         Self {
             issuing,
             by_namespace: Arc::default(),
+            issued_tools: cert_manager::Tools::default(),
         }
     }
 
-    /// The operator's tool credentials in `namespace`, once its CA is known.
+    /// The operator's tool credentials in `namespace`, once its CA is known
+    /// (with an issuer: once cert-manager has issued them).
     pub fn tool(&self, namespace: &str) -> Option<Arc<Credentials>> {
+        if self.issuing.issuer.is_some() {
+            return self.issued_tools.get(namespace);
+        }
         let authorities = self.by_namespace.lock().expect("authorities");
         authorities.get(namespace).map(|a| a.tool.clone())
     }
@@ -179,8 +202,10 @@ impl Authorities {
     }
 
     /// Makes sure `region`'s Secret holds a certificate from the current CA
-    /// that has used less than [`RENEW_AT`] of its life; returns how long
-    /// until it is due again.
+    /// that has used less than [`RENEW_AT`] of its life, and says when it is
+    /// due again. With an issuer, applies the Region's Certificate (and the
+    /// namespace's tool Certificate) instead, and says whether cert-manager
+    /// has issued it.
     pub async fn ensure_region(
         &self,
         client: &Client,
@@ -188,7 +213,40 @@ impl Authorities {
         region: &str,
         hosts: &[String],
         owner: OwnerReference,
-    ) -> Result<Duration, Error> {
+    ) -> Result<RegionIdentity, Error> {
+        let lifetime = self.issuing.lifetime;
+        if let Some(issuer) = &self.issuing.issuer {
+            // The tool identity only serves the link poller: while it is
+            // missing, the Region is reconciled all the same.
+            let tool = match self
+                .issued_tools
+                .ensure(client, namespace, issuer, lifetime)
+                .await
+            {
+                Ok(issued) => issued,
+                Err(why) => {
+                    tracing::warn!(%namespace, %why, "no tool certificate to poll link state with");
+                    false
+                }
+            };
+            if !tool {
+                tracing::debug!(%namespace, "cert-manager has not issued the tool certificate yet");
+            }
+            let certificate =
+                cert_manager::region_certificate(region, namespace, hosts, issuer, lifetime, owner);
+            let certificate = cert_manager::ensure_region(client, &certificate).await?;
+            // cert-manager renews; the operator re-reads the tool Secret at
+            // every reconcile, which comes at least every five minutes.
+            let recheck_in = if certificate.is_ready() && tool {
+                Duration::from_secs(300)
+            } else {
+                cert_manager::RECHECK
+            };
+            return Ok(RegionIdentity {
+                recheck_in,
+                certificate,
+            });
+        }
         let authority = self.authority(client, namespace).await?;
         let name = region_secret_name(region);
         let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
@@ -196,7 +254,6 @@ impl Authorities {
             .get_opt(&name)
             .await
             .map_err(|e| secret_error(&name, e))?;
-        let lifetime = self.issuing.lifetime;
         let keep = current.as_ref().and_then(|s| {
             let cert = text(s, CERT_KEY)?;
             let fresh = text(s, CA_KEY)? == authority.ca.cert_pem
@@ -237,6 +294,9 @@ impl Authorities {
         let (start, end) = pki::validity_of(&cert).map_err(|e| invalid(e.to_string()))?;
         let due = start + ((end - start) as f64 * RENEW_AT) as i64;
         let now = meridian_node::now_ms() / 1000;
-        Ok(Duration::from_secs(due.saturating_sub(now).max(1) as u64))
+        Ok(RegionIdentity {
+            recheck_in: Duration::from_secs(due.saturating_sub(now).max(1) as u64),
+            certificate: CertificateState::NotUsed,
+        })
     }
 }

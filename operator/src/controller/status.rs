@@ -15,6 +15,12 @@
 //! when the operator will not resize (see `storage.rs`). A refusal also
 //! makes the Region `Degraded` and a resize `Progressing`, with the same
 //! reason and message.
+//!
+//! `IdentityIssued` (only when identities come from a cert-manager issuer)
+//! says whether cert-manager has issued the Region's Certificate: `True`
+//! (`CertManagerIssued`) or `False` (`CertManagerNotReady`, with the
+//! Certificate's own Ready condition). Not issued, the Region is also
+//! `Progressing` with that reason and message: its pods wait for the Secret.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -24,6 +30,7 @@ use meridian_crds::{
 use meridian_node::mesh::MeshConfig;
 
 use super::apply::Applied;
+use super::cert_manager::CertificateState;
 use super::links::Observation;
 use super::storage::{SIZE_FIELD, StorageState};
 
@@ -31,6 +38,11 @@ use super::storage::{SIZE_FIELD, StorageState};
 pub const STORAGE_RESIZED: &str = "StorageResized";
 pub const STORAGE_RESIZING: &str = "StorageResizing";
 pub const STORAGE_RESIZE_REFUSED: &str = "StorageResizeRefused";
+
+/// The condition on a Region's Certificate, with a cert-manager issuer.
+pub const IDENTITY_ISSUED: &str = "IdentityIssued";
+pub const CERT_MANAGER_ISSUED: &str = "CertManagerIssued";
+pub const CERT_MANAGER_NOT_READY: &str = "CertManagerNotReady";
 
 /// What one reconcile found.
 pub enum Outcome<'a> {
@@ -42,6 +54,8 @@ pub enum Outcome<'a> {
         observed: &'a Observation,
         /// The data volume's size against the spec.
         storage: &'a StorageState,
+        /// With a cert-manager issuer, whether it issued the identity.
+        identity: &'a CertificateState,
     },
     /// The Region or its namespace is invalid; nothing was applied.
     Invalid(&'a str),
@@ -57,6 +71,7 @@ pub fn status(
 ) -> RegionStatus {
     let mut next = previous.cloned().unwrap_or_default();
     next.observed_generation = generation;
+    let mut no_identity_condition = false;
     let mut set_status = |type_: &str, status: &str, reason: &str, message: String| {
         let kept = previous
             .and_then(|p| p.conditions.iter().find(|c| c.type_ == type_))
@@ -84,6 +99,7 @@ pub fn status(
             mesh,
             observed,
             storage,
+            identity,
         } => {
             let ready = applied.service_center_ready >= 1
                 && applied.roaming_ready >= applied.roaming_wanted;
@@ -101,9 +117,13 @@ pub fn status(
                 },
                 counts.clone(),
             );
-            match storage {
-                // Pods first: a rollout says more than a volume growing.
-                StorageState::Resizing(message) if ready => {
+            match (identity, storage) {
+                // The identity first: the pods cannot start without it.
+                (CertificateState::NotReady(message), _) => {
+                    set("Progressing", true, CERT_MANAGER_NOT_READY, message.clone());
+                }
+                // Pods next: a rollout says more than a volume growing.
+                (_, StorageState::Resizing(message)) if ready => {
                     set("Progressing", true, STORAGE_RESIZING, message.clone());
                 }
                 _ => set(
@@ -136,6 +156,24 @@ pub fn status(
             );
             let (known, reason, message) = link_state_known(observed, previous);
             set_status("LinkStateKnown", &known, &reason, message);
+            match identity {
+                // Removed below, once `set_status` is done.
+                CertificateState::NotUsed => no_identity_condition = true,
+                CertificateState::Ready(message) => {
+                    set_status(
+                        IDENTITY_ISSUED,
+                        "True",
+                        CERT_MANAGER_ISSUED,
+                        message.clone(),
+                    );
+                }
+                CertificateState::NotReady(message) => set_status(
+                    IDENTITY_ISSUED,
+                    "False",
+                    CERT_MANAGER_NOT_READY,
+                    message.clone(),
+                ),
+            }
             match storage {
                 StorageState::NoVolume => {
                     next.conditions.retain(|c| c.type_ != STORAGE_RESIZED);
@@ -172,6 +210,9 @@ pub fn status(
         Outcome::Failed(message) => {
             set("Degraded", true, "ApplyFailed", message.to_owned());
         }
+    }
+    if no_identity_condition {
+        next.conditions.retain(|c| c.type_ != IDENTITY_ISSUED);
     }
     next.conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
     next
@@ -390,6 +431,7 @@ mod tests {
                 mesh: &mesh,
                 observed: &Observation::Pending,
                 storage: &StorageState::NoVolume,
+                identity: &CertificateState::NotUsed,
             },
             None,
             t0,
@@ -410,6 +452,7 @@ mod tests {
                 mesh: &mesh,
                 observed: &Observation::Pending,
                 storage: &StorageState::NoVolume,
+                identity: &CertificateState::NotUsed,
             },
             Some(&first),
             t1,
@@ -428,6 +471,7 @@ mod tests {
                 mesh: &mesh,
                 observed: &Observation::Pending,
                 storage: &StorageState::NoVolume,
+                identity: &CertificateState::NotUsed,
             },
             Some(&first),
             t1,
@@ -460,6 +504,7 @@ mod tests {
                     mesh: &mesh,
                     observed,
                     storage: &StorageState::NoVolume,
+                    identity: &CertificateState::NotUsed,
                 },
                 previous,
                 since,
@@ -558,6 +603,7 @@ mod tests {
                     mesh: &mesh,
                     observed,
                     storage: &StorageState::NoVolume,
+                    identity: &CertificateState::NotUsed,
                 },
                 previous,
                 now,
@@ -658,6 +704,7 @@ mod tests {
                     mesh: &mesh,
                     observed: &Observation::Pending,
                     storage,
+                    identity: &CertificateState::NotUsed,
                 },
                 previous,
                 now,
@@ -753,6 +800,70 @@ mod tests {
         // Storage removed from the spec: the condition goes.
         let none = at(&StorageState::NoVolume, Some(&fourth), t(5));
         assert!(none.conditions.iter().all(|c| c.type_ != "StorageResized"));
+    }
+
+    #[test]
+    fn identity_issued_follows_the_certificate_and_only_with_an_issuer() {
+        let mesh = mesh();
+        let applied = Applied {
+            service_center_ready: 1,
+            roaming_ready: 1,
+            roaming_wanted: 1,
+        };
+        let t = |s| Timestamp::from_second(s).unwrap();
+        let at = |identity: &CertificateState, previous: Option<&RegionStatus>, now| {
+            status(
+                Some(1),
+                Outcome::Applied {
+                    applied: &applied,
+                    mesh: &mesh,
+                    observed: &Observation::Pending,
+                    storage: &StorageState::NoVolume,
+                    identity,
+                },
+                previous,
+                now,
+            )
+        };
+        let view = |s: &RegionStatus, type_: &str| {
+            let c = condition(s, type_);
+            (c.status.clone(), c.reason.clone(), c.message.clone())
+        };
+        let why = "cert-manager has not issued Certificate eu-tls yet: Ready=False (DoesNotExist: Issuing certificate as Secret does not exist)";
+        let pending = at(&CertificateState::NotReady(why.into()), None, t(1));
+        assert_eq!(
+            view(&pending, IDENTITY_ISSUED),
+            ("False".into(), "CertManagerNotReady".into(), why.into())
+        );
+        assert_eq!(
+            view(&pending, "Progressing"),
+            ("True".into(), "CertManagerNotReady".into(), why.into()),
+            "the pods wait for the Secret"
+        );
+        let issued_message = "cert-manager issued Certificate eu-tls into Secret eu-tls";
+        let issued = at(
+            &CertificateState::Ready(issued_message.into()),
+            Some(&pending),
+            t(2),
+        );
+        assert_eq!(
+            view(&issued, IDENTITY_ISSUED),
+            (
+                "True".into(),
+                "CertManagerIssued".into(),
+                issued_message.into()
+            )
+        );
+        assert_eq!(view(&issued, "Progressing").1, "RolloutComplete");
+        let again = at(
+            &CertificateState::Ready(issued_message.into()),
+            Some(&issued),
+            t(3),
+        );
+        assert_eq!(again, issued, "an issued identity writes nothing new");
+        // Back to the mesh CA Secret: the condition goes.
+        let own = at(&CertificateState::NotUsed, Some(&issued), t(4));
+        assert!(own.conditions.iter().all(|c| c.type_ != IDENTITY_ISSUED));
     }
 
     #[test]
