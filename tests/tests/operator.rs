@@ -586,17 +586,37 @@ fn events(cluster: &ControlPlane, kind: &str, name: &str, reason: &str) -> Vec<(
         .collect()
 }
 
+/// Fixed route weights for the example's other two links, as it fixes
+/// eu-us's. Without them eu-ap and us-ap weigh their measured round-trip
+/// times, which a loaded machine swings by tens of milliseconds (a starved
+/// process answers heartbeats late), enough to route eu→ap through us while
+/// nothing in the mesh changed; the operator would rightly report that.
+const PINNED_LINKS: &str = "---
+apiVersion: meridian.dev/v1alpha1
+kind: RegionLink
+metadata: {name: eu-ap, namespace: chat}
+spec: {regions: [eu, ap], cost: 10}
+---
+apiVersion: meridian.dev/v1alpha1
+kind: RegionLink
+metadata: {name: us-ap, namespace: chat}
+spec: {regions: [us, ap], cost: 10}
+";
+
 /// Link state flows from the roaming systems into the API. kwok runs no
 /// containers, so the example's regions run as real processes in local mode,
 /// and the operator reaches each roaming Service's name at its process through
 /// `--resolve`, as an operator outside the cluster would through forwarded
-/// ports. The drill is the README's: disable eu-us in the manifest.
+/// ports. The drill is the README's: disable eu-us in the manifest. Every
+/// link's cost is fixed (`PINNED_LINKS`), so routes change only with the
+/// manifest and the links' health; RTTs are still measured and reported.
 #[test]
 fn the_operator_copies_link_state_into_status_and_records_each_change() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = dir.path().join("three-regions.yaml");
     let example =
         std::fs::read_to_string(workspace_root().join("examples/three-regions.yaml")).unwrap();
+    let example = format!("{example}{PINNED_LINKS}");
     std::fs::write(&manifest, &example).unwrap();
     let mut local = LocalMode::start(std::slice::from_ref(&manifest), &dir.path().join("state"));
     let endpoints: Value =
@@ -692,9 +712,10 @@ fn the_operator_copies_link_state_into_status_and_records_each_change() {
         let s = link(&cluster);
         s["state"] == "Up" && s["observedFrom"] == "eu"
     });
-    // A steady mesh changes nothing but (past a threshold) measured RTTs:
-    // four polls later, states, paths, transition times and conditions are
-    // as they were. (Pods turning Ready would change the conditions: wait.)
+    // A steady mesh changes nothing but (past a threshold) measured RTTs,
+    // which with every cost fixed steer no route: four polls later, states,
+    // paths, transition times and conditions are as they were. (Pods
+    // turning Ready would change the conditions: wait.)
     wait(&cluster, "eu Ready", 30, || ready(&cluster, "eu"));
     let settled = |kind: &str, name: &str| {
         let mut status = get_json(&cluster, &[kind, name, "-n", NS]).unwrap()["status"].clone();
