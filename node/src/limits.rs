@@ -18,6 +18,9 @@ pub const DEFAULT_GROUP_MEMBERS: u32 = 1_000;
 /// History page size.
 pub const DEFAULT_HISTORY_PAGE: u32 = 100;
 pub const MAX_HISTORY_PAGE: u32 = 1_000;
+/// The largest sequence number (and so history or subscription cursor) a
+/// group can have: the data center stores it as a signed 64-bit integer.
+pub const MAX_SEQ: u64 = i64::MAX as u64;
 /// Resume cursors in one subscription.
 pub const MAX_CURSORS: usize = 1_000;
 /// Items in one cross-region batch.

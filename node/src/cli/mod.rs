@@ -16,6 +16,7 @@ use tokio_stream::StreamExt;
 
 use crate::client::Client;
 use crate::ids::Id;
+use crate::limits::{DEFAULT_HISTORY_PAGE, MAX_GROUP_MEMBERS, MAX_HISTORY_PAGE, MAX_SEQ};
 use crate::proto::client_api::{Cursor, GroupSettings, UpdateGroupRequest};
 use crate::proto::peer_api::MeshStatusRequest;
 use crate::proto::peer_api::admin_client::AdminClient;
@@ -103,11 +104,11 @@ pub enum Command {
     },
     /// Print deliveries as they arrive.
     Listen {
-        /// Exit after this many deliveries.
-        #[arg(long)]
+        /// Exit after this many deliveries (at least 1).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         count: Option<u64>,
-        /// Exit after this many seconds.
-        #[arg(long)]
+        /// Exit after this many seconds (0 to 30 days, fractions allowed).
+        #[arg(long, value_parser = parse_timeout)]
         timeout: Option<f64>,
         /// Replay a group from after a seq first, as GROUP=SEQ (repeatable).
         #[arg(long, value_parser = parse_cursor)]
@@ -119,9 +120,12 @@ pub enum Command {
     /// Print a group's messages in order.
     History {
         group: String,
-        #[arg(long, default_value_t = 0)]
+        /// Print the messages after this seq.
+        #[arg(long, default_value_t = 0, value_parser = parse_seq)]
         after: u64,
-        #[arg(long, default_value_t = 100)]
+        /// Print at most this many messages (1 to 1000).
+        #[arg(long, default_value_t = DEFAULT_HISTORY_PAGE,
+              value_parser = clap::value_parser!(u32).range(1..=MAX_HISTORY_PAGE as i64))]
         limit: u32,
     },
 }
@@ -151,7 +155,8 @@ pub enum GroupCommand {
         /// Whether anyone may join.
         #[arg(long)]
         open: Option<bool>,
-        #[arg(long)]
+        /// The most members the group may have (1 to 10000).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=MAX_GROUP_MEMBERS as i64))]
         max_members: Option<u32>,
     },
     Join {
@@ -166,13 +171,43 @@ fn parse_cursor(text: &str) -> Result<Cursor, String> {
     let (group, seq) = text
         .rsplit_once('=')
         .ok_or_else(|| format!("{text:?} is not GROUP=SEQ"))?;
-    let last_seq = seq
-        .parse()
-        .map_err(|_| format!("{seq:?} is not a sequence number"))?;
     Ok(Cursor {
         group: group.to_owned(),
-        last_seq,
+        last_seq: parse_seq(seq)?,
     })
+}
+
+/// The longest `listen --timeout`, in seconds: 30 days. Without `--timeout`
+/// `listen` runs until it is stopped.
+pub const MAX_LISTEN_TIMEOUT_SECS: f64 = 30.0 * 24.0 * 60.0 * 60.0;
+
+/// A number of seconds: finite, not negative, at most
+/// [`MAX_LISTEN_TIMEOUT_SECS`]. (`inf` would overflow the deadline and `nan`
+/// would end at once.)
+fn parse_timeout(text: &str) -> Result<f64, String> {
+    let secs: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if !secs.is_finite() || !(0.0..=MAX_LISTEN_TIMEOUT_SECS).contains(&secs) {
+        return Err(format!(
+            "{text:?} is not a number of seconds from 0 to {MAX_LISTEN_TIMEOUT_SECS} (30 days)"
+        ));
+    }
+    Ok(secs)
+}
+
+/// A sequence number: 0 to 2^63-1, the range a group's `seq` can take.
+fn parse_seq(text: &str) -> Result<u64, String> {
+    let seq: u64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a sequence number"))?;
+    if seq > MAX_SEQ {
+        return Err(format!(
+            "{text:?} is not a sequence number (0 to {MAX_SEQ})"
+        ));
+    }
+    Ok(seq)
 }
 
 /// A failure the CLI reports on stderr before exiting non-zero.
@@ -366,8 +401,20 @@ async fn listen(
     timeout: Option<f64>,
     after: Vec<Cursor>,
 ) -> CliResult {
-    let deadline =
-        timeout.map(|s| tokio::time::Instant::now() + Duration::from_secs_f64(s.max(0.0)));
+    // `parse_timeout` keeps `s` finite and in range; `try_from_secs_f64`
+    // still refuses rather than panics should another caller pass more.
+    let deadline = match timeout {
+        None => None,
+        Some(s) => {
+            let after = Duration::try_from_secs_f64(s)
+                .map_err(|_| CliError(format!("--timeout {s} is not a number of seconds")))?;
+            Some(
+                tokio::time::Instant::now()
+                    .checked_add(after)
+                    .ok_or_else(|| CliError(format!("--timeout {s} is too long")))?,
+            )
+        }
+    };
     let mut cursors = after;
     let mut seen = 0u64;
     let mut client = global.session().await?;
@@ -418,5 +465,52 @@ async fn listen(
                 None => Ok(()),
             },
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("meridian").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn listen_timeout_must_be_finite_non_negative_and_bounded() {
+        for bad in ["inf", "-inf", "nan", "NaN", "-1", "1e300", "2592001", "soon"] {
+            let err = parse(&["listen", &format!("--timeout={bad}")]).expect_err(bad);
+            assert!(
+                err.to_string().contains("number of seconds"),
+                "{bad}: {err}"
+            );
+        }
+        for good in ["0", "0.5", "30", "2592000"] {
+            parse(&["listen", "--timeout", good]).expect(good);
+        }
+    }
+
+    #[test]
+    fn counts_limits_and_sizes_are_bounded() {
+        parse(&["listen", "--count", "0"]).expect_err("count 0");
+        parse(&["listen", "--count", "1"]).expect("count 1");
+        parse(&["history", "g@eu", "--limit", "0"]).expect_err("limit 0");
+        parse(&["history", "g@eu", "--limit", "1001"]).expect_err("limit 1001");
+        parse(&["history", "g@eu", "--limit", "1000"]).expect("limit 1000");
+        parse(&["group", "update", "g@eu", "--max-members", "0"]).expect_err("max 0");
+        parse(&["group", "update", "g@eu", "--max-members", "10001"]).expect_err("max 10001");
+        parse(&["group", "update", "g@eu", "--max-members", "10000"]).expect("max 10000");
+    }
+
+    #[test]
+    fn sequence_numbers_stop_at_i64_max() {
+        let max = u64::MAX.to_string();
+        parse(&["history", "g@eu", "--after", &max]).expect_err("history after u64::MAX");
+        parse(&["listen", "--after", &format!("g@eu={max}")]).expect_err("cursor u64::MAX");
+        let top = MAX_SEQ.to_string();
+        parse(&["history", "g@eu", "--after", &top]).expect("history after i64::MAX");
+        parse(&["listen", "--after", &format!("g@eu={top}")]).expect("cursor i64::MAX");
     }
 }
