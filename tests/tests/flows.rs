@@ -419,3 +419,38 @@ async fn every_server_answers_the_grpc_health_check_kubernetes_probes() {
     }
     mesh.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_beyond_the_largest_seq_is_an_invalid_argument() {
+    let mesh = Mesh::start(&["eu", "us"]).await;
+    let mut ann = mesh.user("ann@eu", "eu").await;
+    let mut bob = mesh.user("bob@us", "us").await;
+    ann.create_group("g").await.unwrap();
+    bob.join("g@eu").await.unwrap();
+    ann.send("g@eu", "hi", "").await.unwrap();
+
+    for client in [&mut ann, &mut bob] {
+        // history after_seq, local (eu) and across regions (us → eu).
+        for after in [u64::MAX, i64::MAX as u64 + 1] {
+            let err = client.history("g@eu", after, 10).await.unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+            assert!(err.message().contains("after_seq"), "{err:?}");
+        }
+        assert!(
+            client
+                .history("g@eu", i64::MAX as u64, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // A subscription's resume cursor.
+        let cursor = Cursor {
+            group: "g@eu".into(),
+            last_seq: u64::MAX,
+        };
+        let err = client.subscribe(vec![cursor]).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains("cursors[0].last_seq"), "{err:?}");
+    }
+    mesh.stop().await;
+}

@@ -13,7 +13,7 @@ use super::{BusinessCenter, check_len, unexpected};
 use crate::Error;
 use crate::ids::Id;
 use crate::limits::{
-    DEFAULT_HISTORY_PAGE, MAX_BODY_BYTES, MAX_HISTORY_PAGE, MAX_IDEMPOTENCY_KEY_BYTES,
+    DEFAULT_HISTORY_PAGE, MAX_BODY_BYTES, MAX_HISTORY_PAGE, MAX_IDEMPOTENCY_KEY_BYTES, MAX_SEQ,
 };
 use crate::proto::client_api::{Delivery, HistoryReply, HistoryRequest, SendReply, SendRequest};
 use crate::proto::peer_api::{
@@ -171,6 +171,7 @@ impl BusinessCenter {
         request: HistoryRequest,
     ) -> Result<HistoryReply, Error> {
         let group = Id::parse("group", &request.group)?;
+        check_seq("after_seq", request.after_seq)?;
         if request.limit > MAX_HISTORY_PAGE {
             return Err(Error::InvalidArgument(format!(
                 "limit is at most {MAX_HISTORY_PAGE}"
@@ -209,6 +210,18 @@ impl BusinessCenter {
             })
             .await
     }
+}
+
+/// Refuses a client's `seq` beyond what a group can reach ([`MAX_SEQ`]); the
+/// data center stores seqs as signed 64-bit integers, so a larger one would
+/// fail there as an internal error.
+pub(super) fn check_seq(field: &str, seq: u64) -> Result<(), Error> {
+    if seq > MAX_SEQ {
+        return Err(Error::InvalidArgument(format!(
+            "{field} is {seq}, beyond the largest seq {MAX_SEQ}"
+        )));
+    }
+    Ok(())
 }
 
 /// Whether a submission was accepted within this very write, at the home:

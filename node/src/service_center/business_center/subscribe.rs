@@ -37,8 +37,9 @@ impl BusinessCenter {
             )));
         }
         let mut last = HashMap::new();
-        for cursor in cursors {
+        for (i, cursor) in cursors.into_iter().enumerate() {
             Id::parse("group", &cursor.group)?;
+            super::messages::check_seq(&format!("cursors[{i}].last_seq"), cursor.last_seq)?;
             last.insert(cursor.group, cursor.last_seq);
         }
         let (out, rx) = mpsc::channel(256);
