@@ -480,7 +480,9 @@ mod tests {
 
     #[test]
     fn listen_timeout_must_be_finite_non_negative_and_bounded() {
-        for bad in ["inf", "-inf", "nan", "NaN", "-1", "1e300", "2592001", "soon"] {
+        for bad in [
+            "inf", "-inf", "nan", "NaN", "-1", "1e300", "2592001", "soon",
+        ] {
             let err = parse(&["listen", &format!("--timeout={bad}")]).expect_err(bad);
             assert!(
                 err.to_string().contains("number of seconds"),
