@@ -110,6 +110,8 @@ pub struct GroupSettings {
     /// anyone may join; otherwise joins are refused
     #[prost(bool, tag = "1")]
     pub open: bool,
+    /// 1 to 10000. An update below the group's current member count is
+    /// refused with FAILED_PRECONDITION: members leave first.
     #[prost(uint32, tag = "2")]
     pub max_members: u32,
 }

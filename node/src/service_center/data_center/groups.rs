@@ -90,6 +90,19 @@ pub fn update(
     announcement: Option<&str>,
     settings: Option<&GroupSettings>,
 ) -> Result<(), Error> {
+    // Lowering max_members below the members the group has would leave it
+    // over its own limit; refuse, and let the owner remove members first.
+    if let Some(settings) = settings {
+        let count: u32 = conn
+            .prepare_cached("SELECT count(*) FROM members WHERE group_id = ?1")?
+            .query_row([group], |r| r.get(0))?;
+        if settings.max_members < count {
+            return Err(Error::FailedPrecondition(format!(
+                "settings.max_members {} is below the {count} members group {group} has",
+                settings.max_members
+            )));
+        }
+    }
     conn.execute(
         "UPDATE groups SET title = coalesce(?2, title), announcement = coalesce(?3, announcement),
                 open = coalesce(?4, open), max_members = coalesce(?5, max_members)
@@ -227,6 +240,24 @@ mod tests {
             max_members: 10,
         };
         update(&conn, "g@eu", Some("New"), None, Some(&closed)).unwrap();
+        // Two members: max_members cannot go below 2, and nothing changes.
+        let below = GroupSettings {
+            open: true,
+            max_members: 1,
+        };
+        match update(&conn, "g@eu", Some("Newer"), None, Some(&below)) {
+            Err(Error::FailedPrecondition(message)) => {
+                assert!(message.contains("max_members"), "{message}");
+                assert!(message.contains("2 members"), "{message}");
+            }
+            other => panic!("expected FAILED_PRECONDITION, got {other:?}"),
+        }
+        let exact = GroupSettings {
+            open: false,
+            max_members: 2,
+        };
+        update(&conn, "g@eu", None, None, Some(&exact)).unwrap();
+        update(&conn, "g@eu", None, None, Some(&closed)).unwrap();
         assert!(matches!(
             join(&conn, "g@eu", "c@eu"),
             Err(Error::PermissionDenied(_))
