@@ -454,3 +454,45 @@ async fn a_cursor_beyond_the_largest_seq_is_an_invalid_argument() {
     }
     mesh.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_groups_members_are_visible_to_its_members_only() {
+    let mesh = Mesh::start(&["eu", "us"]).await;
+    let mut ann = mesh.user("ann@eu", "eu").await;
+    let mut bob = mesh.user("bob@us", "us").await;
+    let mut eve = mesh.user("eve@eu", "eu").await;
+    let mut dan = mesh.user("dan@us", "us").await;
+    ann.create_group("g").await.unwrap();
+    bob.join("g@eu").await.unwrap();
+
+    // Open: everyone sees the members.
+    let open = dan.get_group("g@eu").await.unwrap();
+    assert_eq!(open.members.len(), 2);
+    assert!(!open.members_hidden);
+
+    ann.update_group(UpdateGroupRequest {
+        group: "g@eu".into(),
+        settings: Some(GroupSettings {
+            open: false,
+            max_members: 10,
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+
+    // Closed: members see each other, here and across regions.
+    for member in [&mut ann, &mut bob] {
+        let info = member.get_group("g@eu").await.unwrap();
+        assert_eq!(info.members.len(), 2, "{info:?}");
+        assert!(!info.members_hidden);
+    }
+    // Non-members, local (eve) or remote (dan), get the group without them.
+    for outsider in [&mut eve, &mut dan] {
+        let info = outsider.get_group("g@eu").await.unwrap();
+        assert_eq!(info.id, "g@eu");
+        assert!(info.members.is_empty(), "{info:?}");
+        assert!(info.members_hidden);
+    }
+    mesh.stop().await;
+}

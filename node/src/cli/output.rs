@@ -60,16 +60,22 @@ impl Output {
             .iter()
             .map(|m| json!({"user": m.user, "role": role_name(m.role)}))
             .collect();
-        let value = json!({
+        let mut value = json!({
             "group": info.id, "name": info.title, "announcement": info.announcement,
             "open": settings.open, "maxMembers": settings.max_members,
             "lastSeq": info.last_seq, "members": members,
         });
-        let member_list: Vec<String> = info
-            .members
-            .iter()
-            .map(|m| format!("{} ({})", m.user, role_name(m.role)))
-            .collect();
+        if info.members_hidden {
+            value["membersHidden"] = json!(true);
+        }
+        let member_list: Vec<String> = if info.members_hidden {
+            vec!["(hidden: the group is closed and you are not a member)".to_owned()]
+        } else {
+            info.members
+                .iter()
+                .map(|m| format!("{} ({})", m.user, role_name(m.role)))
+                .collect()
+        };
         let human = format!(
             "group {}\nname: {}\nannouncement: {}\nopen: {}, max members: {}, last seq: {}\nmembers: {}",
             info.id,

@@ -134,10 +134,16 @@ pub struct GroupInfo {
     pub announcement: ::prost::alloc::string::String,
     #[prost(message, optional, tag = "4")]
     pub settings: ::core::option::Option<GroupSettings>,
+    /// Everyone who may see the group gets its id, title, announcement,
+    /// settings and last_seq. The member list of a closed group (settings.open
+    /// false) is for its members only: anyone else gets no members and
+    /// members_hidden true. Open groups show their members to every user.
     #[prost(message, repeated, tag = "5")]
     pub members: ::prost::alloc::vec::Vec<Member>,
     #[prost(uint64, tag = "6")]
     pub last_seq: u64,
+    #[prost(bool, tag = "7")]
+    pub members_hidden: bool,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

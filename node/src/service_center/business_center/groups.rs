@@ -113,7 +113,16 @@ impl BusinessCenter {
         match op {
             GroupOp::Get => {
                 self.dc
-                    .read(move |conn| groups::info(conn, &group_id))
+                    .read(move |conn| {
+                        let mut info = groups::info(conn, &group_id)?;
+                        // A closed group's members are for its members only.
+                        let open = info.settings.is_some_and(|s| s.open);
+                        if !open && groups::role(conn, &group_id, &actor_id)?.is_none() {
+                            info.members.clear();
+                            info.members_hidden = true;
+                        }
+                        Ok(info)
+                    })
                     .await
             }
             GroupOp::Update(update) => {

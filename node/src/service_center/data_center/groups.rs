@@ -45,6 +45,7 @@ pub fn info(conn: &Connection, id: &str) -> Result<GroupInfo, Error> {
                 }),
                 members: Vec::new(),
                 last_seq: r.get(4)?,
+                members_hidden: false,
             })
         })
         .optional()?
