@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use crate::region_link::LinkState;
 use crate::validate::{
     CLUSTER_MAX_LEN, IMAGE_MAX_LEN, NAME_MAX_LEN, NODE_PORT_MAX, NODE_PORT_MIN,
-    PEER_ENDPOINT_MAX_LEN, REGION_CODE_MAX_LEN, REGION_CODE_PATTERN, SIZE_PATTERN,
+    PEER_ENDPOINT_MAX_LEN, REGION_CODE_MAX_LEN, REGION_CODE_PATTERN,
+    SERVICE_CENTER_REPLICAS_MESSAGE, SIZE_PATTERN,
 };
 
 /// Desired state of a region.
@@ -65,12 +66,15 @@ pub struct RegionSpec {
 }
 
 /// The service center: serves the region's clients and holds its data center.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, KubeSchema, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceCenterSpec {
-    /// Number of service center pods.
+    /// Number of service center pods: 1. Each pod would hold its own data
+    /// center, so several replicas need a shared one; until then anything
+    /// but 1 is refused (not accepted and ignored).
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 1))]
+    #[x_kube(validation = Rule::new("self == 1").message(SERVICE_CENTER_REPLICAS_MESSAGE))]
     pub replicas: i32,
 
     /// Compute resources of each service center pod.

@@ -60,6 +60,11 @@ impl fmt::Display for Violation {
     }
 }
 
+/// Why `spec.serviceCenter.replicas` must be 1, in the CRD's CEL rule and in
+/// local mode's check.
+pub const SERVICE_CENTER_REPLICAS_MESSAGE: &str =
+    "several service-center replicas need a shared data center; until then replicas must be 1";
+
 /// Whether `s` is a region code: 1 to 32 lowercase letters, digits and '-', starting
 /// and ending with a letter or digit (`^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$`).
 pub fn is_region_code(s: &str) -> bool {
@@ -149,7 +154,12 @@ pub fn region(region: &Region) -> Vec<Violation> {
     );
 
     let sc = &spec.service_center;
-    replicas("spec.serviceCenter.replicas", sc.replicas, &mut out);
+    if sc.replicas != 1 {
+        out.push(Violation::new(
+            "spec.serviceCenter.replicas",
+            format!("is {}: {SERVICE_CENTER_REPLICAS_MESSAGE}", sc.replicas),
+        ));
+    }
     if let Some(storage) = &sc.storage {
         size(
             "spec.serviceCenter.storage.size",
@@ -575,6 +585,39 @@ spec:
                 "spec.roaming.image",
             ]
         );
+    }
+
+    #[test]
+    fn service_center_replicas_must_be_1() {
+        for n in [0, 2, 3] {
+            let r = region_yaml(&format!(
+                "metadata: {{name: eu}}\nspec:\n  cluster: c\n  serviceCenter: {{replicas: {n}}}\n"
+            ));
+            let violations = region(&r);
+            assert_eq!(
+                fields(&violations),
+                vec!["spec.serviceCenter.replicas"],
+                "{n}"
+            );
+            assert!(
+                violations[0]
+                    .to_string()
+                    .contains("need a shared data center"),
+                "{}",
+                violations[0]
+            );
+        }
+        let one = region_yaml(
+            "metadata: {name: eu}\nspec:\n  cluster: c\n  serviceCenter: {replicas: 1}\n",
+        );
+        assert_eq!(region(&one), vec![]);
+        // The CRD carries the same rule, with the same message, for the apiserver.
+        let crd = crate::crd_yaml();
+        assert!(
+            crd.contains("rule: self == 1"),
+            "no CEL rule on serviceCenter.replicas"
+        );
+        assert!(crd.contains(SERVICE_CENTER_REPLICAS_MESSAGE));
     }
 
     #[test]

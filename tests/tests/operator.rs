@@ -357,6 +357,22 @@ fn the_operator_turns_regions_into_workloads_and_a_full_mesh() {
     ]);
     let moved = String::from_utf8_lossy(&moved.stderr).into_owned();
     assert!(moved.contains("spec.cluster is immutable"), "{moved}");
+    let scaled = cluster.kubectl(&[
+        "patch",
+        "region",
+        "eu",
+        "-n",
+        NS,
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"serviceCenter":{"replicas":2}}}"#,
+    ]);
+    let scaled = String::from_utf8_lossy(&scaled.stderr).into_owned();
+    assert!(
+        scaled.contains("several service-center replicas need a shared data center"),
+        "{scaled}"
+    );
 
     // 8. A restarted operator changes nothing it owns.
     let before = versions(&cluster);
