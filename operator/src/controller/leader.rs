@@ -48,9 +48,8 @@ impl LeaderElection {
         }
     }
 
-    /// Waits until this candidate holds the lease; `health` learns that it
-    /// stands by meanwhile.
-    pub async fn acquire(&self, health: &super::health::Health) {
+    /// Waits until this candidate holds the lease.
+    pub async fn acquire(&self) {
         let mut announced = false;
         loop {
             match self.try_acquire_or_renew().await {
@@ -60,7 +59,6 @@ impl LeaderElection {
                 }
                 Ok(false) if !announced => {
                     tracing::info!(lease = %self.name, "another replica leads; standing by");
-                    health.standing_by();
                     announced = true;
                 }
                 Ok(false) => {}

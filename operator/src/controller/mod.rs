@@ -10,7 +10,6 @@ mod apply;
 pub mod build;
 pub mod cert_manager;
 mod error;
-mod health;
 mod leader;
 pub mod links;
 mod log_level;
@@ -161,25 +160,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             Duration::from_secs(15),
         )
     });
-    // The task that waits for the Lease, then runs the controller, beats
-    // for /healthz while it does either.
-    let beating = || async {
-        let mut beat = tokio::time::interval(health::BEAT);
-        loop {
-            beat.tick().await;
-            metrics.health.beat(std::time::Instant::now());
-        }
-    };
     if let Some(election) = &election {
-        tokio::select! {
-            () = election.acquire(&metrics.health) => {}
-            () = beating() => unreachable!("the beat never ends"),
-        }
+        election.acquire().await;
     }
     metrics
         .leading
         .store(true, std::sync::atomic::Ordering::Relaxed);
-    metrics.health.leading();
 
     let (regions_api, links_api): (Api<Region>, Api<RegionLink>) = match &args.namespace {
         Some(ns) => (
@@ -219,15 +205,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .concurrency(16);
     let controller =
         Controller::new(regions_api.clone(), watcher::Config::default()).with_config(config);
-    // /readyz waits for the Region cache's first LIST.
-    let synced = controller.store();
-    let synced_metrics = metrics.clone();
-    tokio::spawn(async move {
-        if synced.wait_until_ready().await.is_ok() {
-            tracing::info!("Region cache synced; ready");
-            synced_metrics.health.synced();
-        }
-    });
     let reporter = Reporter {
         controller: "meridian-operator".into(),
         instance: Some(identity.clone()),
@@ -290,13 +267,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 tracing::debug!(%err, "reconcile did not complete");
             }
         });
-    let controller = async {
-        tokio::select! {
-            () = controller => {}
-            () = beating() => unreachable!("the beat never ends"),
-        }
-        metrics.health.stopped();
-    };
     match &election {
         Some(election) => {
             tokio::select! {
@@ -311,7 +281,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 }
                 () = election.hold() => {
                     // Another replica may lead now: stop at once rather than write.
-                    metrics.health.stopped();
                     anyhow::bail!("lost the leader lease; exiting so that only the leader writes");
                 }
             }
