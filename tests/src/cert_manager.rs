@@ -70,16 +70,7 @@ impl CertManager {
         // Created, not applied: the last-applied annotation of the largest
         // CRDs would exceed the annotation size limit.
         cluster.kubectl_ok(&["create", "-f", crds.to_str().context("a UTF-8 path")?])?;
-        for crd in CRDS {
-            cluster.kubectl_ok(&[
-                "wait",
-                "--for",
-                "condition=Established",
-                &format!("crd/{crd}"),
-                "--timeout",
-                "60s",
-            ])?;
-        }
+        cluster.wait_crds_established(&CRDS)?;
         Self::start(cluster, &bin)
     }
 

@@ -160,6 +160,22 @@ impl ControlPlane {
         checked("kubectl", args, self.kubectl(args))
     }
 
+    /// Waits (up to a minute each) until every CRD named in `crds` is
+    /// established.
+    pub fn wait_crds_established(&self, crds: &[&str]) -> anyhow::Result<()> {
+        for crd in crds {
+            self.kubectl_ok(&[
+                "wait",
+                "--for",
+                "condition=Established",
+                &format!("crd/{crd}"),
+                "--timeout",
+                "60s",
+            ])?;
+        }
+        Ok(())
+    }
+
     /// Runs `kubectl ARGS` with `stdin` as its standard input, e.g.
     /// `kubectl_stdin(&["apply", "-f", "-"], yaml)`.
     pub fn kubectl_stdin(&self, args: &[&str], stdin: &str) -> anyhow::Result<String> {

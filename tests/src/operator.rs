@@ -27,20 +27,13 @@ pub fn helm_install(cluster: &ControlPlane, cluster_name: &str) -> anyhow::Resul
     ])
 }
 
+/// Meridian's CRDs, as the chart installs them.
+pub const MERIDIAN_CRDS: [&str; 2] = ["regions.meridian.dev", "regionlinks.meridian.dev"];
+
 /// Installs the chart and waits until its CRDs are established.
 pub fn install_and_wait(cluster: &ControlPlane, cluster_name: &str) -> anyhow::Result<()> {
     helm_install(cluster, cluster_name)?;
-    for crd in ["regions.meridian.dev", "regionlinks.meridian.dev"] {
-        cluster.kubectl_ok(&[
-            "wait",
-            "--for",
-            "condition=Established",
-            &format!("crd/{crd}"),
-            "--timeout",
-            "60s",
-        ])?;
-    }
-    Ok(())
+    cluster.wait_crds_established(&MERIDIAN_CRDS)
 }
 
 /// A kubeconfig holding a token of the chart's ServiceAccount.

@@ -109,18 +109,9 @@ fn install_chart(cluster: &ControlPlane) {
             "meshCA.issuerRef.name=mesh-ca",
         ])
         .unwrap();
-    for crd in ["regions.meridian.dev", "regionlinks.meridian.dev"] {
-        cluster
-            .kubectl_ok(&[
-                "wait",
-                "--for",
-                "condition=Established",
-                &format!("crd/{crd}"),
-                "--timeout",
-                "60s",
-            ])
-            .unwrap();
-    }
+    cluster
+        .wait_crds_established(&meridian_tests::operator::MERIDIAN_CRDS)
+        .unwrap();
 }
 
 /// The CA keypair Secret and the `CA` Issuer on it, in the mesh namespace.

@@ -414,6 +414,47 @@ mod tests {
         status.conditions.iter().find(|c| c.type_ == type_).unwrap()
     }
 
+    /// What one reconcile found besides its workloads, which are all ready.
+    struct Found<'a> {
+        observed: &'a Observation,
+        storage: &'a StorageState,
+        identity: &'a CertificateState,
+    }
+
+    impl Default for Found<'_> {
+        fn default() -> Self {
+            Found {
+                observed: &Observation::Pending,
+                storage: &StorageState::NoVolume,
+                identity: &CertificateState::NotUsed,
+            }
+        }
+    }
+
+    /// The status after a reconcile of generation `generation` that applied
+    /// every object of [`mesh`] with every pod ready, and found `found`.
+    fn all_applied(
+        generation: i64,
+        found: Found<'_>,
+        previous: Option<&RegionStatus>,
+        now: Timestamp,
+    ) -> RegionStatus {
+        let applied = Applied {
+            service_center_ready: 1,
+            roaming_ready: 1,
+            roaming_wanted: 1,
+        };
+        let mesh = mesh();
+        let outcome = Outcome::Applied {
+            applied: &applied,
+            mesh: &mesh,
+            observed: found.observed,
+            storage: found.storage,
+            identity: found.identity,
+        };
+        status(Some(generation), outcome, previous, now)
+    }
+
     #[test]
     fn ready_when_both_workloads_are_and_the_transition_time_is_kept() {
         let mesh = mesh();
@@ -483,12 +524,6 @@ mod tests {
 
     #[test]
     fn reported_links_fill_the_peers_and_each_change_is_named_once() {
-        let mesh = mesh();
-        let applied = Applied {
-            service_center_ready: 1,
-            roaming_ready: 1,
-            roaming_wanted: 1,
-        };
         let since = Timestamp::from_second(5_000).unwrap();
         let link = |state, via: &[&str], rtt| ObservedLink {
             state,
@@ -497,18 +532,11 @@ mod tests {
             since,
         };
         let with = |observed: &Observation, previous: Option<&RegionStatus>| {
-            status(
-                Some(1),
-                Outcome::Applied {
-                    applied: &applied,
-                    mesh: &mesh,
-                    observed,
-                    storage: &StorageState::NoVolume,
-                    identity: &CertificateState::NotUsed,
-                },
-                previous,
-                since,
-            )
+            let found = Found {
+                observed,
+                ..Found::default()
+            };
+            all_applied(1, found, previous, since)
         };
         let at = |links: &ObservedLinks, previous: Option<&RegionStatus>| {
             with(&Observation::Reported(links.clone()), previous)
@@ -588,26 +616,13 @@ mod tests {
 
     #[test]
     fn link_state_known_says_whether_the_roaming_system_answers() {
-        let mesh = mesh();
-        let applied = Applied {
-            service_center_ready: 1,
-            roaming_ready: 1,
-            roaming_wanted: 1,
-        };
         let t = |s| Timestamp::from_second(s).unwrap();
         let at = |observed: &Observation, previous: Option<&RegionStatus>, now| {
-            status(
-                Some(1),
-                Outcome::Applied {
-                    applied: &applied,
-                    mesh: &mesh,
-                    observed,
-                    storage: &StorageState::NoVolume,
-                    identity: &CertificateState::NotUsed,
-                },
-                previous,
-                now,
-            )
+            let found = Found {
+                observed,
+                ..Found::default()
+            };
+            all_applied(1, found, previous, now)
         };
         let known = |s: &RegionStatus| {
             let c = condition(s, "LinkStateKnown");
@@ -689,26 +704,13 @@ mod tests {
 
     #[test]
     fn storage_resized_follows_the_data_volume_and_a_refusal_degrades_the_region() {
-        let mesh = mesh();
-        let applied = Applied {
-            service_center_ready: 1,
-            roaming_ready: 1,
-            roaming_wanted: 1,
-        };
         let t = |s| Timestamp::from_second(s).unwrap();
         let at = |storage: &StorageState, previous: Option<&RegionStatus>, now| {
-            status(
-                Some(2),
-                Outcome::Applied {
-                    applied: &applied,
-                    mesh: &mesh,
-                    observed: &Observation::Pending,
-                    storage,
-                    identity: &CertificateState::NotUsed,
-                },
-                previous,
-                now,
-            )
+            let found = Found {
+                storage,
+                ..Found::default()
+            };
+            all_applied(2, found, previous, now)
         };
         let view = |s: &RegionStatus, type_: &str| {
             let c = condition(s, type_);
@@ -804,26 +806,13 @@ mod tests {
 
     #[test]
     fn identity_issued_follows_the_certificate_and_only_with_an_issuer() {
-        let mesh = mesh();
-        let applied = Applied {
-            service_center_ready: 1,
-            roaming_ready: 1,
-            roaming_wanted: 1,
-        };
         let t = |s| Timestamp::from_second(s).unwrap();
         let at = |identity: &CertificateState, previous: Option<&RegionStatus>, now| {
-            status(
-                Some(1),
-                Outcome::Applied {
-                    applied: &applied,
-                    mesh: &mesh,
-                    observed: &Observation::Pending,
-                    storage: &StorageState::NoVolume,
-                    identity,
-                },
-                previous,
-                now,
-            )
+            let found = Found {
+                identity,
+                ..Found::default()
+            };
+            all_applied(1, found, previous, now)
         };
         let view = |s: &RegionStatus, type_: &str| {
             let c = condition(s, type_);
