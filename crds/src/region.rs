@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::region_link::LinkState;
 use crate::validate::{
-    CLUSTER_MAX_LEN, IMAGE_MAX_LEN, NAME_MAX_LEN, NODE_PORT_MAX, NODE_PORT_MIN,
+    CLUSTER_MAX_LEN, IMAGE_MAX_LEN, MAX_REGIONS, NAME_MAX_LEN, NODE_PORT_MAX, NODE_PORT_MIN,
     PEER_ENDPOINT_MAX_LEN, REGION_CODE_MAX_LEN, REGION_CODE_PATTERN,
     SERVICE_CENTER_REPLICAS_MESSAGE, SIZE_PATTERN,
 };
@@ -275,8 +275,10 @@ pub struct RegionStatus {
     #[serde(default)]
     pub roaming: WorkloadStatus,
 
-    /// How this region reaches every other region of the mesh.
+    /// How this region reaches every other region of the mesh: at most 63
+    /// peers, as a mesh has at most 64 regions.
     #[serde(default)]
+    #[schemars(length(max = MAX_REGIONS - 1))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["region".into()]))]
     pub peers: Vec<PeerStatus>,
 }
@@ -304,7 +306,9 @@ pub struct PeerStatus {
     pub state: Option<LinkState>,
 
     /// The regions traffic is relayed through, in order; empty on the direct link.
+    /// A loop-free path passes at most every other region of the mesh.
     #[serde(default)]
+    #[schemars(length(max = MAX_REGIONS - 2))]
     pub via: Vec<String>,
 
     /// Round-trip time of the direct link in milliseconds, as last measured.

@@ -7,7 +7,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::validate::{REGION_CODE_MAX_LEN, REGION_CODE_PATTERN};
+use crate::validate::{MAX_REGIONS, REGION_CODE_MAX_LEN, REGION_CODE_PATTERN};
 
 /// Desired properties of the link between two regions.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -119,7 +119,9 @@ pub struct RegionLinkStatus {
     pub state: Option<LinkState>,
 
     /// The regions traffic is relayed through, in order; empty on the direct link.
+    /// A loop-free path passes at most every other region of the mesh.
     #[serde(default)]
+    #[schemars(length(max = MAX_REGIONS - 2))]
     pub via: Vec<String>,
 
     /// Round-trip time of the direct link in milliseconds, as last measured.

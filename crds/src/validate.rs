@@ -33,6 +33,26 @@ pub const NODE_PORT_MAX: i32 = 32767;
 /// The namespace of an object whose manifest names none.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
+/// The most Regions one mesh (one namespace) may have. Every pair of regions
+/// is linked (a full mesh), so a mesh of `n` regions has `n(n-1)/2` links,
+/// each probed from both ends every 500 ms, and every region floods its
+/// link state to every other: the work of each roaming system grows with
+/// `n` and that of the mesh with `n²`. At 64 that is 2016 links and 63
+/// probes a second per region (126 probe messages with their replies); a
+/// Region's `status.peers` has at most 63 entries. Local mode, which runs
+/// every region on one machine, stops far earlier on memory (it measures
+/// it before starting). docs/ARCHITECTURE.md ("Bounds").
+pub const MAX_REGIONS: usize = 64;
+
+/// Why a Region beyond [`MAX_REGIONS`] is refused, in local mode's error and
+/// the operator's status condition.
+pub fn too_many_regions_message(name: &str, position: usize, total: usize, ns: &str) -> String {
+    format!(
+        "Region {name:?} would be region {position} of {total} in namespace {ns:?}; \
+         a mesh has at most {MAX_REGIONS} regions"
+    )
+}
+
 const REGION_CODE_RULE: &str =
     "is not a region code (lowercase letters, digits and '-', at most 32 characters)";
 
@@ -303,9 +323,25 @@ pub struct MeshViolation {
 
 /// Checks the rules that span the objects of one mesh: every object in one namespace
 /// (that of the first Region), no two Regions or RegionLinks with one name, every link
-/// between two existing Regions, and at most one link per pair of regions.
+/// between two existing Regions, at most one link per pair of regions, and at most
+/// [`MAX_REGIONS`] Regions (reported once, on the first Region beyond the limit).
 pub fn mesh(regions: &[Region], links: &[RegionLink]) -> Vec<MeshViolation> {
     let mut out = Vec::new();
+    if let Some(first_beyond) = regions.get(MAX_REGIONS) {
+        out.push(MeshViolation {
+            object: ObjectRef::Region(MAX_REGIONS),
+            violation: Violation::new(
+                "metadata.name",
+                too_many_regions_message(
+                    first_beyond.metadata.name.as_deref().unwrap_or_default(),
+                    MAX_REGIONS + 1,
+                    regions.len(),
+                    namespace_of(&first_beyond.metadata),
+                ),
+            ),
+            conflicts_with: None,
+        });
+    }
     let objects = regions
         .iter()
         .enumerate()
@@ -403,6 +439,29 @@ pub fn mesh(regions: &[Region], links: &[RegionLink]) -> Vec<MeshViolation> {
         }
     }
     out
+}
+
+/// The Regions of one namespace that are beyond [`MAX_REGIONS`], each with
+/// its position (counted from 1): the mesh keeps the Regions created first
+/// (by `metadata.creationTimestamp`, then name), so adding one too many
+/// never takes down a region that was already serving.
+pub fn regions_beyond_limit(regions: &[Region]) -> Vec<(&Region, usize)> {
+    let mut ordered: Vec<&Region> = regions.iter().collect();
+    ordered.sort_by(|a, b| {
+        let key = |r: &&Region| {
+            (
+                r.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                r.metadata.name.clone(),
+            )
+        };
+        key(a).cmp(&key(b))
+    });
+    ordered
+        .into_iter()
+        .enumerate()
+        .skip(MAX_REGIONS)
+        .map(|(i, r)| (r, i + 1))
+        .collect()
 }
 
 fn namespace(meta: &ObjectMeta, out: &mut Vec<Violation>) {
@@ -816,6 +875,69 @@ spec:
         assert_eq!(
             v[3].violation.message,
             "there is no Region \"ap\" in namespace \"chat\""
+        );
+    }
+
+    #[test]
+    fn a_mesh_has_at_most_max_regions_and_the_error_names_the_numbers() {
+        let regions: Vec<Region> = (0..MAX_REGIONS)
+            .map(|i| named_region(&format!("r{i}"), Some("chat")))
+            .collect();
+        assert_eq!(
+            mesh(&regions, &[]),
+            vec![],
+            "{MAX_REGIONS} regions are fine"
+        );
+
+        let mut too_many = regions.clone();
+        too_many.extend((MAX_REGIONS..1000).map(|i| named_region(&format!("r{i}"), Some("chat"))));
+        let v = mesh(&too_many, &[]);
+        assert_eq!(v.len(), 1, "reported once, not per extra Region");
+        assert_eq!(v[0].object, ObjectRef::Region(64));
+        assert_eq!(
+            v[0].violation.to_string(),
+            "metadata.name: Region \"r64\" would be region 65 of 1000 in namespace \"chat\"; \
+             a mesh has at most 64 regions"
+        );
+    }
+
+    #[test]
+    fn the_regions_created_first_stay_within_the_limit() {
+        let at = |name: &str, second: i64| {
+            let mut region = named_region(name, Some("chat"));
+            region.metadata.creation_timestamp =
+                Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::from_second(second).unwrap(),
+                ));
+            region
+        };
+        // Listed in name order, as the apiserver lists them: "late" was
+        // created last, though its name sorts first.
+        let mut regions = vec![at("a-late", 1_000)];
+        regions.extend((0..MAX_REGIONS).map(|i| at(&format!("r{i:02}"), 10 + i as i64)));
+        let beyond: Vec<(&str, usize)> = regions_beyond_limit(&regions)
+            .into_iter()
+            .map(|(r, position)| (r.metadata.name.as_deref().unwrap(), position))
+            .collect();
+        assert_eq!(beyond, vec![("a-late", 65)]);
+        assert!(regions_beyond_limit(&regions[1..]).is_empty());
+    }
+
+    #[test]
+    fn the_crd_bounds_the_lists_that_grow_with_the_mesh() {
+        let crd = serde_json::to_value(<Region as kube::CustomResourceExt>::crd()).unwrap();
+        let status = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+            ["properties"];
+        assert_eq!(status["peers"]["maxItems"], MAX_REGIONS - 1);
+        assert_eq!(
+            status["peers"]["items"]["properties"]["via"]["maxItems"],
+            MAX_REGIONS - 2
+        );
+        let link = serde_json::to_value(<RegionLink as kube::CustomResourceExt>::crd()).unwrap();
+        assert_eq!(
+            link["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+                ["via"]["maxItems"],
+            MAX_REGIONS - 2
         );
     }
 }
