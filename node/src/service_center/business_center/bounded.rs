@@ -1,6 +1,7 @@
 //! A map with a fixed capacity: inserting into a full map evicts the entry
-//! written longest ago. The session cache and the login throttle use it, so
-//! that no client can make the service center remember without limit.
+//! used longest ago (written, or read with [`BoundedMap::get_recent`]). The
+//! session cache and the login throttle use it, so that no client can make
+//! the service center remember without limit.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
@@ -30,6 +31,20 @@ impl<K: Clone + Eq + Hash, V> BoundedMap<K, V> {
     }
 
     pub fn get(&self, key: &K) -> Option<&V> {
+        self.entries.get(key).map(|(value, _)| value)
+    }
+
+    /// The value under `key`, which becomes the most recently used entry:
+    /// what is read often stays, however long ago it was written.
+    pub fn get_recent(&mut self, key: &K) -> Option<&V> {
+        self.writes += 1;
+        let write = self.writes;
+        let (_, used) = self.entries.get_mut(key)?;
+        *used = write;
+        self.order.push_back((key.clone(), write));
+        if self.order.len() > 2 * self.capacity + 16 {
+            self.compact();
+        }
         self.entries.get(key).map(|(value, _)| value)
     }
 
@@ -89,6 +104,34 @@ mod tests {
         for key in ["a", "c", "d"] {
             assert!(map.get(&key).is_some(), "{key} is kept");
         }
+    }
+
+    #[test]
+    fn a_full_map_keeps_the_entry_read_most_recently() {
+        let mut map = BoundedMap::new(3);
+        for key in ["a", "b", "c"] {
+            map.insert(key, ());
+        }
+        assert!(map.get_recent(&"a").is_some()); // read: now the most recent
+        assert!(map.get_recent(&"x").is_none());
+        map.insert("d", ());
+        assert!(
+            map.get(&"a").is_some(),
+            "a was read after b and c were written"
+        );
+        assert!(map.get(&"b").is_none(), "b was used longest ago");
+        for i in 0..1_000 {
+            map.get_recent(&"a");
+            map.insert(["e", "f"][i % 2], ());
+            assert!(
+                map.order.len() <= 2 * 3 + 16,
+                "reads keep the bookkeeping bounded"
+            );
+        }
+        assert!(
+            map.get(&"a").is_some(),
+            "a is read between writes, so it stays"
+        );
     }
 
     #[test]

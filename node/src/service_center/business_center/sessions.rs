@@ -4,9 +4,11 @@
 //!
 //! Only the SHA-256 of a token is kept, in the data center and in memory;
 //! the token itself exists only in the reply to its client. The memory
-//! holds at most [`MAX_CACHED_SESSIONS`] sessions; an evicted one is read
-//! from the data center when next used. This process is the only writer of
-//! its data center, so the cache never disagrees with it.
+//! holds at most [`MAX_CACHED_SESSIONS`] sessions, evicting the one used
+//! longest ago; an evicted one is read from the data center when next used.
+//! This process is the only writer of its data center, and a session read
+//! from it is cached only if no session was revoked or rotated meanwhile
+//! (see [`SessionCache`]), so the cache never disagrees with it.
 
 use std::sync::{Arc, Mutex};
 
@@ -79,8 +81,29 @@ impl Issued {
 #[derive(Clone)]
 pub(super) struct Sessions {
     dc: DataCenter,
-    /// By access-token hash: the user and when the access token expires.
-    cache: Arc<Mutex<BoundedMap<TokenHash, (Id, i64)>>>,
+    cache: Arc<Mutex<SessionCache>>,
+}
+
+/// Sessions by access-token hash: the user and when the access token
+/// expires.
+///
+/// A cache miss reads the data center and then fills the cache. A revoke or
+/// a rotation can commit between that read and the fill, and its `forget`
+/// would then run before the fill: the stale session would be cached and
+/// answer until it expires. So every `forget` counts, and a fill is dropped
+/// when any forget happened since its read began.
+struct SessionCache {
+    entries: BoundedMap<TokenHash, (Id, i64)>,
+    forgets: u64,
+}
+
+/// A session read from the data center, with the count of forgets when
+/// the read began.
+struct Loaded {
+    access_hash: TokenHash,
+    user: Id,
+    expires_at_ms: i64,
+    forgets: u64,
 }
 
 impl Sessions {
@@ -91,22 +114,64 @@ impl Sessions {
     pub fn with_capacity(dc: DataCenter, cached: usize) -> Self {
         Self {
             dc,
-            cache: Arc::new(Mutex::new(BoundedMap::new(cached))),
+            cache: Arc::new(Mutex::new(SessionCache {
+                entries: BoundedMap::new(cached),
+                forgets: 0,
+            })),
         }
     }
 
+    /// Caches a session this process has just written.
     fn remember(&self, access_hash: TokenHash, user: Id, expires_at_ms: i64) {
         self.cache
             .lock()
             .expect("session cache")
+            .entries
             .insert(access_hash, (user, expires_at_ms));
     }
 
     fn forget(&self, access_hash: &TokenHash) {
+        let mut cache = self.cache.lock().expect("session cache");
+        cache.forgets += 1;
+        cache.entries.remove(access_hash);
+    }
+
+    /// The cached session of this access token, now the most recently used.
+    fn cached_session(&self, access_hash: &TokenHash) -> Option<(Id, i64)> {
         self.cache
             .lock()
             .expect("session cache")
-            .remove(access_hash);
+            .entries
+            .get_recent(access_hash)
+            .cloned()
+    }
+
+    /// Reads the session of this access token from the data center.
+    async fn load(&self, access_hash: TokenHash) -> Result<Loaded, Error> {
+        let forgets = self.cache.lock().expect("session cache").forgets;
+        let (user, expires_at_ms) = self
+            .dc
+            .read(move |conn| stored::by_access(conn, &access_hash))
+            .await?
+            .ok_or_else(|| Error::Unauthenticated("unknown session; log in again".into()))?;
+        Ok(Loaded {
+            access_hash,
+            user: Id::parse("user", &user)?,
+            expires_at_ms,
+            forgets,
+        })
+    }
+
+    /// Caches a session read from the data center, unless a session was
+    /// forgotten since the read began (it may be this one).
+    fn fill(&self, loaded: &Loaded) {
+        let mut cache = self.cache.lock().expect("session cache");
+        if cache.forgets == loaded.forgets {
+            cache.entries.insert(
+                loaded.access_hash,
+                (loaded.user.clone(), loaded.expires_at_ms),
+            );
+        }
     }
 
     /// Issues a session to `user`. Also deletes a bounded number of
@@ -127,25 +192,12 @@ impl Sessions {
     /// The user whose current access token this is.
     pub async fn authenticate(&self, access: &str, now_ms: i64) -> Result<Id, Error> {
         let access_hash = hash(access);
-        let cached = self
-            .cache
-            .lock()
-            .expect("session cache")
-            .get(&access_hash)
-            .cloned();
-        let (user, expires_at_ms) = match cached {
+        let (user, expires_at_ms) = match self.cached_session(&access_hash) {
             Some(found) => found,
             None => {
-                let (user, expires_at_ms) = self
-                    .dc
-                    .read(move |conn| stored::by_access(conn, &access_hash))
-                    .await?
-                    .ok_or_else(|| {
-                        Error::Unauthenticated("unknown session; log in again".into())
-                    })?;
-                let user = Id::parse("user", &user)?;
-                self.remember(access_hash, user.clone(), expires_at_ms);
-                (user, expires_at_ms)
+                let loaded = self.load(access_hash).await?;
+                self.fill(&loaded);
+                (loaded.user, loaded.expires_at_ms)
             }
         };
         if expires_at_ms <= now_ms {
@@ -230,7 +282,13 @@ impl Sessions {
 
     #[cfg(test)]
     fn cached(&self) -> usize {
-        self.cache.lock().expect("session cache").len()
+        self.cache.lock().expect("session cache").entries.len()
+    }
+
+    #[cfg(test)]
+    fn is_cached(&self, access: &str) -> bool {
+        let cache = self.cache.lock().expect("session cache");
+        cache.entries.get(&hash(access)).is_some()
     }
 }
 
@@ -440,6 +498,54 @@ mod tests {
             );
         }
         assert_eq!(sessions.cached(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_session_in_use_stays_cached_while_new_logins_churn() {
+        let (_dir, dc, _path) = open();
+        let sessions = Sessions::with_capacity(dc, 3);
+        let busy = sessions.issue(&ann(), 0).await.unwrap();
+        for _ in 0..10 {
+            sessions.authenticate(&busy.access, 1).await.unwrap();
+            sessions.issue(&ann(), 0).await.unwrap();
+            assert!(
+                sessions.is_cached(&busy.access),
+                "a new login evicts a session used longer ago, not the one just used"
+            );
+        }
+        assert_eq!(sessions.cached(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_revoke_during_a_cache_miss_is_not_undone_by_the_fill() {
+        let (_dir, dc, _path) = open();
+        let sessions = Sessions::with_capacity(dc, 1);
+        let first = sessions.issue(&ann(), 0).await.unwrap();
+        sessions.issue(&ann(), 0).await.unwrap(); // evicts the first
+        assert!(!sessions.is_cached(&first.access));
+
+        // A cache miss reads the session; a logout commits before the fill.
+        let loaded = sessions.load(hash(&first.access)).await.unwrap();
+        assert!(
+            sessions
+                .revoke(SessionToken::Access(&first.access))
+                .await
+                .unwrap()
+        );
+        sessions.fill(&loaded);
+        assert!(
+            !sessions.is_cached(&first.access),
+            "the stale read is not cached"
+        );
+        let message = unauthenticated(sessions.authenticate(&first.access, 1).await);
+        assert_eq!(message, "unknown session; log in again");
+
+        // With no forget in between, the fill caches what it read.
+        let later = sessions.issue(&ann(), 0).await.unwrap();
+        sessions.issue(&ann(), 0).await.unwrap(); // evicts it
+        let loaded = sessions.load(hash(&later.access)).await.unwrap();
+        sessions.fill(&loaded);
+        assert!(sessions.is_cached(&later.access));
     }
 
     #[tokio::test]
