@@ -58,3 +58,15 @@ pub const MAX_THROTTLED_KEYS: usize = 65_536;
 /// Logins and registrations waiting for a password-hashing worker; one more
 /// is refused at once.
 pub const MAX_PASSWORD_QUEUE: usize = 64;
+/// How long the sending region keeps the record of an accepted send
+/// (`accepted`): a retry with the same idempotency key within this window
+/// returns the first message; a later one is a new message. A day covers
+/// a client's retries across restarts, network changes and a long
+/// partition's queueing, as other messaging APIs' idempotency windows do.
+pub const ACCEPTED_RETENTION_MS: i64 = 24 * 60 * 60 * 1000;
+/// How often the service center prunes what is past its retention
+/// (expired sessions, `accepted` records past [`ACCEPTED_RETENTION_MS`]).
+pub const PRUNE_INTERVAL_MS: u64 = 60 * 1000;
+/// Rows one pruning write deletes at most, per table: a large prune is
+/// many short writes, so it never holds the data center's writer for long.
+pub const PRUNE_BATCH: usize = 512;

@@ -7,6 +7,7 @@ pub mod data_center;
 pub mod grpc;
 pub mod hub;
 pub mod outbox;
+pub mod retention;
 pub mod roaming_link;
 
 pub use business_center::BusinessCenter;

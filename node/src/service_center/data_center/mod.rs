@@ -17,6 +17,7 @@ pub mod groups;
 mod lock;
 pub mod messages;
 pub mod outbox;
+pub mod retention;
 pub mod schema;
 pub mod sessions;
 pub mod writer;

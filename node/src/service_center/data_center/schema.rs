@@ -115,6 +115,11 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX assertions_by_expiry ON assertions (expires_at_ms);
     ",
+    // 4: accepted sends are kept for a retention period (see
+    // `service_center::retention`), pruned oldest first.
+    "
+    CREATE INDEX accepted_by_time ON accepted (accepted_at_ms);
+    ",
 ];
 
 /// The schema version this build writes.
