@@ -1,8 +1,13 @@
 //! `meridian-operator run` as a process against a control plane, as the
 //! Helm chart's ServiceAccount, for the operator tests.
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
 
 use crate::control_plane::ControlPlane;
 use crate::local_mode::{binary, signal, workspace_root};
@@ -124,6 +129,25 @@ impl Operator {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Where it serves /metrics, /healthz and /readyz (started on port 0),
+    /// from its log; `None` until it says.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        let text = self.log_text();
+        let line = text
+            .lines()
+            .find(|l| l.contains("serving /metrics, /healthz and /readyz"))?;
+        let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
+        addr.parse().ok()
+    }
+
+    /// GETs `path` from its metrics port: the status code and the body.
+    pub fn http_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        let addr = self
+            .metrics_addr()
+            .context("the operator has not said where it serves")?;
+        http_get(addr, path)
+    }
+
     /// Stops it with SIGTERM (SIGKILL if `hard`) and waits.
     pub fn stop(&mut self, hard: bool) {
         if let Some(mut child) = self.child.take() {
@@ -137,4 +161,25 @@ impl Drop for Operator {
     fn drop(&mut self) {
         self.stop(true);
     }
+}
+
+/// A plain HTTP/1.1 GET of `path` at `addr`: the status code and the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("no end of the response's head")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .with_context(|| format!("no status in {head:?}"))?;
+    Ok((status, body.to_owned()))
 }

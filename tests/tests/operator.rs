@@ -461,6 +461,57 @@ fn a_leader_that_stops_hands_the_lease_over_at_once() {
     });
 }
 
+/// The chart's probes: /readyz is 503 while the leader's caches have not
+/// synced (here the operator starts before the CRDs exist, so its first
+/// LIST fails) and 200 once they have, with no Region anywhere; a standby
+/// replica is ready, and ready again once it leads; /healthz is 200
+/// throughout.
+#[test]
+fn readyz_waits_for_synced_caches_even_with_no_region_and_a_standby_is_ready() {
+    let cluster = ControlPlane::start().expect("a control plane");
+    let logs = cluster.log_dir();
+    cluster
+        .kubectl_ok(&["create", "namespace", RELEASE_NAMESPACE])
+        .unwrap();
+    let admin = cluster.kubeconfig();
+    let mut leader = Operator::start(&admin, "default", "replica-a", &logs);
+    wait(&cluster, "replica-a to lead", 60, || {
+        leader.log_text().contains("became the leader") && leader.metrics_addr().is_some()
+    });
+    // The Region and RegionLink types do not exist: nothing can sync.
+    let (status, why) = leader.http_get("/readyz").unwrap();
+    assert_eq!(status, 503, "{why}");
+    assert!(why.contains("not synced"), "{why}");
+    assert_eq!(leader.http_get("/healthz").unwrap(), (200, "ok".into()));
+
+    install_and_wait(&cluster, "default").unwrap();
+    let took = wait(&cluster, "replica-a ready", 60, || {
+        leader.http_get("/readyz").ok() == Some((200, "leading; caches synced".into()))
+    });
+    println!("ready {took:?} after the CRDs were established");
+    let regions = cluster
+        .kubectl_ok(&["get", "regions", "-A", "-o", "name"])
+        .unwrap();
+    assert_eq!(regions.trim(), "", "no Region: synced with nothing to reconcile");
+    assert_eq!(leader.http_get("/healthz").unwrap().0, 200);
+
+    // A second replica, as the chart's ServiceAccount, stands by: ready.
+    let kubeconfig = service_account_kubeconfig(&cluster).unwrap();
+    let standby = Operator::start(&kubeconfig, "default", "replica-b", &logs);
+    wait(&cluster, "replica-b to stand by, ready", 30, || {
+        standby.log_text().contains("standing by")
+            && standby.http_get("/readyz").ok()
+                == Some((200, "standing by for the leader Lease".into()))
+    });
+    assert_eq!(standby.http_get("/healthz").unwrap().0, 200);
+
+    // It leads once the leader stops, and is ready when its caches sync.
+    leader.stop(false);
+    wait(&cluster, "replica-b to lead, ready", 60, || {
+        standby.http_get("/readyz").ok() == Some((200, "leading; caches synced".into()))
+    });
+}
+
 #[test]
 fn two_clusters_each_deploy_their_own_regions_and_list_the_others_as_peers() {
     let a = ControlPlane::start().expect("control plane a");

@@ -48,8 +48,9 @@ impl LeaderElection {
         }
     }
 
-    /// Waits until this candidate holds the lease.
-    pub async fn acquire(&self) {
+    /// Waits until this candidate holds the lease; `health` learns when it
+    /// stands by meanwhile.
+    pub async fn acquire(&self, health: &super::health::Health) {
         let mut announced = false;
         loop {
             match self.try_acquire_or_renew().await {
@@ -59,6 +60,7 @@ impl LeaderElection {
                 }
                 Ok(false) if !announced => {
                     tracing::info!(lease = %self.name, "another replica leads; standing by");
+                    health.standing_by();
                     announced = true;
                 }
                 Ok(false) => {}

@@ -1,8 +1,8 @@
 //! The operator's metrics, health and readiness, served over HTTP.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use axum::Router;
 use axum::extract::State;
@@ -13,6 +13,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
@@ -31,6 +32,8 @@ pub struct Metrics {
     pub duration: Histogram,
     /// Whether this replica leads (and so reconciles).
     pub leading: AtomicBool,
+    /// What `/healthz` and `/readyz` answer.
+    pub health: super::health::Health,
 }
 
 impl Default for Metrics {
@@ -60,6 +63,7 @@ impl Default for Metrics {
             errors,
             duration,
             leading: AtomicBool::new(false),
+            health: super::health::Health::default(),
         }
     }
 }
@@ -94,17 +98,105 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` on `addr`.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
-    let app = Router::new()
+/// `/metrics`, `/healthz` and `/readyz` (see [`super::health`] for what the
+/// last two answer: 200, or 503 with the reason).
+pub fn router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
         .route(
             "/metrics",
             get(|State(m): State<Arc<Metrics>>| async move { m.encode() }),
         )
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { (StatusCode::OK, "ok") }))
-        .with_state(metrics);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
-    axum::serve(listener, app).await
+        .route(
+            "/healthz",
+            get(|State(m): State<Arc<Metrics>>| async move {
+                match m.health.live(Instant::now()) {
+                    Ok(()) => (StatusCode::OK, "ok".to_owned()),
+                    Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+                }
+            }),
+        )
+        .route(
+            "/readyz",
+            get(|State(m): State<Arc<Metrics>>| async move {
+                match m.health.ready(Instant::now()) {
+                    Ok(what) => (StatusCode::OK, what.to_owned()),
+                    Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+                }
+            }),
+        )
+        .with_state(metrics)
+}
+
+/// Serves [`router`] on `listener` (bound by the caller, so that a port in
+/// use fails the start rather than a background task).
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) -> std::io::Result<()> {
+    tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
+    axum::serve(listener, router(metrics)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    async fn get(metrics: &Arc<Metrics>, path: &str) -> (StatusCode, String) {
+        let request = Request::get(path).body(Body::empty()).unwrap();
+        let response = router(metrics.clone()).oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_endpoints_answer_what_the_health_says() {
+        let metrics = Arc::new(Metrics::default());
+        assert_eq!(
+            get(&metrics, "/healthz").await,
+            (StatusCode::OK, "ok".into())
+        );
+        let (status, why) = get(&metrics, "/readyz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{why}");
+        assert!(why.contains("starting"), "{why}");
+
+        metrics.health.leading();
+        let (status, why) = get(&metrics, "/readyz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(why.contains("not synced"), "{why}");
+        metrics.health.synced();
+        assert_eq!(
+            get(&metrics, "/readyz").await,
+            (StatusCode::OK, "leading; caches synced".into())
+        );
+
+        metrics.health.stopped();
+        assert_eq!(
+            get(&metrics, "/healthz").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            get(&metrics, "/readyz").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert!(
+            get(&metrics, "/metrics")
+                .await
+                .1
+                .contains("meridian_operator_leader")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_standby_is_ready() {
+        let metrics = Arc::new(Metrics::default());
+        metrics.health.standing_by();
+        assert_eq!(
+            get(&metrics, "/readyz").await,
+            (StatusCode::OK, "standing by for the leader Lease".into())
+        );
+    }
 }

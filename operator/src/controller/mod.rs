@@ -10,6 +10,7 @@ mod apply;
 pub mod build;
 pub mod cert_manager;
 mod error;
+mod health;
 mod leader;
 pub mod links;
 mod log_level;
@@ -25,6 +26,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Service};
@@ -136,7 +138,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let client = Client::try_default().await?;
     let metrics = Arc::new(Metrics::default());
-    tokio::spawn(metrics::serve(args.metrics_addr, metrics.clone()));
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("cannot listen on --metrics-addr {}", args.metrics_addr))?;
+    tokio::spawn(metrics::serve(listener, metrics.clone()));
+    let health = &metrics.health;
 
     let identity = args.identity.clone().unwrap_or_else(|| {
         std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -161,11 +167,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         )
     });
     if let Some(election) = &election {
-        election.acquire().await;
+        tokio::select! {
+            () = election.acquire(health) => {}
+            () = health.beating() => unreachable!("the beat never ends"),
+        }
     }
     metrics
         .leading
         .store(true, std::sync::atomic::Ordering::Relaxed);
+    health.leading();
 
     let (regions_api, links_api): (Api<Region>, Api<RegionLink>) = match &args.namespace {
         Some(ns) => (
@@ -205,6 +215,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .concurrency(16);
     let controller =
         Controller::new(regions_api.clone(), watcher::Config::default()).with_config(config);
+    // Ready once the cache the reconciler reads has done its first LIST,
+    // empty or not. Awaited in the controller's own task (below): the
+    // store's readiness wakes only the task that polled it last, and the
+    // controller's runner polls it too, so a waiter in a task of its own
+    // would sleep through it.
+    let regions = controller.store();
+    let synced = async {
+        if regions.wait_until_ready().await.is_ok() {
+            tracing::info!("caches synced; ready");
+            health.synced();
+        }
+        std::future::pending::<()>().await;
+    };
     let reporter = Reporter {
         controller: "meridian-operator".into(),
         instance: Some(identity.clone()),
@@ -267,6 +290,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 tracing::debug!(%err, "reconcile did not complete");
             }
         });
+    // The controller and its beat share one task: a controller that blocks
+    // its thread stops the beat, and /healthz fails.
+    let controller = async {
+        tokio::select! {
+            () = controller => {}
+            () = health.beating() => unreachable!("the beat never ends"),
+            () = synced => unreachable!("pending once synced"),
+        }
+        health.stopped();
+    };
     match &election {
         Some(election) => {
             tokio::select! {
@@ -281,6 +314,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 }
                 () = election.hold() => {
                     // Another replica may lead now: stop at once rather than write.
+                    health.stopped();
                     anyhow::bail!("lost the leader lease; exiting so that only the leader writes");
                 }
             }
