@@ -3,23 +3,31 @@
 
 use std::time::Duration;
 
-use meridian_node::proto::client_api::{Cursor, Delivery, GroupSettings, UpdateGroupRequest};
+use meridian_node::proto::client_api::{
+    Cursor, Delivery, Event, GroupSettings, UpdateGroupRequest, event,
+};
 use meridian_tests::in_process::{Mesh, PASSWORD};
 use tokio_stream::StreamExt;
 use tonic::{Code, Streaming};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-async fn next(stream: &mut Streaming<Delivery>) -> Delivery {
-    tokio::time::timeout(WAIT, stream.next())
+/// The next event, which must be a delivery: every send in these flows gets
+/// its verdict in its reply, so none comes as an event.
+async fn next(stream: &mut Streaming<Event>) -> Delivery {
+    let event = tokio::time::timeout(WAIT, stream.next())
         .await
         .expect("a delivery within the wait")
         .expect("the stream is open")
-        .expect("a delivery, not an error")
+        .expect("a delivery, not an error");
+    match event.kind {
+        Some(event::Kind::Delivery(delivery)) => delivery,
+        other => panic!("a delivery, not {other:?}"),
+    }
 }
 
 /// Asserts nothing more arrives for a short while.
-async fn quiet(stream: &mut Streaming<Delivery>) {
+async fn quiet(stream: &mut Streaming<Event>) {
     if let Ok(Some(item)) = tokio::time::timeout(Duration::from_millis(300), stream.next()).await {
         panic!("unexpected delivery {item:?}");
     }
@@ -172,15 +180,17 @@ async fn messages_are_sequenced_at_the_home_and_delivered_to_every_region() {
     let mut bob_stream = bob.subscribe(vec![]).await.unwrap();
     let mut cat_stream = cat.subscribe(vec![]).await.unwrap();
 
-    // A local send is sequenced at once; a remote one once eu has it.
+    // A local send is sequenced at once; a remote one answers with the seq
+    // the home gave it.
     let first = ann.send("g@eu", "hello from eu", "").await.unwrap();
     assert_eq!(first.seq, 1);
     let second = bob.send("g@eu", "hello from us", "").await.unwrap();
-    assert_eq!(second.seq, 0, "sequenced later, at the group's home");
+    assert_eq!((second.seq, second.queued), (2, false), "{second:?}");
     let third = cat
         .send("g@eu", "hello from a roaming user", "")
         .await
         .unwrap();
+    assert_eq!(third.seq, 3);
 
     for stream in [&mut ann_stream, &mut bob_stream, &mut cat_stream] {
         let got = [next(stream).await, next(stream).await, next(stream).await];
@@ -233,11 +243,12 @@ async fn a_retried_send_with_the_same_key_makes_one_message() {
     bob.join("g@eu").await.unwrap();
     let mut stream = ann.subscribe(vec![]).await.unwrap();
 
-    // Remote group: the retry is answered by bob's region.
+    // Remote group: the retry is answered by bob's region, with the seq the
+    // home gave the first send.
     let a = bob.send("g@eu", "once", "key-1").await.unwrap();
     let b = bob.send("g@eu", "once", "key-1").await.unwrap();
-    assert_eq!(a.message_id, b.message_id);
-    assert!(!a.duplicate && b.duplicate);
+    assert_eq!((&a.message_id, a.seq), (&b.message_id, b.seq));
+    assert!(a.seq > 0 && !a.duplicate && b.duplicate, "{a:?} {b:?}");
     // Local group: the retry is answered with the seq it got.
     let c = ann.send("g@eu", "twice", "key-2").await.unwrap();
     let d = ann.send("g@eu", "twice", "key-2").await.unwrap();
@@ -254,7 +265,11 @@ async fn a_retried_send_with_the_same_key_makes_one_message() {
     // The same keys again, each through the other region: still one message
     // each. ann's key-2 was sent at the home; bob's key-1 came through us.
     let mut ann_at_us = mesh.login("ann@eu", "us").await;
-    ann_at_us.send("g@eu", "twice", "key-2").await.unwrap();
+    let via_us = ann_at_us.send("g@eu", "twice", "key-2").await.unwrap();
+    assert!(
+        via_us.duplicate && (&via_us.message_id, via_us.seq) == (&c.message_id, c.seq),
+        "the home answers with the message the key made: {via_us:?} {c:?}"
+    );
     let mut bob_at_eu = mesh.login("bob@us", "eu").await;
     let again = bob_at_eu.send("g@eu", "once", "key-1").await.unwrap();
     assert!(
@@ -371,9 +386,11 @@ async fn sends_queue_while_the_home_is_unreachable_and_arrive_in_order_after() {
     let unreachable = bob.get_group("g@eu").await.unwrap_err();
     assert_eq!(unreachable.code(), Code::Unavailable);
     assert_eq!(unreachable.message(), "region eu is unreachable");
-    // us keeps accepting its user's sends to the eu group, durably.
+    // us keeps accepting its user's sends to the eu group, durably, and
+    // says they are queued.
     for i in 1..=5 {
-        bob.send("g@eu", &format!("queued {i}"), "").await.unwrap();
+        let reply = bob.send("g@eu", &format!("queued {i}"), "").await.unwrap();
+        assert!(reply.queued && reply.seq == 0, "{reply:?}");
     }
     quiet(&mut stream).await;
 

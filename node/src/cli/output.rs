@@ -2,7 +2,9 @@
 
 use serde_json::json;
 
-use crate::proto::client_api::{Delivery, GroupInfo, LoginReply, Role, SendReply};
+use crate::proto::client_api::{
+    Delivery, GroupInfo, LoginReply, Role, SendReply, SendVerdict, send_verdict,
+};
 use crate::proto::peer_api::LinkStatus;
 
 pub struct Output {
@@ -89,12 +91,46 @@ impl Output {
         self.print(value, human);
     }
 
+    /// A send's id, then its seq, or `queued` when the group's home has not
+    /// answered yet.
     pub fn sent(&self, reply: &SendReply) {
-        let mut value = json!({"messageId": reply.message_id, "duplicate": reply.duplicate});
-        if reply.seq > 0 {
+        let mut value = json!({
+            "messageId": reply.message_id, "duplicate": reply.duplicate, "queued": reply.queued,
+        });
+        let human = if reply.queued {
+            format!("{} queued", reply.message_id)
+        } else {
             value["seq"] = json!(reply.seq);
-        }
-        self.print(value, reply.message_id.clone());
+            format!("{} seq {}", reply.message_id, reply.seq)
+        };
+        self.print(value, human);
+    }
+
+    /// The home's verdict on a queued send, as `listen` receives it.
+    pub fn verdict(&self, v: &SendVerdict) {
+        let (value, human) = match &v.outcome {
+            Some(send_verdict::Outcome::Sequenced(s)) => (
+                json!({"verdict": "sequenced", "group": v.group, "queuedId": v.queued_id,
+                       "key": v.idempotency_key, "id": s.message_id, "seq": s.seq}),
+                format!(
+                    "{} #{} {}: your queued send {} is sequenced",
+                    v.group, s.seq, s.message_id, v.queued_id
+                ),
+            ),
+            Some(send_verdict::Outcome::Refused(r)) => {
+                let code = tonic::Code::from_i32(r.code);
+                (
+                    json!({"verdict": "refused", "group": v.group, "queuedId": v.queued_id,
+                           "key": v.idempotency_key, "code": format!("{code:?}"), "reason": r.message}),
+                    format!(
+                        "{}: your queued send {} was refused: {}",
+                        v.group, v.queued_id, r.message
+                    ),
+                )
+            }
+            None => return,
+        };
+        self.print(value, human);
     }
 
     pub fn delivery(&self, d: &Delivery) {

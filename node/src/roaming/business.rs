@@ -19,7 +19,8 @@ use crate::trust::origin::{self, Payload};
 
 impl Roaming {
     /// Carries outbox items one hop towards their destination. The reply is
-    /// the destination's acknowledgement; nothing is kept here.
+    /// the destination's acknowledgement, with its verdicts on the
+    /// submissions, passed back unchanged; nothing is kept here.
     pub async fn route_carry(&self, mut request: BusinessRequest, sender: Sender) -> BusinessReply {
         let admitted = self.admit(
             request.envelope.as_mut(),
@@ -49,6 +50,7 @@ impl Roaming {
             Ok(reply) => reply,
             Err(err) => BusinessReply {
                 failure: Some(err.into()),
+                verdicts: Vec::new(),
             },
         }
     }

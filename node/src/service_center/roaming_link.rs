@@ -15,7 +15,7 @@ use crate::limits::MAX_HOPS;
 use crate::mesh::MeshConfig;
 use crate::proto::pair_api::pair_client::PairClient;
 use crate::proto::peer_api::{
-    BusinessRequest, DataReply, DataRequest, Envelope, Item, UserAssertion, data_reply,
+    BusinessRequest, DataReply, DataRequest, Envelope, Item, UserAssertion, Verdict, data_reply,
     data_request,
 };
 use crate::transport::{self, Dial};
@@ -44,6 +44,13 @@ impl RoamingLink {
 
     pub fn region(&self) -> String {
         self.config.borrow().region.clone()
+    }
+
+    /// Whether `region` is in the current mesh configuration (see
+    /// [`MeshConfig::has_region`]): reachable or not, a region in it is
+    /// still part of the mesh.
+    pub fn in_mesh(&self, region: &str) -> bool {
+        self.config.borrow().has_region(region)
     }
 
     fn channel(&self) -> Result<Channel, Error> {
@@ -160,8 +167,9 @@ impl RoamingLink {
         }
     }
 
-    /// Carries outbox items to `destination`; `Ok` means it acknowledged them.
-    pub async fn carry(&self, destination: &str, items: Vec<Item>) -> Result<(), Error> {
+    /// Carries outbox items to `destination`; `Ok` means it acknowledged
+    /// them, with its verdicts on the submissions among them.
+    pub async fn carry(&self, destination: &str, items: Vec<Item>) -> Result<Vec<Verdict>, Error> {
         let request = BusinessRequest {
             envelope: Some(self.envelope(destination)),
             items,
@@ -174,7 +182,7 @@ impl RoamingLink {
             .into_inner();
         match reply.failure {
             Some(failure) => Err(failure.into()),
-            None => Ok(()),
+            None => Ok(reply.verdicts),
         }
     }
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use meridian_node::client::Client;
-use meridian_node::proto::client_api::{Cursor, Delivery};
+use meridian_node::proto::client_api::{Cursor, Delivery, Event, event};
 use tokio::task::JoinHandle;
 
 use super::report::{Errors, wall_micros};
@@ -73,7 +73,14 @@ where
         let mut last = last_seq;
         loop {
             match stream.message().await {
-                Ok(Some(delivery)) => {
+                // The bench's sends are not queued when the home answers;
+                // a verdict on one that was is not a delivery.
+                Ok(Some(Event {
+                    kind: Some(event::Kind::Verdict(_)) | None,
+                })) => continue,
+                Ok(Some(Event {
+                    kind: Some(event::Kind::Delivery(delivery)),
+                })) => {
                     let now = wall_micros();
                     if delivery.group != group || delivery.seq <= last {
                         stats.stale.fetch_add(1, Ordering::Relaxed);

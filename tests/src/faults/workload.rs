@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use meridian_node::client::Client;
-use meridian_node::proto::client_api::Cursor;
+use meridian_node::proto::client_api::{Cursor, event};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -324,8 +324,11 @@ async fn subscriber(
                 item = stream.message() => item,
                 _ = subscribing.wait_for(|s| !*s) => return,
             };
-            let Ok(Some(delivery)) = item else {
-                break;
+            let delivery = match item.map(|e| e.and_then(|e| e.kind)) {
+                Ok(Some(event::Kind::Delivery(delivery))) => delivery,
+                // The verdict on a queued send: the ack is what counts here.
+                Ok(Some(event::Kind::Verdict(_))) => continue,
+                _ => break,
             };
             if let Some(seq) = last.get_mut(&delivery.group) {
                 *seq = (*seq).max(delivery.seq);

@@ -130,9 +130,13 @@ impl BusinessCenter {
             }
         };
         match received {
-            Ok(()) => BusinessReply { failure: None },
+            Ok(verdicts) => BusinessReply {
+                failure: None,
+                verdicts,
+            },
             Err(err) => BusinessReply {
                 failure: Some(err.into()),
+                verdicts: Vec::new(),
             },
         }
     }

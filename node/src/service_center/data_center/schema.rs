@@ -120,6 +120,13 @@ const MIGRATIONS: &[&str] = &[
     "
     CREATE INDEX accepted_by_time ON accepted (accepted_at_ms);
     ",
+    // 5: the home's verdict on a send accepted here for a group homed
+    // elsewhere (a `meridian.peer.v1.Verdict`), so that a retry with the
+    // same key answers with it. NULL until the home has answered, and for
+    // sends to groups homed here (their seq is in `messages`).
+    "
+    ALTER TABLE accepted ADD COLUMN verdict BLOB;
+    ",
 ];
 
 /// The schema version this build writes.
