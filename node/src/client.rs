@@ -8,6 +8,7 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use tonic::{Request, Status, Streaming};
 
+use crate::limits::{DEFAULT_HISTORY_PAGE, MAX_CLIENT_MESSAGE_BYTES, MAX_HISTORY_PAGE};
 use crate::proto::client_api::business_center_client::BusinessCenterClient;
 use crate::proto::client_api::*;
 use crate::transport::Dial;
@@ -39,7 +40,9 @@ impl Client {
             _ => endpoint.connect().await?,
         };
         Ok(Self {
-            api: BusinessCenterClient::new(channel),
+            // The service center sends nothing larger (one constant for both).
+            api: BusinessCenterClient::new(channel)
+                .max_decoding_message_size(MAX_CLIENT_MESSAGE_BYTES),
             session: None,
             refresh_token: None,
         })
@@ -166,18 +169,70 @@ impl Client {
         Ok(self.api.send(request).await?.into_inner())
     }
 
+    /// Up to `count` messages of `group` after `after_seq`, in order (0:
+    /// the server's default page). Reads as many pages as it takes: a page
+    /// stops at the server's byte budget, often before `count`.
     pub async fn history(
         &mut self,
         group: &str,
         after_seq: u64,
-        limit: u32,
+        count: u32,
     ) -> Result<Vec<Delivery>, Status> {
+        let mut messages = Vec::new();
+        self.history_each(group, after_seq, count, |d| messages.push(d))
+            .await?;
+        Ok(messages)
+    }
+
+    /// As [`Client::history`], but hands each message to `each` as its page
+    /// arrives instead of gathering them, so that a reader of a long history
+    /// holds one page at a time. Returns how many there were.
+    pub async fn history_each(
+        &mut self,
+        group: &str,
+        after_seq: u64,
+        count: u32,
+        mut each: impl FnMut(Delivery),
+    ) -> Result<u32, Status> {
+        let count = match count {
+            0 => DEFAULT_HISTORY_PAGE,
+            n => n,
+        };
+        let (mut after_seq, mut got) = (after_seq, 0);
+        while got < count {
+            let page = self
+                .history_page(group, after_seq, (count - got).min(MAX_HISTORY_PAGE))
+                .await?;
+            // A page that says there is more always moves the cursor; an
+            // empty one would be a server's error, not a reason to spin.
+            let more = page.more && !page.messages.is_empty();
+            for delivery in page.messages {
+                after_seq = delivery.seq;
+                got += 1;
+                each(delivery);
+            }
+            if !more {
+                break;
+            }
+        }
+        Ok(got)
+    }
+
+    /// One page of history as the server sends it: at most `limit`
+    /// messages, fewer when they reach its byte budget; `more` says whether
+    /// messages follow the page's last one.
+    pub async fn history_page(
+        &mut self,
+        group: &str,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<HistoryReply, Status> {
         let request = self.request(HistoryRequest {
             group: group.into(),
             after_seq,
             limit,
         });
-        Ok(self.api.history(request).await?.into_inner().messages)
+        Ok(self.api.history(request).await?.into_inner())
     }
 
     /// Replays what came after each cursor, then streams live deliveries.

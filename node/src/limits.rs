@@ -15,9 +15,30 @@ pub const MAX_PASSWORD_BYTES: usize = 256;
 /// Members of one group, and the default when a group sets none.
 pub const MAX_GROUP_MEMBERS: u32 = 10_000;
 pub const DEFAULT_GROUP_MEMBERS: u32 = 1_000;
-/// History page size.
+/// Messages in one history request: the default, and the most a client may
+/// ask for. A reply may hold fewer (see [`HISTORY_PAGE_BYTES`]); the client
+/// library and the CLI page on until they have the count asked for.
 pub const DEFAULT_HISTORY_PAGE: u32 = 100;
 pub const MAX_HISTORY_PAGE: u32 = 1_000;
+/// The largest gRPC message on the client API, either way: gRPC's usual
+/// receive limit (tonic's default, and other languages' clients'), 4 MiB.
+/// The service center will not send more, and the client library (so the
+/// CLI) sets the same receive limit, so a reply that a client would refuse
+/// fails at the server with a clear status instead.
+pub const MAX_CLIENT_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// The encoded messages in one page of history, in bytes. Every reply that
+/// lists messages is one page: a `HistoryReply` to a client, the peer
+/// `DataReply` that carries one between regions, and each step of a
+/// subscription's catch-up. A page ends at whichever comes first, this or
+/// the count asked for, and says whether more follow; it always holds at
+/// least one message when one follows the cursor, so paging makes progress.
+/// Three quarters of [`MAX_CLIENT_MESSAGE_BYTES`]: the other megabyte is
+/// margin for what wraps a page (the reply, the peer reply's oneof, gRPC
+/// framing), far more than those take.
+pub const HISTORY_PAGE_BYTES: usize = MAX_CLIENT_MESSAGE_BYTES / 4 * 3;
+// A page's first message always fits: a maximal body with its ids and
+// framing is far below the budget.
+const _: () = assert!(MAX_BODY_BYTES + 64 * 1024 < HISTORY_PAGE_BYTES);
 /// The largest sequence number (and so history or subscription cursor) a
 /// group can have: the data center stores it as a signed 64-bit integer.
 pub const MAX_SEQ: u64 = i64::MAX as u64;

@@ -123,7 +123,8 @@ pub enum Command {
         /// Print the messages after this seq.
         #[arg(long, default_value_t = 0, value_parser = parse_seq)]
         after: u64,
-        /// Print at most this many messages (1 to 1000).
+        /// Print at most this many messages (1 to 1000), read in as many
+        /// pages as their size takes.
         #[arg(long, default_value_t = DEFAULT_HISTORY_PAGE,
               value_parser = clap::value_parser!(u32).range(1..=MAX_HISTORY_PAGE as i64))]
         limit: u32,
@@ -338,14 +339,13 @@ pub async fn run(cli: Cli) -> CliResult {
             after,
             limit,
         } => {
-            for delivery in global
+            // Page by page as the server sends them (each under its 4 MiB
+            // receive limit), until `limit` messages or the end.
+            global
                 .session()
                 .await?
-                .history(&group, after, limit)
-                .await?
-            {
-                out.delivery(&delivery);
-            }
+                .history_each(&group, after, limit, |delivery| out.delivery(&delivery))
+                .await?;
         }
         Command::Listen {
             count,

@@ -175,15 +175,24 @@ pub struct HistoryRequest {
     pub group: ::prost::alloc::string::String,
     #[prost(uint64, tag = "2")]
     pub after_seq: u64,
-    /// default 100, at most 1000
+    /// messages at most: default 100, at most 1000
     #[prost(uint32, tag = "3")]
     pub limit: u32,
 }
+/// One page of a group's messages after `after_seq`, in seq order. A page
+/// ends at `limit` messages or at about 3 MiB of them encoded, whichever
+/// comes first, so that every reply stays under gRPC's 4 MiB receive limit
+/// (with large bodies, 1000 messages would not). A page holds at least one
+/// message whenever one follows `after_seq`. To read on, ask again with
+/// `after_seq` set to the last message's seq while `more` is true.
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct HistoryReply {
     #[prost(message, repeated, tag = "1")]
     pub messages: ::prost::alloc::vec::Vec<Delivery>,
+    /// Messages follow this page's last one (beyond the limit or the bytes).
+    #[prost(bool, tag = "2")]
+    pub more: bool,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -598,6 +607,8 @@ pub mod business_center_client {
         }
         /// Replays what the client missed after its cursors, then streams live
         /// deliveries. Deduplicated by (group, seq) on the server side per stream.
+        /// The replay reads history a page at a time (see HistoryReply) and sends
+        /// each message as one stream message, so no replay is too long to send.
         pub async fn subscribe(
             &mut self,
             request: impl tonic::IntoRequest<super::SubscribeRequest>,
@@ -702,6 +713,8 @@ pub mod business_center_server {
             + 'static;
         /// Replays what the client missed after its cursors, then streams live
         /// deliveries. Deduplicated by (group, seq) on the server side per stream.
+        /// The replay reads history a page at a time (see HistoryReply) and sends
+        /// each message as one stream message, so no replay is too long to send.
         async fn subscribe(
             &self,
             request: tonic::Request<super::SubscribeRequest>,

@@ -93,6 +93,8 @@ pub mod data_reply {
         Verified(super::Verified),
         #[prost(message, tag = "4")]
         Group(super::super::super::client::v1::GroupInfo),
+        /// One page, bounded as a client's (HistoryReply): the asking region
+        /// pages on with `more`, so this reply stays under 4 MiB too.
         #[prost(message, tag = "5")]
         History(super::super::super::client::v1::HistoryReply),
     }

@@ -16,10 +16,15 @@ use crate::proto::peer_api::{BusinessReply, BusinessRequest, DataReply, DataRequ
 
 type Reply<T> = Result<Response<T>, Status>;
 
-/// The client API served by `center`.
+/// The client API served by `center`. It sends no message larger than a
+/// client receives ([`MAX_CLIENT_MESSAGE_BYTES`]; history is paged to fit),
+/// and takes none much larger than a maximal send.
+///
+/// [`MAX_CLIENT_MESSAGE_BYTES`]: crate::limits::MAX_CLIENT_MESSAGE_BYTES
 pub fn client_service(center: BusinessCenter) -> BusinessCenterServer<ClientApi> {
     BusinessCenterServer::new(ClientApi(center))
         .max_decoding_message_size(crate::limits::MAX_BODY_BYTES + 16 * 1024)
+        .max_encoding_message_size(crate::limits::MAX_CLIENT_MESSAGE_BYTES)
 }
 
 /// The local-pair API served by `center` to its roaming system.

@@ -13,7 +13,8 @@ use super::{BusinessCenter, check_len, unexpected};
 use crate::Error;
 use crate::ids::Id;
 use crate::limits::{
-    DEFAULT_HISTORY_PAGE, MAX_BODY_BYTES, MAX_HISTORY_PAGE, MAX_IDEMPOTENCY_KEY_BYTES, MAX_SEQ,
+    DEFAULT_HISTORY_PAGE, HISTORY_PAGE_BYTES, MAX_BODY_BYTES, MAX_HISTORY_PAGE,
+    MAX_IDEMPOTENCY_KEY_BYTES, MAX_SEQ,
 };
 use crate::proto::client_api::{Delivery, HistoryReply, HistoryRequest, SendReply, SendRequest};
 use crate::proto::peer_api::{
@@ -164,7 +165,10 @@ impl BusinessCenter {
         Ok(())
     }
 
-    /// Messages of a group after a `seq`, read at the group's home.
+    /// One page of a group's messages after a `seq`, read at the group's
+    /// home: at most `limit` of them and [`HISTORY_PAGE_BYTES`], so that the
+    /// reply fits a client's and a peer's receive limit; `more` says to ask
+    /// again after the last one.
     pub async fn history(
         &self,
         actor: &Id,
@@ -204,8 +208,10 @@ impl BusinessCenter {
                         "{actor} is not a member of group {g}"
                     )));
                 }
+                let page = messages::page(conn, g, request.after_seq, limit, HISTORY_PAGE_BYTES)?;
                 Ok(HistoryReply {
-                    messages: messages::history(conn, g, request.after_seq, limit)?,
+                    messages: page.messages,
+                    more: page.more,
                 })
             })
             .await

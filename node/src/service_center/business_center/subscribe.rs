@@ -103,7 +103,10 @@ impl Session {
         }
     }
 
-    /// Sends the group's messages after the stream's cursor, up to `until`.
+    /// Sends the group's messages after the stream's cursor, up to `until`,
+    /// one history page at a time: a page is bounded in count and bytes
+    /// (`HISTORY_PAGE_BYTES`), and the next is read only once this one is in
+    /// the stream's bounded buffer, so a long replay never sits in memory.
     async fn catch_up(&mut self, group: &str, until: Option<u64>) -> Result<(), Gone> {
         loop {
             let after_seq = self.last.get(group).copied().unwrap_or(0);
@@ -116,20 +119,21 @@ impl Session {
                 limit: MAX_HISTORY_PAGE,
             };
             let page = match self.center.history(&self.actor, request).await {
-                Ok(page) => page.messages,
+                Ok(page) => page,
                 Err(err) => {
                     let _ = self.out.send(Err(err)).await;
                     return Err(Gone);
                 }
             };
-            let full = page.len() as u32 == MAX_HISTORY_PAGE;
-            for delivery in page {
+            // An empty page cannot move the cursor: trust no `more` with it.
+            let more = page.more && !page.messages.is_empty();
+            for delivery in page.messages {
                 if until.is_some_and(|u| delivery.seq > u) {
                     return Ok(());
                 }
                 self.emit(delivery).await?;
             }
-            if !full {
+            if !more {
                 return Ok(());
             }
         }

@@ -93,30 +93,62 @@ pub fn insert(conn: &Connection, message: &Delivery) -> Result<bool, Error> {
     Ok(inserted == 1)
 }
 
-/// Messages of `group` after `after_seq`, in order, at most `limit`.
-pub fn history(
+/// One page of a group's messages, in `seq` order.
+#[derive(Debug, Default, PartialEq)]
+pub struct Page {
+    pub messages: Vec<Delivery>,
+    /// Messages follow the page's last one: ask again after its `seq`.
+    pub more: bool,
+}
+
+/// Messages of `group` after `after_seq`, in order: at most `limit` of
+/// them, and at most `max_bytes` of them encoded, except that the first one
+/// is taken whatever its size, so that paging always makes progress.
+/// Rows are read one at a time, so a page past the budget is never held.
+pub fn page(
     conn: &Connection,
     group: &str,
     after_seq: u64,
     limit: u32,
-) -> Result<Vec<Delivery>, Error> {
+    max_bytes: usize,
+) -> Result<Page, Error> {
     let mut stmt = conn.prepare_cached(
         "SELECT seq, message_id, sender, body, sent_at_ms FROM messages
-         WHERE group_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+         WHERE group_id = ?1 AND seq > ?2 ORDER BY seq",
     )?;
-    let rows = stmt
-        .query_map(params![group, after_seq, limit], |r| {
-            Ok(Delivery {
-                group: group.to_owned(),
-                seq: r.get(0)?,
-                message_id: r.get(1)?,
-                sender: r.get(2)?,
-                body: r.get(3)?,
-                sent_at_ms: r.get(4)?,
-            })
-        })?
-        .collect::<Result<_, _>>()?;
-    Ok(rows)
+    let mut rows = stmt.query(params![group, after_seq])?;
+    let mut page = Page::default();
+    let mut bytes = 0;
+    while let Some(r) = rows.next()? {
+        if page.messages.len() >= limit as usize {
+            page.more = true;
+            break;
+        }
+        let delivery = Delivery {
+            group: group.to_owned(),
+            seq: r.get(0)?,
+            message_id: r.get(1)?,
+            sender: r.get(2)?,
+            body: r.get(3)?,
+            sent_at_ms: r.get(4)?,
+        };
+        let size = encoded_in_list(&delivery);
+        if !page.messages.is_empty() && bytes + size > max_bytes {
+            page.more = true;
+            break;
+        }
+        bytes += size;
+        page.messages.push(delivery);
+    }
+    Ok(page)
+}
+
+/// The bytes `message` takes as an element of a repeated field: its tag,
+/// its length and itself.
+fn encoded_in_list(message: &Delivery) -> usize {
+    use prost::Message;
+    let len = message.encoded_len();
+    1 + prost::length_delimiter_len(len) + len
 }
 
 #[cfg(test)]
@@ -135,6 +167,10 @@ mod tests {
         }
     }
 
+    fn seqs(messages: &[Delivery]) -> Vec<u64> {
+        messages.iter().map(|d| d.seq).collect()
+    }
+
     #[test]
     fn records_are_stored_once_and_paged_by_seq() {
         let mut conn = Connection::open_in_memory().unwrap();
@@ -146,9 +182,12 @@ mod tests {
             !insert(&conn, &delivery(2)).unwrap(),
             "a redelivery is ignored"
         );
-        let page = history(&conn, "g@eu", 1, 2).unwrap();
-        assert_eq!(page.iter().map(|d| d.seq).collect::<Vec<_>>(), vec![2, 3]);
-        assert_eq!(page[0], delivery(2));
+        let first = page(&conn, "g@eu", 1, 2, usize::MAX).unwrap();
+        assert_eq!(seqs(&first.messages), vec![2, 3]);
+        assert!(first.more, "seq 4 follows");
+        assert_eq!(first.messages[0], delivery(2));
+        let last = page(&conn, "g@eu", 3, 2, usize::MAX).unwrap();
+        assert_eq!((seqs(&last.messages), last.more), (vec![4], false));
         assert_eq!(seq_of(&conn, "m4").unwrap(), Some(4));
     }
 
@@ -173,5 +212,50 @@ mod tests {
                 .as_deref(),
             Some("m1")
         );
+    }
+
+    /// 64 KiB bodies: a page stops at the byte budget, before the count,
+    /// and pages cover every message once, in order.
+    #[test]
+    fn pages_stop_at_the_byte_budget_and_always_make_progress() {
+        use crate::limits::{HISTORY_PAGE_BYTES, MAX_BODY_BYTES, MAX_CLIENT_MESSAGE_BYTES};
+        use crate::proto::client_api::HistoryReply;
+        use prost::Message;
+
+        let mut conn = Connection::open_in_memory().unwrap();
+        schema::migrate(&mut conn).unwrap();
+        for seq in 1..=120 {
+            let mut big = delivery(seq);
+            big.body = "x".repeat(MAX_BODY_BYTES);
+            insert(&conn, &big).unwrap();
+        }
+        let mut after = 0;
+        let mut seen = Vec::new();
+        loop {
+            let next = page(&conn, "g@eu", after, 1_000, HISTORY_PAGE_BYTES).unwrap();
+            let reply = HistoryReply {
+                messages: next.messages,
+                more: next.more,
+            };
+            assert!(reply.encoded_len() <= HISTORY_PAGE_BYTES + 16);
+            assert!(reply.encoded_len() < MAX_CLIENT_MESSAGE_BYTES);
+            if reply.more {
+                // Full: one more message would have passed the budget.
+                assert!(reply.encoded_len() + MAX_BODY_BYTES > HISTORY_PAGE_BYTES);
+            }
+            seen.extend(seqs(&reply.messages));
+            match reply.messages.last() {
+                Some(last) if reply.more => after = last.seq,
+                _ => break,
+            }
+        }
+        assert_eq!(seen, (1..=120).collect::<Vec<_>>());
+
+        // A budget smaller than one message still gives one message a page.
+        let tiny = page(&conn, "g@eu", 7, 1_000, 1).unwrap();
+        assert_eq!((seqs(&tiny.messages), tiny.more), (vec![8], true));
+        // Past the last message: an empty page with nothing more.
+        let none = page(&conn, "g@eu", 120, 1_000, 1).unwrap();
+        assert_eq!(none, Page::default());
     }
 }
