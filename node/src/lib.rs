@@ -22,6 +22,7 @@ pub mod proto;
 pub mod roaming;
 pub mod server;
 pub mod service_center;
+pub mod telemetry;
 pub mod transport;
 pub mod trust;
 

@@ -18,6 +18,7 @@ use crate::roaming::{self, Roaming};
 use crate::service_center::data_center::DataCenter;
 use crate::service_center::roaming_link::RoamingLink;
 use crate::service_center::{self, BusinessCenter};
+use crate::telemetry;
 use crate::transport::{self, ClientAuth, ServerTls};
 use crate::trust::Credentials;
 
@@ -49,8 +50,6 @@ pub struct ServiceCenterListeners {
 pub struct RoamingListeners {
     pub pair: TcpListener,
     pub peer: TcpListener,
-    /// `/metrics` and `/mesh` over HTTP, when wanted.
-    pub metrics: Option<TcpListener>,
 }
 
 pub struct Node {
@@ -76,6 +75,9 @@ pub struct Node {
     /// its roaming system later keeps serving its own users (local first),
     /// so it stays SERVING.
     pub probe: Option<TcpListener>,
+    /// `/metrics` of every role the node runs (and the roaming system's
+    /// `/mesh`) over plain HTTP, when wanted.
+    pub metrics: Option<TcpListener>,
 }
 
 /// How often a service center that waits for its roaming system asks again.
@@ -118,24 +120,14 @@ impl Node {
         let mut servers = tokio::task::JoinSet::new();
         // The service center's link to its roaming system, for readiness.
         let mut pairing = None;
+        let mut registry = telemetry::metrics::registry(&region);
+        let mut more_routes = axum::Router::new();
+        let mut center_metrics = None;
 
         if let Some(listeners) = self.roaming {
             let roaming = Roaming::start(self.mesh.clone(), self.health, credentials.clone());
-            if let Some(metrics) = listeners.metrics {
-                tracing::info!(%region, metrics = %local(&metrics), "roaming metrics serving");
-                let roaming = roaming.clone();
-                let stop = stopped();
-                tokio::spawn(async move {
-                    tokio::select! {
-                        served = roaming::metrics::serve(metrics, roaming) => {
-                            if let Err(err) = served {
-                                tracing::error!(%err, "roaming metrics server failed");
-                            }
-                        }
-                        () = stop => {}
-                    }
-                });
-            }
+            roaming::metrics::register(&mut registry, roaming.clone());
+            more_routes = more_routes.merge(roaming::metrics::router(roaming.clone()));
             tracing::info!(%region, pair = %local(&listeners.pair), peer = %local(&listeners.peer), "roaming system serving");
             servers.spawn(
                 transport::server()
@@ -172,7 +164,10 @@ impl Node {
             };
             let link = Arc::new(RoamingLink::new(self.mesh.clone(), credentials.clone()));
             pairing = Some(link.clone());
+            let observed = dc.clone();
             let center = BusinessCenter::start(dc, link).await?;
+            center.metrics().register(&mut registry);
+            center_metrics = Some((center.metrics().clone(), observed));
             tracing::info!(%region, client = %local(&listeners.client), pair = %local(&listeners.pair), "service center serving");
             let client_api = transport::server()
                 .add_service(service_center::grpc::client_service(center.clone()));
@@ -188,6 +183,26 @@ impl Node {
                     .add_service(service_center::grpc::pair_service(center))
                     .serve_with_incoming_shutdown(mutual(listeners.pair), stopped()),
             );
+        }
+
+        if let Some(metrics) = self.metrics {
+            tracing::info!(%region, metrics = %local(&metrics), "metrics serving");
+            let scrape = telemetry::http::Scrape {
+                registry,
+                center: center_metrics,
+                mesh: self.mesh.clone(),
+            };
+            let stop = stopped();
+            tokio::spawn(async move {
+                tokio::select! {
+                    served = telemetry::http::serve(metrics, scrape, more_routes) => {
+                        if let Err(err) = served {
+                            tracing::error!(%err, "metrics server failed");
+                        }
+                    }
+                    () = stop => {}
+                }
+            });
         }
 
         if let Some(probe) = self.probe {

@@ -25,6 +25,7 @@ struct Ports {
     sc_pair: TcpListener,
     roaming_pair: TcpListener,
     peer: TcpListener,
+    metrics: TcpListener,
 }
 
 async fn bind() -> TcpListener {
@@ -48,6 +49,8 @@ pub struct Region {
     pub client_url: String,
     /// The roaming system's peer API (also serving the admin API).
     pub peer_url: String,
+    /// The node's `/metrics` and `/mesh` (plain HTTP), as `127.0.0.1:port`.
+    pub metrics_addr: std::net::SocketAddr,
     pub mesh: watch::Sender<MeshConfig>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
@@ -97,6 +100,7 @@ impl Mesh {
                     sc_pair: bind().await,
                     roaming_pair: bind().await,
                     peer: bind().await,
+                    metrics: bind().await,
                 },
             );
         }
@@ -132,6 +136,7 @@ impl Mesh {
                 .and_then(|c| c.credentials(&ca.cert_pem))
                 .expect("region certificate");
             let peer_url = url(&p.peer);
+            let metrics_addr = p.metrics.local_addr().expect("local address");
             let node = Node {
                 mesh: mesh_rx,
                 data_dir: data.path().join(&code),
@@ -142,12 +147,12 @@ impl Mesh {
                 roaming: Some(RoamingListeners {
                     pair: p.roaming_pair,
                     peer: p.peer,
-                    metrics: None,
                 }),
                 health: lenient_health(),
                 credentials,
                 client_tls: None,
                 probe: None,
+                metrics: Some(p.metrics),
             };
             let (stop, stopped) = oneshot::channel::<()>();
             let task = tokio::spawn(async move {
@@ -163,6 +168,7 @@ impl Mesh {
                     code,
                     client_url,
                     peer_url,
+                    metrics_addr,
                     mesh: mesh_tx,
                     stop: Some(stop),
                     task: Some(task),

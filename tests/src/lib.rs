@@ -6,3 +6,4 @@ pub mod faults;
 pub mod in_process;
 pub mod local_mode;
 pub mod operator;
+pub mod prometheus;

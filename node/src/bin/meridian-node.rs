@@ -54,7 +54,8 @@ struct Args {
     /// Kubernetes' probes); off unless given.
     #[arg(long, env = "MERIDIAN_LISTEN_PROBE")]
     listen_probe: Option<SocketAddr>,
-    /// The roaming system's /metrics and /mesh (HTTP); off unless given.
+    /// /metrics of the roles this node runs, and the roaming system's /mesh
+    /// (plain HTTP); off unless given.
     #[arg(long, env = "MERIDIAN_LISTEN_METRICS")]
     listen_metrics: Option<SocketAddr>,
     /// The mesh CA bundle (PEM) that every pair and peer connection is
@@ -121,10 +122,6 @@ async fn main() -> anyhow::Result<()> {
         Some(RoamingListeners {
             pair: bind(args.listen_roaming_pair, "roaming system's pair API").await?,
             peer: bind(args.listen_peer, "peer API").await?,
-            metrics: match args.listen_metrics {
-                Some(addr) => Some(bind(addr, "roaming system's metrics").await?),
-                None => None,
-            },
         })
     } else {
         None
@@ -148,6 +145,10 @@ async fn main() -> anyhow::Result<()> {
         credentials,
         probe: match args.listen_probe {
             Some(addr) => Some(bind(addr, "health probe").await?),
+            None => None,
+        },
+        metrics: match args.listen_metrics {
+            Some(addr) => Some(bind(addr, "metrics").await?),
             None => None,
         },
     };

@@ -1,82 +1,125 @@
-//! The roaming system's `/metrics` (Prometheus text) and `/mesh` (JSON):
-//! every link's state, path in use, round-trip time and last change.
+//! The roaming system's metrics, read from its links at each scrape (every
+//! link's state, path in use, round-trip time and last change), and `/mesh`,
+//! the same as JSON. Names are documented in docs/ARCHITECTURE.md §9.
 
-use std::fmt::Write;
+use std::sync::atomic::AtomicU64;
 
 use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use serde_json::json;
-use tokio::net::TcpListener;
 
 use super::Roaming;
 use super::links::{LinkView, PeerStatus};
 
-/// Serves `/metrics` and `/mesh` on `listener` until the process ends.
-pub async fn serve(listener: TcpListener, roaming: Roaming) -> std::io::Result<()> {
-    let app = Router::new()
-        .route(
-            "/metrics",
-            get(|State(r): State<Roaming>| async move {
-                prometheus(&r.region(), &r.links.status(&r.config()))
-            }),
-        )
+/// Registers the link metrics of `roaming` in `registry`.
+pub fn register(registry: &mut Registry, roaming: Roaming) {
+    registry.register_collector(Box::new(LinkCollector(roaming)));
+}
+
+/// `/mesh`: every link as JSON.
+pub fn router(roaming: Roaming) -> Router {
+    Router::new()
         .route(
             "/mesh",
             get(|State(r): State<Roaming>| async move {
                 mesh_json(&r.region(), &r.links.status(&r.config()))
             }),
         )
-        .route("/healthz", get(|| async { "ok" }))
-        .with_state(roaming);
-    axum::serve(listener, app).await
+        .with_state(roaming)
 }
 
-fn prometheus(region: &str, links: &[PeerStatus]) -> String {
-    let mut out = String::new();
-    out.push_str("# HELP meridian_link_state Whether the link to a peer is in this state (Up, Detoured, Down).\n# TYPE meridian_link_state gauge\n");
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerLabels {
+    peer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    peer: String,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PathLabels {
+    peer: String,
+    path: String,
+}
+
+type F64Gauge = Gauge<f64, AtomicU64>;
+
+struct LinkCollector(Roaming);
+
+impl std::fmt::Debug for LinkCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("LinkCollector")
+            .field(&self.0.region())
+            .finish()
+    }
+}
+
+impl Collector for LinkCollector {
+    fn encode(&self, encoder: DescriptorEncoder) -> std::fmt::Result {
+        encode_links(&self.0.links.status(&self.0.config()), encoder)
+    }
+}
+
+fn encode_links(links: &[PeerStatus], mut encoder: DescriptorEncoder) -> std::fmt::Result {
+    let state = Family::<StateLabels, Gauge>::default();
+    let rtt = Family::<PeerLabels, F64Gauge>::default();
+    let path = Family::<PathLabels, Gauge>::default();
+    let changed = Family::<PeerLabels, F64Gauge>::default();
     for link in links {
         for view in [LinkView::Up, LinkView::Detoured, LinkView::Down] {
-            let on = u8::from(link.view == view);
-            let _ = writeln!(
-                out,
-                "meridian_link_state{{region=\"{region}\",peer=\"{}\",state=\"{}\"}} {on}",
-                link.peer,
-                view.as_str()
-            );
+            let labels = StateLabels {
+                peer: link.peer.clone(),
+                state: view.as_str(),
+            };
+            state
+                .get_or_create(&labels)
+                .set(i64::from(link.view == view));
         }
+        let peer = PeerLabels {
+            peer: link.peer.clone(),
+        };
+        if let Some(measured) = link.rtt {
+            rtt.get_or_create(&peer).set(measured.as_secs_f64());
+        }
+        let labels = PathLabels {
+            peer: link.peer.clone(),
+            path: link.path.join("→"),
+        };
+        path.get_or_create(&labels).set(1);
+        changed
+            .get_or_create(&peer)
+            .set(link.last_change_ms as f64 / 1000.0);
     }
-    out.push_str("# HELP meridian_link_rtt_milliseconds Smoothed round-trip time of the direct link.\n# TYPE meridian_link_rtt_milliseconds gauge\n");
-    for link in links.iter().filter(|l| l.rtt.is_some()) {
-        let rtt = link
-            .rtt
-            .map(|r| r.as_secs_f64() * 1000.0)
-            .unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "meridian_link_rtt_milliseconds{{region=\"{region}\",peer=\"{}\"}} {rtt:.3}",
-            link.peer
-        );
+    let help = [
+        (
+            "link_state",
+            "Whether the link to a peer is in this state (Up, Detoured, Down).",
+        ),
+        (
+            "link_rtt_seconds",
+            "Smoothed round-trip time of the direct link to a peer.",
+        ),
+        ("link_path_info", "The path in use to a peer."),
+        (
+            "link_last_change_timestamp_seconds",
+            "When the state of the link to a peer last changed.",
+        ),
+    ];
+    let metrics: [&dyn EncodeMetric; 4] = [&state, &rtt, &path, &changed];
+    for ((name, help), metric) in help.into_iter().zip(metrics) {
+        let descriptor = encoder.encode_descriptor(name, help, None, metric.metric_type())?;
+        metric.encode(descriptor)?;
     }
-    out.push_str("# HELP meridian_link_path_info The path in use to a peer.\n# TYPE meridian_link_path_info gauge\n");
-    for link in links {
-        let _ = writeln!(
-            out,
-            "meridian_link_path_info{{region=\"{region}\",peer=\"{}\",path=\"{}\"}} 1",
-            link.peer,
-            link.path.join("→")
-        );
-    }
-    out.push_str("# HELP meridian_link_last_change_timestamp_seconds When the link's state last changed.\n# TYPE meridian_link_last_change_timestamp_seconds gauge\n");
-    for link in links {
-        let _ = writeln!(
-            out,
-            "meridian_link_last_change_timestamp_seconds{{region=\"{region}\",peer=\"{}\"}} {:.3}",
-            link.peer,
-            link.last_change_ms as f64 / 1000.0
-        );
-    }
-    out
+    Ok(())
 }
 
 fn mesh_json(region: &str, links: &[PeerStatus]) -> String {
@@ -97,6 +140,15 @@ fn mesh_json(region: &str, links: &[PeerStatus]) -> String {
 mod tests {
     use super::*;
 
+    #[derive(Debug)]
+    struct Fixed(Vec<PeerStatus>);
+
+    impl Collector for Fixed {
+        fn encode(&self, encoder: DescriptorEncoder) -> std::fmt::Result {
+            encode_links(&self.0, encoder)
+        }
+    }
+
     #[test]
     fn metrics_name_every_link_state_and_path() {
         let links = vec![PeerStatus {
@@ -108,14 +160,19 @@ mod tests {
             enabled: false,
             last_change_ms: 2_000,
         }];
-        let text = prometheus("eu", &links);
-        assert!(
-            text.contains("meridian_link_state{region=\"eu\",peer=\"us\",state=\"Detoured\"} 1"),
-            "{text}"
-        );
-        assert!(text.contains("meridian_link_state{region=\"eu\",peer=\"us\",state=\"Up\"} 0"));
-        assert!(text.contains("path=\"eu→ap→us\"} 1"));
-        assert!(text.contains("meridian_link_rtt_milliseconds{region=\"eu\",peer=\"us\"} 1.500"));
+        let mut registry = crate::telemetry::metrics::registry("eu");
+        registry.register_collector(Box::new(Fixed(links.clone())));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "meridian_link_state{region=\"eu\",peer=\"us\",state=\"Detoured\"} 1",
+            "meridian_link_state{region=\"eu\",peer=\"us\",state=\"Up\"} 0",
+            "meridian_link_path_info{region=\"eu\",peer=\"us\",path=\"eu→ap→us\"} 1",
+            "meridian_link_rtt_seconds{region=\"eu\",peer=\"us\"} 0.0015",
+            "meridian_link_last_change_timestamp_seconds{region=\"eu\",peer=\"us\"} 2.0",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
         let json: serde_json::Value = serde_json::from_str(&mesh_json("eu", &links)).unwrap();
         assert_eq!(json["links"][0]["state"], "Detoured");
     }

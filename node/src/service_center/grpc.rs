@@ -84,7 +84,7 @@ impl business_center_server::BusinessCenter for ClientApi {
     async fn login(&self, request: Request<LoginRequest>) -> Reply<LoginReply> {
         let source = source(&request);
         let r = request.into_inner();
-        ok(self.0.login(&r.user, &r.password, source).await)
+        ok(self.0.metrics().logged_in(self.0.login(&r.user, &r.password, source).await))
     }
 
     async fn refresh(&self, request: Request<RefreshRequest>) -> Reply<LoginReply> {
@@ -129,7 +129,7 @@ impl business_center_server::BusinessCenter for ClientApi {
 
     async fn send(&self, request: Request<SendRequest>) -> Reply<SendReply> {
         let actor = self.actor(&request).await?;
-        ok(self.0.send(&actor, request.into_inner()).await)
+        ok(self.0.metrics().sent(self.0.send(&actor, request.into_inner()).await))
     }
 
     async fn history(&self, request: Request<HistoryRequest>) -> Reply<HistoryReply> {

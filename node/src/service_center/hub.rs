@@ -7,10 +7,12 @@ use tokio::sync::mpsc;
 
 use crate::limits::SUBSCRIBER_BUFFER;
 use crate::proto::client_api::Delivery;
+use crate::telemetry::ServiceCenterMetrics;
 
 #[derive(Clone, Default)]
 pub struct Hub {
     inner: Arc<Mutex<Inner>>,
+    metrics: ServiceCenterMetrics,
 }
 
 #[derive(Default)]
@@ -29,6 +31,7 @@ pub struct Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        self.hub.metrics.subscription(false);
         let mut inner = self.hub.inner.lock().expect("hub");
         if let Some(list) = inner.sessions.get_mut(&self.user) {
             list.retain(|(id, _)| *id != self.id);
@@ -40,7 +43,16 @@ impl Drop for Subscription {
 }
 
 impl Hub {
+    /// A hub that counts its deliveries and subscriptions in `metrics`.
+    pub fn new(metrics: ServiceCenterMetrics) -> Self {
+        Self {
+            inner: Arc::default(),
+            metrics,
+        }
+    }
+
     pub fn attach(&self, user: &str) -> Subscription {
+        self.metrics.subscription(true);
         let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
         let mut inner = self.inner.lock().expect("hub");
         inner.next_id += 1;
@@ -63,7 +75,9 @@ impl Hub {
     pub fn push(&self, user: &str, delivery: &Delivery) {
         let mut inner = self.inner.lock().expect("hub");
         if let Some(list) = inner.sessions.get_mut(user) {
+            let before = list.len();
             list.retain(|(_, tx)| tx.try_send(delivery.clone()).is_ok());
+            self.metrics.delivered(list.len(), before - list.len());
         }
     }
 

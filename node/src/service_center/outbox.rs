@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 use super::data_center::{DataCenter, outbox};
 use super::roaming_link::RoamingLink;
 use crate::limits::MAX_BATCH_ITEMS;
+use crate::telemetry::ServiceCenterMetrics;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -24,14 +25,17 @@ pub struct Outbox {
     dc: DataCenter,
     link: Arc<RoamingLink>,
     workers: Arc<Mutex<HashMap<String, Arc<Notify>>>>,
+    metrics: ServiceCenterMetrics,
 }
 
 impl Outbox {
-    pub fn new(dc: DataCenter, link: Arc<RoamingLink>) -> Self {
+    /// An outbox whose workers count their batches in `metrics`.
+    pub fn new(dc: DataCenter, link: Arc<RoamingLink>, metrics: ServiceCenterMetrics) -> Self {
         Self {
             dc,
             link,
             workers: Arc::default(),
+            metrics,
         }
     }
 
@@ -77,9 +81,11 @@ impl Outbox {
                 }
             };
             let last_id = batch.last().map(|(id, _)| *id).unwrap_or(sent_up_to);
-            let items = batch.into_iter().map(|(_, item)| item).collect();
+            let items: Vec<_> = batch.into_iter().map(|(_, item)| item).collect();
+            let count = items.len();
             match self.link.carry(&destination, items).await {
                 Ok(()) => {
+                    self.metrics.carried(&destination, count);
                     sent_up_to = last_id;
                     backoff = FIRST_BACKOFF;
                     let (dc, dest) = (self.dc.clone(), destination.clone());
@@ -96,6 +102,7 @@ impl Outbox {
                     });
                 }
                 Err(err) => {
+                    self.metrics.carry_failed(&destination);
                     tracing::debug!(%err, %destination, "outbox delivery failed; retrying");
                     let jitter = rand::rng().random_range(0.5..1.5);
                     tokio::time::sleep(backoff.mul_f64(jitter)).await;

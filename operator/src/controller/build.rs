@@ -194,12 +194,18 @@ pub fn desired(
         &format!("0.0.0.0:{CLIENT_PORT}"),
         "--listen-pair",
         &format!("0.0.0.0:{SERVICE_CENTER_PAIR_PORT}"),
+        "--listen-metrics",
+        &format!("0.0.0.0:{METRICS_PORT}"),
     ];
     let mut sc_container = container(
         "service-center",
         sc_image,
         &sc_args,
-        &[("client", CLIENT_PORT), ("pair", SERVICE_CENTER_PAIR_PORT)],
+        &[
+            ("client", CLIENT_PORT),
+            ("pair", SERVICE_CENTER_PAIR_PORT),
+            ("metrics", METRICS_PORT),
+        ],
     );
     sc_container.resources = sc.resources.clone();
     sc_container

@@ -519,15 +519,12 @@ mod tests {
                 mesh,
                 data_dir: dir.path().to_owned(),
                 service_center: None,
-                roaming: Some(meridian_node::server::RoamingListeners {
-                    pair,
-                    peer,
-                    metrics: None,
-                }),
+                roaming: Some(meridian_node::server::RoamingListeners { pair, peer }),
                 health: Default::default(),
                 credentials: eu,
                 client_tls: None,
                 probe: None,
+                metrics: None,
             }
             .run(async {
                 let _ = stopped.await;

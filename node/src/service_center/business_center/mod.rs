@@ -25,6 +25,7 @@ use crate::Error;
 use crate::ids::Id;
 use crate::limits::MAX_THROTTLED_KEYS;
 use crate::proto::peer_api::{data_reply, data_request};
+use crate::telemetry::ServiceCenterMetrics;
 
 pub use subscribe::DeliveryStream;
 
@@ -40,6 +41,7 @@ pub struct BusinessCenter {
     passwords: passwords::PasswordPool,
     assertions: assertions::Assertions,
     clock: Clock,
+    metrics: ServiceCenterMetrics,
 }
 
 /// Where logins and sessions read the time, in milliseconds since the Unix
@@ -64,7 +66,8 @@ impl Clock {
 impl BusinessCenter {
     /// A business center over `dc` that reaches other regions through `link`.
     pub async fn start(dc: DataCenter, link: Arc<RoamingLink>) -> Result<Self, Error> {
-        let outbox = Outbox::new(dc.clone(), link.clone());
+        let metrics = ServiceCenterMetrics::new(dc.commits().clone());
+        let outbox = Outbox::new(dc.clone(), link.clone(), metrics.clone());
         outbox.resume().await?;
         let assertions = assertions::Assertions::new(
             link.region().into(),
@@ -75,14 +78,20 @@ impl BusinessCenter {
             region: link.region().into(),
             sessions: sessions::Sessions::new(dc.clone()),
             dc,
-            hub: Hub::default(),
+            hub: Hub::new(metrics.clone()),
             link,
             outbox,
             throttle: throttle::LoginThrottle::new(MAX_THROTTLED_KEYS),
             passwords: passwords::PasswordPool::for_this_machine(),
             assertions,
             clock: Clock::system(),
+            metrics,
         })
+    }
+
+    /// What this business center counts, for the node's `/metrics`.
+    pub fn metrics(&self) -> &ServiceCenterMetrics {
+        &self.metrics
     }
 
     /// This business center reading the time from `clock` (for tests).

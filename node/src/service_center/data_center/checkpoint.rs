@@ -74,7 +74,7 @@ mod tests {
         )
         .unwrap();
         let before = std::fs::metadata(&path).unwrap().len();
-        let writer = Writer::start(conn);
+        let writer = Writer::start(conn, crate::telemetry::CommitMetrics::default());
         let write = |from: i64| {
             writer.write(move |conn| {
                 for k in from..from + 500 {

@@ -12,6 +12,7 @@
 //! by the service center's user only (mode 0600), whatever the umask.
 
 pub mod accounts;
+pub mod census;
 mod checkpoint;
 pub mod groups;
 mod lock;
@@ -30,6 +31,7 @@ use rusqlite::{Connection, OpenFlags};
 pub use writer::Writer;
 
 use crate::Error;
+use crate::telemetry::CommitMetrics;
 
 /// Read connections kept open.
 const READERS: usize = 4;
@@ -39,6 +41,8 @@ pub struct DataCenter {
     writer: Writer,
     readers: Arc<Mutex<Vec<Connection>>>,
     path: Arc<Path>,
+    /// What the writer reports of its group commits.
+    commits: CommitMetrics,
     /// Held while any handle lives (see [`lock`]).
     _lock: Arc<std::fs::File>,
 }
@@ -66,12 +70,19 @@ impl DataCenter {
         for _ in 0..READERS {
             readers.push(open_reader(path)?);
         }
+        let commits = CommitMetrics::default();
         Ok(Self {
-            writer: Writer::start(conn),
+            writer: Writer::start(conn, commits.clone()),
+            commits,
             readers: Arc::new(Mutex::new(readers)),
             path: path.into(),
             _lock: Arc::new(lock),
         })
+    }
+
+    /// The writer's group commits: latency and jobs per commit.
+    pub fn commits(&self) -> &CommitMetrics {
+        &self.commits
     }
 
     /// Runs `f` in a write transaction; returns once it is durable.

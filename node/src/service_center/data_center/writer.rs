@@ -7,12 +7,14 @@
 //! it never leaves anything half-written and never spoils its neighbours.
 
 use std::sync::mpsc;
+use std::time::Instant;
 
 use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use super::checkpoint::{self, Checkpointer};
 use crate::Error;
+use crate::telemetry::CommitMetrics;
 
 /// Jobs committed together at most.
 const MAX_GROUP: usize = 1024;
@@ -62,12 +64,13 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread on `conn`.
-    pub fn start(conn: Connection) -> Self {
+    /// Starts the writer thread on `conn`; it reports each group commit to
+    /// `commits`.
+    pub fn start(conn: Connection, commits: CommitMetrics) -> Self {
         let (jobs, rx) = mpsc::channel::<Box<dyn Job>>();
         std::thread::Builder::new()
             .name("data-center-writer".into())
-            .spawn(move || run(conn, rx))
+            .spawn(move || run(conn, rx, commits))
             .expect("spawn the writer thread");
         Self { jobs }
     }
@@ -88,7 +91,7 @@ impl Writer {
     }
 }
 
-fn run(mut conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>) {
+fn run(mut conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, commits: CommitMetrics) {
     let mut checkpointer = Checkpointer::new();
     loop {
         let first = match rx.recv_timeout(checkpoint::INTERVAL) {
@@ -106,7 +109,9 @@ fn run(mut conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>) {
                 Err(_) => break,
             }
         }
+        let (started, jobs) = (Instant::now(), batch.len());
         commit_batch(&mut conn, batch);
+        commits.observe(started.elapsed(), jobs);
         checkpointer.after_batch(&conn);
     }
 }
@@ -160,7 +165,7 @@ mod tests {
         let conn = Connection::open(&path).unwrap();
         conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t (k INTEGER PRIMARY KEY);")
             .unwrap();
-        (dir, Writer::start(conn), path)
+        (dir, Writer::start(conn, CommitMetrics::default()), path)
     }
 
     fn count(path: &std::path::Path) -> i64 {
