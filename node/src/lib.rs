@@ -19,6 +19,7 @@ pub mod ids;
 pub mod limits;
 pub mod mesh;
 pub mod proto;
+pub mod reflection;
 pub mod roaming;
 pub mod server;
 pub mod service_center;

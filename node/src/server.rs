@@ -170,7 +170,9 @@ impl Node {
             center_metrics = Some((center.metrics().clone(), observed));
             tracing::info!(%region, client = %local(&listeners.client), pair = %local(&listeners.pair), "service center serving");
             let client_api = transport::server()
-                .add_service(service_center::grpc::client_service(center.clone()));
+                .add_service(service_center::grpc::client_service(center.clone()))
+                .add_service(crate::reflection::v1()?)
+                .add_service(crate::reflection::v1alpha()?);
             if let Some(tls) = self.client_tls {
                 let incoming = transport::incoming(listeners.client, tls);
                 servers.spawn(client_api.serve_with_incoming_shutdown(incoming, stopped()));

@@ -123,3 +123,77 @@ async fn metrics_count_a_chat_across_regions() {
     mesh.stop().await;
 }
 
+/// A reflection client (what `grpcurl` does without .proto files) lists the
+/// client API and gets its schema from the client port, and nothing of the
+/// pair or peer APIs, which that port does not serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_port_describes_the_client_api_by_reflection() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let mesh = Mesh::start(&["eu"]).await;
+    let channel = tonic::transport::Endpoint::from_shared(mesh.region("eu").client_url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let ask = |request| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(request),
+    };
+    let requests = [
+        ask(MessageRequest::ListServices(String::new())),
+        ask(MessageRequest::FileContainingSymbol(
+            "meridian.client.v1.BusinessCenter".into(),
+        )),
+        ask(MessageRequest::FileContainingSymbol(
+            "meridian.peer.v1.Business".into(),
+        )),
+    ];
+    let mut replies = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut next = async || {
+        tokio::time::timeout(WAIT, replies.next())
+            .await
+            .expect("a reflection reply")
+            .expect("the stream is open")
+            .map(|reply| reply.message_response.expect("a response"))
+    };
+
+    let Ok(MessageResponse::ListServicesResponse(list)) = next().await else {
+        panic!("not a service list");
+    };
+    let mut services: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    services.sort();
+    assert_eq!(
+        services,
+        [
+            "grpc.reflection.v1.ServerReflection",
+            "meridian.client.v1.BusinessCenter"
+        ]
+    );
+
+    let Ok(MessageResponse::FileDescriptorResponse(files)) = next().await else {
+        panic!("no file for the client API");
+    };
+    let file = files.file_descriptor_proto.concat();
+    let has = |needle: &[u8]| file.windows(needle.len()).any(|w| w == needle);
+    assert!(has(b"meridian/client.proto") && has(b"SendRequest"));
+    // With its comments, so that `grpcurl describe` explains each call.
+    assert!(
+        has(b"retry with the same"),
+        "the descriptor keeps the comments"
+    );
+
+    let unknown = next()
+        .await
+        .expect_err("the peer API is not described here");
+    assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+    mesh.stop().await;
+}
+
