@@ -93,3 +93,56 @@ fn the_chart_sets_the_log_levels_and_refuses_what_is_not_one() {
     assert_eq!(refused.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("not a log filter"), "{stderr}");
 }
+
+/// With `metrics.dashboard.enabled` and `metrics.podMonitor.enabled`, the
+/// chart ships the Grafana dashboard unchanged (its `{{region}}` legends are
+/// not taken for templates) and a PodMonitor of the node pods' `metrics`
+/// port in every namespace.
+#[test]
+fn the_chart_ships_the_dashboard_and_a_pod_monitor_of_the_nodes() {
+    let helm = helm();
+    let defaults = template(&helm, &[]);
+    assert!(defaults.status.success());
+    let text = String::from_utf8_lossy(&defaults.stdout);
+    assert!(!text.contains("kind: PodMonitor") && !text.contains("grafana_dashboard"));
+
+    let rendered = template(
+        &helm,
+        &[
+            "--set",
+            "metrics.dashboard.enabled=true,metrics.podMonitor.enabled=true",
+        ],
+    );
+    assert!(
+        rendered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    let text = String::from_utf8_lossy(&rendered.stdout);
+    let objects: Vec<Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| Value::deserialize(d).unwrap())
+        .filter(|o| !o.is_null())
+        .collect();
+    let dashboard = objects
+        .iter()
+        .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["labels"]["grafana_dashboard"] == "1")
+        .expect("the dashboard's ConfigMap");
+    let shipped: Value =
+        serde_json::from_str(dashboard["data"]["meridian.json"].as_str().unwrap()).unwrap();
+    let file: Value = serde_json::from_str(
+        &std::fs::read_to_string(workspace_root().join("charts/meridian/dashboards/meridian.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(shipped, file);
+    let monitor = objects
+        .iter()
+        .find(|o| o["kind"] == "PodMonitor")
+        .expect("the PodMonitor");
+    assert_eq!(monitor["spec"]["namespaceSelector"]["any"], true);
+    assert_eq!(
+        monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/managed-by"],
+        "meridian-operator"
+    );
+    assert_eq!(monitor["spec"]["podMetricsEndpoints"][0]["port"], "metrics");
+}

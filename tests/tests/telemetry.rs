@@ -1,6 +1,7 @@
 //! What a node tells its operators: after a chat across regions, each
 //! region's `/metrics` (read over HTTP) counts what happened there.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use meridian_tests::in_process::Mesh;
@@ -197,3 +198,99 @@ async fn the_client_port_describes_the_client_api_by_reflection() {
     mesh.stop().await;
 }
 
+/// Every `meridian_…` name in `text`.
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("meridian_") {
+        let name: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[at + name.len()..];
+        names.insert(name);
+    }
+    names
+}
+
+/// Every query string of a Grafana dashboard: the panels' `expr`s and the
+/// variables' queries.
+fn queries(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, value) in map {
+                match (key.as_str(), value) {
+                    ("expr" | "definition" | "query", serde_json::Value::String(q)) => {
+                        out.push(q.clone())
+                    }
+                    _ => queries(value, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| queries(v, out)),
+        _ => {}
+    }
+}
+
+/// The chart's Grafana dashboard queries only metrics a node declares, and
+/// covers the list; the table in docs/ARCHITECTURE.md §9 names
+/// exactly the metrics a node (both roles) declares.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_and_the_docs_name_the_exported_metrics() {
+    // Two regions, so that the per-destination families have a peer.
+    let mesh = Mesh::start(&["eu", "us"]).await;
+    let (_, text) = prometheus::get(mesh.region("eu").metrics_addr, "/metrics").await;
+    mesh.stop().await;
+    let declared = prometheus::declared(&text);
+    let root = meridian_tests::local_mode::workspace_root();
+
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("charts/meridian/dashboards/meridian.json")).unwrap(),
+    )
+    .unwrap();
+    let mut exprs = Vec::new();
+    queries(&dashboard, &mut exprs);
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    let queried: BTreeSet<String> = exprs.iter().flat_map(|q| metric_names(q)).collect();
+    let unknown: Vec<_> = queried
+        .iter()
+        .filter(|n| !declared.contains_key(*n))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "the dashboard queries {unknown:?}, which no node exports; it exports {declared:?}"
+    );
+    for wanted in [
+        "meridian_sends_total",
+        "meridian_deliveries_total",
+        "meridian_commit_duration_seconds_bucket",
+        "meridian_commit_batch_jobs_sum",
+        "meridian_outbox_depth",
+        "meridian_sessions",
+        "meridian_logins_total",
+        "meridian_link_state",
+        "meridian_link_rtt_seconds",
+    ] {
+        assert!(queried.contains(wanted), "the dashboard shows no {wanted}");
+    }
+
+    let docs = std::fs::read_to_string(root.join("docs/ARCHITECTURE.md")).unwrap();
+    let documented: BTreeSet<String> = docs
+        .lines()
+        .filter(|l| l.starts_with("| `meridian_"))
+        .flat_map(metric_names)
+        .collect();
+    let exported: BTreeSet<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| match l.split_once(' ') {
+            Some((name, "counter")) => format!("{name}_total"),
+            Some((name, _)) => name.to_owned(),
+            None => panic!("`# TYPE name type`"),
+        })
+        .collect();
+    assert_eq!(
+        documented, exported,
+        "docs/ARCHITECTURE.md §9 against /metrics"
+    );
+}
