@@ -235,8 +235,9 @@ impl Client {
         Ok(self.api.history(request).await?.into_inner())
     }
 
-    /// Replays what came after each cursor, then streams live deliveries.
-    pub async fn subscribe(&mut self, cursors: Vec<Cursor>) -> Result<Streaming<Delivery>, Status> {
+    /// Replays what came after each cursor, then streams live events:
+    /// deliveries, and the verdicts on this user's queued sends.
+    pub async fn subscribe(&mut self, cursors: Vec<Cursor>) -> Result<Streaming<Event>, Status> {
         let request = self.request(SubscribeRequest { cursors });
         Ok(self.api.subscribe(request).await?.into_inner())
     }

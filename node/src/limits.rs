@@ -44,6 +44,11 @@ const _: () = assert!(MAX_BODY_BYTES + 64 * 1024 < HISTORY_PAGE_BYTES);
 pub const MAX_SEQ: u64 = i64::MAX as u64;
 /// Resume cursors in one subscription.
 pub const MAX_CURSORS: usize = 1_000;
+/// How long `Send` to a group homed in another region waits for the home's
+/// verdict before it answers `queued` (the verdict then comes as an event on
+/// the sender's subscriptions). Long enough for a loaded cross-region round
+/// trip, short enough for a person waiting at a prompt.
+pub const SEND_VERDICT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Items in one cross-region batch.
 pub const MAX_BATCH_ITEMS: usize = 256;
 /// Relay hops a cross-region request may take.

@@ -17,7 +17,7 @@ use tokio_stream::StreamExt;
 use crate::client::Client;
 use crate::ids::Id;
 use crate::limits::{DEFAULT_HISTORY_PAGE, MAX_GROUP_MEMBERS, MAX_HISTORY_PAGE, MAX_SEQ};
-use crate::proto::client_api::{Cursor, GroupSettings, UpdateGroupRequest};
+use crate::proto::client_api::{Cursor, GroupSettings, UpdateGroupRequest, event};
 use crate::proto::peer_api::MeshStatusRequest;
 use crate::proto::peer_api::admin_client::AdminClient;
 use output::Output;
@@ -94,7 +94,10 @@ pub enum Command {
     /// Create, inspect, change, join or leave groups.
     #[command(subcommand)]
     Group(GroupCommand),
-    /// Send a message to a group and print its id.
+    /// Send a message to a group; print its id and the seq the group's
+    /// home gave it, or `queued` when the home has not answered within 2 s
+    /// (`listen` then prints its verdict). A refusal by the home (no such
+    /// group, not a member) fails with the reason.
     Send {
         group: String,
         text: String,
@@ -102,7 +105,8 @@ pub enum Command {
         #[arg(long)]
         key: Option<String>,
     },
-    /// Print deliveries as they arrive.
+    /// Print deliveries as they arrive, and the verdicts on your queued
+    /// sends.
     Listen {
         /// Exit after this many deliveries (at least 1).
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
@@ -433,8 +437,14 @@ async fn listen(
             };
             renewed = false;
             while let Some(item) = stream.next().await {
-                let delivery = match item {
-                    Ok(delivery) => delivery,
+                let delivery = match item.map(|event| event.kind) {
+                    Ok(Some(event::Kind::Delivery(delivery))) => delivery,
+                    // The verdict on a send of ours that was queued.
+                    Ok(Some(event::Kind::Verdict(verdict))) => {
+                        out.verdict(&verdict);
+                        continue;
+                    }
+                    Ok(None) => continue,
                     Err(status) if status.code() == tonic::Code::Unavailable => break,
                     Err(status) => return Err(CliError::from(status)),
                 };

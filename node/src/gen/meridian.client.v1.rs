@@ -159,14 +159,20 @@ pub struct SendRequest {
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct SendReply {
+    /// The message's id. When the key was sequenced before under another id
+    /// (a retry through another region), that id.
     #[prost(string, tag = "1")]
     pub message_id: ::prost::alloc::string::String,
-    /// 0 until the group's home has sequenced it
+    /// the home's seq; 0 when queued
     #[prost(uint64, tag = "2")]
     pub seq: u64,
     /// true when the key matched an earlier send
     #[prost(bool, tag = "3")]
     pub duplicate: bool,
+    /// True when the group's home did not answer within the bound: the send is
+    /// durable here and will reach the home; its verdict comes as an Event.
+    #[prost(bool, tag = "4")]
+    pub queued: bool,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -223,6 +229,73 @@ pub struct Delivery {
     pub body: ::prost::alloc::string::String,
     #[prost(int64, tag = "6")]
     pub sent_at_ms: i64,
+}
+/// One item of a subscription.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Event {
+    #[prost(oneof = "event::Kind", tags = "1, 2")]
+    pub kind: ::core::option::Option<event::Kind>,
+}
+/// Nested message and enum types in `Event`.
+pub mod event {
+    #[allow(clippy::all)]
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Kind {
+        #[prost(message, tag = "1")]
+        Delivery(super::Delivery),
+        #[prost(message, tag = "2")]
+        Verdict(super::SendVerdict),
+    }
+}
+/// The verdict of a group's home on a send whose Send call did not carry it
+/// (it answered `queued`, or the caller had gone). Pushed to the sender's
+/// live subscriptions in the region that accepted the send; it is not
+/// replayed, but a retry of Send with the same idempotency key answers with
+/// it.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SendVerdict {
+    #[prost(string, tag = "1")]
+    pub group: ::prost::alloc::string::String,
+    /// the message_id the queued SendReply gave
+    #[prost(string, tag = "2")]
+    pub queued_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub idempotency_key: ::prost::alloc::string::String,
+    #[prost(oneof = "send_verdict::Outcome", tags = "4, 5")]
+    pub outcome: ::core::option::Option<send_verdict::Outcome>,
+}
+/// Nested message and enum types in `SendVerdict`.
+pub mod send_verdict {
+    #[allow(clippy::all)]
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Outcome {
+        #[prost(message, tag = "4")]
+        Sequenced(super::Sequenced),
+        #[prost(message, tag = "5")]
+        Refused(super::Refused),
+    }
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Sequenced {
+    /// Usually queued_id; another id when the key had been sequenced before
+    /// through another region (the message is that one, once).
+    #[prost(string, tag = "1")]
+    pub message_id: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "2")]
+    pub seq: u64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Refused {
+    /// the gRPC status code (5 NOT_FOUND, 7 PERMISSION_DENIED, ...)
+    #[prost(int32, tag = "1")]
+    pub code: i32,
+    /// the reason, for people
+    #[prost(string, tag = "2")]
+    pub message: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
@@ -562,7 +635,16 @@ pub mod business_center_client {
                 );
             self.inner.unary(req, path, codec).await
         }
-        /// Accepted once durable in this region; the group's home assigns `seq`.
+        /// Sends a message, durably accepted in this region, and answers with the
+        /// verdict of the group's home: its `seq`, or the home's refusal as the
+        /// call's status (NOT_FOUND: no such group; PERMISSION_DENIED: not a
+        /// member). A group homed here is sequenced at once. For a group homed
+        /// elsewhere the call waits a short bound (2 s) for the home; when the
+        /// home does not answer in time (or is known to be unreachable) the reply
+        /// says `queued`, and the verdict comes later as an Event on the sender's
+        /// subscriptions in this region. A retry with the same idempotency key,
+        /// through any region, answers with the same message id and seq (or the
+        /// same refusal).
         pub async fn send(
             &mut self,
             request: impl tonic::IntoRequest<super::SendRequest>,
@@ -606,14 +688,15 @@ pub mod business_center_client {
             self.inner.unary(req, path, codec).await
         }
         /// Replays what the client missed after its cursors, then streams live
-        /// deliveries. Deduplicated by (group, seq) on the server side per stream.
+        /// events: deliveries, deduplicated by (group, seq) on the server side per
+        /// stream, and the verdicts on this user's queued sends (SendVerdict).
         /// The replay reads history a page at a time (see HistoryReply) and sends
         /// each message as one stream message, so no replay is too long to send.
         pub async fn subscribe(
             &mut self,
             request: impl tonic::IntoRequest<super::SubscribeRequest>,
         ) -> std::result::Result<
-            tonic::Response<tonic::codec::Streaming<super::Delivery>>,
+            tonic::Response<tonic::codec::Streaming<super::Event>>,
             tonic::Status,
         > {
             self.inner
@@ -696,7 +779,16 @@ pub mod business_center_server {
             &self,
             request: tonic::Request<super::MembershipRequest>,
         ) -> std::result::Result<tonic::Response<super::LeaveGroupReply>, tonic::Status>;
-        /// Accepted once durable in this region; the group's home assigns `seq`.
+        /// Sends a message, durably accepted in this region, and answers with the
+        /// verdict of the group's home: its `seq`, or the home's refusal as the
+        /// call's status (NOT_FOUND: no such group; PERMISSION_DENIED: not a
+        /// member). A group homed here is sequenced at once. For a group homed
+        /// elsewhere the call waits a short bound (2 s) for the home; when the
+        /// home does not answer in time (or is known to be unreachable) the reply
+        /// says `queued`, and the verdict comes later as an Event on the sender's
+        /// subscriptions in this region. A retry with the same idempotency key,
+        /// through any region, answers with the same message id and seq (or the
+        /// same refusal).
         async fn send(
             &self,
             request: tonic::Request<super::SendRequest>,
@@ -707,12 +799,13 @@ pub mod business_center_server {
         ) -> std::result::Result<tonic::Response<super::HistoryReply>, tonic::Status>;
         /// Server streaming response type for the Subscribe method.
         type SubscribeStream: tonic::codegen::tokio_stream::Stream<
-                Item = std::result::Result<super::Delivery, tonic::Status>,
+                Item = std::result::Result<super::Event, tonic::Status>,
             >
             + std::marker::Send
             + 'static;
         /// Replays what the client missed after its cursors, then streams live
-        /// deliveries. Deduplicated by (group, seq) on the server side per stream.
+        /// events: deliveries, deduplicated by (group, seq) on the server side per
+        /// stream, and the verdicts on this user's queued sends (SendVerdict).
         /// The replay reads history a page at a time (see HistoryReply) and sends
         /// each message as one stream message, so no replay is too long to send.
         async fn subscribe(
@@ -1296,7 +1389,7 @@ pub mod business_center_server {
                         T: BusinessCenter,
                     > tonic::server::ServerStreamingService<super::SubscribeRequest>
                     for SubscribeSvc<T> {
-                        type Response = super::Delivery;
+                        type Response = super::Event;
                         type ResponseStream = T::SubscribeStream;
                         type Future = BoxFuture<
                             tonic::Response<Self::ResponseStream>,

@@ -193,11 +193,38 @@ pub struct BusinessRequest {
     pub items: ::prost::alloc::vec::Vec<Item>,
 }
 #[allow(clippy::all)]
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct BusinessReply {
     /// set when nothing was applied
     #[prost(message, optional, tag = "1")]
     pub failure: ::core::option::Option<Failure>,
+    /// When nothing failed: the home's verdict on each submission in the
+    /// request, in order. A refused submission is acknowledged all the same
+    /// (it must not block the sender's outbox); its verdict says why.
+    #[prost(message, repeated, tag = "2")]
+    pub verdicts: ::prost::alloc::vec::Vec<Verdict>,
+}
+/// A group's home on one submission: sequenced (with the canonical message
+/// id: the one the sender's key was first sequenced under), or refused.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Verdict {
+    /// the submission's
+    #[prost(string, tag = "1")]
+    pub message_id: ::prost::alloc::string::String,
+    #[prost(oneof = "verdict::Outcome", tags = "2, 3")]
+    pub outcome: ::core::option::Option<verdict::Outcome>,
+}
+/// Nested message and enum types in `Verdict`.
+pub mod verdict {
+    #[allow(clippy::all)]
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Outcome {
+        #[prost(message, tag = "2")]
+        Sequenced(super::super::super::client::v1::Sequenced),
+        #[prost(message, tag = "3")]
+        Refused(super::Failure),
+    }
 }
 /// One unit of cross-region work, as stored in the sender's outbox.
 #[allow(clippy::all)]

@@ -138,7 +138,7 @@ impl business_center_server::BusinessCenter for ClientApi {
     }
 
     type SubscribeStream =
-        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<Delivery, Status>> + Send>>;
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<Event, Status>> + Send>>;
 
     async fn subscribe(&self, request: Request<SubscribeRequest>) -> Reply<Self::SubscribeStream> {
         let actor = self.actor(&request).await?;

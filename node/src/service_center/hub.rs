@@ -1,4 +1,5 @@
 //! Live sessions: the subscribers connected to this service center, by user.
+//! They receive events: deliveries, and the verdicts on their queued sends.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -6,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 use crate::limits::SUBSCRIBER_BUFFER;
-use crate::proto::client_api::Delivery;
+use crate::proto::client_api::{Delivery, Event, SendVerdict, event};
 use crate::telemetry::ServiceCenterMetrics;
 
 #[derive(Clone, Default)]
@@ -18,12 +19,12 @@ pub struct Hub {
 #[derive(Default)]
 struct Inner {
     next_id: u64,
-    sessions: HashMap<String, Vec<(u64, mpsc::Sender<Delivery>)>>,
+    sessions: HashMap<String, Vec<(u64, mpsc::Sender<Event>)>>,
 }
 
 /// A live subscription; it leaves the hub when dropped.
 pub struct Subscription {
-    pub deliveries: mpsc::Receiver<Delivery>,
+    pub events: mpsc::Receiver<Event>,
     hub: Hub,
     user: String,
     id: u64,
@@ -63,7 +64,7 @@ impl Hub {
             .or_default()
             .push((id, tx));
         Subscription {
-            deliveries: rx,
+            events: rx,
             hub: self.clone(),
             user: user.to_owned(),
             id,
@@ -73,11 +74,26 @@ impl Hub {
     /// Pushes a delivery to every live session of `user`. A session that has
     /// fallen too far behind is cut off; it resumes from its cursors.
     pub fn push(&self, user: &str, delivery: &Delivery) {
+        let event = Event {
+            kind: Some(event::Kind::Delivery(delivery.clone())),
+        };
         let mut inner = self.inner.lock().expect("hub");
         if let Some(list) = inner.sessions.get_mut(user) {
             let before = list.len();
-            list.retain(|(_, tx)| tx.try_send(delivery.clone()).is_ok());
+            list.retain(|(_, tx)| tx.try_send(event.clone()).is_ok());
             self.metrics.delivered(list.len(), before - list.len());
+        }
+    }
+
+    /// Pushes the verdict on one of `user`'s sends to every live session of
+    /// theirs, cut off as a delivery would be when too far behind.
+    pub fn push_verdict(&self, user: &str, verdict: &SendVerdict) {
+        let event = Event {
+            kind: Some(event::Kind::Verdict(verdict.clone())),
+        };
+        let mut inner = self.inner.lock().expect("hub");
+        if let Some(list) = inner.sessions.get_mut(user) {
+            list.retain(|(_, tx)| tx.try_send(event.clone()).is_ok());
         }
     }
 
@@ -107,8 +123,16 @@ mod tests {
         };
         hub.push("ann@eu", &d);
         hub.push("bob@eu", &d);
-        assert_eq!(a.deliveries.recv().await.unwrap().seq, 1);
-        assert_eq!(b.deliveries.recv().await.unwrap().seq, 1);
+        let want = Some(event::Kind::Delivery(d.clone()));
+        assert_eq!(a.events.recv().await.unwrap().kind, want);
+        assert_eq!(b.events.recv().await.unwrap().kind, want);
+        let verdict = SendVerdict {
+            queued_id: "m1".into(),
+            ..Default::default()
+        };
+        hub.push_verdict("ann@eu", &verdict);
+        let want = Some(event::Kind::Verdict(verdict));
+        assert_eq!(a.events.recv().await.unwrap().kind, want);
         drop(a);
         assert_eq!(hub.sessions(), 1);
         drop(b);

@@ -1,7 +1,12 @@
 //! Scenario 1: send-ack latency, open loop. A sender connected at the local
 //! region sends to a group homed there, then to a group homed in another
-//! region (the ack then waits only for the local durable write; sequencing
-//! happens at the remote home later).
+//! region. Either ack carries the home's verdict (its seq): for the remote
+//! group it waits for the local durable write, the outbox's trip to the
+//! home, the home's sequencing and the reply. A reply that says `queued`
+//! (the home did not answer within the server's bound) is counted apart.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::open_loop::{self, Outcome, Schedule};
 use super::report::{Percentiles, Row, notes};
@@ -42,8 +47,19 @@ pub async fn run(ctx: &Ctx, params: &Params) -> anyhow::Result<Vec<Row>> {
     for (what, group) in [("local", &local_group), ("remote", &remote_group)] {
         let home = group.rsplit('@').next().unwrap_or_default();
         let label = format!("send-ack, {what} group ({local} -> @{home})");
-        let outcome = drive(ctx, params, &pool, group, what).await;
-        let row = latency_row(label, &outcome);
+        let queued = Arc::new(AtomicU64::new(0));
+        let outcome = drive(ctx, params, &pool, group, what, &queued).await;
+        let mut row = latency_row(label, &outcome);
+        let queued = queued.load(Ordering::Relaxed);
+        if queued > 0
+            && let Row::Latency { note, .. } = &mut row
+        {
+            let without = std::mem::take(note);
+            *note = notes(&[
+                without,
+                format!("queued (no verdict from the home in time) {queued}"),
+            ]);
+        }
         row.print();
         rows.push(row);
     }
@@ -56,6 +72,7 @@ async fn drive(
     pool: &[meridian_node::client::Client],
     group: &str,
     what: &str,
+    queued: &Arc<AtomicU64>,
 ) -> Outcome {
     let prefix = ctx.name(&format!("ack-{what}"));
     open_loop::run(&params.schedule, |slot| {
@@ -63,12 +80,16 @@ async fn drive(
         let group = group.to_owned();
         let key = format!("{prefix}-{}", slot.index);
         let body = body(&key, params.body_bytes);
+        let queued = queued.clone();
         async move {
-            client
+            let reply = client
                 .send(&group, &body, &key)
                 .await
-                .map(|_| ())
-                .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+                .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
+            if reply.queued && slot.measured {
+                queued.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(())
         }
     })
     .await

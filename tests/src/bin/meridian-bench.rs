@@ -16,7 +16,8 @@
 //!
 //! Scenarios (`--scenario`):
 //! - `ack`: send-ack latency, open loop at `--rate`, to a group homed in the
-//!   sender's region and to one homed in another region;
+//!   sender's region and to one homed in another region (whose ack carries
+//!   that home's verdict, so it spans the round trip there);
 //! - `deliver`: send-to-deliver latency, open loop at `--deliver-rate`, to a
 //!   member in the same region and to one in another region;
 //! - `throughput`: closed loop with `--concurrency` senders: acks per second

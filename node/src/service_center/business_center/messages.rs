@@ -1,11 +1,15 @@
 //! Send and deliver group messages.
 //!
-//! A send is acknowledged once it is durable here. The group's home assigns
-//! the next `seq` and fans the message out once per recipient region; each
-//! receiving region stores it and pushes it to its connected sessions, and
-//! forwards it to where a roaming recipient is attached.
+//! A send is durable here before anything else. The group's home assigns
+//! the next `seq` (or refuses it) and fans the message out once per
+//! recipient region; each receiving region stores it and pushes it to its
+//! connected sessions, and forwards it to where a roaming recipient is
+//! attached. The home's verdict travels back in the reply to the outbox
+//! batch that carried the submission (see `service_center::verdicts`), and
+//! the `Send` call answers with it.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use rusqlite::Connection;
 
@@ -14,13 +18,14 @@ use crate::Error;
 use crate::ids::Id;
 use crate::limits::{
     DEFAULT_HISTORY_PAGE, HISTORY_PAGE_BYTES, MAX_BODY_BYTES, MAX_HISTORY_PAGE,
-    MAX_IDEMPOTENCY_KEY_BYTES, MAX_SEQ,
+    MAX_IDEMPOTENCY_KEY_BYTES, MAX_SEQ, SEND_VERDICT_WAIT,
 };
 use crate::proto::client_api::{Delivery, HistoryReply, HistoryRequest, SendReply, SendRequest};
 use crate::proto::peer_api::{
-    Distribution, History, Item, Submission, data_reply, data_request, item,
+    Distribution, History, Item, Submission, Verdict as WireVerdict, data_reply, data_request, item,
 };
 use crate::service_center::data_center::{accounts, groups, messages, outbox};
+use crate::service_center::verdicts::Verdict;
 
 /// What a committed write leaves to do: live pushes and outbox wake-ups.
 #[derive(Default)]
@@ -40,7 +45,12 @@ impl Effects {
 }
 
 impl BusinessCenter {
-    /// Accepts a message from `actor`; returns once it is durable here.
+    /// Accepts a message from `actor` and answers with the home's verdict:
+    /// at once for a group homed here (sequenced in the same commit); for a
+    /// group homed elsewhere once the home has answered through the outbox,
+    /// or `queued` after [`SEND_VERDICT_WAIT`] (at once when the home is
+    /// known to be unreachable). A retry with the same key answers with the
+    /// verdict the first send got.
     pub async fn send(&self, actor: &Id, request: SendRequest) -> Result<SendReply, Error> {
         let group = Id::parse("group", &request.group)?;
         if request.body.is_empty() {
@@ -64,7 +74,11 @@ impl BusinessCenter {
         };
         let region = self.region.clone();
         let local = self.is_local(&group);
-        let (reply, effects) = self
+        // Wait from before the write: once it commits, the outbox may carry
+        // the submission and the home answer at any moment.
+        let fresh_id = submission.message_id.clone();
+        let waiter = (!local).then(|| self.verdicts.wait_for(&fresh_id));
+        let (accepted, effects) = self
             .dc
             .write(move |conn| {
                 let s = &submission;
@@ -81,27 +95,28 @@ impl BusinessCenter {
                     None => None,
                 };
                 if let Some(earlier) = earlier {
-                    let seq = messages::seq_of(conn, &earlier)?.unwrap_or(0);
-                    let reply = SendReply {
-                        message_id: earlier,
-                        seq,
-                        duplicate: true,
-                    };
-                    return Ok((reply, Effects::default()));
+                    return Ok((retried(conn, local, earlier)?, Effects::default()));
                 }
                 let mut effects = Effects::default();
-                let seq = if local {
+                let accepted = if local {
                     // A message id made just now cannot have been sequenced.
-                    sequence(conn, &region, s, Fresh::Yes, &mut effects)?
-                        .map(|d| d.seq)
-                        .unwrap_or(0)
+                    let (message_id, seq) = sequence(conn, &region, s, Fresh::Yes, &mut effects)?;
+                    Accepted::Answered(Ok(SendReply {
+                        message_id,
+                        seq,
+                        duplicate: false,
+                        queued: false,
+                    }))
                 } else {
                     let home = s.group.rsplit('@').next().unwrap_or_default().to_owned();
                     let item = Item {
                         kind: Some(item::Kind::Submission(s.clone())),
                     };
                     effects.enqueue(conn, &home, item)?;
-                    0
+                    Accepted::AwaitingHome {
+                        message_id: s.message_id.clone(),
+                        duplicate: false,
+                    }
                 };
                 messages::insert_accepted(
                     conn,
@@ -111,18 +126,50 @@ impl BusinessCenter {
                     key,
                     s.sent_at_ms,
                 )?;
-                Ok((
-                    SendReply {
-                        message_id: s.message_id.clone(),
-                        seq,
-                        duplicate: false,
-                    },
-                    effects,
-                ))
+                Ok((accepted, effects))
             })
             .await?;
         self.apply(effects);
-        Ok(reply)
+        let (message_id, duplicate) = match accepted {
+            Accepted::Answered(reply) => return reply,
+            Accepted::AwaitingHome {
+                message_id,
+                duplicate,
+            } => (message_id, duplicate),
+        };
+        let waiter = match waiter {
+            Some(waiter) if message_id == fresh_id => waiter,
+            _ => {
+                // A retry of an earlier send whose verdict had not been
+                // recorded when the write looked: wait for it, then look
+                // again, so that one recorded in between is not missed.
+                let waiter = self.verdicts.wait_for(&message_id);
+                let id = message_id.clone();
+                let recorded = self
+                    .dc
+                    .read(move |conn| messages::verdict_of(conn, &id))
+                    .await?;
+                if let Some(verdict) = recorded.as_ref().and_then(Verdict::from_wire) {
+                    return answer(&message_id, duplicate, verdict);
+                }
+                waiter
+            }
+        };
+        let bound = if self.outbox.is_failing(group.home()) {
+            // The home cannot be asked now: say so at once.
+            Duration::ZERO
+        } else {
+            SEND_VERDICT_WAIT
+        };
+        match waiter.verdict(bound).await {
+            Some(verdict) => answer(&message_id, duplicate, verdict),
+            None => Ok(SendReply {
+                message_id,
+                seq: 0,
+                duplicate,
+                queued: true,
+            }),
+        }
     }
 
     /// Carries out what a committed write left to do.
@@ -135,34 +182,44 @@ impl BusinessCenter {
         }
     }
 
-    /// Applies items that another region's outbox carried here. Items this
-    /// region refuses (a non-member's submission) are acknowledged and
-    /// dropped, so they cannot block the sender's outbox.
-    pub async fn receive(&self, source: String, items: Vec<Item>) -> Result<(), Error> {
+    /// Applies items that another region's outbox carried here, and
+    /// returns the verdict on each submission among them, in order. A
+    /// submission this region refuses (no such group, not a member) is
+    /// acknowledged all the same, so that it cannot block the sender's
+    /// outbox; its verdict tells the sending region why.
+    pub async fn receive(
+        &self,
+        source: String,
+        items: Vec<Item>,
+    ) -> Result<Vec<WireVerdict>, Error> {
         let region = self.region.clone();
-        let effects = self
+        let (verdicts, effects) = self
             .dc
             .write(move |conn| {
                 let mut effects = Effects::default();
+                let mut verdicts = Vec::new();
                 for item in &items {
                     match &item.kind {
                         Some(item::Kind::Submission(s)) => {
-                            if let Err(err) = sequence(conn, &region, s, Fresh::No, &mut effects) {
-                                if err.is_transient() {
-                                    return Err(err);
+                            let verdict = match sequence(conn, &region, s, Fresh::No, &mut effects) {
+                                Ok((message_id, seq)) => Verdict::Sequenced { message_id, seq },
+                                Err(err) if err.is_transient() => return Err(err),
+                                Err(err) => {
+                                    tracing::info!(%err, message = %s.message_id, from = %source, "submission refused");
+                                    Verdict::Refused(err)
                                 }
-                                tracing::warn!(%err, message = %s.message_id, from = %source, "submission refused");
-                            }
+                            };
+                            verdicts.push(verdict.to_wire(&s.message_id));
                         }
                         Some(item::Kind::Distribution(d)) => distribute(conn, &region, d, &mut effects)?,
                         None => tracing::warn!(from = %source, "empty outbox item ignored"),
                     }
                 }
-                Ok(effects)
+                Ok((verdicts, effects))
             })
             .await?;
         self.apply(effects);
-        Ok(())
+        Ok(verdicts)
     }
 
     /// One page of a group's messages after a `seq`, read at the group's
@@ -230,6 +287,61 @@ pub(super) fn check_seq(field: &str, seq: u64) -> Result<(), Error> {
     Ok(())
 }
 
+/// What the write of a send decided.
+enum Accepted {
+    /// The answer is known: sequenced here, or the recorded verdict on an
+    /// earlier send with the same key.
+    Answered(Result<SendReply, Error>),
+    /// Accepted here (now, or by an earlier send with the same key) for a
+    /// group homed elsewhere, whose verdict has not come yet.
+    AwaitingHome { message_id: String, duplicate: bool },
+}
+
+/// A retry of the send `earlier` (the same sender, group and key): its seq
+/// when this region has it (sequenced here, or the communication record of
+/// a member homed here), else the home's recorded verdict, else the wait.
+fn retried(conn: &Connection, local: bool, earlier: String) -> Result<Accepted, Error> {
+    if let Some(seq) = messages::seq_of(conn, &earlier)? {
+        return Ok(Accepted::Answered(Ok(SendReply {
+            message_id: earlier,
+            seq,
+            duplicate: true,
+            queued: false,
+        })));
+    }
+    if local {
+        // Homed here, accepted here or sequenced for another region: its
+        // seq is always stored with it.
+        return Err(Error::Internal(format!("message {earlier} has no seq")));
+    }
+    let recorded = messages::verdict_of(conn, &earlier)?;
+    Ok(match recorded.as_ref().and_then(Verdict::from_wire) {
+        Some(verdict) => Accepted::Answered(answer(&earlier, true, verdict)),
+        None => Accepted::AwaitingHome {
+            message_id: earlier,
+            duplicate: true,
+        },
+    })
+}
+
+/// The reply to a send accepted here as `message_id`, from the home's
+/// verdict: its seq (and the id it was sequenced as, which differs when the
+/// key was sequenced before through another region), or its refusal.
+fn answer(message_id: &str, duplicate: bool, verdict: Verdict) -> Result<SendReply, Error> {
+    match verdict {
+        Verdict::Sequenced {
+            message_id: sequenced_as,
+            seq,
+        } => Ok(SendReply {
+            duplicate: duplicate || sequenced_as != message_id,
+            message_id: sequenced_as,
+            seq,
+            queued: false,
+        }),
+        Verdict::Refused(err) => Err(err),
+    }
+}
+
 /// Whether a submission was accepted within this very write, at the home:
 /// its message id cannot have been sequenced before, the caller has checked
 /// its key, and records it in `accepted`.
@@ -240,27 +352,35 @@ enum Fresh {
 }
 
 /// At the group's home: gives a submission the next `seq` and fans it out.
-/// Returns `None` when it was sequenced before (a retry).
+/// Returns the message id and seq it is sequenced as: when it was
+/// sequenced before (a resend), or its key was (a retry through another
+/// region), those of that message, which is not sequenced again.
 fn sequence(
     conn: &Connection,
     region: &str,
     s: &Submission,
     fresh: Fresh,
     effects: &mut Effects,
-) -> Result<Option<Delivery>, Error> {
-    if fresh == Fresh::No && messages::seq_of(conn, &s.message_id)?.is_some() {
-        return Ok(None);
+) -> Result<(String, u64), Error> {
+    if fresh == Fresh::No
+        && let Some(seq) = messages::seq_of(conn, &s.message_id)?
+    {
+        return Ok((s.message_id.clone(), seq));
     }
     // A key is recorded once per message: in `accepted` when the send was
     // accepted here at the home, in `sequenced_keys` when it came from
     // another region. A fresh send's caller has looked in both.
     let key = s.idempotency_key.as_str();
-    if !key.is_empty()
-        && fresh == Fresh::No
-        && (messages::sequenced_by_key(conn, &s.group, &s.sender, key)?.is_some()
-            || messages::accepted_by_key(conn, &s.sender, &s.group, key)?.is_some())
-    {
-        return Ok(None);
+    if !key.is_empty() && fresh == Fresh::No {
+        let earlier = match messages::sequenced_by_key(conn, &s.group, &s.sender, key)? {
+            Some(earlier) => Some(earlier),
+            None => messages::accepted_by_key(conn, &s.sender, &s.group, key)?,
+        };
+        if let Some(earlier) = earlier {
+            let seq = messages::seq_of(conn, &earlier)?
+                .ok_or_else(|| Error::Internal(format!("message {earlier} has no seq")))?;
+            return Ok((earlier, seq));
+        }
     }
     if groups::role(conn, &s.group, &s.sender)?.is_none() {
         if !groups::exists(conn, &s.group)? {
@@ -307,7 +427,7 @@ fn sequence(
             )?;
         }
     }
-    Ok(Some(delivery))
+    Ok((delivery.message_id, delivery.seq))
 }
 
 /// In a recipient region: stores the record and delivers it. At the group's

@@ -4,8 +4,11 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use prost::Message;
+
 use crate::Error;
 use crate::proto::client_api::Delivery;
+use crate::proto::peer_api::Verdict;
 
 /// A send this region accepted earlier with the same idempotency key.
 pub fn accepted_by_key(
@@ -35,6 +38,33 @@ pub fn insert_accepted(
          VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
     .execute(params![message_id, group, sender, key, now_ms])?;
+    Ok(())
+}
+
+/// The verdict of a group's home recorded on a send accepted here, if it
+/// has answered.
+pub fn verdict_of(conn: &Connection, message_id: &str) -> Result<Option<Verdict>, Error> {
+    let blob: Option<Option<Vec<u8>>> = conn
+        .prepare_cached("SELECT verdict FROM accepted WHERE message_id = ?1")?
+        .query_row([message_id], |r| r.get(0))
+        .optional()?;
+    blob.flatten()
+        .map(|bytes| {
+            Verdict::decode(bytes.as_slice()).map_err(|e| {
+                Error::Internal(format!(
+                    "the verdict on message {message_id} is unreadable: {e}"
+                ))
+            })
+        })
+        .transpose()
+}
+
+/// Records the home's verdict on a send accepted here (its `message_id`).
+/// The latest one stands: a submission the outbox resent is judged again,
+/// and once sequenced it stays sequenced.
+pub fn record_verdict(conn: &Connection, verdict: &Verdict) -> Result<(), Error> {
+    conn.prepare_cached("UPDATE accepted SET verdict = ?2 WHERE message_id = ?1")?
+        .execute(params![verdict.message_id, verdict.encode_to_vec()])?;
     Ok(())
 }
 
@@ -212,6 +242,37 @@ mod tests {
                 .as_deref(),
             Some("m1")
         );
+    }
+
+    #[test]
+    fn a_homes_verdict_is_kept_on_the_accepted_send_and_the_latest_stands() {
+        use crate::proto::client_api::Sequenced;
+        use crate::proto::peer_api::{Failure, verdict::Outcome};
+
+        let mut conn = Connection::open_in_memory().unwrap();
+        schema::migrate(&mut conn).unwrap();
+        insert_accepted(&conn, "m1", "g@us", "ann@eu", Some("k"), 1).unwrap();
+        assert_eq!(verdict_of(&conn, "m1").unwrap(), None, "not answered yet");
+        assert_eq!(verdict_of(&conn, "nope").unwrap(), None);
+        let refused = Verdict {
+            message_id: "m1".into(),
+            outcome: Some(Outcome::Refused(Failure {
+                code: 3,
+                message: "ann@eu is not a member of group g@us".into(),
+            })),
+        };
+        record_verdict(&conn, &refused).unwrap();
+        assert_eq!(verdict_of(&conn, "m1").unwrap(), Some(refused));
+        // Resent after ann joined: sequenced, for good.
+        let sequenced = Verdict {
+            message_id: "m1".into(),
+            outcome: Some(Outcome::Sequenced(Sequenced {
+                message_id: "m0".into(),
+                seq: 9,
+            })),
+        };
+        record_verdict(&conn, &sequenced).unwrap();
+        assert_eq!(verdict_of(&conn, "m1").unwrap(), Some(sequenced));
     }
 
     /// 64 KiB bodies: a page stops at the byte budget, before the count,
