@@ -58,8 +58,43 @@ impl LocalMode {
         self.state_dir.join("endpoints.json")
     }
 
-    /// (Re)starts the operator process and waits until every region serves.
-    pub fn restart(&mut self) {
+    /// Starts local mode on `files` in `state_dir`, without waiting for
+    /// anything (to watch or interrupt its startup).
+    pub fn launch(files: &[PathBuf], state_dir: &Path, args: &[&str]) -> LocalMode {
+        let mut local = LocalMode {
+            state_dir: state_dir.to_path_buf(),
+            child: None,
+            files: files.to_vec(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+        };
+        local.spawn();
+        local
+    }
+
+    /// The operator process's pid.
+    pub fn operator_pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Waits (at most `within`) for local mode to exit on its own.
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let child = self.child.as_mut().expect("running");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "local mode did not exit within {within:?}; see {}",
+                self.log().display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn spawn(&mut self) {
         assert!(self.child.is_none(), "already running");
         let _ = std::fs::remove_file(self.endpoints());
         let mut command = Command::new(binary("meridian-operator"));
@@ -77,6 +112,11 @@ impl LocalMode {
             .spawn()
             .expect("start meridian-operator local");
         self.child = Some(child);
+    }
+
+    /// (Re)starts the operator process and waits until every region serves.
+    pub fn restart(&mut self) {
+        self.spawn();
         let deadline = Instant::now() + Duration::from_secs(60);
         while !self.endpoints().exists() {
             if let Some(status) = self
@@ -162,6 +202,41 @@ pub fn signal(pid: u32, name: &str) {
         .arg(format!("-{name}"))
         .arg(pid.to_string())
         .status();
+}
+
+/// The live processes whose command line mentions `dir` (local mode's
+/// node processes name their state directory in `--config`).
+pub fn processes_under(dir: &Path) -> Vec<u32> {
+    let needle = dir.as_os_str().as_encoded_bytes().to_vec();
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if cmdline.windows(needle.len()).any(|w| w == needle) && alive(pid) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// A manifest of `n` Regions (`r0`, `r1`, …) in one namespace.
+pub fn regions_manifest(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "---\napiVersion: meridian.dev/v1alpha1\nkind: Region\n\
+                 metadata: {{name: r{i}, namespace: many}}\nspec: {{cluster: default}}\n"
+            )
+        })
+        .collect()
 }
 
 /// Whether a process exists.

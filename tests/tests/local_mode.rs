@@ -5,7 +5,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use meridian_tests::local_mode::{LocalMode, alive, as_user, ok, signal, workspace_root};
+use meridian_tests::local_mode::{
+    LocalMode, alive, as_user, ok, processes_under, regions_manifest, signal, workspace_root,
+};
 use serde_json::Value;
 
 fn failed(output: Output) -> String {
@@ -64,6 +66,15 @@ fn a_chat_between_regions_through_the_cli() {
     let again: Value = serde_json::from_str(&again).unwrap();
     assert_eq!(sent["messageId"], again["messageId"]);
     assert_eq!(again["duplicate"], true);
+    // Sent from us to a group homed at eu: eu's seq, not `queued`.
+    assert_eq!(
+        (&sent["seq"], &sent["queued"]),
+        (&Value::from(3), &Value::from(false))
+    );
+    assert_eq!(again["seq"], sent["seq"]);
+    // A refusal by the home exits non-zero with the reason.
+    let nope = failed(local.cli(&as_user("ann@eu", &["send", "nope@us", "hi"])));
+    assert!(nope.contains("group nope@us does not exist"), "{nope}");
 
     let lines: Vec<Value> = BufReader::new(listener.stdout.take().unwrap())
         .lines()
@@ -72,7 +83,12 @@ fn a_chat_between_regions_through_the_cli() {
     assert!(listener.wait().unwrap().success());
     let seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, vec![1, 2, 3]);
-    assert_eq!(lines[0]["id"], first.trim());
+    // `send` prints the message id, then its seq.
+    assert_eq!(
+        first.split_whitespace().collect::<Vec<_>>()[1..],
+        ["seq", "1"]
+    );
+    assert_eq!(lines[0]["id"], first.split_whitespace().next().unwrap());
     assert_eq!(lines[0]["sender"], "ann@eu");
     assert_eq!(lines[0]["group"], "lobby@eu");
 
@@ -143,4 +159,115 @@ fn a_malformed_manifest_is_refused_naming_the_file_and_field() {
     let stderr = failed(output);
     assert!(stderr.contains("bad.yaml"), "{stderr}");
     assert!(stderr.contains("spec.roaming.replicas"), "{stderr}");
+}
+
+/// Waits (at most `within`) until `done` holds.
+fn eventually(within: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_mesh_of_more_than_64_regions_is_refused_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("many.yaml");
+    std::fs::write(&manifest, regions_manifest(65)).unwrap();
+    let state = dir.path().join("state");
+    let output =
+        std::process::Command::new(meridian_tests::local_mode::binary("meridian-operator"))
+            .args(["local", "-f"])
+            .arg(&manifest)
+            .arg("--state-dir")
+            .arg(&state)
+            .output()
+            .unwrap();
+    let stderr = failed(output);
+    assert!(
+        stderr.contains(
+            "Region \"r64\" would be region 65 of 65 in namespace \"many\"; a mesh has at most 64 regions"
+        ),
+        "{stderr}"
+    );
+    assert!(stderr.contains("many.yaml"), "{stderr}");
+    assert!(!state.join("r0").exists(), "no region was set up");
+}
+
+#[test]
+fn regions_that_would_not_fit_in_memory_are_refused_after_measuring_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().canonicalize().unwrap();
+    let manifest = root.join("three.yaml");
+    std::fs::write(&manifest, regions_manifest(3)).unwrap();
+    let state = root.join("state");
+    std::fs::create_dir(&state).unwrap();
+    let mut local = LocalMode::launch(&[manifest], &state, &["--memory-budget", "100Mi"]);
+    let status = local.wait_exit(Duration::from_secs(90));
+    assert!(!status.success());
+    let log = std::fs::read_to_string(local.log()).unwrap();
+    assert!(log.contains("not enough memory for 3 regions"), "{log}");
+    assert!(
+        log.contains("measured resident in region r0's processes"),
+        "{log}"
+    );
+    assert!(log.contains("--memory-budget allows 100.0 MiB"), "{log}");
+    assert!(
+        state.join("r0/service-center.log").exists(),
+        "the first region was started and measured"
+    );
+    for region in ["r1", "r2"] {
+        assert!(
+            !state.join(region).join("service-center.log").exists(),
+            "{region} was never started"
+        );
+    }
+    eventually(Duration::from_secs(30), "r0's processes stopped", || {
+        processes_under(&state).is_empty()
+    });
+}
+
+#[test]
+fn a_stop_during_startup_ends_every_child() {
+    // Stopped as soon as the first region's processes run, and once
+    // several regions' do; each time before every region serves.
+    for (run, regions_started) in [(0, 1), (1, 3)] {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let manifest = root.join("twelve.yaml");
+        std::fs::write(&manifest, regions_manifest(12)).unwrap();
+        let state = root.join(format!("state-{run}"));
+        std::fs::create_dir(&state).unwrap();
+        let mut local = LocalMode::launch(&[manifest], &state, &[]);
+
+        let started = |state: &std::path::Path| {
+            (0..12)
+                .filter(|i| state.join(format!("r{i}/service-center.pid")).exists())
+                .count()
+        };
+        eventually(Duration::from_secs(60), "regions started", || {
+            started(&state) >= regions_started
+        });
+        let children = processes_under(&state)
+            .into_iter()
+            .filter(|p| *p != local.operator_pid())
+            .collect::<Vec<_>>();
+        signal(local.operator_pid(), "TERM");
+        assert!(
+            !state.join("endpoints.json").exists(),
+            "every region served before the test could stop the startup"
+        );
+        assert!(!children.is_empty(), "node processes ran");
+
+        let status = local.wait_exit(Duration::from_secs(60));
+        assert!(status.success(), "local mode stops cleanly: {status}");
+        eventually(Duration::from_secs(30), "every child process gone", || {
+            processes_under(&state).is_empty()
+        });
+        assert!(children.iter().all(|p| !alive(*p)));
+    }
 }

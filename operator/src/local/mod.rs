@@ -3,6 +3,7 @@
 //! system on 127.0.0.1, wired as a full mesh — and keeps them in step with
 //! the manifest files until Ctrl-C or SIGTERM.
 
+mod memory;
 mod ports;
 mod readiness;
 mod regions;
@@ -33,6 +34,18 @@ pub struct LocalArgs {
     /// The meridian-node binary (default: next to this binary).
     #[arg(long, env = "MERIDIAN_NODE_BINARY", value_name = "PATH")]
     pub node_binary: Option<PathBuf>,
+
+    /// The memory the regions may take together, as a quantity (`8Gi`).
+    /// Default: 90% of what the machine has available (MemAvailable).
+    /// Local mode starts one region, measures it, and refuses to start the
+    /// rest when they would not fit.
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    pub memory_budget: Option<u64>,
+}
+
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let amount = meridian_crds::quantity::parse(text).map_err(|e| e.to_string())?;
+    u64::try_from(amount.units()).map_err(|_| format!("{text:?} is too large"))
 }
 
 /// How often the manifest files are checked for changes.
@@ -40,6 +53,9 @@ const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250
 
 /// Runs the regions the manifests define until Ctrl-C or SIGTERM.
 pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
+    // First of all, so that a stop at any point of the startup is seen, and
+    // every process started by then is stopped before local mode exits.
+    let mut signal = std::pin::pin!(stop_signal()?);
     let manifests = meridian_crds::manifest::load_files(&args.files)?;
     std::fs::create_dir_all(&args.state_dir).with_context(|| {
         format!(
@@ -64,24 +80,35 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
 
     let lifetime = std::time::Duration::from_secs(args.cert_lifetime);
     let mut mesh = LocalMesh::new(state_dir.clone(), node_binary, lifetime)?;
-    mesh.reconcile(&manifests)?;
-    let ready = tokio::select! {
-        ready = mesh.wait_ready() => Some(ready),
-        () = stop_signal() => None,
+    let budget = match args.memory_budget {
+        Some(bytes) => memory::Budget::Given(bytes),
+        None => memory::Budget::Available(memory::available()?),
     };
-    let mut stopped = ready.is_none();
-    if let Some(ready) = ready {
-        ready?;
-        mesh.write_endpoints()?;
-        tracing::info!(
-            regions = mesh.region_count(),
-            endpoints = %state_dir.join("endpoints.json").display(),
-            "every region serves; Ctrl-C stops them"
-        );
+    let started = tokio::select! {
+        started = start(&mut mesh, &manifests, budget) => Some(started),
+        () = &mut signal => None,
+    };
+    let mut stopped = started.is_none();
+    let mut measured = None;
+    match started {
+        None => tracing::info!("stopped during the startup"),
+        Some(Err(err)) => {
+            tracing::info!("stopping the regions started so far");
+            mesh.stop().await;
+            return Err(err);
+        }
+        Some(Ok(first)) => {
+            measured = first;
+            mesh.write_endpoints()?;
+            tracing::info!(
+                regions = mesh.region_count(),
+                endpoints = %state_dir.join("endpoints.json").display(),
+                "every region serves; Ctrl-C stops them"
+            );
+        }
     }
 
     let mut last_texts = read_all(&args.files);
-    let mut signal = std::pin::pin!(stop_signal());
     while !stopped {
         tokio::select! {
             () = &mut signal => stopped = true,
@@ -97,7 +124,9 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
                 match meridian_crds::manifest::load_files(&args.files) {
                     Ok(manifests) => {
                         tracing::info!("manifests changed; applying");
-                        if let Err(err) = mesh.reconcile(&manifests) {
+                        if let Err(err) = fits(&mesh, &manifests, measured.as_ref(), args.memory_budget) {
+                            tracing::error!("{err:#}; keeping the running mesh");
+                        } else if let Err(err) = mesh.reconcile(&manifests) {
                             tracing::error!("{err:#}");
                         } else if let Err(err) = mesh.write_endpoints() {
                             tracing::error!("{err:#}");
@@ -121,13 +150,79 @@ fn read_all(files: &[PathBuf]) -> Vec<Option<String>> {
         .collect()
 }
 
-async fn stop_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// Starts the regions: one first, which is measured once it serves; then,
+/// if the rest fit in `budget`, all of them. Returns once every region
+/// serves, with what the first one was measured to take.
+async fn start(
+    mesh: &mut LocalMesh,
+    manifests: &meridian_crds::manifest::Manifests,
+    budget: memory::Budget,
+) -> anyhow::Result<Option<memory::Measured>> {
+    mesh.reconcile_some(manifests, 1)?;
+    mesh.wait_ready().await?;
+    let total = manifests.regions.len();
+    let mut first_measured = None;
+    if let Some(first) = mesh.running().next().map(str::to_owned)
+        && total > 1
+    {
+        let pids = mesh
+            .pids(&first)
+            .with_context(|| format!("region {first}'s pid files are missing"))?;
+        let mut resident = 0;
+        for pid in pids {
+            resident += memory::resident(pid)?;
+        }
+        let measured = memory::Measured {
+            region: first,
+            resident,
+        };
+        tracing::info!(
+            region = %measured.region, resident_bytes = measured.resident,
+            per_region_bytes = measured.per_region(), regions = total,
+            "measured the first region; checking the rest fit"
+        );
+        memory::check(&measured, measured.resident, total - 1, total, budget)?;
+        first_measured = Some(measured);
     }
+    mesh.reconcile(manifests)?;
+    mesh.wait_ready().await?;
+    Ok(first_measured)
+}
+
+/// Whether the regions that changed manifests add fit in memory, planning
+/// each (running or new) at the first region's measured figure.
+fn fits(
+    mesh: &LocalMesh,
+    manifests: &meridian_crds::manifest::Manifests,
+    measured: Option<&memory::Measured>,
+    memory_budget: Option<u64>,
+) -> anyhow::Result<()> {
+    let running = mesh.region_count();
+    let total = manifests.regions.len();
+    let (Some(measured), true) = (measured, total > running) else {
+        return Ok(());
+    };
+    let budget = match memory_budget {
+        Some(bytes) => memory::Budget::Given(bytes),
+        None => memory::Budget::Available(memory::available()?),
+    };
+    let in_use = measured.per_region().saturating_mul(running as u64);
+    memory::check(measured, in_use, total - running, total, budget)
+}
+
+/// A future that completes on Ctrl-C or SIGTERM. The handlers are in place
+/// when this returns (not when the future is first polled), so a signal
+/// that arrives in between is not lost, nor does it kill the process.
+fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
 }
 
 /// Writes a file so that readers see the old or the new content, never half.

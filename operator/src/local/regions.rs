@@ -108,12 +108,39 @@ impl LocalMesh {
         self.running.len()
     }
 
+    /// The codes of the running regions.
+    pub fn running(&self) -> impl Iterator<Item = &str> {
+        self.running.keys().map(String::as_str)
+    }
+
+    /// The pids of a running region's processes, from their pid files;
+    /// `None` until both have started.
+    pub fn pids(&self, code: &str) -> Option<[u32; 2]> {
+        let dir = self.region_dir(code);
+        let pid = |name: &str| -> Option<u32> {
+            std::fs::read_to_string(dir.join(name))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        };
+        Some([pid("roaming.pid")?, pid("service-center.pid")?])
+    }
+
     fn region_dir(&self, code: &str) -> PathBuf {
         self.state_dir.join(code)
     }
 
     /// Makes the running regions and their mesh configuration match `manifests`.
     pub fn reconcile(&mut self, manifests: &Manifests) -> anyhow::Result<()> {
+        self.reconcile_some(manifests, usize::MAX)
+    }
+
+    /// Like [`LocalMesh::reconcile`], but starts at most `start` regions
+    /// that are not running yet (the first in the manifests' order); every
+    /// region's mesh configuration is written all the same.
+    pub fn reconcile_some(&mut self, manifests: &Manifests, start: usize) -> anyhow::Result<()> {
+        let mut may_start = start;
         let codes: Vec<String> = manifests
             .regions
             .iter()
@@ -162,7 +189,8 @@ impl LocalMesh {
                     .with_context(|| format!("cannot write {}", path.display()))?;
                 tracing::info!(region = %code, path = %path.display(), "mesh configuration written");
             }
-            if !self.running.contains_key(code) {
+            if !self.running.contains_key(code) && may_start > 0 {
+                may_start -= 1;
                 let running = self.start(code, own);
                 self.running.insert(code.clone(), running);
             }
