@@ -118,7 +118,7 @@ impl ServiceCenterMetrics {
             (&metrics.deliveries, "pushed"),
             (&metrics.deliveries, "cut_off"),
         ] {
-            family.get_or_create(&Outcome { result });
+            let _ = family.get_or_create(&Outcome { result });
         }
         metrics
     }
@@ -216,10 +216,10 @@ impl ServiceCenterMetrics {
             let label = Destination {
                 destination: destination.clone(),
             };
-            self.outbox_items.get_or_create(&label);
-            self.outbox_dropped.get_or_create(&label);
+            let _ = self.outbox_items.get_or_create(&label);
+            let _ = self.outbox_dropped.get_or_create(&label);
             for result in ["carried", "failed"] {
-                self.outbox_batches.get_or_create(&DestinationOutcome {
+                let _ = self.outbox_batches.get_or_create(&DestinationOutcome {
                     destination: destination.clone(),
                     result,
                 });
