@@ -176,7 +176,6 @@ pub fn page(
 /// The bytes `message` takes as an element of a repeated field: its tag,
 /// its length and itself.
 fn encoded_in_list(message: &Delivery) -> usize {
-    use prost::Message;
     let len = message.encoded_len();
     1 + prost::length_delimiter_len(len) + len
 }
@@ -281,7 +280,6 @@ mod tests {
     fn pages_stop_at_the_byte_budget_and_always_make_progress() {
         use crate::limits::{HISTORY_PAGE_BYTES, MAX_BODY_BYTES, MAX_CLIENT_MESSAGE_BYTES};
         use crate::proto::client_api::HistoryReply;
-        use prost::Message;
 
         let mut conn = Connection::open_in_memory().unwrap();
         schema::migrate(&mut conn).unwrap();
