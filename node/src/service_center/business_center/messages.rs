@@ -492,3 +492,90 @@ fn deliver_here(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::client_api::CreateGroupRequest;
+    use crate::service_center::business_center::for_tests;
+
+    fn submission(id: &str, group: &str, sender: &str) -> Item {
+        Item {
+            kind: Some(item::Kind::Submission(Submission {
+                message_id: id.into(),
+                group: group.into(),
+                sender: sender.into(),
+                body: "hi".into(),
+                idempotency_key: "k".into(),
+                sent_at_ms: 1,
+                origin: "us".into(),
+                sender_assertion: None,
+            })),
+        }
+    }
+
+    fn verdicts(wire: Vec<WireVerdict>) -> Vec<(String, Verdict)> {
+        wire.iter()
+            .map(|v| {
+                (
+                    v.message_id.clone(),
+                    Verdict::from_wire(v).expect("a verdict"),
+                )
+            })
+            .collect()
+    }
+
+    /// At the home: a resent submission and a retry of its key under
+    /// another id get the first one's id and seq, and are not sequenced
+    /// again; refusals are verdicts, not failures of the batch.
+    #[tokio::test]
+    async fn the_home_judges_every_submission_and_sequences_a_key_once() {
+        let (_dir, center) = for_tests("eu").await;
+        let ann = Id::parse("user", "ann@eu").unwrap();
+        let bob = Id::parse("user", "bob@us").unwrap();
+        let request = CreateGroupRequest {
+            name: "g".into(),
+            ..Default::default()
+        };
+        center.create_group(&ann, request).await.unwrap();
+        center.join_group(&bob, "g@eu").await.unwrap();
+
+        let first = submission("m1", "g@eu", "bob@us");
+        let sequenced = Verdict::Sequenced {
+            message_id: "m1".into(),
+            seq: 1,
+        };
+        let got = center.receive("us".into(), vec![first.clone()]).await;
+        assert_eq!(verdicts(got.unwrap()), [("m1".into(), sequenced.clone())]);
+        let batch = vec![
+            first,
+            submission("m2", "g@eu", "bob@us"),
+            submission("m3", "nope@eu", "bob@us"),
+            submission("m4", "g@eu", "cat@ap"),
+        ];
+        let got = verdicts(center.receive("us".into(), batch).await.unwrap());
+        assert_eq!(got[0], ("m1".into(), sequenced.clone()), "resent");
+        assert_eq!(
+            got[1],
+            ("m2".into(), sequenced),
+            "the key, through another send"
+        );
+        assert_eq!(
+            got[2],
+            (
+                "m3".into(),
+                Verdict::Refused(Error::NotFound("group nope@eu does not exist".into()))
+            )
+        );
+        assert!(
+            matches!(&got[3].1, Verdict::Refused(Error::PermissionDenied(m)) if m == "cat@ap is not a member of group g@eu"),
+            "{got:?}"
+        );
+        let history = HistoryRequest {
+            group: "g@eu".into(),
+            ..Default::default()
+        };
+        let messages = center.history(&ann, history).await.unwrap().messages;
+        assert_eq!(messages.len(), 1, "sequenced once: {messages:?}");
+    }
+}
