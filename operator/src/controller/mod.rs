@@ -461,6 +461,22 @@ async fn reconcile_region(region: &Region, ctx: &Context) -> Result<Action, Erro
         event(ctx, region, EventType::Warning, "InvalidSpec", &message).await;
         return Err(Error::Invalid(message));
     }
+    // A mesh has at most MAX_REGIONS: the Regions created first are served,
+    // a later one is refused here and left out of every region's mesh
+    // configuration (docs/ARCHITECTURE.md §10).
+    let beyond = validate::regions_beyond_limit(&regions);
+    if let Some((_, position)) = beyond.iter().find(|(r, _)| r.uid() == region.uid()) {
+        let message = validate::too_many_regions_message(&name, *position, regions.len(), &ns);
+        write_status(ctx, region, Outcome::Invalid(&message)).await?;
+        event(ctx, region, EventType::Warning, "TooManyRegions", &message).await;
+        return Err(Error::Invalid(message));
+    }
+    let beyond: Vec<Option<String>> = beyond.iter().map(|(r, _)| r.uid()).collect();
+    let regions: Vec<Region> = regions
+        .iter()
+        .filter(|r| !beyond.contains(&r.uid()))
+        .cloned()
+        .collect();
 
     // Build, then apply; the identity first, so the pods find it.
     let owner = region
