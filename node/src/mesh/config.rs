@@ -95,6 +95,13 @@ impl MeshConfig {
         self.peers.iter().find(|p| p.region == region)
     }
 
+    /// Whether `region` is in the mesh: this region or one of its peers,
+    /// whether its link is up, down or disabled. A region that is not is
+    /// one that left the mesh (or never was in it).
+    pub fn has_region(&self, region: &str) -> bool {
+        self.region == region || self.peer(region).is_some()
+    }
+
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Self, Error> {
         let text = std::fs::read_to_string(path).map_err(|e| {
@@ -168,6 +175,10 @@ peers:
         assert!(config.peer("us").unwrap().enabled);
         assert!(!config.peer("ap").unwrap().enabled);
         assert_eq!(MeshConfig::from_yaml(&config.to_yaml()).unwrap(), config);
+        for region in ["eu", "us", "ap"] {
+            assert!(config.has_region(region), "{region}: itself, or a peer");
+        }
+        assert!(!config.has_region("sa"), "not in the mesh");
     }
 
     #[test]

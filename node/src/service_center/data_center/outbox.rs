@@ -51,6 +51,17 @@ pub fn clear(conn: &Connection, destination: &str, up_to_id: i64) -> Result<(), 
     Ok(())
 }
 
+/// Deletes at most `limit` of the items for `destination`, oldest first,
+/// unsent: for a destination that left the mesh. How many it deleted.
+pub fn discard(conn: &Connection, destination: &str, limit: usize) -> Result<usize, Error> {
+    Ok(conn
+        .prepare_cached(
+            "DELETE FROM outbox WHERE id IN
+                 (SELECT id FROM outbox WHERE destination = ?1 ORDER BY id LIMIT ?2)",
+        )?
+        .execute(params![destination, limit as i64])?)
+}
+
 /// Destinations with work waiting.
 pub fn destinations(conn: &Connection) -> Result<Vec<String>, Error> {
     let mut stmt = conn.prepare("SELECT DISTINCT destination FROM outbox")?;
@@ -100,5 +111,33 @@ mod tests {
         let mut dests = destinations(&conn).unwrap();
         dests.sort();
         assert_eq!(dests, vec!["ap", "us"]);
+    }
+
+    #[test]
+    fn discarding_takes_one_destinations_oldest_items_a_bounded_number() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        schema::migrate(&mut conn).unwrap();
+        for n in 0..5 {
+            enqueue(&conn, "gone", &item(n), 1).unwrap();
+        }
+        enqueue(&conn, "us", &item(9), 1).unwrap();
+        assert_eq!(discard(&conn, "gone", 2).unwrap(), 2);
+        let left: Vec<Item> = pending(&conn, "gone", 0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|(_, i)| i)
+            .collect();
+        assert_eq!(
+            left,
+            vec![item(2), item(3), item(4)],
+            "the oldest went first"
+        );
+        assert_eq!(discard(&conn, "gone", 10).unwrap(), 3);
+        assert_eq!(discard(&conn, "gone", 10).unwrap(), 0);
+        assert_eq!(
+            pending(&conn, "us", 0, 10).unwrap().len(),
+            1,
+            "other destinations stay"
+        );
     }
 }
