@@ -77,6 +77,14 @@ async fn a_home_refusal_fails_the_send_with_its_reason_and_blocks_nothing() {
         (missing.code(), missing.message())
     );
 
+    // No such region in the mesh: refused at once, nothing queued.
+    let nowhere = ann.send("g@zz", "hi", "").await.unwrap_err();
+    assert_eq!(nowhere.code(), Code::NotFound, "{nowhere:?}");
+    assert_eq!(
+        nowhere.message(),
+        "group g@zz does not exist: region zz is not in this mesh"
+    );
+
     // Not a member.
     let denied = ann.send("g@us", "hi", "").await.unwrap_err();
     assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");

@@ -74,6 +74,14 @@ impl BusinessCenter {
         };
         let region = self.region.clone();
         let local = self.is_local(&group);
+        if !local && !self.link.in_mesh(group.home()) {
+            // Its outbox items would be dropped unsent (a departed region's):
+            // refuse now rather than accept what can never be delivered.
+            return Err(Error::NotFound(format!(
+                "group {group} does not exist: region {} is not in this mesh",
+                group.home()
+            )));
+        }
         // Wait from before the write: once it commits, the outbox may carry
         // the submission and the home answer at any moment.
         let fresh_id = submission.message_id.clone();
