@@ -650,6 +650,67 @@ spec: {regions: [eu, us], enabled: false}
         desired(&m.regions[0], &m.regions, &m.links, &settings, owner)
     }
 
+    /// Every object `desired` builds for eu, in several variants, as YAML:
+    /// the generated manifests, compared with `testdata/desired.yaml` so
+    /// that no change to them goes unnoticed. After an intended change,
+    /// `MERIDIAN_UPDATE_GOLDEN=1 cargo test -p meridian-operator golden`
+    /// rewrites the file, and its diff shows the change.
+    #[test]
+    fn the_generated_manifests_are_the_golden_ones() {
+        let variants = [
+            ("eu as in MANIFESTS", desired_eu()),
+            (
+                "client TLS, no storage, roaming image unset",
+                desired_eu_with(|eu| {
+                    eu.spec.service_center.client_tls = Some(meridian_crds::region::ClientTlsSpec {
+                        secret_name: "chat-example-com".into(),
+                    });
+                    eu.spec.service_center.storage = None;
+                    eu.spec.roaming.image = None;
+                }),
+            ),
+            (
+                "NodePort peer Service",
+                desired_eu_from(
+                    &with_eu_peer_service("{type: NodePort, nodePort: 30701}"),
+                    |_| {},
+                ),
+            ),
+            (
+                "LoadBalancer peer Service",
+                desired_eu_from(&with_eu_peer_service("{type: LoadBalancer}"), |_| {}),
+            ),
+        ];
+        let mut text = String::new();
+        for (variant, d) in &variants {
+            text.push_str(&format!("# {variant}\n"));
+            let objects = [
+                serde_yaml::to_string(&d.config_map),
+                serde_yaml::to_string(&d.network_policy),
+                serde_yaml::to_string(&d.service_center_service),
+                serde_yaml::to_string(&d.service_center),
+                serde_yaml::to_string(&d.roaming_service),
+                serde_yaml::to_string(&d.roaming_peer_service),
+                serde_yaml::to_string(&d.roaming),
+            ];
+            for object in objects {
+                text.push_str("---\n");
+                text.push_str(&object.unwrap());
+            }
+        }
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("src/controller/testdata/desired.yaml");
+        if std::env::var_os("MERIDIAN_UPDATE_GOLDEN").is_some() {
+            std::fs::write(&path, &text).unwrap();
+        }
+        let golden = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            golden == text,
+            "the generated manifests differ from {}; if intended, rewrite it with MERIDIAN_UPDATE_GOLDEN=1",
+            path.display()
+        );
+    }
+
     #[test]
     fn local_peers_use_services_and_remote_peers_their_endpoint() {
         let d = desired_eu();
