@@ -11,10 +11,7 @@ use kube::core::ObjectMeta;
 
 use crate::{Region, RegionLink};
 
-/// The region code pattern (docs/ARCHITECTURE.md §2), as used in the CEL rules.
-pub const REGION_CODE_PATTERN: &str = "^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$";
-/// Longest region code.
-pub const REGION_CODE_MAX_LEN: usize = 32;
+pub use meridian_ids::{REGION_CODE_MAX_LEN, REGION_CODE_PATTERN, is_region_code};
 /// A size or rate quantity: a non-negative decimal with an optional SI or binary suffix.
 pub const SIZE_PATTERN: &str = r"^[0-9]+(\.[0-9]+)?(k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$";
 /// Longest `spec.cluster`.
@@ -84,19 +81,6 @@ impl fmt::Display for Violation {
 /// local mode's check.
 pub const SERVICE_CENTER_REPLICAS_MESSAGE: &str =
     "several service-center replicas need a shared data center; until then replicas must be 1";
-
-/// Whether `s` is a region code: 1 to 32 lowercase letters, digits and '-', starting
-/// and ending with a letter or digit (`^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$`).
-pub fn is_region_code(s: &str) -> bool {
-    let alnum = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
-    match s.as_bytes() {
-        [] => false,
-        b if b.len() > REGION_CODE_MAX_LEN => false,
-        [first, .., last] if !alnum(*first) || !alnum(*last) => false,
-        [only] => alnum(*only),
-        b => b.iter().all(|&c| alnum(c) || c == b'-'),
-    }
-}
 
 /// Whether `s` is a size or rate quantity such as `10Gi`, `100M` or `1.5G`
 /// (see [`SIZE_PATTERN`]).
@@ -545,26 +529,6 @@ spec:
     bandwidth: {ingress: 100M, egress: 1.5G}
   roaming: {replicas: 2}
 ";
-
-    #[test]
-    fn region_codes() {
-        for ok in ["eu", "a", "0", "us-east-1", &"a".repeat(32)] {
-            assert!(is_region_code(ok), "{ok:?} should be a region code");
-        }
-        for bad in [
-            "",
-            "EU",
-            "-eu",
-            "eu-",
-            "-",
-            "e_u",
-            "eu.west",
-            "ü",
-            &"a".repeat(33),
-        ] {
-            assert!(!is_region_code(bad), "{bad:?} should not be a region code");
-        }
-    }
 
     #[test]
     fn sizes() {

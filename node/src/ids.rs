@@ -5,17 +5,7 @@ use std::fmt;
 
 use crate::Error;
 
-/// Whether `code` is a region code: a DNS label of at most 32 characters.
-pub fn is_region_code(code: &str) -> bool {
-    let bytes = code.as_bytes();
-    let inner_ok = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-';
-    let edge_ok = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
-    !bytes.is_empty()
-        && bytes.len() <= 32
-        && bytes.iter().all(inner_ok)
-        && edge_ok(&bytes[0])
-        && edge_ok(&bytes[bytes.len() - 1])
-}
+pub use meridian_ids::is_region_code;
 
 /// Whether `name` is the name part of a user or group id.
 pub fn is_name(name: &str) -> bool {
@@ -83,16 +73,6 @@ impl fmt::Display for Id {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn region_codes_are_dns_labels() {
-        for ok in ["eu", "us-east-1", "a", "0", &"a".repeat(32)] {
-            assert!(is_region_code(ok), "{ok}");
-        }
-        for bad in ["", "EU", "-eu", "eu-", "e_u", "e.u", &"a".repeat(33)] {
-            assert!(!is_region_code(bad), "{bad}");
-        }
-    }
 
     #[test]
     fn ids_split_into_name_and_home() {
