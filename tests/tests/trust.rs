@@ -88,6 +88,7 @@ fn envelope(source: &str, destination: &str) -> Envelope {
         hops_left: 8,
         path: Vec::new(),
         signature: None,
+        traceparent: String::new(),
     }
 }
 

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use meridian_node::mesh::config::watch_file;
 use meridian_node::server::{Node, RoamingListeners, Role, ServiceCenterListeners};
+use meridian_node::telemetry::traces::{self, Export};
 use meridian_node::transport::{ClientAuth, ServerTls};
 use meridian_node::trust::server_cert::ServerCert;
 use meridian_node::trust::{CredentialFiles, Credentials};
@@ -18,6 +19,17 @@ enum RoleArg {
     ServiceCenter,
     Roaming,
     Both,
+}
+
+impl RoleArg {
+    /// As the flag spells it.
+    fn as_str(self) -> &'static str {
+        match self {
+            RoleArg::ServiceCenter => "service-center",
+            RoleArg::Roaming => "roaming",
+            RoleArg::Both => "both",
+        }
+    }
 }
 
 #[derive(Parser, Debug)]
@@ -78,6 +90,10 @@ struct Args {
     client_tls_cert: Option<PathBuf>,
     #[arg(long, env = "MERIDIAN_CLIENT_TLS_KEY", requires = "client_tls_cert")]
     client_tls_key: Option<PathBuf>,
+    /// Export spans of each message's path over OTLP/gRPC to this
+    /// collector (`http://host:4317`); off unless given.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     /// Stop when the parent process goes away (used by local mode).
     #[arg(long)]
     exit_with_parent: bool,
@@ -91,13 +107,6 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let args = Args::parse();
     let role = match args.role {
         RoleArg::ServiceCenter => Role::ServiceCenter,
@@ -105,6 +114,13 @@ async fn main() -> anyhow::Result<()> {
         RoleArg::Both => Role::Both,
     };
     let mesh = watch_file(args.config.clone())?;
+    let region = mesh.borrow().region.clone();
+    // Until dropped at the end of main, when the last spans are exported.
+    let _tracing = traces::init(args.otlp_endpoint.as_deref().map(|endpoint| Export {
+        endpoint,
+        region: &region,
+        role: args.role.as_str(),
+    }))?;
     let credentials = Credentials::load(CredentialFiles {
         ca: args.tls_ca,
         cert: args.tls_cert,

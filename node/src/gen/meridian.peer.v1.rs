@@ -17,6 +17,12 @@ pub struct Envelope {
     /// whose source is not the TLS peer only with a valid one.
     #[prost(message, optional, tag = "5")]
     pub signature: ::core::option::Option<Signature>,
+    /// The W3C Trace Context `traceparent` of the span that sent the request
+    /// on (docs/ARCHITECTURE.md §9, Traces), or empty when it is not traced.
+    /// Not signed, as hops_left and path: every hop rewrites it to its own
+    /// span, and a malformed one (or one over 128 bytes) is ignored.
+    #[prost(string, tag = "6")]
+    pub traceparent: ::prost::alloc::string::String,
 }
 /// A region's signature, made with the key of its mesh certificate.
 #[allow(clippy::all)]

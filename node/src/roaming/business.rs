@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use prost::Message;
+use tracing::Instrument;
 
 use super::{Hop, Roaming, Sender};
 use crate::ids::is_region_code;
@@ -13,6 +14,7 @@ use crate::proto::peer_api::business_client::BusinessClient;
 use crate::proto::peer_api::{
     BusinessReply, BusinessRequest, LinkAdvert, LinkState, Ping, Pong, Signature,
 };
+use crate::telemetry::traces;
 use crate::transport::call_error;
 use crate::trust::Credentials;
 use crate::trust::origin::{self, Payload};
@@ -20,14 +22,33 @@ use crate::trust::origin::{self, Payload};
 impl Roaming {
     /// Carries outbox items one hop towards their destination. The reply is
     /// the destination's acknowledgement, with its verdicts on the
-    /// submissions, passed back unchanged; nothing is kept here.
-    pub async fn route_carry(&self, mut request: BusinessRequest, sender: Sender) -> BusinessReply {
+    /// submissions, passed back unchanged; nothing is kept here. The hop is
+    /// a `roaming.carry` span in the trace the envelope names, and the
+    /// envelope goes on naming this span.
+    pub async fn route_carry(&self, request: BusinessRequest, sender: Sender) -> BusinessReply {
+        let envelope = request.envelope.as_ref();
+        let span = tracing::info_span!(
+            "roaming.carry",
+            region = %self.region(),
+            source = envelope.map_or("", |e| e.source.as_str()),
+            destination = envelope.map_or("", |e| e.destination.as_str()),
+            items = request.items.len(),
+        );
+        traces::follow(&span, envelope.map_or("", |e| e.traceparent.as_str()));
+        self.carry_hop(request, sender).instrument(span).await
+    }
+
+    async fn carry_hop(&self, mut request: BusinessRequest, sender: Sender) -> BusinessReply {
         let admitted = self.admit(
             request.envelope.as_mut(),
             Payload::Carry(&request.items),
             &sender,
         );
-        let answer = match admitted.and_then(|()| self.hop(request.envelope.as_mut())) {
+        let hop = admitted.and_then(|()| self.hop(request.envelope.as_mut()));
+        if let Some(envelope) = request.envelope.as_mut() {
+            envelope.traceparent = traces::current();
+        }
+        let answer = match hop {
             Err(err) => Err(err),
             Ok(Hop::Local(mut service_center)) => service_center
                 .carry(request)

@@ -5,6 +5,7 @@ use std::net::IpAddr;
 
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use super::BusinessCenter;
 use crate::Error;
@@ -13,6 +14,7 @@ use crate::proto::client_api::business_center_server::{self, BusinessCenterServe
 use crate::proto::client_api::*;
 use crate::proto::pair_api::pair_server::{self, PairServer};
 use crate::proto::peer_api::{BusinessReply, BusinessRequest, DataReply, DataRequest};
+use crate::telemetry::traces;
 
 type Reply<T> = Result<Response<T>, Status>;
 
@@ -128,8 +130,21 @@ impl business_center_server::BusinessCenter for ClientApi {
     }
 
     async fn send(&self, request: Request<SendRequest>) -> Reply<SendReply> {
-        let actor = self.actor(&request).await?;
-        ok(self.0.metrics().sent(self.0.send(&actor, request.into_inner()).await))
+        // The root of a message's trace (docs/ARCHITECTURE.md §9, Traces).
+        let span = tracing::info_span!(
+            "send",
+            region = self.0.region(),
+            group = %request.get_ref().group,
+        );
+        async {
+            let actor = self.actor(&request).await?;
+            ok(self
+                .0
+                .metrics()
+                .sent(self.0.send(&actor, request.into_inner()).await))
+        }
+        .instrument(span)
+        .await
     }
 
     async fn history(&self, request: Request<HistoryRequest>) -> Reply<HistoryReply> {
@@ -172,8 +187,19 @@ impl pair_server::Pair for PairApi {
 
     async fn carry(&self, request: Request<BusinessRequest>) -> Reply<BusinessReply> {
         self.own_roaming(&request)?;
+        let request = request.into_inner();
+        // Items from another region, in the trace of the hop that brought
+        // them; what they lead to here (deliveries, outbox items) is in it.
+        let envelope = request.envelope.as_ref();
+        let span = tracing::info_span!(
+            "receive",
+            region = self.0.region(),
+            source = envelope.map_or("", |e| e.source.as_str()),
+            items = request.items.len(),
+        );
+        traces::follow(&span, envelope.map_or("", |e| e.traceparent.as_str()));
         Ok(Response::new(
-            self.0.handle_carry(request.into_inner()).await,
+            self.0.handle_carry(request).instrument(span).await,
         ))
     }
 }

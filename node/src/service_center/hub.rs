@@ -72,13 +72,22 @@ impl Hub {
     }
 
     /// Pushes a delivery to every live session of `user`. A session that has
-    /// fallen too far behind is cut off; it resumes from its cursors.
+    /// fallen too far behind is cut off; it resumes from its cursors. The
+    /// push is the `deliver` span of the message's trace, the last hop.
     pub fn push(&self, user: &str, delivery: &Delivery) {
         let event = Event {
             kind: Some(event::Kind::Delivery(delivery.clone())),
         };
         let mut inner = self.inner.lock().expect("hub");
         if let Some(list) = inner.sessions.get_mut(user) {
+            let _deliver = tracing::info_span!(
+                "deliver",
+                user,
+                group = %delivery.group,
+                seq = delivery.seq,
+                sessions = list.len(),
+            )
+            .entered();
             let before = list.len();
             list.retain(|(_, tx)| tx.try_send(event.clone()).is_ok());
             self.metrics.delivered(list.len(), before - list.len());

@@ -3,17 +3,19 @@
 //! once the destination has acknowledged. Failures are retried with
 //! exponential backoff and jitter, for as long as it takes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::Rng;
 use tokio::sync::Notify;
+use tracing::Instrument;
 
 use super::data_center::{DataCenter, outbox};
 use super::roaming_link::RoamingLink;
 use crate::limits::MAX_BATCH_ITEMS;
 use crate::telemetry::ServiceCenterMetrics;
+use crate::telemetry::traces;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -80,10 +82,11 @@ impl Outbox {
                     continue;
                 }
             };
-            let last_id = batch.last().map(|(id, _)| *id).unwrap_or(sent_up_to);
-            let items: Vec<_> = batch.into_iter().map(|(_, item)| item).collect();
+            let last_id = batch.last().map(|p| p.id).unwrap_or(sent_up_to);
+            let span = self.carry_span(&destination, &batch);
+            let items: Vec<_> = batch.into_iter().map(|p| p.item).collect();
             let count = items.len();
-            match self.link.carry(&destination, items).await {
+            match self.link.carry(&destination, items).instrument(span).await {
                 Ok(()) => {
                     self.metrics.carried(&destination, count);
                     sent_up_to = last_id;
@@ -110,5 +113,31 @@ impl Outbox {
                 }
             }
         }
+    }
+
+    /// The `outbox.carry` span of one attempt at a batch: in the trace of
+    /// its first traced item (the send, or the receipt, that wrote it),
+    /// and linked to the traces of the others, which it carries too.
+    fn carry_span(&self, destination: &str, batch: &[outbox::Pending]) -> tracing::Span {
+        let span = tracing::info_span!(
+            "outbox.carry",
+            region = %self.link.region(),
+            destination,
+            items = batch.len(),
+        );
+        let mut traced = batch
+            .iter()
+            .map(|p| p.traceparent.as_str())
+            .filter(|t| !t.is_empty());
+        if let Some(first) = traced.next() {
+            traces::follow(&span, first);
+            let mut linked = HashSet::from([first]);
+            for other in traced {
+                if linked.insert(other) {
+                    traces::link(&span, other);
+                }
+            }
+        }
+        span
     }
 }

@@ -136,6 +136,8 @@ impl RoamingLink {
             path: Vec::new(),
             // The roaming system signs what leaves the region.
             signature: None,
+            // The span this request is sent in (the outbox's carry).
+            traceparent: crate::telemetry::traces::current(),
         }
     }
 

@@ -1,5 +1,6 @@
 //! What the node tells its operators about itself: metrics in the Prometheus
-//! format, served at `/metrics` (docs/ARCHITECTURE.md §9 names them).
+//! format, served at `/metrics`, and traces of each message's path,
+//! exported over OTLP when configured (docs/ARCHITECTURE.md §9 names them).
 //!
 //! The domain holds only metric handles (cheap shared atomics) and bumps them
 //! at its boundaries; registering them, reading the scrape-time gauges and
@@ -8,5 +9,6 @@
 
 pub mod http;
 pub mod metrics;
+pub mod traces;
 
 pub use metrics::{CommitMetrics, ServiceCenterMetrics};

@@ -26,17 +26,28 @@ use crate::proto::peer_api::{
 };
 use crate::service_center::data_center::{accounts, groups, messages, outbox};
 use crate::service_center::verdicts::Verdict;
+use crate::telemetry::traces;
 
 /// What a committed write leaves to do: live pushes and outbox wake-ups.
 #[derive(Default)]
 pub(super) struct Effects {
     pushes: Vec<(String, Delivery)>,
     destinations: Vec<String>,
+    /// The trace the write belongs to (a `traceparent`), kept with the
+    /// outbox items it writes.
+    trace: String,
 }
 
 impl Effects {
+    fn traced(trace: String) -> Self {
+        Self {
+            trace,
+            ..Self::default()
+        }
+    }
+
     fn enqueue(&mut self, conn: &Connection, destination: &str, item: Item) -> Result<(), Error> {
-        outbox::enqueue(conn, destination, &item, crate::now_ms())?;
+        outbox::enqueue(conn, destination, &item, &self.trace, crate::now_ms())?;
         if !self.destinations.iter().any(|d| d == destination) {
             self.destinations.push(destination.to_owned());
         }
@@ -86,6 +97,7 @@ impl BusinessCenter {
         // the submission and the home answer at any moment.
         let fresh_id = submission.message_id.clone();
         let waiter = (!local).then(|| self.verdicts.wait_for(&fresh_id));
+        let trace = traces::current();
         let (accepted, effects) = self
             .dc
             .write(move |conn| {
@@ -105,7 +117,7 @@ impl BusinessCenter {
                 if let Some(earlier) = earlier {
                     return Ok((retried(conn, local, earlier)?, Effects::default()));
                 }
-                let mut effects = Effects::default();
+                let mut effects = Effects::traced(trace);
                 let accepted = if local {
                     // A message id made just now cannot have been sequenced.
                     let (message_id, seq) = sequence(conn, &region, s, Fresh::Yes, &mut effects)?;
@@ -201,10 +213,11 @@ impl BusinessCenter {
         items: Vec<Item>,
     ) -> Result<Vec<WireVerdict>, Error> {
         let region = self.region.clone();
+        let trace = traces::current();
         let (verdicts, effects) = self
             .dc
             .write(move |conn| {
-                let mut effects = Effects::default();
+                let mut effects = Effects::traced(trace);
                 let mut verdicts = Vec::new();
                 for item in &items {
                     match &item.kind {

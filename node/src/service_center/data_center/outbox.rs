@@ -8,17 +8,36 @@ use rusqlite::{Connection, params};
 use crate::Error;
 use crate::proto::peer_api::Item;
 
+/// Writes an item for `destination`, with the `traceparent` of the span
+/// that wrote it (empty when not traced), which its carry will follow.
 pub fn enqueue(
     conn: &Connection,
     destination: &str,
     item: &Item,
+    traceparent: &str,
     now_ms: i64,
 ) -> Result<(), Error> {
+    let traceparent = (!traceparent.is_empty()).then_some(traceparent);
     conn.prepare_cached(
-        "INSERT INTO outbox (destination, item, created_at_ms) VALUES (?1, ?2, ?3)",
+        "INSERT INTO outbox (destination, item, created_at_ms, traceparent)
+         VALUES (?1, ?2, ?3, ?4)",
     )?
-    .execute(params![destination, item.encode_to_vec(), now_ms])?;
+    .execute(params![
+        destination,
+        item.encode_to_vec(),
+        now_ms,
+        traceparent
+    ])?;
     Ok(())
+}
+
+/// An item waiting in the outbox.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pending {
+    pub id: i64,
+    pub item: Item,
+    /// Of the span that wrote it; empty when it was not traced.
+    pub traceparent: String,
 }
 
 /// Up to `limit` items for `destination` with ids after `after_id`, oldest first.
@@ -27,19 +46,28 @@ pub fn pending(
     destination: &str,
     after_id: i64,
     limit: usize,
-) -> Result<Vec<(i64, Item)>, Error> {
+) -> Result<Vec<Pending>, Error> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, item FROM outbox WHERE destination = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+        "SELECT id, item, traceparent FROM outbox
+         WHERE destination = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
     )?;
     let rows = stmt.query_map(params![destination, after_id, limit as i64], |r| {
-        Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, Vec<u8>>(1)?,
+            r.get::<_, Option<String>>(2)?,
+        ))
     })?;
     let mut items = Vec::new();
     for row in rows {
-        let (id, bytes) = row?;
+        let (id, bytes, traceparent) = row?;
         let item = Item::decode(bytes.as_slice())
             .map_err(|e| Error::Internal(format!("outbox item {id} is unreadable: {e}")))?;
-        items.push((id, item));
+        items.push(Pending {
+            id,
+            item,
+            traceparent: traceparent.unwrap_or_default(),
+        });
     }
     Ok(items)
 }
@@ -96,16 +124,16 @@ mod tests {
         let mut conn = Connection::open_in_memory().unwrap();
         schema::migrate(&mut conn).unwrap();
         for n in 0..5 {
-            enqueue(&conn, if n % 2 == 0 { "us" } else { "ap" }, &item(n), 1).unwrap();
+            enqueue(&conn, if n % 2 == 0 { "us" } else { "ap" }, &item(n), "", 1).unwrap();
         }
         let us = pending(&conn, "us", 0, 10).unwrap();
         assert_eq!(
-            us.iter().map(|(_, i)| i.clone()).collect::<Vec<_>>(),
+            us.iter().map(|p| p.item.clone()).collect::<Vec<_>>(),
             vec![item(0), item(2), item(4)]
         );
-        let after_first = pending(&conn, "us", us[0].0, 10).unwrap();
+        let after_first = pending(&conn, "us", us[0].id, 10).unwrap();
         assert_eq!(after_first.len(), 2);
-        clear(&conn, "us", us[1].0).unwrap();
+        clear(&conn, "us", us[1].id).unwrap();
         assert_eq!(pending(&conn, "us", 0, 10).unwrap().len(), 1);
         assert_eq!(depth(&conn).unwrap(), 3);
         let mut dests = destinations(&conn).unwrap();
@@ -118,14 +146,14 @@ mod tests {
         let mut conn = Connection::open_in_memory().unwrap();
         schema::migrate(&mut conn).unwrap();
         for n in 0..5 {
-            enqueue(&conn, "gone", &item(n), 1).unwrap();
+            enqueue(&conn, "gone", &item(n), "", 1).unwrap();
         }
-        enqueue(&conn, "us", &item(9), 1).unwrap();
+        enqueue(&conn, "us", &item(9), "", 1).unwrap();
         assert_eq!(discard(&conn, "gone", 2).unwrap(), 2);
         let left: Vec<Item> = pending(&conn, "gone", 0, 10)
             .unwrap()
             .into_iter()
-            .map(|(_, i)| i)
+            .map(|p| p.item)
             .collect();
         assert_eq!(
             left,
@@ -139,5 +167,20 @@ mod tests {
             1,
             "other destinations stay"
         );
+    }
+
+    #[test]
+    fn an_item_keeps_the_trace_that_wrote_it() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        schema::migrate(&mut conn).unwrap();
+        let traced = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        enqueue(&conn, "us", &item(0), traced, 1).unwrap();
+        enqueue(&conn, "us", &item(1), "", 1).unwrap();
+        let traces: Vec<String> = pending(&conn, "us", 0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|p| p.traceparent)
+            .collect();
+        assert_eq!(traces, vec![traced.to_owned(), String::new()]);
     }
 }

@@ -127,6 +127,12 @@ const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE accepted ADD COLUMN verdict BLOB;
     ",
+    // 6: the W3C `traceparent` of the span that wrote an outbox item, so
+    // that its carry, even after a restart, joins the trace of the send
+    // (docs/ARCHITECTURE.md §9, Traces). NULL when it was not traced.
+    "
+    ALTER TABLE outbox ADD COLUMN traceparent TEXT;
+    ",
 ];
 
 /// The schema version this build writes.
