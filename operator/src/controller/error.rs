@@ -2,12 +2,10 @@
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot read the Regions and RegionLinks of namespace {namespace}: {source}")]
-    Fetch {
-        namespace: String,
-        #[source]
-        source: kube::Error,
-    },
+    #[error(
+        "cannot read the Regions and RegionLinks of namespace {namespace}: their watches stopped"
+    )]
+    Fetch { namespace: String },
     #[error("the Region is invalid: {0}")]
     Invalid(String),
     #[error("cannot apply {kind} {name}: {source}")]

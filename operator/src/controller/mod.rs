@@ -3,11 +3,12 @@
 //! every other Region of the namespace is a peer in that configuration.
 //!
 //! Each reconcile is a pipeline: fetch the namespace's Regions and
-//! RegionLinks from the watch caches, validate, build the desired objects
-//! (pure), apply them server-side, then write the status.
+//! RegionLinks from the watch caches ([`caches`]), validate, build the
+//! desired objects (pure), apply them server-side, then write the status.
 
 mod apply;
 pub mod build;
+mod caches;
 pub mod cert_manager;
 mod error;
 mod health;
@@ -20,8 +21,8 @@ pub mod pki;
 mod policy;
 mod status;
 mod storage;
+mod written;
 
-use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,7 +35,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use meridian_crds::{Region, RegionLink, RegionStatus, validate};
 
@@ -108,6 +109,9 @@ pub struct RunArgs {
 
 struct Context {
     client: Client,
+    caches: caches::Caches,
+    /// Status writes the Region cache may not show yet.
+    written: written::Written,
     settings: Settings,
     recorder: Recorder,
     metrics: Arc<Metrics>,
@@ -213,16 +217,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = kube::runtime::controller::Config::default()
         .debounce(Duration::from_millis(300))
         .concurrency(16);
-    let controller =
-        Controller::new(regions_api.clone(), watcher::Config::default()).with_config(config);
-    // Ready once the cache the reconciler reads has done its first LIST,
-    // empty or not. Awaited in the controller's own task (below): the
-    // store's readiness wakes only the task that polled it last, and the
-    // controller's runner polls it too, so a waiter in a task of its own
-    // would sleep through it.
-    let regions = controller.store();
+    let (caches, watches) = caches::Caches::watch(regions_api, links_api);
+    // Ready once both caches the reconciler reads have done their first
+    // LIST, empty or not.
     let synced = async {
-        if regions.wait_until_ready().await.is_ok() {
+        if caches.synced().await.is_ok() {
             tracing::info!("caches synced; ready");
             health.synced();
         }
@@ -244,21 +243,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         lifetime,
         issuer,
     });
-    let (link_changes, changed_regions) = futures::channel::mpsc::unbounded();
+    let (link_states, changed_regions) = futures::channel::mpsc::unbounded();
     tokio::spawn(
         links::Poller {
-            regions: controller.store(),
+            regions: caches.regions.clone(),
             cluster: args.cluster.clone(),
             resolver,
             observations: observations.clone(),
             interval: Duration::from_millis(args.link_poll_millis),
-            changed: link_changes,
+            changed: link_states,
             authorities: authorities.clone(),
         }
         .run(),
     );
     let context = Arc::new(Context {
         client: client.clone(),
+        caches: caches.clone(),
+        written: written::Written::new(caches.regions.clone()),
         settings: Settings {
             cluster: args.cluster.clone(),
             image: args.node_image.clone(),
@@ -271,18 +272,33 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     });
     tracing::info!(cluster = %args.cluster, "reconciling the Regions of this cluster");
 
-    let controller = controller
+    // Every reconcile comes from a watch below: a Region changed; a Region
+    // or RegionLink added, removed or given a new spec reshapes its
+    // namespace's mesh (a status write does not: see `caches`); a workload
+    // the operator owns changed; or a roaming system reported a new link
+    // state.
+    let namespace_of_region = caches.clone();
+    let namespace_of_link = caches.clone();
+    let controller = Controller::for_shared_stream(watches.regions, caches.regions.clone())
+        .with_config(config)
+        .watches_stream(watches.region_changes, move |region: Region| {
+            // The Region itself too: during the first LIST the cache is
+            // not filled yet.
+            let mut refs = namespace_of_region.region_refs(region.namespace().as_deref());
+            let own = ObjectRef::from_obj(&region);
+            if !refs.contains(&own) {
+                refs.push(own);
+            }
+            refs
+        })
+        .watches_stream(watches.link_changes, move |link: RegionLink| {
+            namespace_of_link.region_refs(link.namespace().as_deref())
+        })
         .owns(statefulsets, owned.clone())
         .owns(deployments, owned.clone())
         .owns(services, owned.clone())
         .owns(config_maps, owned)
-        // A Region added, removed or changed, or any RegionLink change,
-        // reshapes the mesh; a status update does not. A roaming system
-        // reporting a new link state changes its Region's status.
-        .reconcile_on(futures::stream::select(
-            mesh_changes(regions_api, links_api),
-            changed_regions,
-        ))
+        .reconcile_on(changed_regions)
         .shutdown_on_signal()
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
@@ -324,90 +340,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The Regions whose mesh may have changed: every Region of a namespace in
-/// which a Region appeared, disappeared or changed its spec (a new
-/// generation), or a RegionLink changed. Status writes change no generation,
-/// so Regions reporting status cause no storm of reconciles.
-fn mesh_changes(
-    regions: Api<Region>,
-    links: Api<RegionLink>,
-) -> impl futures::Stream<Item = ObjectRef<Region>> + Send {
-    #[derive(Default)]
-    struct Index {
-        generations: HashMap<String, Option<i64>>,
-        names: HashMap<String, BTreeSet<String>>,
-    }
-    impl Index {
-        fn namespace(&self, namespace: &str) -> Vec<ObjectRef<Region>> {
-            let names = self.names.get(namespace).into_iter().flatten();
-            names
-                .map(|name| ObjectRef::new(name).within(namespace))
-                .collect()
-        }
-    }
-    let index = Arc::new(std::sync::Mutex::new(Index::default()));
-    let by_link = index.clone();
-    let regions = watcher(regions, watcher::Config::default())
-        .default_backoff()
-        .flat_map(move |event| {
-            let mut index = index.lock().expect("mesh index");
-            let touched = match event {
-                Ok(watcher::Event::Apply(region) | watcher::Event::InitApply(region)) => {
-                    let namespace = region.namespace().unwrap_or_default();
-                    index
-                        .names
-                        .entry(namespace.clone())
-                        .or_default()
-                        .insert(region.name_any());
-                    let generation = region.meta().generation;
-                    let changed = index
-                        .generations
-                        .insert(region.uid().unwrap_or_default(), generation)
-                        != Some(generation);
-                    changed.then_some(namespace)
-                }
-                Ok(watcher::Event::Delete(region)) => {
-                    let namespace = region.namespace().unwrap_or_default();
-                    index.generations.remove(&region.uid().unwrap_or_default());
-                    index
-                        .names
-                        .entry(namespace.clone())
-                        .or_default()
-                        .remove(&region.name_any());
-                    Some(namespace)
-                }
-                _ => None,
-            };
-            futures::stream::iter(touched.map(|ns| index.namespace(&ns)).unwrap_or_default())
-        });
-    // A RegionLink's own status (written by this operator) changes no
-    // generation, and reshapes nothing.
-    let mut link_generations: HashMap<String, Option<i64>> = HashMap::new();
-    let links = watcher(links, watcher::Config::default())
-        .default_backoff()
-        .flat_map(move |event| {
-            let touched = match event {
-                Ok(watcher::Event::Apply(link) | watcher::Event::InitApply(link)) => {
-                    let generation = link.meta().generation;
-                    let changed = link_generations
-                        .insert(link.uid().unwrap_or_default(), generation)
-                        != Some(generation);
-                    changed.then(|| link.namespace().unwrap_or_default())
-                }
-                Ok(watcher::Event::Delete(link)) => {
-                    link_generations.remove(&link.uid().unwrap_or_default());
-                    Some(link.namespace().unwrap_or_default())
-                }
-                _ => None,
-            };
-            let refs = touched
-                .map(|ns| by_link.lock().expect("mesh index").namespace(&ns))
-                .unwrap_or_default();
-            futures::stream::iter(refs)
-        });
-    futures::stream::select(regions, links)
-}
-
 async fn reconcile(region: Arc<Region>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let result = reconcile_region(&region, &ctx).await;
@@ -425,30 +357,18 @@ async fn reconcile_region(region: &Region, ctx: &Context) -> Result<Action, Erro
     }
     let name = region.name_any();
     let namespace = region.namespace();
-    // Fetch: the namespace's Regions and RegionLinks, read fresh so that the
-    // mesh never lags the change that triggered this reconcile.
+    // Fetch: the namespace's Regions and RegionLinks from the watch caches.
+    // The change that caused this reconcile is in them (see `caches`); the
+    // RegionLinks' may not have done their first LIST yet.
     let ns = namespace.clone().unwrap_or_default();
-    let fetch = |source| Error::Fetch {
+    ctx.caches.synced().await.map_err(|_| Error::Fetch {
         namespace: ns.clone(),
-        source,
-    };
-    let regions = Api::<Region>::namespaced(ctx.client.clone(), &ns)
-        .list(&Default::default())
-        .await
-        .map_err(fetch)?
-        .items;
-    let links = Api::<RegionLink>::namespaced(ctx.client.clone(), &ns)
-        .list(&Default::default())
-        .await
-        .map_err(fetch)?
-        .items;
-    // The freshly listed copy: the cache may not hold this reconcile's
-    // predecessor's status write yet, and comparing with it would write and
-    // record the same change twice.
-    let region = regions
-        .iter()
-        .find(|r| r.uid() == region.uid())
-        .unwrap_or(region);
+    })?;
+    let (regions, links) = ctx.caches.namespace(&ns);
+    // With the status this operator last wrote, which the cache may not
+    // show yet: comparing with the one before would write and record the
+    // same change twice.
+    let region = &ctx.written.latest(region);
 
     // Validate.
     let problems: Vec<String> = validate::region(region)
@@ -606,6 +526,7 @@ async fn write_status(
         return Ok((next, false));
     }
     apply::apply_status(&ctx.client, region, &next).await?;
+    ctx.written.record(region, &next);
     Ok((next, true))
 }
 
