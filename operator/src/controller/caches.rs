@@ -86,6 +86,17 @@ impl Caches {
         (caches, watches)
     }
 
+    /// Caches over `regions` and `links`, filled by the caller, taken as
+    /// synced.
+    #[cfg(test)]
+    pub(super) fn synced_with(regions: Store<Region>, links: Store<RegionLink>) -> Self {
+        Caches {
+            regions,
+            links,
+            synced: watch::channel(true).1,
+        }
+    }
+
     /// Waits until both caches have done their first LIST, empty or not;
     /// fails if their watches were dropped before.
     pub async fn synced(&self) -> Result<(), watch::error::RecvError> {

@@ -11,6 +11,8 @@ pub mod build;
 mod caches;
 pub mod cert_manager;
 mod error;
+#[cfg(test)]
+mod fixtures;
 mod health;
 mod leader;
 pub mod links;
@@ -21,6 +23,8 @@ pub mod pki;
 mod policy;
 mod status;
 mod storage;
+#[cfg(test)]
+mod tests;
 mod written;
 
 use std::net::SocketAddr;
