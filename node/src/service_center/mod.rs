@@ -9,5 +9,6 @@ pub mod hub;
 pub mod outbox;
 pub mod retention;
 pub mod roaming_link;
+pub mod verdicts;
 
 pub use business_center::BusinessCenter;

@@ -1,7 +1,10 @@
 //! Drains the durable outbox: one worker per destination region sends the
 //! waiting items in order through the roaming system, and clears them only
 //! once the destination has acknowledged. Failures are retried with
-//! exponential backoff and jitter, for as long as it takes.
+//! exponential backoff and jitter, for as long as it takes. The
+//! acknowledgement carries the destination's verdicts on the submissions
+//! among the items: the worker records them with the clear and hands them
+//! to the `Send` calls waiting (see [`super::verdicts`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -11,8 +14,9 @@ use rand::Rng;
 use tokio::sync::Notify;
 use tracing::Instrument;
 
-use super::data_center::{DataCenter, outbox};
+use super::data_center::{DataCenter, messages, outbox};
 use super::roaming_link::RoamingLink;
+use super::verdicts::{self, Submitted, Verdicts};
 use crate::limits::MAX_BATCH_ITEMS;
 use crate::telemetry::ServiceCenterMetrics;
 use crate::telemetry::traces;
@@ -28,16 +32,45 @@ pub struct Outbox {
     link: Arc<RoamingLink>,
     workers: Arc<Mutex<HashMap<String, Arc<Notify>>>>,
     metrics: ServiceCenterMetrics,
+    verdicts: Verdicts,
+    /// Destinations whose last delivery failed (their workers are retrying).
+    failing: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Outbox {
-    /// An outbox whose workers count their batches in `metrics`.
-    pub fn new(dc: DataCenter, link: Arc<RoamingLink>, metrics: ServiceCenterMetrics) -> Self {
+    /// An outbox whose workers count their batches in `metrics`, and hand
+    /// the destinations' verdicts to `verdicts`.
+    pub fn new(
+        dc: DataCenter,
+        link: Arc<RoamingLink>,
+        metrics: ServiceCenterMetrics,
+        verdicts: Verdicts,
+    ) -> Self {
         Self {
             dc,
             link,
             workers: Arc::default(),
             metrics,
+            verdicts,
+            failing: Arc::default(),
+        }
+    }
+
+    /// Whether the last attempt to deliver to `destination` failed: it
+    /// cannot be asked now, so a `Send` need not wait for its verdict.
+    pub fn is_failing(&self, destination: &str) -> bool {
+        self.failing
+            .lock()
+            .expect("failing destinations")
+            .contains(destination)
+    }
+
+    fn set_failing(&self, destination: &str, failing: bool) {
+        let mut set = self.failing.lock().expect("failing destinations");
+        if failing {
+            set.insert(destination.to_owned());
+        } else {
+            set.remove(destination);
         }
     }
 
@@ -86,25 +119,18 @@ impl Outbox {
             let span = self.carry_span(&destination, &batch);
             let items: Vec<_> = batch.into_iter().map(|p| p.item).collect();
             let count = items.len();
+            let submitted = Submitted::among(&items);
             match self.link.carry(&destination, items).instrument(span).await {
-                Ok(()) => {
+                Ok(reply) => {
                     self.metrics.carried(&destination, count);
+                    self.set_failing(&destination, false);
                     sent_up_to = last_id;
                     backoff = FIRST_BACKOFF;
-                    let (dc, dest) = (self.dc.clone(), destination.clone());
-                    // Clearing need not hold up the next batch: a crash
-                    // before it commits only means a resend, which the
-                    // receiver ignores.
-                    tokio::spawn(async move {
-                        if let Err(err) = dc
-                            .write(move |conn| outbox::clear(conn, &dest, last_id))
-                            .await
-                        {
-                            tracing::error!(%err, "outbox clear failed");
-                        }
-                    });
+                    let judged = verdicts::judged(submitted, &reply);
+                    self.conclude(&destination, last_id, judged);
                 }
                 Err(err) => {
+                    self.set_failing(&destination, true);
                     self.metrics.carry_failed(&destination);
                     tracing::debug!(%err, %destination, "outbox delivery failed; retrying");
                     let jitter = rand::rng().random_range(0.5..1.5);
@@ -139,5 +165,53 @@ impl Outbox {
             }
         }
         span
+    }
+
+    /// After `destination` acknowledged everything up to `last_id`, with
+    /// its verdicts on the submissions among it: hands each verdict to the
+    /// `Send` calls waiting for it at once, then records the verdicts and
+    /// clears the items in one commit, then hands them to calls that began
+    /// waiting meanwhile (a retry registers, then reads the record) and
+    /// tells the senders whom no call was waiting for. Clearing need not
+    /// hold up the next batch: a crash before it commits only means a
+    /// resend, which the destination answers the same way.
+    fn conclude(
+        &self,
+        destination: &str,
+        last_id: i64,
+        judged: Vec<(Submitted, verdicts::Verdict)>,
+    ) {
+        let unclaimed: Vec<bool> = judged
+            .iter()
+            .map(|(s, v)| !self.verdicts.hand_over(&s.message_id, v))
+            .collect();
+        let wire: Vec<_> = judged
+            .iter()
+            .map(|(s, v)| v.to_wire(&s.message_id))
+            .collect();
+        let (dc, dest, verdicts) = (
+            self.dc.clone(),
+            destination.to_owned(),
+            self.verdicts.clone(),
+        );
+        tokio::spawn(async move {
+            let cleared = dc
+                .write(move |conn| {
+                    for verdict in &wire {
+                        messages::record_verdict(conn, verdict)?;
+                    }
+                    outbox::clear(conn, &dest, last_id)
+                })
+                .await;
+            if let Err(err) = cleared {
+                tracing::error!(%err, "outbox clear failed");
+            }
+            for ((submitted, verdict), unclaimed) in judged.iter().zip(unclaimed) {
+                let claimed = verdicts.hand_over(&submitted.message_id, verdict);
+                if unclaimed && !claimed {
+                    verdicts.tell_sender(submitted, verdict);
+                }
+            }
+        });
     }
 }

@@ -21,19 +21,22 @@ use super::data_center::DataCenter;
 use super::hub::Hub;
 use super::outbox::Outbox;
 use super::roaming_link::RoamingLink;
+use super::verdicts::Verdicts;
 use crate::Error;
 use crate::ids::Id;
 use crate::limits::MAX_THROTTLED_KEYS;
 use crate::proto::peer_api::{data_reply, data_request};
 use crate::telemetry::ServiceCenterMetrics;
 
-pub use subscribe::DeliveryStream;
+pub use subscribe::EventStream;
 
 #[derive(Clone)]
 pub struct BusinessCenter {
     region: Arc<str>,
     dc: DataCenter,
     hub: Hub,
+    /// The `Send` calls waiting for a home's verdict.
+    verdicts: Verdicts,
     link: Arc<RoamingLink>,
     outbox: Outbox,
     sessions: sessions::Sessions,
@@ -67,7 +70,9 @@ impl BusinessCenter {
     /// A business center over `dc` that reaches other regions through `link`.
     pub async fn start(dc: DataCenter, link: Arc<RoamingLink>) -> Result<Self, Error> {
         let metrics = ServiceCenterMetrics::new(dc.commits().clone());
-        let outbox = Outbox::new(dc.clone(), link.clone(), metrics.clone());
+        let hub = Hub::new(metrics.clone());
+        let verdicts = Verdicts::new(hub.clone());
+        let outbox = Outbox::new(dc.clone(), link.clone(), metrics.clone(), verdicts.clone());
         outbox.resume().await?;
         let assertions = assertions::Assertions::new(
             link.region().into(),
@@ -78,7 +83,8 @@ impl BusinessCenter {
             region: link.region().into(),
             sessions: sessions::Sessions::new(dc.clone()),
             dc,
-            hub: Hub::new(metrics.clone()),
+            hub,
+            verdicts,
             link,
             outbox,
             throttle: throttle::LoginThrottle::new(MAX_THROTTLED_KEYS),

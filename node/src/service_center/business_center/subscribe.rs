@@ -1,5 +1,6 @@
 //! Subscribe with resume: replay what the client missed after its cursors,
-//! then stream live deliveries, with no gap and no duplicate per stream.
+//! then stream live deliveries, with no gap and no duplicate per stream,
+//! and the verdicts on the subscriber's queued sends as they come.
 
 use std::collections::HashMap;
 
@@ -10,9 +11,9 @@ use super::BusinessCenter;
 use crate::Error;
 use crate::ids::Id;
 use crate::limits::{MAX_CURSORS, MAX_HISTORY_PAGE};
-use crate::proto::client_api::{Cursor, Delivery, HistoryRequest};
+use crate::proto::client_api::{Cursor, Delivery, Event, HistoryRequest, event};
 
-pub type DeliveryStream = ReceiverStream<Result<Delivery, Error>>;
+pub type EventStream = ReceiverStream<Result<Event, Error>>;
 
 /// The subscriber went away.
 struct Gone;
@@ -22,15 +23,11 @@ struct Session {
     actor: Id,
     /// The last `seq` sent on this stream, per group.
     last: HashMap<String, u64>,
-    out: mpsc::Sender<Result<Delivery, Error>>,
+    out: mpsc::Sender<Result<Event, Error>>,
 }
 
 impl BusinessCenter {
-    pub async fn subscribe(
-        &self,
-        actor: &Id,
-        cursors: Vec<Cursor>,
-    ) -> Result<DeliveryStream, Error> {
+    pub async fn subscribe(&self, actor: &Id, cursors: Vec<Cursor>) -> Result<EventStream, Error> {
         if cursors.len() > MAX_CURSORS {
             return Err(Error::InvalidArgument(format!(
                 "at most {MAX_CURSORS} cursors"
@@ -62,14 +59,19 @@ impl BusinessCenter {
             loop {
                 tokio::select! {
                     () = session.out.closed() => return,
-                    next = live.deliveries.recv() => {
-                        let Some(delivery) = next else {
+                    next = live.events.recv() => {
+                        let Some(event) = next else {
                             let _ = session.out.send(Err(Error::Unavailable(
                                 "the subscription fell behind; subscribe again with your cursors".into(),
                             ))).await;
                             return;
                         };
-                        if session.live(delivery).await.is_err() {
+                        let sent = match event.kind {
+                            Some(event::Kind::Delivery(delivery)) => session.live(delivery).await,
+                            Some(kind @ event::Kind::Verdict(_)) => session.send(kind).await,
+                            None => Ok(()),
+                        };
+                        if sent.is_err() {
                             return;
                         }
                     }
@@ -83,7 +85,12 @@ impl BusinessCenter {
 impl Session {
     async fn emit(&mut self, delivery: Delivery) -> Result<(), Gone> {
         self.last.insert(delivery.group.clone(), delivery.seq);
-        self.out.send(Ok(delivery)).await.map_err(|_| Gone)
+        self.send(event::Kind::Delivery(delivery)).await
+    }
+
+    async fn send(&mut self, kind: event::Kind) -> Result<(), Gone> {
+        let event = Event { kind: Some(kind) };
+        self.out.send(Ok(event)).await.map_err(|_| Gone)
     }
 
     /// Handles a live delivery: drops what was sent already, fills a gap
