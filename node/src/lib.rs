@@ -23,6 +23,7 @@ pub mod reflection;
 pub mod roaming;
 pub mod server;
 pub mod service_center;
+pub mod tasks;
 pub mod telemetry;
 pub mod transport;
 pub mod trust;

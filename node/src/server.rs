@@ -18,6 +18,7 @@ use crate::roaming::{self, Roaming};
 use crate::service_center::data_center::DataCenter;
 use crate::service_center::roaming_link::RoamingLink;
 use crate::service_center::{self, BusinessCenter};
+use crate::tasks::Tasks;
 use crate::telemetry;
 use crate::transport::{self, ClientAuth, ServerTls};
 use crate::trust::Credentials;
@@ -85,14 +86,38 @@ const PAIRING_RETRY: Duration = Duration::from_millis(200);
 /// How long one such call may take.
 const PAIRING_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The parts of a running node that own background tasks.
+#[derive(Default)]
+struct Parts {
+    roaming: Option<Roaming>,
+    center: Option<BusinessCenter>,
+}
+
 impl Node {
-    /// Serves until `shutdown` completes.
+    /// Serves until `shutdown` completes. Before it returns, every task the
+    /// node started has stopped: the servers, the outbox workers, the
+    /// prober, subscriptions and reloads — so the data center (and its
+    /// lock) is released, and nothing of the node keeps running.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), Error> {
+        let tasks = Tasks::new();
+        let mut parts = Parts::default();
+        let served = self.serve(shutdown, &tasks, &mut parts).await;
+        stop_parts(parts.center.as_ref(), parts.roaming.as_ref()).await;
+        tasks.shutdown().await;
+        served
+    }
+
+    async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+        tasks: &Tasks,
+        parts: &mut Parts,
+    ) -> Result<(), Error> {
         let (stop_tx, stop_rx) = watch::channel(false);
-        tokio::spawn(async move {
+        tasks.spawn_until_stopped(async move {
             shutdown.await;
             let _ = stop_tx.send(true);
         });
@@ -109,7 +134,7 @@ impl Node {
                 self.credentials.identity()
             )));
         }
-        self.credentials.watch();
+        tasks.spawn_until_stopped(self.credentials.reloads());
         let credentials = self.credentials;
         let mutual = |listener| {
             transport::incoming(
@@ -126,6 +151,7 @@ impl Node {
 
         if let Some(listeners) = self.roaming {
             let roaming = Roaming::start(self.mesh.clone(), self.health, credentials.clone());
+            parts.roaming = Some(roaming.clone());
             roaming::metrics::register(&mut registry, roaming.clone());
             more_routes = more_routes.merge(roaming::metrics::router(roaming.clone()));
             tracing::info!(%region, pair = %local(&listeners.pair), peer = %local(&listeners.peer), "roaming system serving");
@@ -166,6 +192,7 @@ impl Node {
             pairing = Some(link.clone());
             let observed = dc.clone();
             let center = BusinessCenter::start(dc, link).await?;
+            parts.center = Some(center.clone());
             center.metrics().register(&mut registry);
             center_metrics = Some((center.metrics().clone(), observed));
             tracing::info!(%region, client = %local(&listeners.client), pair = %local(&listeners.pair), "service center serving");
@@ -194,15 +221,9 @@ impl Node {
                 center: center_metrics,
                 mesh: self.mesh.clone(),
             };
-            let stop = stopped();
-            tokio::spawn(async move {
-                tokio::select! {
-                    served = telemetry::http::serve(metrics, scrape, more_routes) => {
-                        if let Err(err) = served {
-                            tracing::error!(%err, "metrics server failed");
-                        }
-                    }
-                    () = stop => {}
+            tasks.spawn_until_stopped(async move {
+                if let Err(err) = telemetry::http::serve(metrics, scrape, more_routes).await {
+                    tracing::error!(%err, "metrics server failed");
                 }
             });
         }
@@ -214,14 +235,11 @@ impl Node {
                 reporter
                     .set_service_status("", ServingStatus::NotServing)
                     .await;
-                let stop = stopped();
-                tokio::spawn(async move {
-                    tokio::select! {
-                        () = link.wait_until_paired(PAIRING_RETRY, PAIRING_TIMEOUT) => {
-                            reporter.set_service_status("", ServingStatus::Serving).await;
-                        }
-                        () = stop => {}
-                    }
+                tasks.spawn_until_stopped(async move {
+                    link.wait_until_paired(PAIRING_RETRY, PAIRING_TIMEOUT).await;
+                    reporter
+                        .set_service_status("", ServingStatus::Serving)
+                        .await;
                 });
             }
             servers.spawn(
@@ -231,15 +249,40 @@ impl Node {
             );
         }
 
-        while let Some(result) = servers.join_next().await {
-            match result {
-                Ok(Ok(())) => {}
-                Ok(Err(err)) => return Err(Error::Internal(format!("server failed: {err}"))),
-                Err(err) => return Err(Error::Internal(format!("server task failed: {err}"))),
+        let drained = async {
+            while let Some(result) = servers.join_next().await {
+                match result {
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) => return Err(Error::Internal(format!("server failed: {err}"))),
+                    Err(err) => return Err(Error::Internal(format!("server task failed: {err}"))),
+                }
             }
-        }
+            Ok(())
+        };
+        // A graceful stop of the servers waits for open streams, and a
+        // subscription's stream ends only when its task does: so the parts'
+        // tasks are stopped as soon as the stop is asked for, alongside.
+        let (center, roaming) = (parts.center.clone(), parts.roaming.clone());
+        let stopping = async move {
+            stopped().await;
+            stop_parts(center.as_ref(), roaming.as_ref()).await;
+        };
+        tokio::pin!(drained);
+        let served = tokio::select! {
+            served = &mut drained => served,
+            () = stopping => drained.await,
+        };
         tracing::info!(%region, "node stopped");
-        Ok(())
+        served
+    }
+}
+
+async fn stop_parts(center: Option<&BusinessCenter>, roaming: Option<&Roaming>) {
+    if let Some(center) = center {
+        center.shutdown().await;
+    }
+    if let Some(roaming) = roaming {
+        roaming.shutdown().await;
     }
 }
 

@@ -63,7 +63,7 @@ pub struct Mesh {
     pub ca: MeshCa,
     /// A tool certificate of that CA, for the admin API.
     pub tool: Arc<Credentials>,
-    _data: tempfile::TempDir,
+    data: tempfile::TempDir,
 }
 
 /// Heartbeats as in production, but judged leniently: many nodes share this
@@ -179,7 +179,7 @@ impl Mesh {
             regions,
             ca,
             tool,
-            _data: data,
+            data,
         }
     }
 
@@ -264,8 +264,19 @@ impl Mesh {
         }
     }
 
+    /// Where `code`'s service center keeps its data center.
+    pub fn data_dir(&self, code: &str) -> std::path::PathBuf {
+        self.data.path().join(code)
+    }
+
     /// Stops every node and waits for them.
     pub async fn stop(mut self) {
+        self.stop_regions().await;
+    }
+
+    /// Stops every node and waits for each to return from `Node::run`,
+    /// keeping their data directories.
+    pub async fn stop_regions(&mut self) {
         for region in self.regions.values_mut() {
             if let Some(stop) = region.stop.take() {
                 let _ = stop.send(());

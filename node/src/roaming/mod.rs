@@ -24,6 +24,7 @@ use crate::mesh::health::HealthPolicy;
 use crate::mesh::{MeshConfig, Route};
 use crate::proto::pair_api::pair_client::PairClient;
 use crate::proto::peer_api::Envelope;
+use crate::tasks::Tasks;
 use crate::transport::{self, Dial};
 use crate::trust::origin::{self, Payload};
 use crate::trust::{Credentials, Verifier};
@@ -37,6 +38,8 @@ pub struct Roaming {
     pub links: Arc<Links>,
     credentials: Arc<Credentials>,
     verifier: Arc<Verifier>,
+    /// The prober and its heartbeats: stopped by [`Self::shutdown`].
+    tasks: Tasks,
 }
 
 /// Who handed this roaming system a request.
@@ -62,8 +65,8 @@ enum Hop {
 }
 
 impl Roaming {
-    /// A roaming system that probes its links with `policy`, until dropped
-    /// along with every clone.
+    /// A roaming system that probes its links with `policy` until
+    /// [`Self::shutdown`].
     pub fn start(
         config: watch::Receiver<MeshConfig>,
         policy: HealthPolicy,
@@ -77,10 +80,18 @@ impl Roaming {
             channels: Arc::default(),
             verifier: Arc::new(Verifier::new(credentials.clone())),
             credentials,
+            tasks: Tasks::new(),
         };
         roaming.links.configure(&roaming.config.borrow());
-        tokio::spawn(probe::run(roaming.clone()));
         roaming
+            .tasks
+            .spawn_until_stopped(probe::run(roaming.clone()));
+        roaming
+    }
+
+    /// Stops the prober and waits for its heartbeats in flight.
+    pub async fn shutdown(&self) {
+        self.tasks.shutdown().await;
     }
 
     pub fn region(&self) -> String {

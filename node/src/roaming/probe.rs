@@ -15,10 +15,6 @@ pub async fn run(roaming: Roaming) {
     let mut last_config = None;
     loop {
         tick.tick().await;
-        // Stop with the node: only the prober itself still holds the links.
-        if std::sync::Arc::strong_count(&roaming.links) == 1 {
-            return;
-        }
         let config = roaming.config();
         if last_config.as_ref() != Some(&config) {
             roaming.links.configure(&config);
@@ -30,7 +26,8 @@ pub async fn run(roaming: Roaming) {
             let roaming = roaming.clone();
             let config = config.clone();
             let (region, endpoint) = (peer.region.clone(), peer.endpoint.clone());
-            tokio::spawn(async move {
+            let tasks = roaming.tasks.clone();
+            tasks.spawn_until_stopped(async move {
                 let rtt = probe(&roaming, &region, &endpoint).await;
                 roaming.links.probed(&config, &region, rtt);
             });

@@ -18,6 +18,7 @@ use super::data_center::{DataCenter, messages, outbox};
 use super::roaming_link::RoamingLink;
 use super::verdicts::{self, Submitted, Verdicts};
 use crate::limits::MAX_BATCH_ITEMS;
+use crate::tasks::Tasks;
 use crate::telemetry::ServiceCenterMetrics;
 use crate::telemetry::traces;
 
@@ -31,6 +32,7 @@ pub struct Outbox {
     dc: DataCenter,
     link: Arc<RoamingLink>,
     workers: Arc<Mutex<HashMap<String, Arc<Notify>>>>,
+    tasks: Tasks,
     metrics: ServiceCenterMetrics,
     verdicts: Verdicts,
     /// Destinations whose last delivery failed (their workers are retrying).
@@ -38,11 +40,13 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    /// An outbox whose workers count their batches in `metrics`, and hand
-    /// the destinations' verdicts to `verdicts`.
+    /// An outbox whose workers run as `tasks` (and so stop with them),
+    /// count their batches in `metrics`, and hand the destinations'
+    /// verdicts to `verdicts`.
     pub fn new(
         dc: DataCenter,
         link: Arc<RoamingLink>,
+        tasks: Tasks,
         metrics: ServiceCenterMetrics,
         verdicts: Verdicts,
     ) -> Self {
@@ -50,6 +54,7 @@ impl Outbox {
             dc,
             link,
             workers: Arc::default(),
+            tasks,
             metrics,
             verdicts,
             failing: Arc::default(),
@@ -91,7 +96,12 @@ impl Outbox {
         }
         let notify = Arc::new(Notify::new());
         workers.insert(destination.to_owned(), notify.clone());
-        tokio::spawn(self.clone().drain(destination.to_owned(), notify));
+        let outbox = self.clone();
+        let destination = destination.to_owned();
+        // Every await in `drain` may wait long (a cut link, a backoff); a
+        // stop ends it there. Items not yet cleared are resent next run.
+        self.tasks
+            .spawn_until_stopped(async move { outbox.drain(destination, notify).await });
     }
 
     async fn drain(self, destination: String, notify: Arc<Notify>) {
@@ -194,7 +204,7 @@ impl Outbox {
             destination.to_owned(),
             self.verdicts.clone(),
         );
-        tokio::spawn(async move {
+        self.tasks.spawn(|_| async move {
             let cleared = dc
                 .write(move |conn| {
                     for verdict in &wire {

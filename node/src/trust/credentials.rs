@@ -175,13 +175,22 @@ impl Credentials {
         Ok(true)
     }
 
-    /// Re-reads the files every [`RELOAD_INTERVAL`] while `self` is in use.
+    /// Re-reads the files every [`RELOAD_INTERVAL`] while `self` is in use,
+    /// on a task of its own.
     pub fn watch(self: &Arc<Self>) {
-        if self.files.is_none() {
-            return;
-        }
+        tokio::spawn(self.reloads());
+    }
+
+    /// The reload loop itself, for an owner that runs it as one of its
+    /// tasks: it re-reads the files every [`RELOAD_INTERVAL`], and ends
+    /// once `self` is no longer in use (or at once, with no files).
+    pub fn reloads(self: &Arc<Self>) -> impl std::future::Future<Output = ()> + Send + 'static {
         let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
+        let files = self.files.is_some();
+        async move {
+            if !files {
+                return;
+            }
             loop {
                 tokio::time::sleep(RELOAD_INTERVAL).await;
                 let Some(credentials) = weak.upgrade() else {
@@ -195,7 +204,7 @@ impl Credentials {
                     Err(err) => tracing::warn!(%err, "credentials change ignored"),
                 }
             }
-        });
+        }
     }
 }
 

@@ -23,6 +23,7 @@ use super::outbox::Outbox;
 use super::roaming_link::RoamingLink;
 use super::verdicts::Verdicts;
 use crate::Error;
+use crate::tasks::Tasks;
 use crate::ids::Id;
 use crate::limits::MAX_THROTTLED_KEYS;
 use crate::proto::peer_api::{data_reply, data_request};
@@ -45,6 +46,8 @@ pub struct BusinessCenter {
     assertions: assertions::Assertions,
     clock: Clock,
     metrics: ServiceCenterMetrics,
+    /// Outbox workers and subscriptions: stopped by [`Self::shutdown`].
+    tasks: Tasks,
 }
 
 /// Where logins and sessions read the time, in milliseconds since the Unix
@@ -72,7 +75,14 @@ impl BusinessCenter {
         let metrics = ServiceCenterMetrics::new(dc.commits().clone());
         let hub = Hub::new(metrics.clone());
         let verdicts = Verdicts::new(hub.clone());
-        let outbox = Outbox::new(dc.clone(), link.clone(), metrics.clone(), verdicts.clone());
+        let tasks = Tasks::new();
+        let outbox = Outbox::new(
+            dc.clone(),
+            link.clone(),
+            tasks.clone(),
+            metrics.clone(),
+            verdicts.clone(),
+        );
         outbox.resume().await?;
         let assertions = assertions::Assertions::new(
             link.region().into(),
@@ -92,7 +102,14 @@ impl BusinessCenter {
             assertions,
             clock: Clock::system(),
             metrics,
+            tasks,
         })
+    }
+
+    /// Stops every task this business center started and waits for them,
+    /// so that none of them holds the data center any longer.
+    pub async fn shutdown(&self) {
+        self.tasks.shutdown().await;
     }
 
     /// What this business center counts, for the node's `/metrics`.

@@ -48,7 +48,8 @@ impl BusinessCenter {
             last,
             out,
         };
-        tokio::spawn(async move {
+        // A stop drops the stream's sender, which ends the client's stream.
+        self.tasks.spawn_until_stopped(async move {
             let mut live = subscription;
             let groups: Vec<String> = session.last.keys().cloned().collect();
             for group in groups {
