@@ -492,7 +492,11 @@ fn readyz_waits_for_synced_caches_even_with_no_region_and_a_standby_is_ready() {
     let regions = cluster
         .kubectl_ok(&["get", "regions", "-A", "-o", "name"])
         .unwrap();
-    assert_eq!(regions.trim(), "", "no Region: synced with nothing to reconcile");
+    assert_eq!(
+        regions.trim(),
+        "",
+        "no Region: synced with nothing to reconcile"
+    );
     assert_eq!(leader.http_get("/healthz").unwrap().0, 200);
 
     // A second replica, as the chart's ServiceAccount, stands by: ready.
