@@ -4,3 +4,4 @@
 pub mod controller;
 pub mod local;
 pub mod mesh;
+pub mod node_command;

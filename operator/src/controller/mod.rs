@@ -375,16 +375,19 @@ async fn reconcile_region(region: &Region, ctx: &Context) -> Result<Action, Erro
     let region = &ctx.written.latest(region);
 
     // Validate.
-    let problems: Vec<String> = validate::region(region)
-        .into_iter()
-        .map(|v| v.to_string())
-        .collect();
-    if !problems.is_empty() {
-        let message = problems.join("; ");
-        write_status(ctx, region, Outcome::Invalid(&message)).await?;
-        event(ctx, region, EventType::Warning, "InvalidSpec", &message).await;
-        return Err(Error::Invalid(message));
-    }
+    let valid = match build::ValidRegion::check(region) {
+        Ok(valid) => valid,
+        Err(violations) => {
+            let message = violations
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ");
+            write_status(ctx, region, Outcome::Invalid(&message)).await?;
+            event(ctx, region, EventType::Warning, "InvalidSpec", &message).await;
+            return Err(Error::Invalid(message));
+        }
+    };
     // A mesh has at most MAX_REGIONS: the Regions created first are served,
     // a later one is refused here and left out of every region's mesh
     // configuration (docs/ARCHITECTURE.md §10).
@@ -420,7 +423,7 @@ async fn reconcile_region(region: &Region, ctx: &Context) -> Result<Action, Erro
             return Err(err);
         }
     };
-    let mut desired = build::desired(region, &regions, &links, &ctx.settings, owner);
+    let mut desired = build::desired(valid, &regions, &links, &ctx.settings, owner);
     log_level::apply(&mut desired, ctx.node_log_level.as_deref());
     // The data volume first: it keeps the StatefulSet's claim template as
     // created, so the apply below never touches it, and grows the claims

@@ -18,6 +18,7 @@ use super::readiness::{self, Access};
 use super::supervisor::{ProcessSpec, supervise};
 use super::write_atomically;
 use crate::mesh::{PairEndpoints, mesh_config};
+use crate::node_command;
 
 /// Every port local mode runs speaks TLS.
 fn url(port: u16) -> String {
@@ -204,56 +205,39 @@ impl LocalMesh {
         let (stop, stop_rx) = watch::channel(false);
         let addr = |port: u16| format!("127.0.0.1:{port}");
         let files = self.pki.files(code);
-        let tls: Vec<String> = vec![
-            "--tls-ca".into(),
-            files.ca.display().to_string(),
-            "--tls-cert".into(),
-            files.cert.display().to_string(),
-            "--tls-key".into(),
-            files.key.display().to_string(),
-        ];
+        let common = node_command::Common {
+            config,
+            identity: node_command::Identity {
+                ca: files.ca.display().to_string(),
+                cert: files.cert.display().to_string(),
+                key: files.key.display().to_string(),
+            },
+            listen_probe: None,
+            exit_with_parent: true,
+        };
         let roaming = ProcessSpec {
             name: format!("{code} roaming system"),
             program: self.node_binary.clone(),
-            args: vec![
-                "--role".into(),
-                "roaming".into(),
-                "--config".into(),
-                config.clone(),
-                "--listen-roaming-pair".into(),
-                addr(ports.roaming_pair),
-                "--listen-peer".into(),
-                addr(ports.peer),
-                "--listen-metrics".into(),
-                addr(ports.metrics),
-                "--exit-with-parent".into(),
-            ]
-            .into_iter()
-            .chain(tls.iter().cloned())
-            .collect(),
+            args: node_command::Roaming {
+                listen_pair: addr(ports.roaming_pair),
+                listen_peer: addr(ports.peer),
+                listen_metrics: addr(ports.metrics),
+            }
+            .args(&common),
             log: dir.join("roaming.log"),
             pid_file: dir.join("roaming.pid"),
         };
         let service_center = ProcessSpec {
             name: format!("{code} service center"),
             program: self.node_binary.clone(),
-            args: vec![
-                "--role".into(),
-                "service-center".into(),
-                "--config".into(),
-                config,
-                "--data-dir".into(),
-                dir.join("data").display().to_string(),
-                "--listen-client".into(),
-                addr(ports.client),
-                "--listen-pair".into(),
-                addr(ports.service_center_pair),
-                "--client-tls".into(),
-                "--exit-with-parent".into(),
-            ]
-            .into_iter()
-            .chain(tls)
-            .collect(),
+            args: node_command::ServiceCenter {
+                data_dir: dir.join("data").display().to_string(),
+                listen_client: addr(ports.client),
+                listen_pair: addr(ports.service_center_pair),
+                listen_metrics: None,
+                client_tls: node_command::ClientTls::RegionCertificate,
+            }
+            .args(&common),
             log: dir.join("service-center.log"),
             pid_file: dir.join("service-center.pid"),
         };

@@ -1,0 +1,529 @@
+//! The builders' tests, and the golden file of what they build.
+
+use std::path::PathBuf;
+
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use meridian_crds::manifest;
+
+use super::*;
+
+const MANIFESTS: &str = "
+apiVersion: meridian.dev/v1alpha1
+kind: Region
+metadata: {name: eu, namespace: chat}
+spec:
+  cluster: a
+  serviceCenter:
+    resources: {requests: {cpu: 500m}}
+    storage: {size: 10Gi, storageClassName: fast}
+    bandwidth: {ingress: 100M, egress: 50M}
+  roaming: {replicas: 2, image: 'example/roaming:1'}
+---
+apiVersion: meridian.dev/v1alpha1
+kind: Region
+metadata: {name: us, namespace: chat}
+spec: {cluster: a}
+---
+apiVersion: meridian.dev/v1alpha1
+kind: Region
+metadata: {name: ap, namespace: chat}
+spec: {cluster: b, peerEndpoint: 'roaming.ap.example.net:7443'}
+---
+apiVersion: meridian.dev/v1alpha1
+kind: Region
+metadata: {name: sa, namespace: chat}
+spec: {cluster: b}
+---
+apiVersion: meridian.dev/v1alpha1
+kind: RegionLink
+metadata: {name: eu-us, namespace: chat}
+spec: {regions: [eu, us], enabled: false}
+";
+
+fn desired_eu() -> Desired {
+    desired_eu_with(|_| {})
+}
+
+/// eu's desired objects, after `change` to the parsed eu Region.
+fn desired_eu_with(change: impl FnOnce(&mut Region)) -> Desired {
+    desired_eu_from(MANIFESTS, change)
+}
+
+/// eu's desired objects from `manifests` (eu first), after `change` to eu.
+fn desired_eu_from(manifests: &str, change: impl FnOnce(&mut Region)) -> Desired {
+    let mut m = manifest::parse(&[(PathBuf::from("m.yaml"), manifests.to_owned())]).unwrap();
+    change(&mut m.regions[0]);
+    let settings = Settings {
+        cluster: "a".into(),
+        image: "example/node:1".into(),
+    };
+    let owner = OwnerReference {
+        name: "eu".into(),
+        uid: "u".into(),
+        controller: Some(true),
+        ..Default::default()
+    };
+    let eu = ValidRegion::check(&m.regions[0]).unwrap();
+    desired(eu, &m.regions, &m.links, &settings, owner)
+}
+
+/// Every object `desired` builds for eu, in several variants, as YAML:
+/// the generated manifests, compared with `testdata/desired.yaml` so
+/// that no change to them goes unnoticed. After an intended change,
+/// `MERIDIAN_UPDATE_GOLDEN=1 cargo test -p meridian-operator golden`
+/// rewrites the file, and its diff shows the change.
+#[test]
+fn the_generated_manifests_are_the_golden_ones() {
+    let variants = [
+        ("eu as in MANIFESTS", desired_eu()),
+        (
+            "client TLS, no storage, roaming image unset",
+            desired_eu_with(|eu| {
+                eu.spec.service_center.client_tls = Some(meridian_crds::region::ClientTlsSpec {
+                    secret_name: "chat-example-com".into(),
+                });
+                eu.spec.service_center.storage = None;
+                eu.spec.roaming.image = None;
+            }),
+        ),
+        (
+            "NodePort peer Service",
+            desired_eu_from(
+                &with_eu_peer_service("{type: NodePort, nodePort: 30701}"),
+                |_| {},
+            ),
+        ),
+        (
+            "LoadBalancer peer Service",
+            desired_eu_from(&with_eu_peer_service("{type: LoadBalancer}"), |_| {}),
+        ),
+    ];
+    let mut text = String::new();
+    for (variant, d) in &variants {
+        text.push_str(&format!("# {variant}\n"));
+        let objects = [
+            serde_yaml::to_string(&d.config_map),
+            serde_yaml::to_string(&d.network_policy),
+            serde_yaml::to_string(&d.service_center_service),
+            serde_yaml::to_string(&d.service_center),
+            serde_yaml::to_string(&d.roaming_service),
+            serde_yaml::to_string(&d.roaming_peer_service),
+            serde_yaml::to_string(&d.roaming),
+        ];
+        for object in objects {
+            text.push_str("---\n");
+            text.push_str(&object.unwrap());
+        }
+    }
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("src/controller/testdata/desired.yaml");
+    if std::env::var_os("MERIDIAN_UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &text).unwrap();
+    }
+    let golden = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        golden == text,
+        "the generated manifests differ from {}; if intended, rewrite it with MERIDIAN_UPDATE_GOLDEN=1",
+        path.display()
+    );
+}
+
+#[test]
+fn local_peers_use_services_and_remote_peers_their_endpoint() {
+    let d = desired_eu();
+    let peers: Vec<(&str, &str, bool)> = d
+        .mesh
+        .peers
+        .iter()
+        .map(|p| (p.region.as_str(), p.endpoint.as_str(), p.enabled))
+        .collect();
+    assert_eq!(
+        peers,
+        vec![
+            ("ap", "https://roaming.ap.example.net:7443", true),
+            ("us", "https://us-roaming.chat.svc:7443", false),
+        ],
+        "sa is remote without a peerEndpoint, so it cannot be reached and is left out"
+    );
+    assert_eq!(
+        d.mesh.service_center.pair,
+        "https://eu-service-center.chat.svc:7401"
+    );
+    assert_eq!(
+        d.config_map.data.as_ref().unwrap()["mesh.yaml"],
+        d.mesh.to_yaml()
+    );
+}
+
+#[test]
+fn workloads_follow_the_spec_and_are_owned_by_the_region() {
+    let d = desired_eu();
+    let sts = &d.service_center;
+    assert_eq!(sts.metadata.name.as_deref(), Some("eu-service-center"));
+    assert_eq!(
+        sts.metadata.owner_references.as_ref().unwrap()[0].name,
+        "eu"
+    );
+    let claim = &sts.spec.volume_claim_templates.as_ref().unwrap()[0];
+    let claim_spec = claim.spec.as_ref().unwrap();
+    assert_eq!(claim_spec.storage_class_name.as_deref(), Some("fast"));
+    assert_eq!(
+        claim_spec
+            .resources
+            .as_ref()
+            .unwrap()
+            .requests
+            .as_ref()
+            .unwrap()["storage"]
+            .0,
+        "10Gi"
+    );
+    let template = &sts.spec.template;
+    let annotations = template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .annotations
+        .as_ref()
+        .unwrap();
+    assert_eq!(annotations["kubernetes.io/ingress-bandwidth"], "100M");
+    assert_eq!(annotations["kubernetes.io/egress-bandwidth"], "50M");
+    let container = &template.spec.as_ref().unwrap().containers[0];
+    assert_eq!(container.image.as_deref(), Some("example/node:1"));
+    assert_eq!(
+        container
+            .resources
+            .as_ref()
+            .unwrap()
+            .requests
+            .as_ref()
+            .unwrap()["cpu"]
+            .0,
+        "500m"
+    );
+
+    let roaming = &d.roaming;
+    assert_eq!(roaming.spec.replicas, Some(2));
+    let r_container = &roaming.spec.template.spec.as_ref().unwrap().containers[0];
+    assert_eq!(r_container.image.as_deref(), Some("example/roaming:1"));
+    let ports: Vec<i32> = d
+        .roaming_service
+        .spec
+        .as_ref()
+        .unwrap()
+        .ports
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|p| p.port)
+        .collect();
+    assert_eq!(ports, vec![ROAMING_PAIR_PORT, PEER_PORT]);
+}
+
+#[test]
+fn readiness_is_the_grpc_health_check_of_the_plaintext_probe_port() {
+    let d = desired_eu();
+    for template in [&d.service_center.spec.template, &d.roaming.spec.template] {
+        let container = &template.spec.as_ref().unwrap().containers[0];
+        let probe = container.readiness_probe.as_ref().unwrap();
+        assert_eq!(probe.grpc.as_ref().map(|g| g.port), Some(PROBE_PORT));
+        assert!(probe.tcp_socket.is_none());
+        let args = container.args.as_ref().unwrap();
+        assert!(args.contains(&format!("0.0.0.0:{PROBE_PORT}")), "{args:?}");
+    }
+}
+
+#[test]
+fn a_client_certificate_in_the_spec_is_mounted_into_the_service_center() {
+    let d = desired_eu();
+    let args = |d: &Desired| {
+        d.service_center
+            .spec
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0]
+            .args
+            .clone()
+            .unwrap()
+            .join(" ")
+    };
+    assert!(!args(&d).contains("--client-tls"), "plaintext unless asked");
+    let d = desired_eu_with(|eu| {
+        eu.spec.service_center.client_tls = Some(meridian_crds::region::ClientTlsSpec {
+            secret_name: "chat-example-com".into(),
+        });
+    });
+    assert!(args(&d).contains("--client-tls-cert /etc/meridian-client-tls/tls.crt"));
+    let spec = d.service_center.spec.template.spec.unwrap();
+    let volume = spec
+        .volumes
+        .unwrap()
+        .into_iter()
+        .find(|v| v.name == "client-tls")
+        .unwrap();
+    assert_eq!(
+        volume.secret.unwrap().secret_name.as_deref(),
+        Some("chat-example-com")
+    );
+}
+
+#[test]
+fn both_pods_mount_the_regions_identity_and_use_it() {
+    let d = desired_eu();
+    for template in [&d.service_center.spec.template, &d.roaming.spec.template] {
+        let spec = template.spec.as_ref().unwrap();
+        let volume = spec
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|v| v.name == "tls")
+            .expect("a tls volume");
+        let secret = volume.secret.as_ref().unwrap();
+        assert_eq!(secret.secret_name.as_deref(), Some("eu-tls"));
+        assert_eq!(secret.default_mode, Some(0o440));
+        let container = &spec.containers[0];
+        let args = container.args.as_ref().unwrap().join(" ");
+        assert!(
+            args.contains("--tls-key /etc/meridian-tls/tls.key"),
+            "{args}"
+        );
+    }
+    assert!(d.mesh.roaming.pair.starts_with("https://"));
+    assert!(
+        d.mesh
+            .peers
+            .iter()
+            .all(|p| p.endpoint.starts_with("https://"))
+    );
+}
+
+#[test]
+fn pods_meet_the_restricted_pod_security_standard() {
+    let d = desired_eu();
+    for template in [&d.service_center.spec.template, &d.roaming.spec.template] {
+        let spec = template.spec.as_ref().unwrap();
+        let pod = spec.security_context.as_ref().unwrap();
+        assert_eq!(pod.run_as_non_root, Some(true));
+        assert_eq!(
+            pod.seccomp_profile.as_ref().unwrap().type_,
+            "RuntimeDefault"
+        );
+        for container in &spec.containers {
+            let sc = container.security_context.as_ref().unwrap();
+            assert_eq!(sc.allow_privilege_escalation, Some(false));
+            assert_eq!(sc.read_only_root_filesystem, Some(true));
+            assert_eq!(
+                sc.capabilities.as_ref().unwrap().drop.as_deref(),
+                Some(&["ALL".to_owned()][..])
+            );
+        }
+    }
+}
+
+/// MANIFESTS with eu's `spec.roaming.peerService` set to `peer` (flow YAML).
+fn with_eu_peer_service(peer: &str) -> String {
+    let roaming = "roaming: {replicas: 2, image: 'example/roaming:1'}";
+    assert!(MANIFESTS.contains(roaming));
+    MANIFESTS.replacen(
+        roaming,
+        &format!("roaming: {{replicas: 2, image: 'example/roaming:1', peerService: {peer}}}"),
+        1,
+    )
+}
+
+/// (name, port, targetPort, nodePort) of each port of `service`.
+fn service_ports(service: &Service) -> Vec<(String, i32, Option<IntOrString>, Option<i32>)> {
+    service
+        .spec
+        .as_ref()
+        .unwrap()
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| {
+            (
+                p.name.clone().unwrap_or_default(),
+                p.port,
+                p.target_port.clone(),
+                p.node_port,
+            )
+        })
+        .collect()
+}
+
+fn service_type(service: &Service) -> Option<&str> {
+    service.spec.as_ref().unwrap().type_.as_deref()
+}
+
+#[test]
+fn the_peer_service_is_cluster_ip_by_default_and_carries_the_peer_port_alone() {
+    let d = desired_eu();
+    let peer = &d.roaming_peer_service;
+    assert_eq!(peer.metadata.name.as_deref(), Some("eu-roaming-peer"));
+    assert_eq!(peer.metadata.namespace.as_deref(), Some("chat"));
+    assert_eq!(
+        peer.metadata.owner_references.as_ref().unwrap()[0].name,
+        "eu"
+    );
+    assert_eq!(service_type(peer), Some("ClusterIP"));
+    assert_eq!(
+        service_ports(peer),
+        vec![(
+            "peer".to_owned(),
+            PEER_PORT,
+            Some(IntOrString::Int(PEER_PORT)),
+            None
+        )]
+    );
+    assert_eq!(
+        peer.spec.as_ref().unwrap().selector,
+        d.roaming_service.spec.as_ref().unwrap().selector,
+        "the same roaming pods"
+    );
+    // An explicit ClusterIP is the same as none.
+    let explicit = desired_eu_from(&with_eu_peer_service("{type: ClusterIP}"), |_| {});
+    assert_eq!(explicit.roaming_peer_service, d.roaming_peer_service);
+}
+
+#[test]
+fn a_node_port_peer_service_exposes_the_peer_port_at_the_given_node_port() {
+    let d = desired_eu_from(
+        &with_eu_peer_service("{type: NodePort, nodePort: 30701}"),
+        |_| {},
+    );
+    let peer = &d.roaming_peer_service;
+    assert_eq!(service_type(peer), Some("NodePort"));
+    assert_eq!(
+        service_ports(peer),
+        vec![(
+            "peer".to_owned(),
+            PEER_PORT,
+            Some(IntOrString::Int(PEER_PORT)),
+            Some(30701)
+        )]
+    );
+
+    // In-cluster addressing is unchanged: the pair endpoints and local
+    // peers still use `<region>-roaming`, which stays ClusterIP with
+    // the pair and peer ports.
+    let plain = desired_eu();
+    assert_eq!(d.roaming_service, plain.roaming_service);
+    assert_eq!(service_type(&d.roaming_service), None, "ClusterIP");
+    assert_eq!(d.mesh, plain.mesh);
+    assert_eq!(d.mesh.roaming.pair, "https://eu-roaming.chat.svc:7402");
+    assert_eq!(
+        d.mesh.peer("us").map(|p| p.endpoint.as_str()),
+        Some("https://us-roaming.chat.svc:7443")
+    );
+}
+
+#[test]
+fn a_load_balancer_peer_service_lets_kubernetes_pick_the_node_port() {
+    let d = desired_eu_from(&with_eu_peer_service("{type: LoadBalancer}"), |_| {});
+    let peer = &d.roaming_peer_service;
+    assert_eq!(service_type(peer), Some("LoadBalancer"));
+    assert_eq!(
+        service_ports(peer),
+        vec![(
+            "peer".to_owned(),
+            PEER_PORT,
+            Some(IntOrString::Int(PEER_PORT)),
+            None
+        )]
+    );
+}
+
+#[test]
+fn invalid_peer_services_are_refused_naming_the_field() {
+    for (peer, why) in [
+        (
+            "{nodePort: 30701}",
+            "is allowed only with type NodePort or LoadBalancer, not ClusterIP",
+        ),
+        (
+            "{type: ClusterIP, nodePort: 30701}",
+            "is allowed only with type NodePort or LoadBalancer, not ClusterIP",
+        ),
+        (
+            "{type: NodePort, nodePort: 80}",
+            "must be in 30000-32767 (Kubernetes' default node port range), not 80",
+        ),
+    ] {
+        let err = manifest::parse(&[(PathBuf::from("m.yaml"), with_eu_peer_service(peer))])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!(
+                "Region \"eu\"): spec.roaming.peerService.nodePort: {why}"
+            )),
+            "{peer}: {err}"
+        );
+    }
+}
+
+/// The pair port must never reach outside the cluster: it is on no
+/// Service that may get node ports, and the NetworkPolicy opens it only
+/// to the region's own pods, while every port of the peer Service is
+/// open from anywhere (mutual TLS), as node-port traffic needs.
+#[test]
+fn only_the_peer_port_leaves_the_cluster_and_the_network_policy_agrees() {
+    let d = desired_eu_from(
+        &with_eu_peer_service("{type: NodePort, nodePort: 30701}"),
+        |_| {},
+    );
+    let exposed: Vec<i32> = service_ports(&d.roaming_peer_service)
+        .into_iter()
+        .map(|(_, port, _, _)| port)
+        .collect();
+    assert_eq!(exposed, vec![PEER_PORT]);
+    for internal in [&d.roaming_service, &d.service_center_service] {
+        assert!(
+            matches!(service_type(internal), None | Some("ClusterIP")),
+            "{:?}",
+            internal.metadata.name
+        );
+    }
+
+    let rules = d
+        .network_policy
+        .spec
+        .as_ref()
+        .unwrap()
+        .ingress
+        .clone()
+        .unwrap();
+    let ports = |rule: &k8s_openapi::api::networking::v1::NetworkPolicyIngressRule| {
+        rule.ports
+            .iter()
+            .flatten()
+            .filter_map(|p| match p.port {
+                Some(IntOrString::Int(n)) => Some(n),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let open: Vec<i32> = rules
+        .iter()
+        .filter(|r| r.from.is_none())
+        .flat_map(ports)
+        .collect();
+    for port in &exposed {
+        assert!(open.contains(port), "{port} is open from anywhere");
+    }
+    assert!(!open.contains(&ROAMING_PAIR_PORT));
+    assert!(!open.contains(&SERVICE_CENTER_PAIR_PORT));
+}
+
+#[test]
+fn only_a_valid_region_is_built_from() {
+    let mut m = manifest::parse(&[(PathBuf::from("m.yaml"), MANIFESTS.to_owned())]).unwrap();
+    let eu = ValidRegion::check(&m.regions[0]).unwrap();
+    assert_eq!((eu.code(), eu.namespace()), ("eu", "chat"));
+    m.regions[0].spec.service_center.replicas = 3;
+    let violations = ValidRegion::check(&m.regions[0]).unwrap_err();
+    let fields: Vec<&str> = violations.iter().map(|v| v.field.as_str()).collect();
+    assert_eq!(fields, ["spec.serviceCenter.replicas"]);
+}
