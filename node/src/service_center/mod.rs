@@ -4,6 +4,7 @@
 
 pub mod business_center;
 pub mod data_center;
+pub mod departed;
 pub mod grpc;
 pub mod hub;
 pub mod outbox;

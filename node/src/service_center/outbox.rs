@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 use tracing::Instrument;
 
 use super::data_center::{DataCenter, messages, outbox};
+use super::departed::{self, Dropped};
 use super::roaming_link::RoamingLink;
 use super::verdicts::{self, Submitted, Verdicts};
 use crate::limits::MAX_BATCH_ITEMS;
@@ -37,6 +38,8 @@ pub struct Outbox {
     verdicts: Verdicts,
     /// Destinations whose last delivery failed (their workers are retrying).
     failing: Arc<Mutex<HashSet<String>>>,
+    /// Items dropped because their destination left the mesh.
+    dropped: Dropped,
 }
 
 impl Outbox {
@@ -58,7 +61,14 @@ impl Outbox {
             metrics,
             verdicts,
             failing: Arc::default(),
+            dropped: Dropped::default(),
         }
+    }
+
+    /// Items dropped unsent since this process started, because their
+    /// destination left the mesh (see [`super::departed`]).
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.total()
     }
 
     /// Whether the last attempt to deliver to `destination` failed: it
@@ -125,6 +135,10 @@ impl Outbox {
                     continue;
                 }
             };
+            if !self.link.in_mesh(&destination) {
+                self.depart(&destination).await;
+                return;
+            }
             let last_id = batch.last().map(|p| p.id).unwrap_or(sent_up_to);
             let span = self.carry_span(&destination, &batch);
             let items: Vec<_> = batch.into_iter().map(|p| p.item).collect();
@@ -175,6 +189,22 @@ impl Outbox {
             }
         }
         span
+    }
+
+    /// Ends the worker of `destination`, which left the mesh, and drops
+    /// its items. The worker leaves the map first: an item written after
+    /// that wakes a new worker, which drops it in turn; one written before
+    /// is dropped here.
+    async fn depart(&self, destination: &str) {
+        self.workers
+            .lock()
+            .expect("outbox workers")
+            .remove(destination);
+        self.set_failing(destination, false);
+        match departed::discard(&self.dc, destination, &self.dropped).await {
+            Ok(items) => self.metrics.outbox_dropped(destination, items),
+            Err(err) => tracing::error!(%err, %destination, "dropping outbox items failed"),
+        }
     }
 
     /// After `destination` acknowledged everything up to `last_id`, with

@@ -154,4 +154,43 @@ mod tests {
             "nothing left: one write that finds nothing"
         );
     }
+
+    #[tokio::test]
+    async fn a_started_business_center_prunes_at_once() {
+        use crate::mesh::MeshConfig;
+        use crate::mesh::config::PairEndpoint;
+        use crate::service_center::BusinessCenter;
+        use crate::service_center::roaming_link::RoamingLink;
+        use crate::trust::pki::{DEFAULT_LIFETIME, MeshCa};
+
+        let (_dir, dc) = open();
+        // Left by a run that stopped more than a day ago.
+        fill(&dc, 0, 3, 0).await;
+        let nowhere = || PairEndpoint {
+            pair: "https://127.0.0.1:9".into(),
+        };
+        let config = MeshConfig {
+            region: "eu".into(),
+            service_center: nowhere(),
+            roaming: nowhere(),
+            peers: Vec::new(),
+        };
+        let (_config, config_rx) = tokio::sync::watch::channel(config);
+        let ca = MeshCa::generate("test").unwrap();
+        let credentials = ca
+            .issue_region("eu", "test", &[], DEFAULT_LIFETIME)
+            .and_then(|c| c.credentials(&ca.cert_pem))
+            .unwrap();
+        let link = std::sync::Arc::new(RoamingLink::new(config_rx, credentials));
+        let center = BusinessCenter::start(dc.clone(), link).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while counts(&dc).await != (0, 0) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not pruned within 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        center.shutdown().await;
+    }
 }

@@ -84,6 +84,8 @@ impl BusinessCenter {
             verdicts.clone(),
         );
         outbox.resume().await?;
+        // Expired sessions and accepted sends past their retention.
+        tasks.spawn_until_stopped(crate::service_center::retention::run(dc.clone()));
         let assertions = assertions::Assertions::new(
             link.region().into(),
             dc.clone(),
@@ -110,6 +112,12 @@ impl BusinessCenter {
     /// so that none of them holds the data center any longer.
     pub async fn shutdown(&self) {
         self.tasks.shutdown().await;
+    }
+
+    /// Outbox items dropped since this process started because their
+    /// destination left the mesh.
+    pub fn outbox_dropped_total(&self) -> u64 {
+        self.outbox.dropped_total()
     }
 
     /// What this business center counts, for the node's `/metrics`.
