@@ -57,6 +57,13 @@ pub const MAX_HOPS: u32 = 8;
 pub const MAX_GRPC_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
 /// Live deliveries buffered per subscriber before it is told to resume.
 pub const SUBSCRIBER_BUFFER: usize = 4_096;
+/// Encoded bytes of events buffered per subscriber before it is told to
+/// resume: with 64 KiB bodies the count alone would allow 256 MiB.
+pub const SUBSCRIBER_BUFFER_BYTES: usize = 16 * 1024 * 1024;
+/// Live subscriptions one user may hold at one service center.
+pub const MAX_SUBSCRIPTIONS_PER_USER: usize = 16;
+/// Live subscriptions one service center holds at most.
+pub const MAX_SUBSCRIPTIONS: usize = 10_000;
 /// A session or refresh token as a client sends it back (issued ones are
 /// 64 hex digits), in bytes.
 pub const MAX_TOKEN_BYTES: usize = 128;

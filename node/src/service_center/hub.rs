@@ -1,12 +1,24 @@
 //! Live sessions: the subscribers connected to this service center, by user.
 //! They receive events: deliveries, and the verdicts on their queued sends.
 
+//!
+//! What they hold is bounded: a subscription buffers at most
+//! [`SUBSCRIBER_BUFFER`] events and [`SUBSCRIBER_BUFFER_BYTES`] of them, and
+//! one that falls further behind is cut off (it resumes from its cursors, so
+//! nothing is lost); a user may hold [`MAX_SUBSCRIPTIONS_PER_USER`] and the
+//! service center [`MAX_SUBSCRIPTIONS`].
+
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use prost::Message;
 use tokio::sync::mpsc;
 
-use crate::limits::SUBSCRIBER_BUFFER;
+use crate::Error;
+use crate::limits::{
+    MAX_SUBSCRIPTIONS, MAX_SUBSCRIPTIONS_PER_USER, SUBSCRIBER_BUFFER, SUBSCRIBER_BUFFER_BYTES,
+};
 use crate::proto::client_api::{Delivery, Event, SendVerdict, event};
 use crate::telemetry::ServiceCenterMetrics;
 
@@ -19,15 +31,50 @@ pub struct Hub {
 #[derive(Default)]
 struct Inner {
     next_id: u64,
-    sessions: HashMap<String, Vec<(u64, mpsc::Sender<Event>)>>,
+    sessions: HashMap<String, Vec<Live>>,
+    total: usize,
+}
+
+/// The hub's end of one subscription.
+struct Live {
+    id: u64,
+    tx: mpsc::Sender<Event>,
+    /// Encoded bytes sent and not yet received.
+    queued: Arc<AtomicUsize>,
+}
+
+impl Live {
+    /// Queues `event` of `size` bytes; false when the subscriber is too far
+    /// behind (or gone), which cuts it off.
+    fn offer(&self, event: &Event, size: usize) -> bool {
+        if self.queued.load(Ordering::Acquire) + size > SUBSCRIBER_BUFFER_BYTES {
+            return false;
+        }
+        self.queued.fetch_add(size, Ordering::AcqRel);
+        if self.tx.try_send(event.clone()).is_err() {
+            self.queued.fetch_sub(size, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
 }
 
 /// A live subscription; it leaves the hub when dropped.
 pub struct Subscription {
-    pub events: mpsc::Receiver<Event>,
+    events: mpsc::Receiver<Event>,
+    queued: Arc<AtomicUsize>,
     hub: Hub,
     user: String,
     id: u64,
+}
+
+impl Subscription {
+    /// The next event; `None` once the hub has cut this subscription off.
+    pub async fn recv(&mut self) -> Option<Event> {
+        let event = self.events.recv().await?;
+        self.queued.fetch_sub(event.encoded_len(), Ordering::AcqRel);
+        Some(event)
+    }
 }
 
 impl Drop for Subscription {
@@ -35,11 +82,12 @@ impl Drop for Subscription {
         self.hub.metrics.subscription(false);
         let mut inner = self.hub.inner.lock().expect("hub");
         if let Some(list) = inner.sessions.get_mut(&self.user) {
-            list.retain(|(id, _)| *id != self.id);
+            list.retain(|live| live.id != self.id);
             if list.is_empty() {
                 inner.sessions.remove(&self.user);
             }
         }
+        inner.total -= 1;
     }
 }
 
@@ -52,23 +100,43 @@ impl Hub {
         }
     }
 
-    pub fn attach(&self, user: &str) -> Subscription {
-        self.metrics.subscription(true);
+    /// A new live subscription of `user`, within the limits on how many a
+    /// user and this service center hold.
+    pub fn attach(&self, user: &str) -> Result<Subscription, Error> {
         let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
+        let queued = Arc::new(AtomicUsize::new(0));
         let mut inner = self.inner.lock().expect("hub");
+        if inner.total >= MAX_SUBSCRIPTIONS {
+            return Err(Error::ResourceExhausted(format!(
+                "this service center holds {MAX_SUBSCRIPTIONS} subscriptions, its most; try again later"
+            )));
+        }
+        let held = inner.sessions.get(user).map_or(0, Vec::len);
+        if held >= MAX_SUBSCRIPTIONS_PER_USER {
+            return Err(Error::ResourceExhausted(format!(
+                "{user} holds {held} subscriptions here, the most one user may; close one first"
+            )));
+        }
         inner.next_id += 1;
+        inner.total += 1;
         let id = inner.next_id;
         inner
             .sessions
             .entry(user.to_owned())
             .or_default()
-            .push((id, tx));
-        Subscription {
+            .push(Live {
+                id,
+                tx,
+                queued: queued.clone(),
+            });
+        self.metrics.subscription(true);
+        Ok(Subscription {
             events: rx,
+            queued,
             hub: self.clone(),
             user: user.to_owned(),
             id,
-        }
+        })
     }
 
     /// Pushes a delivery to every live session of `user`. A session that has
@@ -89,7 +157,8 @@ impl Hub {
             )
             .entered();
             let before = list.len();
-            list.retain(|(_, tx)| tx.try_send(event.clone()).is_ok());
+            let size = event.encoded_len();
+            list.retain(|live| live.offer(&event, size));
             self.metrics.delivered(list.len(), before - list.len());
         }
     }
@@ -102,7 +171,8 @@ impl Hub {
         };
         let mut inner = self.inner.lock().expect("hub");
         if let Some(list) = inner.sessions.get_mut(user) {
-            list.retain(|(_, tx)| tx.try_send(event.clone()).is_ok());
+            let size = event.encoded_len();
+            list.retain(|live| live.offer(&event, size));
         }
     }
 
@@ -124,8 +194,8 @@ mod tests {
     #[tokio::test]
     async fn deliveries_reach_every_session_of_the_user_until_it_leaves() {
         let hub = Hub::default();
-        let mut a = hub.attach("ann@eu");
-        let mut b = hub.attach("ann@eu");
+        let mut a = hub.attach("ann@eu").unwrap();
+        let mut b = hub.attach("ann@eu").unwrap();
         let d = Delivery {
             seq: 1,
             ..Default::default()
@@ -133,18 +203,72 @@ mod tests {
         hub.push("ann@eu", &d);
         hub.push("bob@eu", &d);
         let want = Some(event::Kind::Delivery(d.clone()));
-        assert_eq!(a.events.recv().await.unwrap().kind, want);
-        assert_eq!(b.events.recv().await.unwrap().kind, want);
+        assert_eq!(a.recv().await.unwrap().kind, want);
+        assert_eq!(b.recv().await.unwrap().kind, want);
         let verdict = SendVerdict {
             queued_id: "m1".into(),
             ..Default::default()
         };
         hub.push_verdict("ann@eu", &verdict);
         let want = Some(event::Kind::Verdict(verdict));
-        assert_eq!(a.events.recv().await.unwrap().kind, want);
+        assert_eq!(a.recv().await.unwrap().kind, want);
         drop(a);
         assert_eq!(hub.sessions(), 1);
         drop(b);
         assert_eq!(hub.sessions(), 0);
+    }
+
+    fn delivery(seq: u64, body_bytes: usize) -> Delivery {
+        Delivery {
+            group: "g@eu".into(),
+            seq,
+            body: "x".repeat(body_bytes),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_behind_by_more_than_its_byte_budget_is_cut_off() {
+        let hub = Hub::default();
+        let mut slow = hub.attach("ann@eu").unwrap();
+        let mut fast = hub.attach("ann@eu").unwrap();
+        let big = crate::limits::MAX_BODY_BYTES;
+        // Far fewer events than SUBSCRIBER_BUFFER, but more bytes than
+        // SUBSCRIBER_BUFFER_BYTES.
+        let n = (SUBSCRIBER_BUFFER_BYTES / big + 8) as u64;
+        assert!((n as usize) < SUBSCRIBER_BUFFER);
+        for seq in 1..=n {
+            hub.push("ann@eu", &delivery(seq, big));
+            let got = fast.recv().await.expect("the reader keeps up");
+            assert!(matches!(got.kind, Some(event::Kind::Delivery(d)) if d.seq == seq));
+        }
+        assert_eq!(hub.sessions(), 1, "only the reader is left");
+        let mut buffered = 0;
+        while let Some(event) = slow.recv().await {
+            buffered += event.encoded_len();
+        }
+        assert!(
+            buffered <= SUBSCRIBER_BUFFER_BYTES,
+            "{buffered} bytes buffered"
+        );
+        assert_eq!(slow.queued.load(Ordering::Acquire), 0);
+    }
+
+    #[tokio::test]
+    async fn subscriptions_per_user_are_limited_and_freed_when_dropped() {
+        let hub = Hub::default();
+        let held: Vec<_> = (0..MAX_SUBSCRIPTIONS_PER_USER)
+            .map(|_| hub.attach("ann@eu").unwrap())
+            .collect();
+        let Err(Error::ResourceExhausted(message)) = hub.attach("ann@eu") else {
+            panic!("one subscription too many was accepted");
+        };
+        assert!(
+            message.contains("ann@eu holds 16 subscriptions"),
+            "{message}"
+        );
+        hub.attach("bob@eu").expect("another user is not affected");
+        drop(held);
+        hub.attach("ann@eu").expect("free again once dropped");
     }
 }

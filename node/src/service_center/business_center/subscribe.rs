@@ -41,7 +41,7 @@ impl BusinessCenter {
         }
         let (out, rx) = mpsc::channel(256);
         // Attach before replaying, so nothing sequenced meanwhile is missed.
-        let subscription = self.hub.attach(actor.as_str());
+        let subscription = self.hub.attach(actor.as_str())?;
         let mut session = Session {
             center: self.clone(),
             actor: actor.clone(),
@@ -60,7 +60,7 @@ impl BusinessCenter {
             loop {
                 tokio::select! {
                     () = session.out.closed() => return,
-                    next = live.events.recv() => {
+                    next = live.recv() => {
                         let Some(event) = next else {
                             let _ = session.out.send(Err(Error::Unavailable(
                                 "the subscription fell behind; subscribe again with your cursors".into(),
