@@ -16,7 +16,7 @@ use crate::mesh::MeshConfig;
 use crate::mesh::health::HealthPolicy;
 use crate::roaming::{self, Roaming};
 use crate::service_center::data_center::DataCenter;
-use crate::service_center::roaming_link::RoamingLink;
+use crate::service_center::roaming_client::RoamingClient;
 use crate::service_center::{self, BusinessCenter};
 use crate::tasks::Tasks;
 use crate::telemetry;
@@ -188,7 +188,7 @@ impl Node {
                     return Ok(());
                 }
             };
-            let link = Arc::new(RoamingLink::new(self.mesh.clone(), credentials.clone()));
+            let link = Arc::new(RoamingClient::new(self.mesh.clone(), credentials.clone()));
             pairing = Some(link.clone());
             let observed = dc.clone();
             let center = BusinessCenter::start(dc, link).await?;

@@ -12,7 +12,7 @@ use meridian_node::limits::{LOGIN_FAILURES_PER_ADDRESS, LOGIN_FAILURES_PER_USER}
 use meridian_node::mesh::MeshConfig;
 use meridian_node::mesh::config::PairEndpoint;
 use meridian_node::service_center::data_center::DataCenter;
-use meridian_node::service_center::roaming_link::RoamingLink;
+use meridian_node::service_center::roaming_client::RoamingClient;
 use meridian_node::service_center::{BusinessCenter, grpc};
 use meridian_node::transport;
 use meridian_node::trust::pki::{DEFAULT_LIFETIME, MeshCa};
@@ -50,7 +50,7 @@ async fn serve() -> ServiceCenter {
         roaming: nowhere,
         peers: Vec::new(),
     });
-    let link = Arc::new(RoamingLink::new(config_rx, credentials));
+    let link = Arc::new(RoamingClient::new(config_rx, credentials));
     let center = BusinessCenter::start(dc, link)
         .await
         .expect("business center");

@@ -69,7 +69,7 @@ mod tests {
     use crate::proto::peer_api::{Item, Submission, item::Kind};
     use crate::service_center::hub::Hub;
     use crate::service_center::outbox::Outbox;
-    use crate::service_center::roaming_link::RoamingLink;
+    use crate::service_center::roaming_client::RoamingClient;
     use crate::service_center::verdicts::Verdicts;
     use crate::tasks::Tasks;
     use crate::telemetry::ServiceCenterMetrics;
@@ -129,7 +129,7 @@ mod tests {
             .issue_region("eu", "test", &[], DEFAULT_LIFETIME)
             .and_then(|c| c.credentials(&ca.cert_pem))
             .unwrap();
-        let link = Arc::new(RoamingLink::new(config_rx, credentials));
+        let link = Arc::new(RoamingClient::new(config_rx, credentials));
         let metrics = ServiceCenterMetrics::new(dc.commits().clone());
         let tasks = Tasks::new();
         let outbox = Outbox::new(

@@ -9,7 +9,7 @@ pub mod grpc;
 pub mod hub;
 pub mod outbox;
 pub mod retention;
-pub mod roaming_link;
+pub mod roaming_client;
 pub mod verdicts;
 
 pub use business_center::BusinessCenter;

@@ -16,7 +16,7 @@ use tracing::Instrument;
 
 use super::data_center::{DataCenter, messages, outbox};
 use super::departed::{self, Dropped};
-use super::roaming_link::RoamingLink;
+use super::roaming_client::RoamingClient;
 use super::verdicts::{self, Submitted, Verdicts};
 use crate::limits::MAX_BATCH_ITEMS;
 use crate::tasks::Tasks;
@@ -31,7 +31,7 @@ const IDLE_CHECK: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct Outbox {
     dc: DataCenter,
-    link: Arc<RoamingLink>,
+    link: Arc<RoamingClient>,
     workers: Arc<Mutex<HashMap<String, Arc<Notify>>>>,
     tasks: Tasks,
     metrics: ServiceCenterMetrics,
@@ -48,7 +48,7 @@ impl Outbox {
     /// verdicts to `verdicts`.
     pub fn new(
         dc: DataCenter,
-        link: Arc<RoamingLink>,
+        link: Arc<RoamingClient>,
         tasks: Tasks,
         metrics: ServiceCenterMetrics,
         verdicts: Verdicts,

@@ -160,7 +160,7 @@ mod tests {
         use crate::mesh::MeshConfig;
         use crate::mesh::config::PairEndpoint;
         use crate::service_center::BusinessCenter;
-        use crate::service_center::roaming_link::RoamingLink;
+        use crate::service_center::roaming_client::RoamingClient;
         use crate::trust::pki::{DEFAULT_LIFETIME, MeshCa};
 
         let (_dir, dc) = open();
@@ -181,7 +181,7 @@ mod tests {
             .issue_region("eu", "test", &[], DEFAULT_LIFETIME)
             .and_then(|c| c.credentials(&ca.cert_pem))
             .unwrap();
-        let link = std::sync::Arc::new(RoamingLink::new(config_rx, credentials));
+        let link = std::sync::Arc::new(RoamingClient::new(config_rx, credentials));
         let center = BusinessCenter::start(dc.clone(), link).await.unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         while counts(&dc).await != (0, 0) {

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use super::data_center::DataCenter;
 use super::hub::Hub;
 use super::outbox::Outbox;
-use super::roaming_link::RoamingLink;
+use super::roaming_client::RoamingClient;
 use super::verdicts::Verdicts;
 use crate::Error;
 use crate::tasks::Tasks;
@@ -38,7 +38,7 @@ pub struct BusinessCenter {
     hub: Hub,
     /// The `Send` calls waiting for a home's verdict.
     verdicts: Verdicts,
-    link: Arc<RoamingLink>,
+    link: Arc<RoamingClient>,
     outbox: Outbox,
     sessions: sessions::Sessions,
     throttle: throttle::LoginThrottle,
@@ -71,7 +71,7 @@ impl Clock {
 
 impl BusinessCenter {
     /// A business center over `dc` that reaches other regions through `link`.
-    pub async fn start(dc: DataCenter, link: Arc<RoamingLink>) -> Result<Self, Error> {
+    pub async fn start(dc: DataCenter, link: Arc<RoamingClient>) -> Result<Self, Error> {
         let metrics = ServiceCenterMetrics::new(dc.commits().clone());
         let hub = Hub::new(metrics.clone());
         let verdicts = Verdicts::new(hub.clone());
@@ -202,7 +202,7 @@ pub(crate) async fn for_tests(region: &str) -> (tempfile::TempDir, BusinessCente
         peers: Vec::new(),
     };
     let (_config, config_rx) = tokio::sync::watch::channel(config);
-    let link = Arc::new(RoamingLink::new(config_rx, credentials));
+    let link = Arc::new(RoamingClient::new(config_rx, credentials));
     let center = BusinessCenter::start(dc, link)
         .await
         .expect("business center");

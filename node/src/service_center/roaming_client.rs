@@ -21,14 +21,14 @@ use crate::proto::peer_api::{
 use crate::transport::{self, Dial};
 use crate::trust::Credentials;
 
-pub struct RoamingLink {
+pub struct RoamingClient {
     config: watch::Receiver<MeshConfig>,
     credentials: Arc<Credentials>,
     /// The channel to the roaming system's pair port, and its URL.
     channel: Mutex<Option<(String, Channel)>>,
 }
 
-impl RoamingLink {
+impl RoamingClient {
     pub fn new(config: watch::Receiver<MeshConfig>, credentials: Arc<Credentials>) -> Self {
         Self {
             config,
@@ -101,7 +101,7 @@ impl RoamingLink {
         )))
     }
 
-    /// Returns once [`RoamingLink::check`] has succeeded, trying every
+    /// Returns once [`RoamingClient::check`] has succeeded, trying every
     /// `every` (each try bounded by `timeout`). Logs the wait at INFO, and
     /// once at WARN if it lasts longer than 10 s.
     pub async fn wait_until_paired(&self, every: Duration, timeout: Duration) {
