@@ -239,12 +239,12 @@ impl Mesh {
             .into_inner()
     }
 
-    /// Waits until `code` reports the link to `peer` in `state`.
+    /// Waits until `code` reports the link to `peer` in `condition`.
     pub async fn wait_link(
         &self,
         code: &str,
         peer: &str,
-        state: &str,
+        condition: meridian_node::proto::peer_api::LinkCondition,
     ) -> meridian_node::proto::peer_api::LinkStatus {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
@@ -252,13 +252,13 @@ impl Mesh {
             if let Some(link) = status
                 .links
                 .into_iter()
-                .find(|l| l.peer == peer && l.state == state)
+                .find(|l| l.peer == peer && l.condition() == condition)
             {
                 return link;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "{code}: link to {peer} never became {state}"
+                "{code}: link to {peer} never became {condition:?}"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use meridian_node::client::Client;
 use meridian_node::mesh::health::HealthPolicy;
+use meridian_node::proto::peer_api::LinkCondition;
 use meridian_tests::faults::checker::Report;
 use meridian_tests::faults::cluster::{Cluster, Process};
 use meridian_tests::faults::workload::{DeliveryEvent, Workload};
@@ -177,8 +178,10 @@ async fn heal_and_return(
     cluster.heal(a, b);
     let healed_at = workload.recorder.now();
     let (ab, ba) = tokio::join!(
-        cluster.wait_link(a, b, timeout, |l| l.state == "Up" && l.path == [a, b]),
-        cluster.wait_link(b, a, timeout, |l| l.state == "Up" && l.path == [b, a]),
+        cluster.wait_link(a, b, timeout, |l| l.condition() == LinkCondition::Up
+            && l.path == [a, b]),
+        cluster.wait_link(b, a, timeout, |l| l.condition() == LinkCondition::Up
+            && l.path == [b, a]),
     );
     let (link, took) = ab.unwrap_or_else(|| panic!("{a}'s link to {b} is Up and direct again"));
     ba.unwrap_or_else(|| panic!("{b}'s link to {a} is Up and direct again"));
@@ -221,8 +224,10 @@ async fn cut_a_b_under_load(strict: bool) {
     cluster.cut("a", "b");
     let cut_at = chat.workload.recorder.now();
     let (ab, ba) = tokio::join!(
-        cluster.wait_link("a", "b", detect_within(), |l| l.state == "Detoured"),
-        cluster.wait_link("b", "a", detect_within(), |l| l.state == "Detoured"),
+        cluster.wait_link("a", "b", detect_within(), |l| l.condition()
+            == LinkCondition::Detoured),
+        cluster.wait_link("b", "a", detect_within(), |l| l.condition()
+            == LinkCondition::Detoured),
     );
     let (ab, ab_took) = ab.expect("a shows its link to b Detoured within the bound");
     let (ba, ba_took) = ba.expect("b shows its link to a Detoured within the bound");
@@ -300,10 +305,10 @@ async fn two_cuts_detour_through_the_fourth_region() {
     );
     let (ab, took) = ab.expect("a reaches b via d");
     ba.expect("b reaches a via d");
-    assert_eq!(ab.state, "Detoured");
+    assert_eq!(ab.condition(), LinkCondition::Detoured);
     cluster
         .wait_link("a", "c", Duration::from_secs(1), |l| {
-            l.state == "Detoured" && l.path == ["a", "d", "c"]
+            l.condition() == LinkCondition::Detoured && l.path == ["a", "d", "c"]
         })
         .await
         .expect("a reaches c via d");
@@ -362,7 +367,9 @@ async fn an_isolated_region_serves_locally_and_delivers_its_backlog_after() {
     let isolated_at = chat.workload.recorder.now();
     for peer in ["b", "c"] {
         cluster
-            .wait_link("a", peer, detect_within(), |l| l.state == "Down")
+            .wait_link("a", peer, detect_within(), |l| {
+                l.condition() == LinkCondition::Down
+            })
             .await
             .unwrap_or_else(|| panic!("a shows {peer} Down"));
     }
@@ -515,7 +522,7 @@ async fn a_flapping_link_settles_and_loses_nothing() {
         cluster.cut("a", "b");
         tokio::time::sleep(Duration::from_millis(250)).await;
         if let Some(link) = cluster.link_status("a", "b").await {
-            states.insert(link.state);
+            states.insert(link.condition());
         }
         cluster.heal("a", "b");
         tokio::time::sleep(Duration::from_millis(250)).await;

@@ -6,6 +6,7 @@ use std::time::Duration;
 use meridian_node::proto::client_api::{
     Cursor, Delivery, Event, GroupSettings, UpdateGroupRequest, event,
 };
+use meridian_node::proto::peer_api::LinkCondition;
 use meridian_tests::in_process::{Mesh, PASSWORD};
 use tokio_stream::StreamExt;
 use tonic::{Code, Streaming};
@@ -350,7 +351,7 @@ async fn a_disabled_link_detours_through_the_third_region_and_returns_when_enabl
     let mut stream = bob.subscribe(vec![]).await.unwrap();
 
     mesh.set_link("eu", "us", false);
-    let detour = mesh.wait_link("us", "eu", "Detoured").await;
+    let detour = mesh.wait_link("us", "eu", LinkCondition::Detoured).await;
     assert_eq!(detour.path, vec!["us", "ap", "eu"]);
     assert!(!detour.enabled);
     // Data and messages flow both ways over the detour.
@@ -363,7 +364,7 @@ async fn a_disabled_link_detours_through_the_third_region_and_returns_when_enabl
     );
 
     mesh.set_link("eu", "us", true);
-    let direct = mesh.wait_link("us", "eu", "Up").await;
+    let direct = mesh.wait_link("us", "eu", LinkCondition::Up).await;
     assert_eq!(direct.path, vec!["us", "eu"]);
     ann.send("g@eu", "direct again", "").await.unwrap();
     assert_eq!(next(&mut stream).await.body, "direct again");
@@ -382,7 +383,7 @@ async fn sends_queue_while_the_home_is_unreachable_and_arrive_in_order_after() {
     // us is cut off from every other region.
     mesh.set_link("eu", "us", false);
     mesh.set_link("ap", "us", false);
-    mesh.wait_link("us", "eu", "Down").await;
+    mesh.wait_link("us", "eu", LinkCondition::Down).await;
     let unreachable = bob.get_group("g@eu").await.unwrap_err();
     assert_eq!(unreachable.code(), Code::Unavailable);
     assert_eq!(unreachable.message(), "region eu is unreachable");

@@ -5,6 +5,7 @@
 use std::fs::{File, TryLockError};
 use std::time::Duration;
 
+use meridian_node::proto::peer_api::LinkCondition;
 use meridian_tests::in_process::Mesh;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -17,7 +18,7 @@ async fn a_stopped_node_releases_its_data_center_even_with_an_outbox_worker_retr
 
     // With the link cut, eu's outbox worker for us retries with backoff.
     mesh.set_link("eu", "us", false);
-    mesh.wait_link("eu", "us", "Down").await;
+    mesh.wait_link("eu", "us", LinkCondition::Down).await;
     ann.send(&group.id, "waits in the outbox", "")
         .await
         .expect("accepted at eu");

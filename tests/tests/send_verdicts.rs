@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 use meridian_node::cli::{Cli, run};
 use meridian_node::proto::client_api::{Event, SendVerdict, event, send_verdict};
+use meridian_node::proto::peer_api::LinkCondition;
 use meridian_tests::in_process::{Mesh, PASSWORD};
 use tokio_stream::StreamExt;
 use tonic::{Code, Streaming};
@@ -43,7 +44,7 @@ async fn a_remote_send_answers_with_the_homes_seq_also_over_a_detour() {
     assert_eq!((two.seq, two.queued, two.duplicate), (2, false, false));
     // The direct link down: the verdict comes back through ap.
     mesh.set_link("eu", "us", false);
-    mesh.wait_link("us", "eu", "Detoured").await;
+    mesh.wait_link("us", "eu", LinkCondition::Detoured).await;
     let three = bob.send("g@eu", "three", "").await.unwrap();
     assert_eq!((three.seq, three.queued), (3, false), "{three:?}");
 
@@ -162,7 +163,7 @@ async fn a_queued_sends_verdict_reaches_the_senders_subscription_after_the_heal(
     // us is cut off from every other region.
     mesh.set_link("eu", "us", false);
     mesh.set_link("ap", "us", false);
-    mesh.wait_link("us", "eu", "Down").await;
+    mesh.wait_link("us", "eu", LinkCondition::Down).await;
     let queued = bob.send("g@eu", "while cut off", "key-q").await.unwrap();
     assert!(queued.queued && queued.seq == 0, "{queued:?}");
     let refused = bob.send("nope@eu", "to nowhere", "").await.unwrap();

@@ -490,8 +490,8 @@ async fn all_history(client: &mut meridian_node::client::Client, group: &str) ->
 /// no detour).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_rotate_under_load_without_a_link_leaving_up() {
-    use meridian_node::proto::peer_api::MeshStatusRequest;
     use meridian_node::proto::peer_api::admin_client::AdminClient;
+    use meridian_node::proto::peer_api::{LinkCondition, MeshStatusRequest};
     let _serial = SERIAL.lock().await;
 
     let dir = tempfile::tempdir().unwrap();
@@ -556,8 +556,8 @@ async fn certificates_rotate_under_load_without_a_link_leaving_up() {
                                 .into_inner()
                                 .links
                                 .into_iter()
-                                .filter(|l| l.state != "Up")
-                                .map(|l| format!("{region}→{}: {}", l.peer, l.state)),
+                                .filter(|l| l.condition() != LinkCondition::Up)
+                                .map(|l| format!("{region}→{}: {:?}", l.peer, l.condition())),
                         ),
                         Err(err) => not_up.push(format!("{region} unanswered: {err}")),
                     }

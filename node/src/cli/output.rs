@@ -6,6 +6,7 @@ use crate::proto::client_api::{
     Delivery, GroupInfo, LoginReply, Role, SendReply, SendVerdict, send_verdict,
 };
 use crate::proto::peer_api::LinkStatus;
+use crate::roaming::links::LinkView;
 
 pub struct Output {
     pub json: bool,
@@ -152,16 +153,18 @@ impl Output {
         } else {
             link.path.join("→")
         };
+        // The design's words, as before the wire state became an enum.
+        let state = LinkView::try_from(link.condition()).map_or("Unknown", LinkView::as_str);
         self.print(
             json!({
-                "region": region, "peer": link.peer, "state": link.state, "path": link.path,
+                "region": region, "peer": link.peer, "state": state, "path": link.path,
                 "rttMillis": link.rtt_millis, "enabled": link.enabled, "cost": link.cost,
                 "lastChangeMs": link.last_change_ms,
             }),
             format!(
                 "{region} → {}: {} via {path}, rtt {rtt}{}",
                 link.peer,
-                link.state,
+                state,
                 if link.enabled { "" } else { " (link disabled)" }
             ),
         );

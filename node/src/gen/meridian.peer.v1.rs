@@ -349,9 +349,8 @@ pub struct MeshStatusReply {
 pub struct LinkStatus {
     #[prost(string, tag = "1")]
     pub peer: ::prost::alloc::string::String,
-    /// Up, Detoured or Down
-    #[prost(string, tag = "2")]
-    pub state: ::prost::alloc::string::String,
+    #[prost(enumeration = "LinkCondition", tag = "8")]
+    pub condition: i32,
     /// the regions traffic passes, from this one to the peer
     #[prost(string, repeated, tag = "3")]
     pub path: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
@@ -361,7 +360,7 @@ pub struct LinkStatus {
     /// false when the configuration takes the link down
     #[prost(bool, tag = "5")]
     pub enabled: bool,
-    /// when the state last changed (Unix ms)
+    /// when the condition last changed (Unix ms)
     #[prost(int64, tag = "6")]
     pub last_change_ms: i64,
     /// of the path in use
@@ -415,6 +414,45 @@ impl Code {
             "CODE_UNAVAILABLE" => Some(Self::Unavailable),
             "CODE_FAILED_PRECONDITION" => Some(Self::FailedPrecondition),
             "CODE_INTERNAL" => Some(Self::Internal),
+            _ => None,
+        }
+    }
+}
+/// How a roaming system reaches a peer now. A reader that gets
+/// LINK_CONDITION_UNSPECIFIED, or a value it does not know (from a newer
+/// node), must treat the link's state as unknown, never as up.
+#[allow(clippy::all)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum LinkCondition {
+    Unspecified = 0,
+    /// over the direct link
+    Up = 1,
+    /// through other regions: the direct link is down
+    Detoured = 2,
+    /// no path at all
+    Down = 3,
+}
+impl LinkCondition {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "LINK_CONDITION_UNSPECIFIED",
+            Self::Up => "LINK_CONDITION_UP",
+            Self::Detoured => "LINK_CONDITION_DETOURED",
+            Self::Down => "LINK_CONDITION_DOWN",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "LINK_CONDITION_UNSPECIFIED" => Some(Self::Unspecified),
+            "LINK_CONDITION_UP" => Some(Self::Up),
+            "LINK_CONDITION_DETOURED" => Some(Self::Detoured),
+            "LINK_CONDITION_DOWN" => Some(Self::Down),
             _ => None,
         }
     }

@@ -3,6 +3,7 @@
 
 use tonic::{Request, Response, Status};
 
+use super::links::LinkView;
 use super::{Roaming, Sender};
 use crate::limits::MAX_GRPC_MESSAGE_BYTES;
 use crate::proto::pair_api::pair_server::{self, PairServer};
@@ -10,8 +11,8 @@ use crate::proto::peer_api::admin_server::{self, AdminServer};
 use crate::proto::peer_api::business_server::{self, BusinessServer};
 use crate::proto::peer_api::data_service_server::{self, DataServiceServer};
 use crate::proto::peer_api::{
-    BusinessReply, BusinessRequest, DataReply, DataRequest, LinkStatus, MeshStatusReply,
-    MeshStatusRequest, Ping, Pong,
+    BusinessReply, BusinessRequest, DataReply, DataRequest, LinkCondition, LinkStatus,
+    MeshStatusReply, MeshStatusRequest, Ping, Pong,
 };
 use crate::transport;
 
@@ -75,7 +76,7 @@ impl admin_server::Admin for RoamingApi {
             .into_iter()
             .map(|s| LinkStatus {
                 peer: s.peer,
-                state: s.view.as_str().to_owned(),
+                condition: LinkCondition::from(s.view).into(),
                 path: s.path,
                 rtt_millis: s.rtt.map(|d| d.as_secs_f64() * 1000.0),
                 enabled: s.enabled,
@@ -87,6 +88,32 @@ impl admin_server::Admin for RoamingApi {
             region: config.region,
             links,
         }))
+    }
+}
+
+impl From<LinkView> for LinkCondition {
+    fn from(view: LinkView) -> Self {
+        match view {
+            LinkView::Up => LinkCondition::Up,
+            LinkView::Detoured => LinkCondition::Detoured,
+            LinkView::Down => LinkCondition::Down,
+        }
+    }
+}
+
+/// A wire condition as a view. UNSPECIFIED names none: a reader shows it
+/// as unknown (prost reads a value this node does not know, from a newer
+/// one, as UNSPECIFIED too).
+impl TryFrom<LinkCondition> for LinkView {
+    type Error = LinkCondition;
+
+    fn try_from(condition: LinkCondition) -> Result<Self, LinkCondition> {
+        match condition {
+            LinkCondition::Up => Ok(LinkView::Up),
+            LinkCondition::Detoured => Ok(LinkView::Detoured),
+            LinkCondition::Down => Ok(LinkView::Down),
+            LinkCondition::Unspecified => Err(condition),
+        }
     }
 }
 
@@ -135,5 +162,40 @@ impl business_server::Business for RoamingApi {
             )));
         }
         Ok(Response::new(self.0.heartbeat(request.into_inner())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+
+    #[test]
+    fn every_link_view_round_trips_through_the_wire() {
+        for view in LinkView::ALL {
+            let sent = LinkStatus {
+                peer: "us".into(),
+                condition: LinkCondition::from(view).into(),
+                ..LinkStatus::default()
+            };
+            let got = LinkStatus::decode(sent.encode_to_vec().as_slice()).unwrap();
+            assert_eq!(LinkView::try_from(got.condition()), Ok(view));
+            assert_ne!(got.condition(), LinkCondition::Unspecified, "{view:?}");
+        }
+    }
+
+    #[test]
+    fn an_unspecified_or_unknown_condition_names_no_view() {
+        assert_eq!(
+            LinkView::try_from(LinkCondition::Unspecified),
+            Err(LinkCondition::Unspecified)
+        );
+        // A newer node's condition reads as UNSPECIFIED here.
+        let newer = LinkStatus {
+            condition: 99,
+            ..LinkStatus::default()
+        };
+        assert!(LinkView::try_from(newer.condition()).is_err());
     }
 }

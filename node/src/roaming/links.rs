@@ -21,6 +21,10 @@ pub enum LinkView {
 }
 
 impl LinkView {
+    /// Every view, in the order people read them.
+    pub const ALL: [LinkView; 3] = [LinkView::Up, LinkView::Detoured, LinkView::Down];
+
+    /// The design's word for the view, as status, metrics and the CLI print it.
     pub fn as_str(self) -> &'static str {
         match self {
             LinkView::Up => "Up",

@@ -75,7 +75,7 @@ fn encode_links(links: &[PeerStatus], mut encoder: DescriptorEncoder) -> std::fm
     let path = Family::<PathLabels, Gauge>::default();
     let changed = Family::<PeerLabels, F64Gauge>::default();
     for link in links {
-        for view in [LinkView::Up, LinkView::Detoured, LinkView::Down] {
+        for view in LinkView::ALL {
             let labels = StateLabels {
                 peer: link.peer.clone(),
                 state: view.as_str(),

@@ -24,7 +24,9 @@ use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 use meridian_crds::{LinkState, Region};
 use meridian_node::proto::peer_api::admin_client::AdminClient;
-use meridian_node::proto::peer_api::{MeshStatusReply, MeshStatusRequest};
+use meridian_node::proto::peer_api::{
+    LinkCondition, LinkStatus, MeshStatusReply, MeshStatusRequest,
+};
 use tonic::transport::Channel;
 
 /// How one peer is reached, as the roaming system last reported it.
@@ -42,19 +44,15 @@ pub type ObservedLinks = BTreeMap<String, ObservedLink>;
 
 /// A roaming system's reply as observed links. Skipped: links it has not
 /// judged yet (no change recorded: a roaming system that just started), and
-/// states other than the three known words (a newer node may add states).
+/// links whose condition this operator does not know (see [`link_state`]):
+/// their state stays unknown in the status, never taken for up.
 pub fn from_reply(reply: &MeshStatusReply) -> ObservedLinks {
     reply
         .links
         .iter()
         .filter(|link| link.last_change_ms > 0)
         .filter_map(|link| {
-            let state = match link.state.as_str() {
-                "Up" => LinkState::Up,
-                "Detoured" => LinkState::Detoured,
-                "Down" => LinkState::Down,
-                _ => return None,
-            };
+            let state = link_state(link)?;
             // The path runs from this region to the peer; the relays are in between.
             let via = match link.path.as_slice() {
                 [_, relays @ .., _] if state == LinkState::Detoured => relays.to_vec(),
@@ -71,6 +69,30 @@ pub fn from_reply(reply: &MeshStatusReply) -> ObservedLinks {
             };
             Some((link.peer.clone(), observed))
         })
+        .collect()
+}
+
+/// The CRD's state for a link's wire condition; `None` for
+/// LINK_CONDITION_UNSPECIFIED and for a value this operator does not know (a
+/// newer node may add conditions).
+fn link_state(link: &LinkStatus) -> Option<LinkState> {
+    match LinkCondition::try_from(link.condition) {
+        Ok(LinkCondition::Up) => Some(LinkState::Up),
+        Ok(LinkCondition::Detoured) => Some(LinkState::Detoured),
+        Ok(LinkCondition::Down) => Some(LinkState::Down),
+        Ok(LinkCondition::Unspecified) | Err(_) => None,
+    }
+}
+
+/// The peers whose link condition in `reply` this operator does not know,
+/// with the condition's value: their state is left unknown, and the poller
+/// logs them.
+pub fn unknown_conditions(reply: &MeshStatusReply) -> BTreeMap<String, i32> {
+    reply
+        .links
+        .iter()
+        .filter(|link| link_state(link).is_none())
+        .map(|link| (link.peer.clone(), link.condition))
         .collect()
 }
 
@@ -219,6 +241,9 @@ struct Target {
     failures: u32,
     /// When a failure was last logged at WARN.
     warned: Option<Instant>,
+    /// The peers whose link condition was unknown in the last reply, as
+    /// logged: logged again only when they change.
+    unknown: BTreeMap<String, i32>,
 }
 
 /// A lazily connected channel to `region`'s roaming system at `url`.
@@ -259,8 +284,9 @@ impl Target {
         silent
     }
 
-    /// Records a successful poll.
-    fn succeeded(&mut self, key: &ObjectRef<Region>) {
+    /// Records a successful poll of `reply`. Links whose condition this
+    /// operator does not know are logged at WARN when they first appear.
+    fn succeeded(&mut self, key: &ObjectRef<Region>, reply: &MeshStatusReply) {
         if self.failures > 0 {
             tracing::info!(region = %key, url = %self.url, failures = self.failures,
                 "polling the roaming system's link state again");
@@ -268,6 +294,14 @@ impl Target {
         self.failures = 0;
         self.warned = None;
         self.last_success = Instant::now();
+        let unknown = unknown_conditions(reply);
+        if unknown != self.unknown {
+            if !unknown.is_empty() {
+                tracing::warn!(region = %key, url = %self.url, peers = ?unknown,
+                    "the roaming system reports link conditions this operator does not know; their state is left unknown");
+            }
+            self.unknown = unknown;
+        }
     }
 }
 
@@ -320,6 +354,7 @@ impl Poller {
                                     last_success,
                                     failures: 0,
                                     warned: None,
+                                    unknown: BTreeMap::new(),
                                 },
                             );
                         }
@@ -344,7 +379,7 @@ impl Poller {
             for (key, target, reply) in futures::future::join_all(polls).await {
                 let changed = match reply {
                     Ok(Ok(reply)) => {
-                        target.succeeded(key);
+                        target.succeeded(key, reply.get_ref());
                         self.observations.publish(key, from_reply(reply.get_ref()))
                     }
                     failed => {
@@ -371,14 +406,12 @@ impl Poller {
 
 #[cfg(test)]
 mod tests {
-    use meridian_node::proto::peer_api::LinkStatus;
-
     use super::*;
 
-    fn link(peer: &str, state: &str, path: &[&str], rtt: Option<f64>) -> LinkStatus {
+    fn link(peer: &str, condition: LinkCondition, path: &[&str], rtt: Option<f64>) -> LinkStatus {
         LinkStatus {
             peer: peer.into(),
-            state: state.into(),
+            condition: condition.into(),
             path: path.iter().map(|s| (*s).to_owned()).collect(),
             rtt_millis: rtt,
             enabled: true,
@@ -544,12 +577,17 @@ mod tests {
     #[test]
     fn a_detour_names_its_relays_and_the_direct_link_none() {
         let links = from_reply(&reply(vec![
-            link("us", "Detoured", &["eu", "ap", "sa", "us"], Some(80.4)),
-            link("ap", "Up", &["eu", "ap"], Some(12.6)),
-            link("sa", "Down", &[], None),
-            link("xx", "Sideways", &[], None),
+            link(
+                "us",
+                LinkCondition::Detoured,
+                &["eu", "ap", "sa", "us"],
+                Some(80.4),
+            ),
+            link("ap", LinkCondition::Up, &["eu", "ap"], Some(12.6)),
+            link("sa", LinkCondition::Down, &[], None),
+            link("xx", LinkCondition::Unspecified, &[], None),
         ]));
-        assert_eq!(links.len(), 3, "an unknown state is skipped");
+        assert_eq!(links.len(), 3, "an unspecified condition is skipped");
         assert_eq!(links["us"].state, LinkState::Detoured);
         assert_eq!(links["us"].via, ["ap", "sa"]);
         assert_eq!(links["us"].rtt_millis, Some(80));
@@ -567,24 +605,54 @@ mod tests {
 
     #[test]
     fn only_state_path_and_large_rtt_moves_are_significant() {
-        let base = from_reply(&reply(vec![link("us", "Up", &["eu", "us"], Some(80.0))]));
-        let jitter = from_reply(&reply(vec![link("us", "Up", &["eu", "us"], Some(84.0))]));
-        let slower = from_reply(&reply(vec![link("us", "Up", &["eu", "us"], Some(120.0))]));
-        let small = from_reply(&reply(vec![link("us", "Up", &["eu", "us"], Some(1.0))]));
-        let small_jump = from_reply(&reply(vec![link("us", "Up", &["eu", "us"], Some(5.0))]));
+        let base = from_reply(&reply(vec![link(
+            "us",
+            LinkCondition::Up,
+            &["eu", "us"],
+            Some(80.0),
+        )]));
+        let jitter = from_reply(&reply(vec![link(
+            "us",
+            LinkCondition::Up,
+            &["eu", "us"],
+            Some(84.0),
+        )]));
+        let slower = from_reply(&reply(vec![link(
+            "us",
+            LinkCondition::Up,
+            &["eu", "us"],
+            Some(120.0),
+        )]));
+        let small = from_reply(&reply(vec![link(
+            "us",
+            LinkCondition::Up,
+            &["eu", "us"],
+            Some(1.0),
+        )]));
+        let small_jump = from_reply(&reply(vec![link(
+            "us",
+            LinkCondition::Up,
+            &["eu", "us"],
+            Some(5.0),
+        )]));
         let detoured = from_reply(&reply(vec![link(
             "us",
-            "Detoured",
+            LinkCondition::Detoured,
             &["eu", "ap", "us"],
             Some(80.0),
         )]));
         let other_relay = from_reply(&reply(vec![link(
             "us",
-            "Detoured",
+            LinkCondition::Detoured,
             &["eu", "sa", "us"],
             Some(80.0),
         )]));
-        let no_rtt = from_reply(&reply(vec![link("us", "Up", &["eu", "us"], None)]));
+        let no_rtt = from_reply(&reply(vec![link(
+            "us",
+            LinkCondition::Up,
+            &["eu", "us"],
+            None,
+        )]));
         assert!(!significant(&base, &base));
         assert!(
             !significant(&base, &jitter),
@@ -624,8 +692,18 @@ mod tests {
         let observations = Observations::default();
         let key = ObjectRef::<Region>::new("eu").within("chat");
         assert_eq!(observations.get(&key), Observation::Pending);
-        let base = from_reply(&reply(vec![link("us", "Up", &["eu", "us"], Some(80.0))]));
-        let jitter = from_reply(&reply(vec![link("us", "Up", &["eu", "us"], Some(82.0))]));
+        let base = from_reply(&reply(vec![link(
+            "us",
+            LinkCondition::Up,
+            &["eu", "us"],
+            Some(80.0),
+        )]));
+        let jitter = from_reply(&reply(vec![link(
+            "us",
+            LinkCondition::Up,
+            &["eu", "us"],
+            Some(82.0),
+        )]));
         assert!(observations.publish(&key, base.clone()));
         assert!(!observations.publish(&key, jitter));
         assert_eq!(observations.get(&key), Observation::Reported(base.clone()));
@@ -650,9 +728,9 @@ mod tests {
 
     #[test]
     fn times_are_whole_seconds_and_unjudged_links_are_skipped() {
-        let mut fine = link("us", "Up", &["eu", "us"], Some(80.0));
+        let mut fine = link("us", LinkCondition::Up, &["eu", "us"], Some(80.0));
         fine.last_change_ms = 1_700_000_000_999;
-        let mut unjudged = link("ap", "Down", &[], None);
+        let mut unjudged = link("ap", LinkCondition::Down, &[], None);
         unjudged.last_change_ms = 0;
         let links = from_reply(&reply(vec![fine, unjudged]));
         assert_eq!(links.len(), 1, "a link never judged is not reported");
@@ -673,5 +751,26 @@ mod tests {
         let back: meridian_crds::PeerStatus =
             serde_json::from_value(serde_json::to_value(&status).unwrap()).unwrap();
         assert_eq!(back, status);
+    }
+
+    #[test]
+    fn an_unspecified_or_unknown_condition_is_not_taken_for_a_state() {
+        let up = link("us", LinkCondition::Up, &["eu", "us"], Some(80.0));
+        let unspecified = link("ap", LinkCondition::Unspecified, &["eu", "ap"], Some(9.0));
+        let mut newer = link("sa", LinkCondition::Up, &["eu", "sa"], Some(40.0));
+        newer.condition = 99;
+        let reply = reply(vec![up, unspecified, newer]);
+        let links = from_reply(&reply);
+        assert_eq!(
+            links.keys().collect::<Vec<_>>(),
+            ["us"],
+            "only a known condition is reported; the others stay unknown"
+        );
+        assert_eq!(links["us"].state, LinkState::Up);
+        assert_eq!(
+            unknown_conditions(&reply),
+            BTreeMap::from([("ap".to_owned(), 0), ("sa".to_owned(), 99)]),
+            "what the poller logs"
+        );
     }
 }

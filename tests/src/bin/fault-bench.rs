@@ -43,6 +43,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use meridian_node::client::Client;
+use meridian_node::proto::peer_api::LinkCondition;
 use meridian_tests::faults::checker::Report;
 use meridian_tests::faults::cluster::Cluster;
 use meridian_tests::faults::workload::{AckEvent, DeliveryEvent, Recorder, Workload};
@@ -321,8 +322,10 @@ fn first_across(
 /// Waits until both ends of `a`–`b` show it Up and direct.
 async fn wait_direct(cluster: &Cluster, a: &str, b: &str, timeout: Duration) -> Option<Duration> {
     let (ab, ba) = tokio::join!(
-        cluster.wait_link(a, b, timeout, |l| l.state == "Up" && l.path == [a, b]),
-        cluster.wait_link(b, a, timeout, |l| l.state == "Up" && l.path == [b, a]),
+        cluster.wait_link(a, b, timeout, |l| l.condition() == LinkCondition::Up
+            && l.path == [a, b]),
+        cluster.wait_link(b, a, timeout, |l| l.condition() == LinkCondition::Up
+            && l.path == [b, a]),
     );
     Some(ab?.1.max(ba?.1))
 }
@@ -405,7 +408,9 @@ async fn reroute(args: &Args) -> bool {
                 cut_at,
             )
         };
-        let detoured = cluster.wait_link(x, y, Duration::from_secs(5), |l| l.state == "Detoured");
+        let detoured = cluster.wait_link(x, y, Duration::from_secs(5), |l| {
+            l.condition() == LinkCondition::Detoured
+        });
         let (found, detoured) = tokio::join!(flows, detoured);
         cluster.heal(x, y);
         let back_direct = wait_direct(&cluster, x, y, Duration::from_secs(60)).await;
@@ -492,7 +497,9 @@ async fn catchup(args: &Args) -> bool {
     let isolated_at = recorder.now();
     for peer in ["b", "c"] {
         if cluster
-            .wait_link("a", peer, Duration::from_secs(5), |l| l.state == "Down")
+            .wait_link("a", peer, Duration::from_secs(5), |l| {
+                l.condition() == LinkCondition::Down
+            })
             .await
             .is_none()
         {
@@ -534,8 +541,10 @@ async fn catchup(args: &Args) -> bool {
     );
     let want = deliveries_from + sent.acked as usize * REGIONS.len();
     let (ab, ac, all) = tokio::join!(
-        cluster.wait_link("a", "b", Duration::from_secs(60), |l| l.state == "Up"),
-        cluster.wait_link("a", "c", Duration::from_secs(60), |l| l.state == "Up"),
+        cluster.wait_link("a", "b", Duration::from_secs(60), |l| l.condition()
+            == LinkCondition::Up),
+        cluster.wait_link("a", "c", Duration::from_secs(60), |l| l.condition()
+            == LinkCondition::Up),
         deliveries_reach(&recorder, want, Duration::from_secs(900)),
     );
     let up = |l: Option<(_, Duration)>| l.map_or("never".to_owned(), |(_, t)| secs(t));

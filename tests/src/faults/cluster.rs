@@ -34,7 +34,9 @@ use meridian_node::client::Client;
 use meridian_node::mesh::MeshConfig;
 use meridian_node::mesh::config::{PairEndpoint, Peer};
 use meridian_node::proto::peer_api::admin_client::AdminClient;
-use meridian_node::proto::peer_api::{LinkStatus, MeshStatusReply, MeshStatusRequest};
+use meridian_node::proto::peer_api::{
+    LinkCondition, LinkStatus, MeshStatusReply, MeshStatusRequest,
+};
 use meridian_node::transport::{self, Dial};
 use meridian_node::trust::pki::{DEFAULT_LIFETIME, PkiDir};
 use meridian_node::trust::{CredentialFiles, Credentials};
@@ -423,7 +425,7 @@ impl Cluster {
                     s.links.len() + 1 == self.regions.len()
                         && s.links
                             .iter()
-                            .all(|l| l.state == "Up" && l.rtt_millis.is_some())
+                            .all(|l| l.condition() == LinkCondition::Up && l.rtt_millis.is_some())
                 });
                 if ready {
                     break;
