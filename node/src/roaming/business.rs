@@ -4,18 +4,21 @@
 use std::sync::Arc;
 
 use prost::Message;
+use tonic::transport::Channel;
 use tracing::Instrument;
 
-use super::{Hop, Roaming, Sender};
+use super::forward::{Answer, Forward};
+use super::{Roaming, Sender};
+use crate::Error;
 use crate::ids::is_region_code;
 use crate::limits::MAX_GRPC_MESSAGE_BYTES;
 use crate::mesh::link_state::Advert;
+use crate::proto::pair_api::pair_client::PairClient;
 use crate::proto::peer_api::business_client::BusinessClient;
 use crate::proto::peer_api::{
-    BusinessReply, BusinessRequest, LinkAdvert, LinkState, Ping, Pong, Signature,
+    BusinessReply, BusinessRequest, Envelope, LinkAdvert, LinkState, Ping, Pong, Signature,
 };
 use crate::telemetry::traces;
-use crate::transport::call_error;
 use crate::trust::Credentials;
 use crate::trust::origin::{self, Payload};
 
@@ -35,45 +38,7 @@ impl Roaming {
             items = request.items.len(),
         );
         traces::follow(&span, envelope.map_or("", |e| e.traceparent.as_str()));
-        self.carry_hop(request, sender).instrument(span).await
-    }
-
-    async fn carry_hop(&self, mut request: BusinessRequest, sender: Sender) -> BusinessReply {
-        let admitted = self.admit(
-            request.envelope.as_mut(),
-            Payload::Carry(&request.items),
-            &sender,
-        );
-        let hop = admitted.and_then(|()| self.hop(request.envelope.as_mut()));
-        if let Some(envelope) = request.envelope.as_mut() {
-            envelope.traceparent = traces::current();
-        }
-        let answer = match hop {
-            Err(err) => Err(err),
-            Ok(Hop::Local(mut service_center)) => service_center
-                .carry(request)
-                .await
-                .map(tonic::Response::into_inner)
-                .map_err(|status| call_error(&self.region(), status)),
-            Ok(Hop::Peer {
-                next_hop,
-                destination,
-                channel,
-            }) => {
-                let mut client = BusinessClient::new(channel)
-                    .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
-                    .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
-                self.relay(&next_hop, &destination, client.carry(request))
-                    .await
-            }
-        };
-        match answer {
-            Ok(reply) => reply,
-            Err(err) => BusinessReply {
-                failure: Some(err.into()),
-                verdicts: Vec::new(),
-            },
-        }
+        self.forward(request, sender).instrument(span).await
     }
 
     /// Answers a heartbeat, exchanging link state with the prober.
@@ -104,6 +69,34 @@ impl Roaming {
         };
         self.links
             .exchange(&self.config(), adverts_from_wire(states), accept)
+    }
+}
+
+impl Forward for BusinessRequest {
+    type Reply = BusinessReply;
+    const TRACED: bool = true;
+
+    fn parts(&mut self) -> (Option<&mut Envelope>, Payload<'_>) {
+        (self.envelope.as_mut(), Payload::Carry(&self.items))
+    }
+
+    async fn local(self, mut service_center: PairClient<Channel>) -> Answer<BusinessReply> {
+        service_center.carry(self).await
+    }
+
+    async fn peer(self, channel: Channel) -> Answer<BusinessReply> {
+        BusinessClient::new(channel)
+            .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+            .carry(self)
+            .await
+    }
+
+    fn failed(err: Error) -> BusinessReply {
+        BusinessReply {
+            failure: Some(err.into()),
+            verdicts: Vec::new(),
+        }
     }
 }
 

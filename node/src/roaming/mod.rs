@@ -7,6 +7,7 @@
 
 pub mod business;
 pub mod data_service;
+mod forward;
 pub mod grpc;
 pub mod links;
 pub mod metrics;
