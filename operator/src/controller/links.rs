@@ -427,6 +427,11 @@ mod tests {
         }
     }
 
+    /// What eu observes when its roaming system reports one link, to us.
+    fn to_us(condition: LinkCondition, path: &[&str], rtt: Option<f64>) -> ObservedLinks {
+        from_reply(&reply(vec![link("us", condition, path, rtt)]))
+    }
+
     /// Serves a Service address the way kube-proxy does: each new
     /// connection goes to the backend set at that moment, and established
     /// ones stay where they went.
@@ -605,54 +610,14 @@ mod tests {
 
     #[test]
     fn only_state_path_and_large_rtt_moves_are_significant() {
-        let base = from_reply(&reply(vec![link(
-            "us",
-            LinkCondition::Up,
-            &["eu", "us"],
-            Some(80.0),
-        )]));
-        let jitter = from_reply(&reply(vec![link(
-            "us",
-            LinkCondition::Up,
-            &["eu", "us"],
-            Some(84.0),
-        )]));
-        let slower = from_reply(&reply(vec![link(
-            "us",
-            LinkCondition::Up,
-            &["eu", "us"],
-            Some(120.0),
-        )]));
-        let small = from_reply(&reply(vec![link(
-            "us",
-            LinkCondition::Up,
-            &["eu", "us"],
-            Some(1.0),
-        )]));
-        let small_jump = from_reply(&reply(vec![link(
-            "us",
-            LinkCondition::Up,
-            &["eu", "us"],
-            Some(5.0),
-        )]));
-        let detoured = from_reply(&reply(vec![link(
-            "us",
-            LinkCondition::Detoured,
-            &["eu", "ap", "us"],
-            Some(80.0),
-        )]));
-        let other_relay = from_reply(&reply(vec![link(
-            "us",
-            LinkCondition::Detoured,
-            &["eu", "sa", "us"],
-            Some(80.0),
-        )]));
-        let no_rtt = from_reply(&reply(vec![link(
-            "us",
-            LinkCondition::Up,
-            &["eu", "us"],
-            None,
-        )]));
+        let base = to_us(LinkCondition::Up, &["eu", "us"], Some(80.0));
+        let jitter = to_us(LinkCondition::Up, &["eu", "us"], Some(84.0));
+        let slower = to_us(LinkCondition::Up, &["eu", "us"], Some(120.0));
+        let small = to_us(LinkCondition::Up, &["eu", "us"], Some(1.0));
+        let small_jump = to_us(LinkCondition::Up, &["eu", "us"], Some(5.0));
+        let detoured = to_us(LinkCondition::Detoured, &["eu", "ap", "us"], Some(80.0));
+        let other_relay = to_us(LinkCondition::Detoured, &["eu", "sa", "us"], Some(80.0));
+        let no_rtt = to_us(LinkCondition::Up, &["eu", "us"], None);
         assert!(!significant(&base, &base));
         assert!(
             !significant(&base, &jitter),
@@ -692,18 +657,8 @@ mod tests {
         let observations = Observations::default();
         let key = ObjectRef::<Region>::new("eu").within("chat");
         assert_eq!(observations.get(&key), Observation::Pending);
-        let base = from_reply(&reply(vec![link(
-            "us",
-            LinkCondition::Up,
-            &["eu", "us"],
-            Some(80.0),
-        )]));
-        let jitter = from_reply(&reply(vec![link(
-            "us",
-            LinkCondition::Up,
-            &["eu", "us"],
-            Some(82.0),
-        )]));
+        let base = to_us(LinkCondition::Up, &["eu", "us"], Some(80.0));
+        let jitter = to_us(LinkCondition::Up, &["eu", "us"], Some(82.0));
         assert!(observations.publish(&key, base.clone()));
         assert!(!observations.publish(&key, jitter));
         assert_eq!(observations.get(&key), Observation::Reported(base.clone()));
