@@ -25,7 +25,7 @@ use std::sync::{Arc, OnceLock};
 use libfuzzer_sys::fuzz_target;
 use meridian_node::Error;
 use meridian_node::ids::Id;
-use meridian_node::mesh::link_state::LinkStateDb;
+use meridian_node::mesh::topology::LinkStateDb;
 use meridian_node::proto::peer_api::data_request::Op;
 use meridian_node::proto::peer_api::{
     BusinessRequest, DataRequest, Envelope, LinkState, Ping, UserAssertion, item,

@@ -3,8 +3,8 @@
 
 pub mod config;
 pub mod health;
-pub mod link_state;
 pub mod routes;
+pub mod topology;
 
 pub use config::{MeshConfig, Peer};
 pub use routes::{Route, next_hop};

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::MeshConfig;
-use super::link_state::Path;
+use super::topology::Path;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Route {

@@ -12,7 +12,7 @@ use super::{Roaming, Sender};
 use crate::Error;
 use crate::ids::is_region_code;
 use crate::limits::MAX_GRPC_MESSAGE_BYTES;
-use crate::mesh::link_state::Advert;
+use crate::mesh::topology::Advert;
 use crate::proto::pair_api::pair_client::PairClient;
 use crate::proto::peer_api::business_client::BusinessClient;
 use crate::proto::peer_api::{

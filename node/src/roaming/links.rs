@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use crate::mesh::health::{Health, HealthPolicy, LinkHealth};
-use crate::mesh::link_state::{Advert, LinkStateDb, MAX_AGE_MICROS, Path, REFRESH_MICROS};
+use crate::mesh::topology::{Advert, LinkStateDb, MAX_AGE_MICROS, Path, REFRESH_MICROS};
 use crate::mesh::{MeshConfig, Route, next_hop};
 
 /// How a peer is reached now.

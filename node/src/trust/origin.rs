@@ -11,7 +11,7 @@ use prost::Message;
 use super::credentials::Loaded;
 use super::verify::Verifier;
 use crate::Error;
-use crate::mesh::link_state::{MAX_AGE_MICROS, MAX_AHEAD_MICROS};
+use crate::mesh::topology::{MAX_AGE_MICROS, MAX_AHEAD_MICROS};
 use crate::proto::peer_api::{
     BusinessRequest, DataRequest, Envelope, Item, LinkState, Signature, data_request,
 };

@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 
 use super::caches::Caches;
 use super::metrics::Metrics;
-use super::{Context, Settings, links, pki, written};
+use super::{Context, Settings, mesh_status, pki, written};
 
 /// One request the operator made.
 #[derive(Clone, Debug)]
@@ -305,7 +305,7 @@ pub(super) fn context(client: kube::Client, regions: &[Region], links: &[RegionL
             },
         ),
         metrics: Arc::new(Metrics::default()),
-        observations: links::Observations::default(),
+        observations: mesh_status::Observations::default(),
         authorities: pki::Authorities::new(pki::Issuing {
             ca_secret: "meridian-mesh-ca".into(),
             lifetime: Duration::from_secs(24 * 60 * 60),

@@ -15,8 +15,8 @@ mod error;
 mod fixtures;
 mod health;
 mod leader;
-pub mod links;
 mod log_level;
+pub mod mesh_status;
 mod metrics;
 pub mod nudge;
 pub mod pki;
@@ -119,7 +119,7 @@ struct Context {
     settings: Settings,
     recorder: Recorder,
     metrics: Arc<Metrics>,
-    observations: links::Observations,
+    observations: mesh_status::Observations,
     authorities: pki::Authorities,
     /// `--node-log-level`.
     node_log_level: Option<String>,
@@ -127,7 +127,7 @@ struct Context {
 
 /// Runs the controller until the process is stopped.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let resolver = links::Resolver::parse(&args.resolve)?;
+    let resolver = mesh_status::Resolver::parse(&args.resolve)?;
     let lifetime = Duration::from_secs(args.cert_lifetime_seconds);
     let issuer = args
         .mesh_issuer
@@ -235,7 +235,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         controller: "meridian-operator".into(),
         instance: Some(identity.clone()),
     };
-    let observations = links::Observations::default();
+    let observations = mesh_status::Observations::default();
     match &issuer {
         Some(issuer) => tracing::info!(%issuer, "identities come from cert-manager"),
         None => {
@@ -249,7 +249,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     });
     let (link_states, changed_regions) = futures::channel::mpsc::unbounded();
     tokio::spawn(
-        links::Poller {
+        mesh_status::Poller {
             regions: caches.regions.clone(),
             cluster: args.cluster.clone(),
             resolver,

@@ -31,7 +31,7 @@ use meridian_node::mesh::MeshConfig;
 
 use super::apply::Applied;
 use super::cert_manager::CertificateState;
-use super::links::Observation;
+use super::mesh_status::Observation;
 use super::storage::{SIZE_FIELD, StorageState};
 
 /// The condition on the data volume's size.
@@ -400,7 +400,7 @@ pub fn peer_changes(previous: Option<&RegionStatus>, next: &RegionStatus) -> Vec
 
 #[cfg(test)]
 mod tests {
-    use super::super::links::{ObservedLink, ObservedLinks};
+    use super::super::mesh_status::{ObservedLink, ObservedLinks};
     use super::*;
 
     fn mesh() -> MeshConfig {
