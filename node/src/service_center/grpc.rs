@@ -86,7 +86,10 @@ impl business_center_server::BusinessCenter for ClientApi {
     async fn login(&self, request: Request<LoginRequest>) -> Reply<LoginReply> {
         let source = source(&request);
         let r = request.into_inner();
-        ok(self.0.metrics().logged_in(self.0.login(&r.user, &r.password, source).await))
+        ok(self
+            .0
+            .metrics()
+            .logged_in(self.0.login(&r.user, &r.password, source).await))
     }
 
     async fn refresh(&self, request: Request<RefreshRequest>) -> Reply<LoginReply> {

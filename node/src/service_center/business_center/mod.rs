@@ -23,10 +23,10 @@ use super::outbox::Outbox;
 use super::roaming_client::RoamingClient;
 use super::verdicts::Verdicts;
 use crate::Error;
-use crate::tasks::Tasks;
 use crate::ids::Id;
 use crate::limits::MAX_THROTTLED_KEYS;
 use crate::proto::peer_api::{data_reply, data_request};
+use crate::tasks::Tasks;
 use crate::telemetry::ServiceCenterMetrics;
 
 pub use subscribe::EventStream;
