@@ -143,7 +143,7 @@ mod tests {
 
         let depth = || {
             let dc = dc.clone();
-            async move { dc.read(outbox::depth).await.unwrap() }
+            async move { dc.read(|tx| tx.depth()).await.unwrap() }
         };
         eventually("gone's items dropped at startup", async || {
             outbox.dropped_total() == 3
@@ -198,7 +198,7 @@ mod tests {
         assert_eq!(count, items as u64 - 1);
         assert_eq!(dropped.total(), count);
         assert_eq!(
-            dc.read(outbox::depth).await.unwrap(),
+            dc.read(|tx| tx.depth()).await.unwrap(),
             1,
             "us keeps its item"
         );

@@ -91,7 +91,7 @@ impl Outbox {
 
     /// Starts workers for whatever a previous run left in the outbox.
     pub async fn resume(&self) -> Result<(), crate::Error> {
-        for destination in self.dc.read(outbox::destinations).await? {
+        for destination in self.dc.read(|tx| tx.destinations()).await? {
             self.wake(&destination);
         }
         Ok(())

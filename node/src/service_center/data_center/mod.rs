@@ -21,6 +21,8 @@ pub mod outbox;
 pub mod retention;
 pub mod schema;
 pub mod sessions;
+pub mod sqlite;
+pub mod tx;
 pub mod writer;
 
 use std::path::Path;
@@ -28,6 +30,8 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OpenFlags};
 
+pub use sqlite::SqliteTx;
+pub use tx::Tx;
 pub use writer::Writer;
 
 use crate::Error;
@@ -88,16 +92,18 @@ impl DataCenter {
     /// Runs `f` in a write transaction; returns once it is durable.
     pub async fn write<T, F>(&self, f: F) -> Result<T, Error>
     where
-        F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
+        F: FnOnce(&mut dyn Tx) -> Result<T, Error> + Send + 'static,
         T: Send + 'static,
     {
-        self.writer.write(f).await
+        self.writer
+            .write(move |conn| f(&mut SqliteTx::new(conn)))
+            .await
     }
 
     /// Runs `f` on a read connection, off the async threads.
     pub async fn read<T, F>(&self, f: F) -> Result<T, Error>
     where
-        F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
+        F: FnOnce(&mut dyn Tx) -> Result<T, Error> + Send + 'static,
         T: Send + 'static,
     {
         let readers = self.readers.clone();
@@ -111,7 +117,7 @@ impl DataCenter {
             let result = conn
                 .execute_batch("BEGIN DEFERRED")
                 .map_err(Error::from)
-                .and_then(|()| f(&conn));
+                .and_then(|()| f(&mut SqliteTx::new(&conn)));
             let _ = conn.execute_batch("COMMIT");
             let mut pool = readers.lock().expect("reader pool");
             if pool.len() < READERS {

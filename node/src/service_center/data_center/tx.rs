@@ -1,0 +1,195 @@
+//! The interface the flows see: one transaction of the data center, with
+//! typed operations grouped by what they keep. Both backends implement it
+//! (docs/ARCHITECTURE.md, "Data center backends"); a flow is a closure over
+//! `&mut dyn Tx` and never names a backend. Every operation takes
+//! `&mut self` because a PostgreSQL transaction needs it, and returns the
+//! domain [`Error`], never a backend's.
+
+use crate::Error;
+use crate::proto::client_api::{Delivery, GroupInfo, GroupSettings, Role};
+use crate::proto::peer_api::{Item, Verdict};
+
+pub use super::messages::Page;
+pub use super::outbox::Pending;
+pub use super::sessions::{Rotated, TokenHash, Tokens};
+
+/// User accounts of this home region, their home-location register, and
+/// the assertions of their homes that roaming users logged in here.
+pub trait Accounts {
+    /// `ALREADY_EXISTS` when the user exists.
+    fn insert_user(&mut self, id: &str, password_hash: &str, now_ms: i64) -> Result<(), Error>;
+    fn password_hash(&mut self, id: &str) -> Result<Option<String>, Error>;
+    /// Records that `id` is attached at `region`.
+    fn attach(&mut self, id: &str, region: &str) -> Result<(), Error>;
+    /// Where a user of this home is attached; `None` for an unknown user.
+    fn attached_region(&mut self, id: &str) -> Result<Option<String>, Error>;
+    /// Keeps the encoded assertion, replacing an older one, and forgets a
+    /// bounded number that have expired.
+    fn put_assertion(
+        &mut self,
+        id: &str,
+        assertion: &[u8],
+        expires_at_ms: i64,
+        now_ms: i64,
+    ) -> Result<(), Error>;
+    fn assertion(&mut self, id: &str) -> Result<Option<Vec<u8>>, Error>;
+}
+
+/// The sessions this region issued, by the hashes of their tokens.
+pub trait Sessions {
+    fn insert_session(&mut self, user: &str, tokens: &Tokens) -> Result<(), Error>;
+    /// The user and access expiry of the session with this access token.
+    fn session_by_access(&mut self, access: &TokenHash) -> Result<Option<(String, i64)>, Error>;
+    /// The user of the session whose refresh token this is, if current.
+    fn refreshable(&mut self, refresh: &TokenHash, now_ms: i64) -> Result<Option<String>, Error>;
+    /// Gives the session of a current refresh token new tokens.
+    fn rotate_session(
+        &mut self,
+        refresh: &TokenHash,
+        tokens: &Tokens,
+        now_ms: i64,
+    ) -> Result<Option<Rotated>, Error>;
+    /// Deletes the session; its access hash if it existed.
+    fn revoke_by_access(&mut self, access: &TokenHash) -> Result<Option<TokenHash>, Error>;
+    fn revoke_by_refresh(&mut self, refresh: &TokenHash) -> Result<Option<TokenHash>, Error>;
+    /// Deletes at most `limit` sessions past refresh; how many.
+    fn delete_expired_sessions(&mut self, now_ms: i64, limit: usize) -> Result<usize, Error>;
+    /// Sessions that can still be used or refreshed at `now_ms`.
+    fn sessions_in_force(&mut self, now_ms: i64) -> Result<i64, Error>;
+}
+
+/// Groups homed in this region, their members and their order.
+pub trait Groups {
+    /// `ALREADY_EXISTS` when the group exists.
+    fn create_group(
+        &mut self,
+        id: &str,
+        title: &str,
+        announcement: &str,
+        owner: &str,
+        now_ms: i64,
+    ) -> Result<(), Error>;
+    /// The group with its members, or `NOT_FOUND`.
+    fn group_info(&mut self, id: &str) -> Result<GroupInfo, Error>;
+    /// Holds the group until the transaction ends, so that another
+    /// replica's transaction cannot sequence in it, or change its members,
+    /// in between; whether it exists. Take it before reading what a
+    /// sequencing decides on.
+    fn lock_group(&mut self, id: &str) -> Result<bool, Error>;
+    fn group_exists(&mut self, id: &str) -> Result<bool, Error>;
+    /// The role of `user` in the group; `None` when not a member.
+    fn role(&mut self, group: &str, user: &str) -> Result<Option<Role>, Error>;
+    fn update_group(
+        &mut self,
+        group: &str,
+        title: Option<&str>,
+        announcement: Option<&str>,
+        settings: Option<&GroupSettings>,
+    ) -> Result<(), Error>;
+    /// Joining twice is a no-op; refuses a full or closed group.
+    fn join(&mut self, group: &str, user: &str) -> Result<(), Error>;
+    /// The owner cannot leave while others remain.
+    fn leave(&mut self, group: &str, user: &str) -> Result<(), Error>;
+    fn member_ids(&mut self, group: &str) -> Result<Vec<String>, Error>;
+    /// Takes the group's next seq, in this transaction: no gaps, no
+    /// duplicates.
+    fn next_seq(&mut self, group: &str) -> Result<u64, Error>;
+}
+
+/// The message log, the sends accepted here and the keys sequenced here.
+pub trait Messages {
+    /// A send accepted here earlier with the same idempotency key.
+    fn accepted_by_key(
+        &mut self,
+        sender: &str,
+        group: &str,
+        key: &str,
+    ) -> Result<Option<String>, Error>;
+    fn insert_accepted(
+        &mut self,
+        message_id: &str,
+        group: &str,
+        sender: &str,
+        key: Option<&str>,
+        now_ms: i64,
+    ) -> Result<(), Error>;
+    /// The home's verdict recorded on a send accepted here.
+    fn verdict_of(&mut self, message_id: &str) -> Result<Option<Verdict>, Error>;
+    /// Records the home's verdict; the latest one stands.
+    fn record_verdict(&mut self, verdict: &Verdict) -> Result<(), Error>;
+    /// The message a sender's key was sequenced as, at the group's home.
+    fn sequenced_by_key(
+        &mut self,
+        group: &str,
+        sender: &str,
+        key: &str,
+    ) -> Result<Option<String>, Error>;
+    fn insert_sequenced_key(
+        &mut self,
+        group: &str,
+        sender: &str,
+        key: &str,
+        message_id: &str,
+    ) -> Result<(), Error>;
+    /// The seq a message was given, if this region has it.
+    fn seq_of(&mut self, message_id: &str) -> Result<Option<u64>, Error>;
+    /// Stores a sequenced message; `false` when it was already stored.
+    fn insert_message(&mut self, message: &Delivery) -> Result<bool, Error>;
+    /// Messages after `after_seq`, at most `limit` and `max_bytes` of them
+    /// (always at least one).
+    fn page(
+        &mut self,
+        group: &str,
+        after_seq: u64,
+        limit: u32,
+        max_bytes: usize,
+    ) -> Result<Page, Error>;
+    /// Deletes at most `limit` accepted sends older than `cutoff_ms`.
+    fn delete_accepted_before(&mut self, cutoff_ms: i64, limit: usize) -> Result<usize, Error>;
+}
+
+/// The durable outbox: cross-region work, in order per destination.
+pub trait Outbox {
+    fn enqueue(
+        &mut self,
+        destination: &str,
+        item: &Item,
+        traceparent: &str,
+        now_ms: i64,
+    ) -> Result<(), Error>;
+    /// Up to `limit` items after `after_id`, oldest first.
+    fn pending(
+        &mut self,
+        destination: &str,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<Pending>, Error>;
+    /// Removes what `destination` acknowledged, up to `up_to_id`.
+    fn clear(&mut self, destination: &str, up_to_id: i64) -> Result<(), Error>;
+    /// Deletes at most `limit` of a departed destination's items, unsent.
+    fn discard(&mut self, destination: &str, limit: usize) -> Result<usize, Error>;
+    fn destinations(&mut self) -> Result<Vec<String>, Error>;
+    /// Items waiting, over all destinations.
+    fn depth(&mut self) -> Result<u64, Error>;
+    /// Items waiting, per destination.
+    fn depths(&mut self) -> Result<Vec<(String, i64)>, Error>;
+}
+
+/// One transaction of the data center: everything a flow may do in it.
+pub trait Tx: Accounts + Sessions + Groups + Messages + Outbox + Transitional {}
+
+impl<T: Accounts + Sessions + Groups + Messages + Outbox + Transitional + ?Sized> Tx for T {}
+
+/// Until every caller speaks [`Tx`], a closure given a transaction may still
+/// hand it to the per-table SQLite functions.
+pub trait Transitional {
+    fn connection(&self) -> &rusqlite::Connection;
+}
+
+impl std::ops::Deref for dyn Tx + '_ {
+    type Target = rusqlite::Connection;
+
+    fn deref(&self) -> &rusqlite::Connection {
+        self.connection()
+    }
+}
