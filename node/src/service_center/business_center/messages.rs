@@ -11,8 +11,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rusqlite::Connection;
-
 use super::{BusinessCenter, check_len, unexpected};
 use crate::Error;
 use crate::ids::Id;
@@ -24,7 +22,7 @@ use crate::proto::client_api::{Delivery, HistoryReply, HistoryRequest, SendReply
 use crate::proto::peer_api::{
     Distribution, History, Item, Submission, Verdict as WireVerdict, data_reply, data_request, item,
 };
-use crate::service_center::data_center::{accounts, groups, messages, outbox};
+use crate::service_center::data_center::{Tx, tx};
 use crate::service_center::verdicts::Verdict;
 use crate::telemetry::traces;
 
@@ -46,8 +44,8 @@ impl Effects {
         }
     }
 
-    fn enqueue(&mut self, conn: &Connection, destination: &str, item: Item) -> Result<(), Error> {
-        outbox::enqueue(conn, destination, &item, &self.trace, crate::now_ms())?;
+    fn enqueue(&mut self, tx: &mut dyn Tx, destination: &str, item: Item) -> Result<(), Error> {
+        tx.enqueue(destination, &item, &self.trace, crate::now_ms())?;
         if !self.destinations.iter().any(|d| d == destination) {
             self.destinations.push(destination.to_owned());
         }
@@ -100,27 +98,25 @@ impl BusinessCenter {
         let trace = traces::current();
         let (accepted, effects) = self
             .dc
-            .write(move |conn| {
+            .write(move |tx| {
                 let s = &submission;
                 let key = (!s.idempotency_key.is_empty()).then_some(s.idempotency_key.as_str());
                 let earlier = match key {
-                    Some(key) => match messages::accepted_by_key(conn, &s.sender, &s.group, key)? {
+                    Some(key) => match tx.accepted_by_key(&s.sender, &s.group, key)? {
                         Some(id) => Some(id),
                         // At the home, the key may have come through another region first.
-                        None if local => {
-                            messages::sequenced_by_key(conn, &s.group, &s.sender, key)?
-                        }
+                        None if local => tx.sequenced_by_key(&s.group, &s.sender, key)?,
                         None => None,
                     },
                     None => None,
                 };
                 if let Some(earlier) = earlier {
-                    return Ok((retried(conn, local, earlier)?, Effects::default()));
+                    return Ok((retried(tx, local, earlier)?, Effects::default()));
                 }
                 let mut effects = Effects::traced(trace);
                 let accepted = if local {
                     // A message id made just now cannot have been sequenced.
-                    let (message_id, seq) = sequence(conn, &region, s, Fresh::Yes, &mut effects)?;
+                    let (message_id, seq) = sequence(tx, &region, s, Fresh::Yes, &mut effects)?;
                     Accepted::Answered(Ok(SendReply {
                         message_id,
                         seq,
@@ -132,20 +128,13 @@ impl BusinessCenter {
                     let item = Item {
                         kind: Some(item::Kind::Submission(s.clone())),
                     };
-                    effects.enqueue(conn, &home, item)?;
+                    effects.enqueue(tx, &home, item)?;
                     Accepted::AwaitingHome {
                         message_id: s.message_id.clone(),
                         duplicate: false,
                     }
                 };
-                messages::insert_accepted(
-                    conn,
-                    &s.message_id,
-                    &s.group,
-                    &s.sender,
-                    key,
-                    s.sent_at_ms,
-                )?;
+                tx.insert_accepted(&s.message_id, &s.group, &s.sender, key, s.sent_at_ms)?;
                 Ok((accepted, effects))
             })
             .await?;
@@ -165,10 +154,7 @@ impl BusinessCenter {
                 // again, so that one recorded in between is not missed.
                 let waiter = self.verdicts.wait_for(&message_id);
                 let id = message_id.clone();
-                let recorded = self
-                    .dc
-                    .read(move |conn| messages::verdict_of(conn, &id))
-                    .await?;
+                let recorded = self.dc.read(move |tx| tx.verdict_of(&id)).await?;
                 if let Some(verdict) = recorded.as_ref().and_then(Verdict::from_wire) {
                     return answer(&message_id, duplicate, verdict);
                 }
@@ -216,13 +202,13 @@ impl BusinessCenter {
         let trace = traces::current();
         let (verdicts, effects) = self
             .dc
-            .write(move |conn| {
+            .write(move |tx| {
                 let mut effects = Effects::traced(trace);
                 let mut verdicts = Vec::new();
                 for item in &items {
                     match &item.kind {
                         Some(item::Kind::Submission(s)) => {
-                            let verdict = match sequence(conn, &region, s, Fresh::No, &mut effects) {
+                            let verdict = match sequence(tx, &region, s, Fresh::No, &mut effects) {
                                 Ok((message_id, seq)) => Verdict::Sequenced { message_id, seq },
                                 Err(err) if err.is_transient() => return Err(err),
                                 Err(err) => {
@@ -232,7 +218,7 @@ impl BusinessCenter {
                             };
                             verdicts.push(verdict.to_wire(&s.message_id));
                         }
-                        Some(item::Kind::Distribution(d)) => distribute(conn, &region, d, &mut effects)?,
+                        Some(item::Kind::Distribution(d)) => distribute(tx, &region, d, &mut effects)?,
                         None => tracing::warn!(from = %source, "empty outbox item ignored"),
                     }
                 }
@@ -276,17 +262,17 @@ impl BusinessCenter {
             request.limit
         };
         self.dc
-            .read(move |conn| {
+            .read(move |tx| {
                 let g = &request.group;
-                if groups::role(conn, g, &actor)?.is_none() {
-                    if !groups::exists(conn, g)? {
-                        return Err(groups::not_found(g));
+                if tx.role(g, &actor)?.is_none() {
+                    if !tx.group_exists(g)? {
+                        return Err(tx::not_found(g));
                     }
                     return Err(Error::PermissionDenied(format!(
                         "{actor} is not a member of group {g}"
                     )));
                 }
-                let page = messages::page(conn, g, request.after_seq, limit, HISTORY_PAGE_BYTES)?;
+                let page = tx.page(g, request.after_seq, limit, HISTORY_PAGE_BYTES)?;
                 Ok(HistoryReply {
                     messages: page.messages,
                     more: page.more,
@@ -321,8 +307,8 @@ enum Accepted {
 /// A retry of the send `earlier` (the same sender, group and key): its seq
 /// when this region has it (sequenced here, or the communication record of
 /// a member homed here), else the home's recorded verdict, else the wait.
-fn retried(conn: &Connection, local: bool, earlier: String) -> Result<Accepted, Error> {
-    if let Some(seq) = messages::seq_of(conn, &earlier)? {
+fn retried(tx: &mut dyn Tx, local: bool, earlier: String) -> Result<Accepted, Error> {
+    if let Some(seq) = tx.seq_of(&earlier)? {
         return Ok(Accepted::Answered(Ok(SendReply {
             message_id: earlier,
             seq,
@@ -335,7 +321,7 @@ fn retried(conn: &Connection, local: bool, earlier: String) -> Result<Accepted, 
         // seq is always stored with it.
         return Err(Error::Internal(format!("message {earlier} has no seq")));
     }
-    let recorded = messages::verdict_of(conn, &earlier)?;
+    let recorded = tx.verdict_of(&earlier)?;
     Ok(match recorded.as_ref().and_then(Verdict::from_wire) {
         Some(verdict) => Accepted::Answered(answer(&earlier, true, verdict)),
         None => Accepted::AwaitingHome {
@@ -377,14 +363,17 @@ enum Fresh {
 /// sequenced before (a resend), or its key was (a retry through another
 /// region), those of that message, which is not sequenced again.
 fn sequence(
-    conn: &Connection,
+    tx: &mut dyn Tx,
     region: &str,
     s: &Submission,
     fresh: Fresh,
     effects: &mut Effects,
 ) -> Result<(String, u64), Error> {
+    // First, so that another replica's transaction cannot sequence in this
+    // group between what this one reads and what it writes.
+    let exists = tx.lock_group(&s.group)?;
     if fresh == Fresh::No
-        && let Some(seq) = messages::seq_of(conn, &s.message_id)?
+        && let Some(seq) = tx.seq_of(&s.message_id)?
     {
         return Ok((s.message_id.clone(), seq));
     }
@@ -393,19 +382,20 @@ fn sequence(
     // another region. A fresh send's caller has looked in both.
     let key = s.idempotency_key.as_str();
     if !key.is_empty() && fresh == Fresh::No {
-        let earlier = match messages::sequenced_by_key(conn, &s.group, &s.sender, key)? {
+        let earlier = match tx.sequenced_by_key(&s.group, &s.sender, key)? {
             Some(earlier) => Some(earlier),
-            None => messages::accepted_by_key(conn, &s.sender, &s.group, key)?,
+            None => tx.accepted_by_key(&s.sender, &s.group, key)?,
         };
         if let Some(earlier) = earlier {
-            let seq = messages::seq_of(conn, &earlier)?
+            let seq = tx
+                .seq_of(&earlier)?
                 .ok_or_else(|| Error::Internal(format!("message {earlier} has no seq")))?;
             return Ok((earlier, seq));
         }
     }
-    if groups::role(conn, &s.group, &s.sender)?.is_none() {
-        if !groups::exists(conn, &s.group)? {
-            return Err(groups::not_found(&s.group));
+    if tx.role(&s.group, &s.sender)?.is_none() {
+        if !exists {
+            return Err(tx::not_found(&s.group));
         }
         return Err(Error::PermissionDenied(format!(
             "{} is not a member of group {}",
@@ -414,19 +404,19 @@ fn sequence(
     }
     let delivery = Delivery {
         group: s.group.clone(),
-        seq: groups::next_seq(conn, &s.group)?,
+        seq: tx.next_seq(&s.group)?,
         message_id: s.message_id.clone(),
         sender: s.sender.clone(),
         body: s.body.clone(),
         sent_at_ms: s.sent_at_ms,
     };
-    messages::insert(conn, &delivery)?;
+    tx.insert_message(&delivery)?;
     if !key.is_empty() && fresh == Fresh::No {
-        messages::insert_sequenced_key(conn, &s.group, &s.sender, key, &s.message_id)?;
+        tx.insert_sequenced_key(&s.group, &s.sender, key, &s.message_id)?;
     }
     // Once per recipient region: the message and that region's recipients.
     let mut by_region: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for member in groups::member_ids(conn, &s.group)? {
+    for member in tx.member_ids(&s.group)? {
         let home = member.rsplit('@').next().unwrap_or_default().to_owned();
         by_region.entry(home).or_default().push(member);
     }
@@ -437,10 +427,10 @@ fn sequence(
             roaming: false,
         };
         if home == region {
-            deliver_here(conn, region, &distribution, effects)?;
+            deliver_here(tx, region, &distribution, effects)?;
         } else {
             effects.enqueue(
-                conn,
+                tx,
                 &home,
                 Item {
                     kind: Some(item::Kind::Distribution(distribution)),
@@ -455,7 +445,7 @@ fn sequence(
 /// own home (a roaming forward to a recipient attached there) the record is
 /// the home's: it is delivered only if it is the message sequenced here.
 fn distribute(
-    conn: &Connection,
+    tx: &mut dyn Tx,
     region: &str,
     d: &Distribution,
     effects: &mut Effects,
@@ -466,20 +456,20 @@ fn distribute(
         .ok_or_else(|| Error::InvalidArgument("distribution without a message".into()))?;
     let homed_here = message.group.rsplit('@').next() == Some(region);
     if homed_here {
-        if messages::seq_of(conn, &message.message_id)? != Some(message.seq) {
+        if tx.seq_of(&message.message_id)? != Some(message.seq) {
             tracing::warn!(group = %message.group, seq = message.seq, "forward of a message this home never sequenced ignored");
             return Ok(());
         }
     } else {
-        messages::insert(conn, message)?;
+        tx.insert_message(message)?;
     }
-    deliver_here(conn, region, d, effects)
+    deliver_here(tx, region, d, effects)
 }
 
 /// Pushes to this region's sessions of the recipients, and forwards the
 /// message to where a recipient of this home is attached, if elsewhere.
 fn deliver_here(
-    conn: &Connection,
+    tx: &mut dyn Tx,
     region: &str,
     d: &Distribution,
     effects: &mut Effects,
@@ -491,7 +481,7 @@ fn deliver_here(
         if d.roaming {
             continue;
         }
-        if let Some(attached) = accounts::attached_region(conn, recipient)?
+        if let Some(attached) = tx.attached_region(recipient)?
             && attached != region
         {
             roaming.entry(attached).or_default().push(recipient.clone());
@@ -504,7 +494,7 @@ fn deliver_here(
             roaming: true,
         };
         effects.enqueue(
-            conn,
+            tx,
             &attached,
             Item {
                 kind: Some(item::Kind::Distribution(forward)),
