@@ -6,4 +6,5 @@ pub mod faults;
 pub mod in_process;
 pub mod local_mode;
 pub mod operator;
+pub mod postgres;
 pub mod prometheus;

@@ -18,6 +18,7 @@ pub mod groups;
 mod lock;
 pub mod messages;
 pub mod outbox;
+pub mod postgres;
 pub mod retention;
 pub mod schema;
 pub mod sessions;
