@@ -8,7 +8,7 @@ use crate::ids::{Id, is_name};
 use crate::limits::{MAX_ANNOUNCEMENT_BYTES, MAX_GROUP_MEMBERS, MAX_TITLE_BYTES};
 use crate::proto::client_api::{CreateGroupRequest, GroupInfo, Role, UpdateGroupRequest};
 use crate::proto::peer_api::{GetGroup, Join, Leave, UpdateGroup, data_reply, data_request};
-use crate::service_center::data_center::groups;
+use crate::service_center::data_center::tx::group_not_found;
 
 /// What a group request asks of the home.
 pub(super) enum GroupOp {
@@ -46,9 +46,9 @@ impl BusinessCenter {
         let (group, owner, now) = (id.to_string(), actor.to_string(), crate::now_ms());
         let info = self
             .dc
-            .write(move |conn| {
-                groups::create(conn, &group, &title, &request.announcement, &owner, now)?;
-                groups::info(conn, &group)
+            .write(move |tx| {
+                tx.create_group(&group, &title, &request.announcement, &owner, now)?;
+                tx.group_info(&group)
             })
             .await?;
         tracing::info!(group = %id, owner = %actor, "group created");
@@ -113,11 +113,11 @@ impl BusinessCenter {
         match op {
             GroupOp::Get => {
                 self.dc
-                    .read(move |conn| {
-                        let mut info = groups::info(conn, &group_id)?;
+                    .read(move |tx| {
+                        let mut info = tx.group_info(&group_id)?;
                         // A closed group's members are for its members only.
                         let open = info.settings.is_some_and(|s| s.open);
-                        if !open && groups::role(conn, &group_id, &actor_id)?.is_none() {
+                        if !open && tx.role(&group_id, &actor_id)?.is_none() {
                             info.members.clear();
                             info.members_hidden = true;
                         }
@@ -128,40 +128,39 @@ impl BusinessCenter {
             GroupOp::Update(update) => {
                 validate_update(&update)?;
                 self.dc
-                    .write(move |conn| {
-                        let role = groups::role(conn, &group_id, &actor_id)?;
-                        if !groups::exists(conn, &group_id)? {
-                            return Err(groups::not_found(&group_id));
+                    .write(move |tx| {
+                        let role = tx.role(&group_id, &actor_id)?;
+                        if !tx.group_exists(&group_id)? {
+                            return Err(group_not_found(&group_id));
                         }
                         if !matches!(role, Some(Role::Owner | Role::Admin)) {
                             return Err(Error::PermissionDenied(format!(
                                 "only the owner and admins of group {group_id} may change it"
                             )));
                         }
-                        groups::update(
-                            conn,
+                        tx.update_group(
                             &group_id,
                             update.title.as_deref(),
                             update.announcement.as_deref(),
                             update.settings.as_ref(),
                         )?;
-                        groups::info(conn, &group_id)
+                        tx.group_info(&group_id)
                     })
                     .await
             }
             GroupOp::Join => {
                 self.dc
-                    .write(move |conn| {
-                        groups::join(conn, &group_id, &actor_id)?;
-                        groups::info(conn, &group_id)
+                    .write(move |tx| {
+                        tx.join(&group_id, &actor_id)?;
+                        tx.group_info(&group_id)
                     })
                     .await
             }
             GroupOp::Leave => {
                 self.dc
-                    .write(move |conn| {
-                        groups::leave(conn, &group_id, &actor_id)?;
-                        groups::info(conn, &group_id)
+                    .write(move |tx| {
+                        tx.leave(&group_id, &actor_id)?;
+                        tx.group_info(&group_id)
                     })
                     .await
             }

@@ -22,7 +22,8 @@ use crate::proto::client_api::{Delivery, HistoryReply, HistoryRequest, SendReply
 use crate::proto::peer_api::{
     Distribution, History, Item, Submission, Verdict as WireVerdict, data_reply, data_request, item,
 };
-use crate::service_center::data_center::{Tx, tx};
+use crate::service_center::data_center::Tx;
+use crate::service_center::data_center::tx::group_not_found;
 use crate::service_center::verdicts::Verdict;
 use crate::telemetry::traces;
 
@@ -266,7 +267,7 @@ impl BusinessCenter {
                 let g = &request.group;
                 if tx.role(g, &actor)?.is_none() {
                     if !tx.group_exists(g)? {
-                        return Err(tx::not_found(g));
+                        return Err(group_not_found(g));
                     }
                     return Err(Error::PermissionDenied(format!(
                         "{actor} is not a member of group {g}"
@@ -395,7 +396,7 @@ fn sequence(
     }
     if tx.role(&s.group, &s.sender)?.is_none() {
         if !exists {
-            return Err(tx::not_found(&s.group));
+            return Err(group_not_found(&s.group));
         }
         return Err(Error::PermissionDenied(format!(
             "{} is not a member of group {}",

@@ -9,7 +9,7 @@ use crate::Error;
 use crate::proto::client_api::{Delivery, GroupInfo, GroupSettings, Role};
 use crate::proto::peer_api::{Item, Verdict};
 
-pub use super::groups::not_found;
+pub use super::groups::not_found as group_not_found;
 pub use super::messages::Page;
 pub use super::outbox::Pending;
 pub use super::sessions::{Rotated, TokenHash, Tokens};
