@@ -17,7 +17,6 @@ use crate::ids::Id;
 use crate::limits::{MAX_PASSWORD_BYTES, MAX_TOKEN_BYTES};
 use crate::proto::client_api::{LoginReply, LogoutReply, RegisterReply};
 use crate::proto::peer_api::{Register, Verified, VerifyLogin, data_reply, data_request};
-use crate::service_center::data_center::accounts;
 
 fn invalid_credentials() -> Error {
     Error::Unauthenticated("invalid user or password".into())
@@ -42,7 +41,7 @@ impl BusinessCenter {
         let now = self.clock.now_ms();
         let user_id = id.to_string();
         self.dc
-            .write(move |conn| accounts::insert_user(conn, &user_id, &hash, now))
+            .write(move |tx| tx.insert_user(&user_id, &hash, now))
             .await?;
         tracing::info!(user = %id, "registered");
         Ok(RegisterReply {
@@ -137,17 +136,12 @@ impl BusinessCenter {
         region: &str,
     ) -> Result<Verified, Error> {
         let user = id.to_string();
-        let hash = self
-            .dc
-            .read(move |conn| accounts::password_hash(conn, &user))
-            .await?;
+        let hash = self.dc.read(move |tx| tx.password_hash(&user)).await?;
         if !self.passwords.verify(password.to_owned(), hash).await? {
             return Err(invalid_credentials());
         }
         let (user, region) = (id.to_string(), region.to_owned());
-        self.dc
-            .write(move |conn| accounts::attach(conn, &user, &region))
-            .await?;
+        self.dc.write(move |tx| tx.attach(&user, &region)).await?;
         Ok(Verified {
             user: id.to_string(),
             assertion: None,

@@ -17,7 +17,7 @@ use crate::Error;
 use crate::ids::Id;
 use crate::limits::{MAX_CACHED_SESSIONS, REFRESH_TOKEN_TTL_MS};
 use crate::proto::peer_api::UserAssertion;
-use crate::service_center::data_center::{DataCenter, accounts};
+use crate::service_center::data_center::DataCenter;
 use crate::trust::{Credentials, Verifier, assertion};
 
 #[derive(Clone)]
@@ -59,7 +59,7 @@ impl Assertions {
             .map_err(|e| Error::Internal(format!("the home's assertion is not valid: {e}")))?;
         let (id, blob, expires) = (user.to_string(), kept.encode_to_vec(), kept.expires_at_ms);
         self.dc
-            .write(move |conn| accounts::put_assertion(conn, &id, &blob, expires, now_ms))
+            .write(move |tx| tx.put_assertion(&id, &blob, expires, now_ms))
             .await?;
         self.cache
             .lock()
@@ -79,10 +79,7 @@ impl Assertions {
             return Ok(Some(found.clone()));
         }
         let id = key.clone();
-        let stored = self
-            .dc
-            .read(move |conn| accounts::assertion(conn, &id))
-            .await?;
+        let stored = self.dc.read(move |tx| tx.assertion(&id)).await?;
         let Some(found) = stored.and_then(|blob| UserAssertion::decode(blob.as_slice()).ok())
         else {
             return Ok(None);
