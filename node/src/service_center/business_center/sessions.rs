@@ -20,8 +20,8 @@ use crate::ids::Id;
 use crate::limits::{
     ACCESS_TOKEN_TTL_MS, MAX_CACHED_SESSIONS, REFRESH_TOKEN_TTL_MS, SESSION_SWEEP_BATCH,
 };
-use crate::service_center::data_center::DataCenter;
-use crate::service_center::data_center::sessions::{self as stored, TokenHash, Tokens};
+use crate::service_center::data_center::tx::{TokenHash, Tokens};
+use crate::service_center::data_center::{DataCenter, Tx};
 
 /// The SHA-256 of a token, as stored.
 pub(super) fn hash(token: &str) -> TokenHash {
@@ -151,7 +151,7 @@ impl Sessions {
         let forgets = self.cache.lock().expect("session cache").forgets;
         let (user, expires_at_ms) = self
             .dc
-            .read(move |conn| stored::by_access(conn, &access_hash))
+            .read(move |tx| tx.session_by_access(&access_hash))
             .await?
             .ok_or_else(|| Error::Unauthenticated("unknown session; log in again".into()))?;
         Ok(Loaded {
@@ -180,9 +180,9 @@ impl Sessions {
         let (issued, tokens) = Issued::new(user.clone(), now_ms);
         let owner = user.to_string();
         self.dc
-            .write(move |conn| {
-                sweep(conn, now_ms)?;
-                stored::insert(conn, &owner, &tokens)
+            .write(move |tx| {
+                sweep(tx, now_ms)?;
+                tx.insert_session(&owner, &tokens)
             })
             .await?;
         self.remember(tokens.access_hash, user.clone(), tokens.expires_at_ms);
@@ -218,15 +218,15 @@ impl Sessions {
         // A read first, so that unknown tokens never occupy the writer.
         let user = self
             .dc
-            .read(move |conn| stored::refreshable(conn, &refresh_hash, now_ms))
+            .read(move |tx| tx.refreshable(&refresh_hash, now_ms))
             .await?
             .ok_or_else(spent)?;
         let (issued, tokens) = Issued::new(Id::parse("user", &user)?, now_ms);
         let rotated = self
             .dc
-            .write(move |conn| {
-                sweep(conn, now_ms)?;
-                stored::rotate(conn, &refresh_hash, &tokens, now_ms)
+            .write(move |tx| {
+                sweep(tx, now_ms)?;
+                tx.rotate_session(&refresh_hash, &tokens, now_ms)
             })
             .await?
             // Refreshed or revoked since the read.
@@ -253,11 +253,11 @@ impl Sessions {
         // A read first, so that unknown tokens never occupy the writer.
         let exists = self
             .dc
-            .read(move |conn| {
+            .read(move |tx| {
                 Ok(if by_access {
-                    stored::by_access(conn, &token_hash)?.is_some()
+                    tx.session_by_access(&token_hash)?.is_some()
                 } else {
-                    stored::refreshable(conn, &token_hash, i64::MIN)?.is_some()
+                    tx.refreshable(&token_hash, i64::MIN)?.is_some()
                 })
             })
             .await?;
@@ -266,11 +266,11 @@ impl Sessions {
         }
         let revoked = self
             .dc
-            .write(move |conn| {
+            .write(move |tx| {
                 if by_access {
-                    stored::revoke_by_access(conn, &token_hash)
+                    tx.revoke_by_access(&token_hash)
                 } else {
-                    stored::revoke_by_refresh(conn, &token_hash)
+                    tx.revoke_by_refresh(&token_hash)
                 }
             })
             .await?;
@@ -292,8 +292,8 @@ impl Sessions {
     }
 }
 
-fn sweep(conn: &rusqlite::Connection, now_ms: i64) -> Result<(), Error> {
-    let deleted = stored::delete_expired(conn, now_ms, SESSION_SWEEP_BATCH)?;
+fn sweep(tx: &mut dyn Tx, now_ms: i64) -> Result<(), Error> {
+    let deleted = tx.delete_expired_sessions(now_ms, SESSION_SWEEP_BATCH)?;
     if deleted > 0 {
         tracing::debug!(deleted, "expired sessions deleted");
     }
@@ -556,9 +556,8 @@ mod tests {
             sessions.issue(&ann(), 0).await.unwrap();
         }
         let count = || {
-            dc.read(|conn| {
-                Ok(conn.query_row("SELECT count(*) FROM sessions", [], |r| r.get::<_, i64>(0))?)
-            })
+            // Every session, whatever its expiry.
+            dc.read(|tx| tx.sessions_in_force(i64::MIN))
         };
         let later = REFRESH_TOKEN_TTL_MS;
         sessions.issue(&ann(), later).await.unwrap();
