@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::data_center::{DataCenter, outbox};
+use super::data_center::DataCenter;
 use crate::Error;
 use crate::limits::PRUNE_BATCH;
 
@@ -39,9 +39,7 @@ pub async fn discard(dc: &DataCenter, destination: &str, dropped: &Dropped) -> R
     let mut total = 0u64;
     loop {
         let dest = destination.to_owned();
-        let deleted = dc
-            .write(move |conn| outbox::discard(conn, &dest, PRUNE_BATCH))
-            .await?;
+        let deleted = dc.write(move |tx| tx.discard(&dest, PRUNE_BATCH)).await?;
         total += deleted as u64;
         dropped.add(deleted as u64);
         if deleted < PRUNE_BATCH {
@@ -101,9 +99,9 @@ mod tests {
         let dc = DataCenter::open(&dir.path().join("data-center.sqlite")).unwrap();
         // What a previous run left: items for us (in the mesh, but nothing
         // answers at its address) and for gone (no longer in the mesh).
-        dc.write(|conn| {
+        dc.write(|tx| {
             for n in 0..5 {
-                outbox::enqueue(conn, if n < 2 { "us" } else { "gone" }, &item(n), "", 1)?;
+                tx.enqueue(if n < 2 { "us" } else { "gone" }, &item(n), "", 1)?;
             }
             Ok(())
         })
@@ -156,7 +154,7 @@ mod tests {
         );
 
         // A new item for gone is dropped too; us's stay while it is listed.
-        dc.write(|conn| outbox::enqueue(conn, "gone", &item(9), "", 1))
+        dc.write(|tx| tx.enqueue("gone", &item(9), "", 1))
             .await
             .unwrap();
         outbox.wake("gone");
@@ -179,7 +177,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dc = DataCenter::open(&dir.path().join("data-center.sqlite")).unwrap();
         let items = PRUNE_BATCH * 2 + 3;
-        dc.write(move |conn| {
+        dc.write(move |tx| {
             for n in 0..items {
                 let item = Item {
                     kind: Some(Kind::Submission(Submission {
@@ -187,7 +185,7 @@ mod tests {
                         ..Default::default()
                     })),
                 };
-                outbox::enqueue(conn, if n == 0 { "us" } else { "gone" }, &item, "", 1)?;
+                tx.enqueue(if n == 0 { "us" } else { "gone" }, &item, "", 1)?;
             }
             Ok(())
         })

@@ -14,7 +14,8 @@ use rand::Rng;
 use tokio::sync::Notify;
 use tracing::Instrument;
 
-use super::data_center::{DataCenter, messages, outbox};
+use super::data_center::DataCenter;
+use super::data_center::tx::Pending;
 use super::departed::{self, Dropped};
 use super::roaming_client::RoamingClient;
 use super::verdicts::{self, Submitted, Verdicts};
@@ -121,7 +122,7 @@ impl Outbox {
             let dest = destination.clone();
             let batch = self
                 .dc
-                .read(move |conn| outbox::pending(conn, &dest, sent_up_to, MAX_BATCH_ITEMS))
+                .read(move |tx| tx.pending(&dest, sent_up_to, MAX_BATCH_ITEMS))
                 .await;
             let batch = match batch {
                 Ok(batch) if batch.is_empty() => {
@@ -168,7 +169,7 @@ impl Outbox {
     /// The `outbox.carry` span of one attempt at a batch: in the trace of
     /// its first traced item (the send, or the receipt, that wrote it),
     /// and linked to the traces of the others, which it carries too.
-    fn carry_span(&self, destination: &str, batch: &[outbox::Pending]) -> tracing::Span {
+    fn carry_span(&self, destination: &str, batch: &[Pending]) -> tracing::Span {
         let span = tracing::info_span!(
             "outbox.carry",
             region = %self.link.region(),
@@ -236,11 +237,11 @@ impl Outbox {
         );
         self.tasks.spawn(|_| async move {
             let cleared = dc
-                .write(move |conn| {
+                .write(move |tx| {
                     for verdict in &wire {
-                        messages::record_verdict(conn, verdict)?;
+                        tx.record_verdict(verdict)?;
                     }
-                    outbox::clear(conn, &dest, last_id)
+                    tx.clear(&dest, last_id)
                 })
                 .await;
             if let Err(err) = cleared {
