@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use super::data_center::{DataCenter, retention, sessions};
+use super::data_center::DataCenter;
 use crate::Error;
 use crate::limits::{ACCEPTED_RETENTION_MS, PRUNE_BATCH, PRUNE_INTERVAL_MS, REFRESH_TOKEN_TTL_MS};
 
@@ -29,14 +29,10 @@ pub async fn prune(dc: &DataCenter, now_ms: i64, batch: usize) -> Result<Pruned,
     let mut pruned = Pruned::default();
     loop {
         let (sessions, accepted) = dc
-            .write(move |conn| {
+            .write(move |tx| {
                 Ok((
-                    sessions::delete_expired(conn, now_ms, batch)?,
-                    retention::delete_accepted_before(
-                        conn,
-                        now_ms.saturating_sub(ACCEPTED_RETENTION_MS),
-                        batch,
-                    )?,
+                    tx.delete_expired_sessions(now_ms, batch)?,
+                    tx.delete_accepted_before(now_ms.saturating_sub(ACCEPTED_RETENTION_MS), batch)?,
                 ))
             })
             .await?;
@@ -74,9 +70,8 @@ pub async fn run(dc: DataCenter) {
 
 #[cfg(test)]
 mod tests {
-    use rusqlite::params;
-
     use super::*;
+    use crate::service_center::data_center::tx::{TokenHash, Tokens};
 
     const HOUR: i64 = 60 * 60 * 1000;
 
@@ -88,20 +83,17 @@ mod tests {
 
     /// `n` sessions issued at `at_ms` and `n` sends accepted at `at_ms`.
     async fn fill(dc: &DataCenter, first: usize, n: usize, at_ms: i64) {
-        dc.write(move |conn| {
+        dc.write(move |tx| {
             for i in first..first + n {
-                let tokens = sessions::Tokens {
+                let tokens = Tokens {
                     access_hash: hash(i, 0),
                     refresh_hash: hash(i, 1),
                     expires_at_ms: at_ms + 15 * 60 * 1000,
                     refresh_expires_at_ms: at_ms + REFRESH_TOKEN_TTL_MS,
                 };
-                sessions::insert(conn, "ann@eu", &tokens)?;
-                conn.execute(
-                    "INSERT INTO accepted (message_id, group_id, sender, idempotency_key, accepted_at_ms)
-                     VALUES (?1, 'g@us', 'ann@eu', ?1, ?2)",
-                    params![format!("m{i}"), at_ms],
-                )?;
+                tx.insert_session("ann@eu", &tokens)?;
+                let id = format!("m{i}");
+                tx.insert_accepted(&id, "g@us", "ann@eu", Some(&id), at_ms)?;
             }
             Ok(())
         })
@@ -109,14 +101,14 @@ mod tests {
         .unwrap();
     }
 
-    fn hash(i: usize, which: u8) -> sessions::TokenHash {
+    fn hash(i: usize, which: u8) -> TokenHash {
         let mut hash = [which; 32];
         hash[..8].copy_from_slice(&(i as u64).to_be_bytes());
         hash
     }
 
     async fn counts(dc: &DataCenter) -> (i64, i64) {
-        dc.read(|conn| {
+        dc.read_sqlite(|conn| {
             let count = |table: &str| {
                 conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
             };

@@ -129,6 +129,20 @@ impl DataCenter {
         .await
         .map_err(|e| Error::Internal(format!("data center read: {e}")))?
     }
+
+    /// Runs `f` on a fresh read connection to the SQLite file: for tests of
+    /// what the file holds, which no flow may ask.
+    #[cfg(test)]
+    pub(crate) async fn read_sqlite<T, F>(&self, f: F) -> Result<T, Error>
+    where
+        F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
+        T: Send + 'static,
+    {
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || f(&open_reader(&path)?))
+            .await
+            .map_err(|e| Error::Internal(format!("data center read: {e}")))?
+    }
 }
 
 /// Creates the data directory (and any missing parents) if needed, and
