@@ -14,7 +14,7 @@ use prometheus_client::registry::Registry;
 
 use crate::Error;
 use crate::proto::client_api::SendReply;
-use crate::service_center::data_center::{DataCenter, census};
+use crate::service_center::data_center::DataCenter;
 
 /// The prefix of every metric a node exports.
 pub const PREFIX: &str = "meridian";
@@ -205,12 +205,7 @@ impl ServiceCenterMetrics {
     pub async fn observe(&self, dc: &DataCenter, peers: &[String]) -> Result<(), Error> {
         let now = crate::now_ms();
         let (depths, sessions) = dc
-            .read(move |conn| {
-                Ok((
-                    census::outbox_depths(conn)?,
-                    census::sessions_in_force(conn, now)?,
-                ))
-            })
+            .read(move |tx| Ok((tx.depths()?, tx.sessions_in_force(now)?)))
             .await?;
         for destination in peers {
             let label = Destination {
