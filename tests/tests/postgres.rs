@@ -8,7 +8,7 @@
 //! installed already (`tests/postgres/install --check`), and are skipped
 //! loudly otherwise.
 
-use std::sync::Arc;
+use std::sync::{Arc, Barrier};
 use std::time::Instant;
 
 use meridian_node::Error;
@@ -16,7 +16,7 @@ use meridian_node::service_center::data_center::postgres::migrations::{
     self, MIGRATIONS, current_version,
 };
 use meridian_tests::postgres::{Postgres, Stop};
-use tokio_postgres::{Client, NoTls};
+use postgres::{Client, NoTls};
 
 /// Whether a server can be had here; says loudly why not when it cannot.
 fn available() -> bool {
@@ -38,19 +38,12 @@ fn available() -> bool {
     false
 }
 
-async fn connect(url: &str) -> Client {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("connecting to {url}: {e}"));
-    tokio::spawn(async move {
-        // Ends with an error when the server restarts under it.
-        let _ = connection.await;
-    });
-    client
+fn connect(url: &str) -> Client {
+    Client::connect(url, NoTls).unwrap_or_else(|e| panic!("connecting to {url}: {e}"))
 }
 
 /// The SQLSTATE of a failed statement.
-fn sqlstate(result: Result<u64, tokio_postgres::Error>) -> String {
+fn sqlstate(result: Result<u64, postgres::Error>) -> String {
     let err = result.expect_err("the statement was refused");
     err.as_db_error()
         .unwrap_or_else(|| panic!("not a server error: {err}"))
@@ -62,37 +55,32 @@ fn sqlstate(result: Result<u64, tokio_postgres::Error>) -> String {
 const UNIQUE_VIOLATION: &str = "23505";
 const FOREIGN_KEY_VIOLATION: &str = "23503";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_server_starts_answers_restarts_and_keeps_its_data() {
+#[test]
+fn the_server_starts_answers_restarts_and_keeps_its_data() {
     if !available() {
         return;
     }
     let started = Instant::now();
     let mut server = Postgres::start().unwrap();
     let start_time = started.elapsed();
-    let client = connect(&server.url()).await;
+    let mut client = connect(&server.url());
     client
         .batch_execute("CREATE TABLE kept (n BIGINT PRIMARY KEY); INSERT INTO kept VALUES (1)")
-        .await
         .unwrap();
 
     // As in a crash: the server recovers the committed row from its WAL.
     let crash = server.restart_with(Stop::Immediate).unwrap();
     assert!(
-        client.simple_query("SELECT 1").await.is_err(),
+        client.simple_query("SELECT 1").is_err(),
         "the old connection went with the server"
     );
-    let client = connect(&server.url()).await;
-    client
-        .execute("INSERT INTO kept VALUES (2)", &[])
-        .await
-        .unwrap();
+    let mut client = connect(&server.url());
+    client.execute("INSERT INTO kept VALUES (2)", &[]).unwrap();
 
     let fast = server.restart_with(Stop::Fast).unwrap();
-    let client = connect(&server.url()).await;
+    let mut client = connect(&server.url());
     let rows: Vec<i64> = client
         .query("SELECT n FROM kept ORDER BY n", &[])
-        .await
         .unwrap()
         .iter()
         .map(|r| r.get(0))
@@ -106,29 +94,25 @@ async fn the_server_starts_answers_restarts_and_keeps_its_data() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn migrations_run_from_empty_and_then_have_nothing_to_do() {
+#[test]
+fn migrations_run_from_empty_and_then_have_nothing_to_do() {
     if !available() {
         return;
     }
     let server = Postgres::start().unwrap();
-    let mut client = connect(&server.url()).await;
-    assert_eq!(migrations::version(&client).await.unwrap(), 0);
+    let mut client = connect(&server.url());
+    assert_eq!(migrations::version(&mut client).unwrap(), 0);
 
-    let applied = migrations::migrate(&mut client).await.unwrap();
+    let applied = migrations::migrate(&mut client).unwrap();
     let every: Vec<i32> = MIGRATIONS.iter().map(|m| m.version).collect();
     assert_eq!(applied, every);
-    assert_eq!(
-        migrations::version(&client).await.unwrap(),
-        current_version()
-    );
+    assert_eq!(migrations::version(&mut client).unwrap(), current_version());
     let tables: Vec<String> = client
         .query(
             "SELECT table_name::text FROM information_schema.tables
              WHERE table_schema = 'public' ORDER BY table_name",
             &[],
         )
-        .await
         .unwrap()
         .iter()
         .map(|r| r.get(0))
@@ -148,7 +132,7 @@ async fn migrations_run_from_empty_and_then_have_nothing_to_do() {
             "users"
         ]
     );
-    assert!(migrations::migrate(&mut client).await.unwrap().is_empty());
+    assert!(migrations::migrate(&mut client).unwrap().is_empty());
 
     // A schema from a newer build is refused, not written to.
     client
@@ -156,17 +140,16 @@ async fn migrations_run_from_empty_and_then_have_nothing_to_do() {
             "INSERT INTO schema_versions (version, description) VALUES ($1, 'from the future')",
             &[&(current_version() + 1)],
         )
-        .await
         .unwrap();
-    let refused = migrations::migrate(&mut client).await.unwrap_err();
+    let refused = migrations::migrate(&mut client).unwrap_err();
     assert!(
         matches!(&refused, Error::FailedPrecondition(m) if m.contains("newer than this build")),
         "{refused:?}"
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replicas_starting_at_once_apply_each_migration_exactly_once() {
+#[test]
+fn replicas_starting_at_once_apply_each_migration_exactly_once() {
     if !available() {
         return;
     }
@@ -176,19 +159,27 @@ async fn replicas_starting_at_once_apply_each_migration_exactly_once() {
     // Connected first, then released together, so they race for real.
     let mut clients = Vec::new();
     for _ in 0..REPLICAS {
-        clients.push(connect(&url).await);
+        clients.push(connect(&url));
     }
-    let barrier = Arc::new(tokio::sync::Barrier::new(REPLICAS));
-    let replicas = clients.into_iter().map(|mut client| {
-        let barrier = barrier.clone();
-        tokio::spawn(async move {
-            barrier.wait().await;
-            migrations::migrate(&mut client).await
+    let barrier = Arc::new(Barrier::new(REPLICAS));
+    let replicas: Vec<_> = clients
+        .into_iter()
+        .map(|mut client| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                migrations::migrate(&mut client)
+            })
         })
-    });
+        .collect();
     let mut applied = Vec::new();
-    for result in futures::future::join_all(replicas).await {
-        applied.extend(result.unwrap().expect("every replica's migration succeeds"));
+    for replica in replicas {
+        applied.extend(
+            replica
+                .join()
+                .unwrap()
+                .expect("every replica's migration succeeds"),
+        );
     }
     applied.sort();
     let every: Vec<i32> = MIGRATIONS.iter().map(|m| m.version).collect();
@@ -196,10 +187,9 @@ async fn replicas_starting_at_once_apply_each_migration_exactly_once() {
         applied, every,
         "each version applied by exactly one replica"
     );
-    let client = connect(&url).await;
+    let mut client = connect(&url);
     let rows: Vec<i32> = client
         .query("SELECT version FROM schema_versions ORDER BY version", &[])
-        .await
         .unwrap()
         .iter()
         .map(|r| r.get(0))
@@ -207,36 +197,33 @@ async fn replicas_starting_at_once_apply_each_migration_exactly_once() {
     assert_eq!(rows, every);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_schema_refuses_a_duplicate_seq_message_or_idempotency_key() {
+#[test]
+fn the_schema_refuses_a_duplicate_seq_message_or_idempotency_key() {
     if !available() {
         return;
     }
     let server = Postgres::start().unwrap();
-    let mut client = connect(&server.url()).await;
-    migrations::migrate(&mut client).await.unwrap();
+    let mut client = connect(&server.url());
+    migrations::migrate(&mut client).unwrap();
 
     let message = "INSERT INTO messages (group_id, seq, message_id, sender, body, sent_at_ms)
                    VALUES ($1, $2, $3, 'ann@eu', 'hi', 1)";
     client
         .execute(message, &[&"team@eu", &1i64, &"m1"])
-        .await
         .unwrap();
     client
         .execute(message, &[&"team@eu", &2i64, &"m2"])
-        .await
         .unwrap();
     client
         .execute(message, &[&"other@eu", &1i64, &"m3"])
-        .await
         .unwrap();
     assert_eq!(
-        sqlstate(client.execute(message, &[&"team@eu", &1i64, &"m4"]).await),
+        sqlstate(client.execute(message, &[&"team@eu", &1i64, &"m4"])),
         UNIQUE_VIOLATION,
         "a second message with the same (group, seq)"
     );
     assert_eq!(
-        sqlstate(client.execute(message, &[&"team@eu", &3i64, &"m1"]).await),
+        sqlstate(client.execute(message, &[&"team@eu", &3i64, &"m1"])),
         UNIQUE_VIOLATION,
         "a second message with the same id"
     );
@@ -246,34 +233,30 @@ async fn the_schema_refuses_a_duplicate_seq_message_or_idempotency_key() {
                     VALUES ($1, 'team@eu', 'ann@eu', $2, 1)";
     let key = Some("k1");
     let none: Option<&str> = None;
-    client.execute(accepted, &[&"a1", &key]).await.unwrap();
+    client.execute(accepted, &[&"a1", &key]).unwrap();
     assert_eq!(
-        sqlstate(client.execute(accepted, &[&"a2", &key]).await),
+        sqlstate(client.execute(accepted, &[&"a2", &key])),
         UNIQUE_VIOLATION,
         "the same sender, group and idempotency key"
     );
     // Sends without a key are never duplicates of each other.
-    client.execute(accepted, &[&"a3", &none]).await.unwrap();
-    client.execute(accepted, &[&"a4", &none]).await.unwrap();
+    client.execute(accepted, &[&"a3", &none]).unwrap();
+    client.execute(accepted, &[&"a4", &none]).unwrap();
 
     let sequenced = "INSERT INTO sequenced_keys (group_id, sender, idempotency_key, message_id)
                      VALUES ('team@eu', 'bob@us', 'k1', $1)";
-    client.execute(sequenced, &[&"m1"]).await.unwrap();
+    client.execute(sequenced, &[&"m1"]).unwrap();
     assert_eq!(
-        sqlstate(client.execute(sequenced, &[&"m9"]).await),
+        sqlstate(client.execute(sequenced, &[&"m9"])),
         UNIQUE_VIOLATION,
         "a key sequenced twice at the home"
     );
 
     assert_eq!(
-        sqlstate(
-            client
-                .execute(
-                    "INSERT INTO members (group_id, user_id, role) VALUES ('nowhere@eu', 'ann@eu', 1)",
-                    &[],
-                )
-                .await
-        ),
+        sqlstate(client.execute(
+            "INSERT INTO members (group_id, user_id, role) VALUES ('nowhere@eu', 'ann@eu', 1)",
+            &[],
+        )),
         FOREIGN_KEY_VIOLATION,
         "a member of a group that does not exist"
     );

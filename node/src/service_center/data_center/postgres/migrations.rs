@@ -16,7 +16,7 @@
 //! `BOOLEAN`, bodies `TEXT` and encoded protobufs and hashes `BYTEA`. A
 //! later change to the data center adds a migration to both.
 
-use tokio_postgres::{Client, IsolationLevel};
+use postgres::{Client, IsolationLevel};
 
 use super::error;
 use crate::Error;
@@ -147,20 +147,19 @@ pub fn current_version() -> i32 {
 }
 
 /// Brings the database up to [`current_version`] and returns the versions
-/// this call applied (none when another replica got there first).
-pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, Error> {
+/// this call applied (none when another replica got there first). Blocks:
+/// call it off the async threads, as the backend runs all its work.
+pub fn migrate(client: &mut Client) -> Result<Vec<i32>, Error> {
     let mut applied = Vec::new();
     loop {
         // READ COMMITTED whatever the database's default: each statement
         // after the lock must see what the lock's previous holder committed.
-        let tx = client
+        let mut tx = client
             .build_transaction()
             .isolation_level(IsolationLevel::ReadCommitted)
             .start()
-            .await
             .map_err(|e| error("starting a migration", e))?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
-            .await
             .map_err(|e| error("taking the migration lock", e))?;
         tx.batch_execute(
             "CREATE TABLE IF NOT EXISTS schema_versions (
@@ -169,11 +168,9 @@ pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, Error> {
                  applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
              )",
         )
-        .await
         .map_err(|e| error("creating schema_versions", e))?;
         let version: i32 = tx
             .query_one("SELECT coalesce(max(version), 0) FROM schema_versions", &[])
-            .await
             .map_err(|e| error("reading the schema version", e))?
             .get(0);
         if version > current_version() {
@@ -184,32 +181,27 @@ pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, Error> {
         }
         let Some(next) = MIGRATIONS.iter().find(|m| m.version > version) else {
             tx.commit()
-                .await
                 .map_err(|e| error("ending the migration check", e))?;
             return Ok(applied);
         };
         let context = format!("migration {}", next.version);
-        tx.batch_execute(next.sql)
-            .await
-            .map_err(|e| error(&context, e))?;
+        tx.batch_execute(next.sql).map_err(|e| error(&context, e))?;
         tx.execute(
             "INSERT INTO schema_versions (version, description) VALUES ($1, $2)",
             &[&next.version, &next.description],
         )
-        .await
         .map_err(|e| error(&context, e))?;
-        tx.commit().await.map_err(|e| error(&context, e))?;
+        tx.commit().map_err(|e| error(&context, e))?;
         tracing::info!(version = next.version, "data center migrated (postgres)");
         applied.push(next.version);
     }
 }
 
 /// The version recorded in the database; 0 when it was never migrated.
-pub async fn version(client: &Client) -> Result<i32, Error> {
+pub fn version(client: &mut Client) -> Result<i32, Error> {
     let read = |e| error("reading the schema version", e);
     let exists: bool = client
         .query_one("SELECT to_regclass('schema_versions') IS NOT NULL", &[])
-        .await
         .map_err(read)?
         .get(0);
     if !exists {
@@ -217,7 +209,6 @@ pub async fn version(client: &Client) -> Result<i32, Error> {
     }
     let row = client
         .query_one("SELECT coalesce(max(version), 0) FROM schema_versions", &[])
-        .await
         .map_err(read)?;
     Ok(row.get(0))
 }
