@@ -35,9 +35,3 @@ impl Error {
         matches!(self, Error::Unavailable(_) | Error::Internal(_))
     }
 }
-
-impl From<rusqlite::Error> for Error {
-    fn from(err: rusqlite::Error) -> Self {
-        Error::Internal(format!("data center: {err}"))
-    }
-}

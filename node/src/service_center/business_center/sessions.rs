@@ -353,7 +353,7 @@ mod tests {
         let renewed = sessions.refresh(&issued.refresh, 1).await.unwrap();
 
         let stored: Vec<(Vec<u8>, Vec<u8>)> = dc
-            .read(|conn| {
+            .read_sqlite(|conn| {
                 let mut statement =
                     conn.prepare("SELECT access_hash, refresh_hash FROM sessions")?;
                 let rows = statement.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;

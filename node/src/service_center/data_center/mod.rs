@@ -237,8 +237,8 @@ mod tests {
         std::fs::write(&path, b"").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let dc = DataCenter::open(&path).unwrap();
-        dc.write(|conn| {
-            accounts::insert_user(conn, "ann@eu", "h", 1)?;
+        dc.write(|tx| {
+            tx.insert_user("ann@eu", "h", 1)?;
             Ok(())
         })
         .await

@@ -12,6 +12,15 @@ use crate::Error;
 use crate::proto::client_api::{Delivery, GroupInfo, GroupSettings, Role};
 use crate::proto::peer_api::{Item, Verdict};
 
+/// SQLite's errors stop here: above the data center they are the domain's.
+/// The writer retries nothing, so each is internal (and transient: the
+/// outbox retries it, a client may).
+impl From<rusqlite::Error> for Error {
+    fn from(err: rusqlite::Error) -> Self {
+        Error::Internal(format!("data center: {err}"))
+    }
+}
+
 /// A transaction on one SQLite connection.
 pub struct SqliteTx<'c> {
     conn: &'c Connection,
@@ -222,11 +231,5 @@ impl Outbox for SqliteTx<'_> {
     }
     fn depths(&mut self) -> Result<Vec<(String, i64)>, Error> {
         census::outbox_depths(self.conn)
-    }
-}
-
-impl super::tx::Transitional for SqliteTx<'_> {
-    fn connection(&self) -> &Connection {
-        self.conn
     }
 }

@@ -177,20 +177,6 @@ pub trait Outbox {
 }
 
 /// One transaction of the data center: everything a flow may do in it.
-pub trait Tx: Accounts + Sessions + Groups + Messages + Outbox + Transitional {}
+pub trait Tx: Accounts + Sessions + Groups + Messages + Outbox {}
 
-impl<T: Accounts + Sessions + Groups + Messages + Outbox + Transitional + ?Sized> Tx for T {}
-
-/// Until every caller speaks [`Tx`], a closure given a transaction may still
-/// hand it to the per-table SQLite functions.
-pub trait Transitional {
-    fn connection(&self) -> &rusqlite::Connection;
-}
-
-impl std::ops::Deref for dyn Tx + '_ {
-    type Target = rusqlite::Connection;
-
-    fn deref(&self) -> &rusqlite::Connection {
-        self.connection()
-    }
-}
+impl<T: Accounts + Sessions + Groups + Messages + Outbox + ?Sized> Tx for T {}
