@@ -98,8 +98,8 @@ impl Postgres {
             watchdog: None,
             dir,
         };
-        server.init()?;
         server.watchdog = Some(server.spawn_watchdog()?);
+        server.init()?;
         // A free port can be taken between our probe and the server's bind;
         // then the server exits at once and another port is tried.
         let mut attempts = 0;
