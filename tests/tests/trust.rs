@@ -64,14 +64,27 @@ fn endpoint(state: &Path, region: &str, port: &str) -> String {
     v["regions"][region][port].as_str().unwrap().to_owned()
 }
 
+/// `name`'s credentials from local mode's PKI directory. Local mode may be
+/// renewing them at that moment (certificates live seconds here): it
+/// replaces the certificate and the key one file at a time, so a read in
+/// between finds a key that is not the certificate's, and is tried again.
 fn credentials(pki: &PkiDir, name: &str) -> Arc<Credentials> {
-    let files = pki.files(name);
-    Credentials::load(CredentialFiles {
-        ca: files.ca,
-        cert: files.cert,
-        key: files.key,
-    })
-    .unwrap()
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let files = pki.files(name);
+        match Credentials::load(CredentialFiles {
+            ca: files.ca,
+            cert: files.cert,
+            key: files.key,
+        }) {
+            Ok(credentials) => return credentials,
+            Err(err) if Instant::now() < deadline => {
+                eprintln!("{name}'s credentials mid-renewal ({err}); reading again");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(err) => panic!("{name}'s credentials: {err}"),
+        }
+    }
 }
 
 fn as_region(credentials: &Arc<Credentials>, server: &str) -> Dial {
