@@ -122,8 +122,22 @@ impl Loaded {
 
 impl Credentials {
     /// Reads the files once; [`Credentials::watch`] keeps them current.
+    /// A renewal replaces the certificate and the key one file at a time,
+    /// so a set that does not hold together is read again, for at most
+    /// [`LOAD_ATTEMPTS`] tries [`LOAD_RETRY`] apart, before it is refused.
     pub fn load(files: CredentialFiles) -> Result<Arc<Self>, Error> {
-        let loaded = read(&files)?;
+        let mut attempt = 1;
+        let loaded = loop {
+            match read(&files) {
+                Ok(loaded) => break loaded,
+                Err(err) if attempt < LOAD_ATTEMPTS => {
+                    tracing::debug!(%err, attempt, "credentials unreadable; reading again");
+                    attempt += 1;
+                    std::thread::sleep(LOAD_RETRY);
+                }
+                Err(err) => return Err(err),
+            }
+        };
         Ok(Arc::new(Self {
             files: Some(files),
             current: RwLock::new(Arc::new(loaded)),
@@ -215,7 +229,58 @@ fn read_texts(files: &CredentialFiles) -> Result<(String, String, String), Error
     Ok((read(&files.ca)?, read(&files.cert)?, read(&files.key)?))
 }
 
+/// How often [`Credentials::load`] reads a set that does not hold together.
+const LOAD_ATTEMPTS: u32 = 5;
+/// How long it waits between those reads: a renewal writes its files within
+/// milliseconds of each other.
+const LOAD_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
+
 fn read(files: &CredentialFiles) -> Result<Loaded, Error> {
     let (ca, cert, key) = read_texts(files)?;
     Loaded::from_pem(&ca, &cert, &key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trust::pki::{DEFAULT_LIFETIME, MeshCa};
+
+    fn files(dir: &std::path::Path) -> CredentialFiles {
+        CredentialFiles {
+            ca: dir.join("ca.crt"),
+            cert: dir.join("eu.crt"),
+            key: dir.join("eu.key"),
+        }
+    }
+
+    #[test]
+    fn a_set_caught_mid_renewal_is_read_again_and_a_broken_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = MeshCa::generate("test").unwrap();
+        let old = ca
+            .issue_region("eu", "test", &[], DEFAULT_LIFETIME)
+            .unwrap();
+        let new = ca
+            .issue_region("eu", "test", &[], DEFAULT_LIFETIME)
+            .unwrap();
+        let f = files(dir.path());
+        std::fs::write(&f.ca, &ca.cert_pem).unwrap();
+        // The new certificate is written, the old key is still there.
+        std::fs::write(&f.cert, &new.cert_pem).unwrap();
+        std::fs::write(&f.key, &old.key_pem).unwrap();
+        let (key, key_pem) = (f.key.clone(), new.key_pem.clone());
+        let renewal = std::thread::spawn(move || {
+            std::thread::sleep(LOAD_RETRY / 2);
+            std::fs::write(key, key_pem).unwrap();
+        });
+        let loaded = Credentials::load(files(dir.path())).expect("read once the key is in");
+        renewal.join().unwrap();
+        assert_eq!(loaded.current().certificate_pem(), new.cert_pem);
+
+        std::fs::write(&f.key, &old.key_pem).unwrap();
+        let err = Credentials::load(files(dir.path()))
+            .err()
+            .expect("a key that never matches is refused");
+        assert!(err.to_string().contains("does not belong"), "{err}");
+    }
 }
