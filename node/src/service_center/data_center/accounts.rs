@@ -11,16 +11,25 @@ pub fn insert_user(
     password_hash: &str,
     now_ms: i64,
 ) -> Result<(), Error> {
-    let home = id.rsplit('@').next().unwrap_or_default();
+    let home = home_of(id);
     let inserted = conn.execute(
         "INSERT OR IGNORE INTO users (id, password_hash, attached_region, created_at_ms)
          VALUES (?1, ?2, ?3, ?4)",
         params![id, password_hash, home, now_ms],
     )?;
     if inserted == 0 {
-        return Err(Error::AlreadyExists(format!("user {id} already exists")));
+        return Err(already_exists(id));
     }
     Ok(())
+}
+
+pub fn already_exists(id: &str) -> Error {
+    Error::AlreadyExists(format!("user {id} already exists"))
+}
+
+/// The region a new user's id names: their home, where they start attached.
+pub fn home_of(id: &str) -> &str {
+    id.rsplit('@').next().unwrap_or_default()
 }
 
 pub fn password_hash(conn: &Connection, id: &str) -> Result<Option<String>, Error> {

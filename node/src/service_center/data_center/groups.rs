@@ -19,7 +19,7 @@ pub fn create(
         params![id, title, announcement, crate::limits::DEFAULT_GROUP_MEMBERS, now_ms],
     )?;
     if inserted == 0 {
-        return Err(Error::AlreadyExists(format!("group {id} already exists")));
+        return Err(already_exists(id));
     }
     conn.execute(
         "INSERT INTO members (group_id, user_id, role) VALUES (?1, ?2, ?3)",
@@ -67,6 +67,57 @@ pub fn not_found(id: &str) -> Error {
     Error::NotFound(format!("group {id} does not exist"))
 }
 
+pub fn already_exists(id: &str) -> Error {
+    Error::AlreadyExists(format!("group {id} already exists"))
+}
+
+/// Lowering max_members below the members the group has would leave it
+/// over its own limit; refuse, and let the owner remove members first.
+/// Shared by both backends, so they refuse alike.
+pub fn check_max_members(group: &str, settings: &GroupSettings, count: u32) -> Result<(), Error> {
+    if settings.max_members < count {
+        return Err(Error::FailedPrecondition(format!(
+            "settings.max_members {} is below the {count} members group {group} has",
+            settings.max_members
+        )));
+    }
+    Ok(())
+}
+
+/// Whether a non-member may join a group with these settings and `count`
+/// members.
+pub fn check_join(group: &str, open: bool, max_members: u32, count: u32) -> Result<(), Error> {
+    if !open {
+        return Err(Error::PermissionDenied(format!(
+            "group {group} is closed to new members"
+        )));
+    }
+    if count >= max_members {
+        return Err(Error::ResourceExhausted(format!(
+            "group {group} is full ({max_members} members)"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `user`, of `role` in a group of `members` members, may leave.
+pub fn check_leave(
+    group: &str,
+    user: &str,
+    role: Option<Role>,
+    members: usize,
+) -> Result<(), Error> {
+    match role {
+        None => Err(Error::NotFound(format!(
+            "{user} is not a member of group {group}"
+        ))),
+        Some(Role::Owner) if members > 1 => Err(Error::FailedPrecondition(format!(
+            "the owner cannot leave group {group} while it has other members"
+        ))),
+        Some(_) => Ok(()),
+    }
+}
+
 /// The role of `user` in the group; `None` when not a member.
 pub fn role(conn: &Connection, group: &str, user: &str) -> Result<Option<Role>, Error> {
     let role: Option<i32> = conn
@@ -91,18 +142,11 @@ pub fn update(
     announcement: Option<&str>,
     settings: Option<&GroupSettings>,
 ) -> Result<(), Error> {
-    // Lowering max_members below the members the group has would leave it
-    // over its own limit; refuse, and let the owner remove members first.
     if let Some(settings) = settings {
         let count: u32 = conn
             .prepare_cached("SELECT count(*) FROM members WHERE group_id = ?1")?
             .query_row([group], |r| r.get(0))?;
-        if settings.max_members < count {
-            return Err(Error::FailedPrecondition(format!(
-                "settings.max_members {} is below the {count} members group {group} has",
-                settings.max_members
-            )));
-        }
+        check_max_members(group, settings, count)?;
     }
     conn.execute(
         "UPDATE groups SET title = coalesce(?2, title), announcement = coalesce(?3, announcement),
@@ -133,16 +177,7 @@ pub fn join(conn: &Connection, group: &str, user: &str) -> Result<(), Error> {
         )
         .optional()?
         .ok_or_else(|| not_found(group))?;
-    if !open {
-        return Err(Error::PermissionDenied(format!(
-            "group {group} is closed to new members"
-        )));
-    }
-    if count >= max_members {
-        return Err(Error::ResourceExhausted(format!(
-            "group {group} is full ({max_members} members)"
-        )));
-    }
+    check_join(group, open, max_members, count)?;
     conn.execute(
         "INSERT INTO members (group_id, user_id, role) VALUES (?1, ?2, ?3)",
         params![group, user, Role::Member as i32],
@@ -152,21 +187,17 @@ pub fn join(conn: &Connection, group: &str, user: &str) -> Result<(), Error> {
 
 /// Removes a member. The owner cannot leave while others remain.
 pub fn leave(conn: &Connection, group: &str, user: &str) -> Result<(), Error> {
-    match role(conn, group, user)? {
-        None => Err(Error::NotFound(format!(
-            "{user} is not a member of group {group}"
-        ))),
-        Some(Role::Owner) if member_ids(conn, group)?.len() > 1 => Err(Error::FailedPrecondition(
-            format!("the owner cannot leave group {group} while it has other members"),
-        )),
-        Some(_) => {
-            conn.execute(
-                "DELETE FROM members WHERE group_id = ?1 AND user_id = ?2",
-                params![group, user],
-            )?;
-            Ok(())
-        }
-    }
+    let role = role(conn, group, user)?;
+    let members = match role {
+        Some(Role::Owner) => member_ids(conn, group)?.len(),
+        _ => 0,
+    };
+    check_leave(group, user, role, members)?;
+    conn.execute(
+        "DELETE FROM members WHERE group_id = ?1 AND user_id = ?2",
+        params![group, user],
+    )?;
+    Ok(())
 }
 
 pub fn member_ids(conn: &Connection, group: &str) -> Result<Vec<String>, Error> {

@@ -49,14 +49,17 @@ pub fn verdict_of(conn: &Connection, message_id: &str) -> Result<Option<Verdict>
         .query_row([message_id], |r| r.get(0))
         .optional()?;
     blob.flatten()
-        .map(|bytes| {
-            Verdict::decode(bytes.as_slice()).map_err(|e| {
-                Error::Internal(format!(
-                    "the verdict on message {message_id} is unreadable: {e}"
-                ))
-            })
-        })
+        .map(|bytes| decode_verdict(message_id, &bytes))
         .transpose()
+}
+
+/// A verdict as stored; shared by both backends.
+pub fn decode_verdict(message_id: &str, bytes: &[u8]) -> Result<Verdict, Error> {
+    Verdict::decode(bytes).map_err(|e| {
+        Error::Internal(format!(
+            "the verdict on message {message_id} is unreadable: {e}"
+        ))
+    })
 }
 
 /// Records the home's verdict on a send accepted here (its `message_id`).
@@ -150,8 +153,7 @@ pub fn page(
     let mut page = Page::default();
     let mut bytes = 0;
     while let Some(r) = rows.next()? {
-        if page.messages.len() >= limit as usize {
-            page.more = true;
+        if page.is_full(limit) {
             break;
         }
         let delivery = Delivery {
@@ -162,15 +164,34 @@ pub fn page(
             body: r.get(3)?,
             sent_at_ms: r.get(4)?,
         };
-        let size = encoded_in_list(&delivery);
-        if !page.messages.is_empty() && bytes + size > max_bytes {
-            page.more = true;
+        if !page.add(delivery, &mut bytes, max_bytes) {
             break;
         }
-        bytes += size;
-        page.messages.push(delivery);
     }
     Ok(page)
+}
+
+impl Page {
+    /// Whether the page holds `limit` messages; then more follow the one
+    /// just read. Both backends fill a page with this and [`Page::add`].
+    pub fn is_full(&mut self, limit: u32) -> bool {
+        let full = self.messages.len() >= limit as usize;
+        self.more |= full;
+        full
+    }
+
+    /// Adds `delivery` if it fits in `max_bytes` (counted in `bytes`), or
+    /// is the first; `false`, with `more` set, when it does not fit.
+    pub fn add(&mut self, delivery: Delivery, bytes: &mut usize, max_bytes: usize) -> bool {
+        let size = encoded_in_list(&delivery);
+        if !self.messages.is_empty() && *bytes + size > max_bytes {
+            self.more = true;
+            return false;
+        }
+        *bytes += size;
+        self.messages.push(delivery);
+        true
+    }
 }
 
 /// The bytes `message` takes as an element of a repeated field: its tag,

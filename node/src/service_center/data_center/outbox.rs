@@ -61,15 +61,22 @@ pub fn pending(
     let mut items = Vec::new();
     for row in rows {
         let (id, bytes, traceparent) = row?;
-        let item = Item::decode(bytes.as_slice())
+        items.push(Pending::decode(id, &bytes, traceparent)?);
+    }
+    Ok(items)
+}
+
+impl Pending {
+    /// An item as stored; shared by both backends.
+    pub fn decode(id: i64, bytes: &[u8], traceparent: Option<String>) -> Result<Self, Error> {
+        let item = Item::decode(bytes)
             .map_err(|e| Error::Internal(format!("outbox item {id} is unreadable: {e}")))?;
-        items.push(Pending {
+        Ok(Pending {
             id,
             item,
             traceparent: traceparent.unwrap_or_default(),
-        });
+        })
     }
-    Ok(items)
 }
 
 /// Removes what `destination` acknowledged: every item up to `up_to_id`.

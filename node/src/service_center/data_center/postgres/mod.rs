@@ -3,20 +3,42 @@
 //! instead of one SQLite file on one volume.
 //!
 //! It runs on the synchronous `postgres` client, off the async threads
-//! (docs/ARCHITECTURE.md §12). So far this holds the schema and its
-//! migrations ([`migrations`]); the backend's reads and writes come next.
+//! (docs/ARCHITECTURE.md §12). It holds the schema and its migrations
+//! ([`migrations`]) and the transaction the flows see ([`PgTx`]); the
+//! pool, the wiring into `DataCenter` and LISTEN/NOTIFY come next.
 
 pub mod migrations;
+pub mod tx;
+
+pub use tx::PgTx;
 
 use crate::Error;
 
-/// A PostgreSQL error as the data center reports it. An error the server
-/// answered with (a constraint, a syntax error) names its SQLSTATE; any other
-/// (the connection, I/O) is `Unavailable`, which callers retry. The backend
-/// will also make serialization failures, deadlocks and concurrent keys
-/// `Unavailable` (§12, Errors); migrations need only this.
+/// Indexes of idempotency keys: a unique violation on one means another
+/// replica accepted or sequenced the same key at the same moment.
+const KEY_INDEXES: &[&str] = &["accepted_by_key", "sequenced_keys_pkey"];
+
+/// A PostgreSQL error as the data center reports it (§12, Errors). A lost
+/// connection (any error the server did not answer with), a serialization
+/// failure, a deadlock or a concurrent idempotency key is `Unavailable`,
+/// which the outbox and the clients retry: trying again succeeds or finds
+/// the winner's row. Anything else the server refused names its SQLSTATE
+/// and is `Internal`.
 pub fn error(context: &str, err: postgres::Error) -> Error {
+    use postgres::error::SqlState;
+    let transient = |db: &postgres::error::DbError| {
+        let code = db.code();
+        *code == SqlState::T_R_SERIALIZATION_FAILURE
+            || *code == SqlState::T_R_DEADLOCK_DETECTED
+            || (*code == SqlState::UNIQUE_VIOLATION
+                && db.constraint().is_some_and(|c| KEY_INDEXES.contains(&c)))
+    };
     match err.as_db_error() {
+        Some(db) if transient(db) => Error::Unavailable(format!(
+            "data center: {context}: {} (SQLSTATE {}); try again",
+            db.message(),
+            db.code().code()
+        )),
         Some(db) => Error::Internal(format!(
             "data center: {context}: {} (SQLSTATE {})",
             db.message(),
