@@ -1,6 +1,7 @@
 //! Harnesses shared by Meridian's cross-crate tests and the benchmark.
 
 pub mod cert_manager;
+pub mod conformance;
 pub mod control_plane;
 pub mod faults;
 pub mod in_process;
