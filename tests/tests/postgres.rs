@@ -462,3 +462,44 @@ fn a_concurrent_idempotency_key_is_retryable() {
         "{duplicate_id:?}"
     );
 }
+
+/// Two transactions that lock two groups in opposite orders deadlock; the
+/// one PostgreSQL aborts (40P01) is `Unavailable`, so its flow is retried,
+/// and the other commits.
+#[test]
+fn a_deadlock_is_retryable() {
+    if !available() {
+        return;
+    }
+    let server = Postgres::start().unwrap();
+    let url = server.create_database("deadlock").unwrap();
+    let mut client = connect(&url);
+    migrations::migrate(&mut client).unwrap();
+    run_on(&mut client, |tx| {
+        tx.create_group("a@eu", "A", "", "ann@eu", 1)?;
+        tx.create_group("b@eu", "B", "", "ann@eu", 1)
+    })
+    .unwrap();
+    let barrier = Arc::new(Barrier::new(2));
+    let threads: Vec<_> = [("a@eu", "b@eu"), ("b@eu", "a@eu")]
+        .into_iter()
+        .map(|(first, second)| {
+            let (url, barrier) = (url.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let mut client = connect(&url);
+                run_on(&mut client, |tx| {
+                    tx.lock_group(first)?;
+                    barrier.wait(); // both hold their first lock
+                    tx.lock_group(second)
+                })
+            })
+        })
+        .collect();
+    let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let aborted: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert_eq!(aborted.len(), 1, "{results:?}");
+    match aborted[0] {
+        Error::Unavailable(message) => assert!(message.contains("40P01"), "{message}"),
+        other => panic!("expected UNAVAILABLE, got {other:?}"),
+    }
+}
