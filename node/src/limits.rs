@@ -9,6 +9,11 @@ pub const MAX_TITLE_BYTES: usize = 128;
 pub const MAX_ANNOUNCEMENT_BYTES: usize = 4 * 1024;
 /// A client idempotency key, in bytes.
 pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 128;
+/// A message id another region names in its answer (ids are UUIDs, 36 bytes).
+pub const MAX_MESSAGE_ID_BYTES: usize = 64;
+/// The reason another region gives for a failure or a refusal, as kept and
+/// shown to clients; a longer one is cut.
+pub const MAX_FAILURE_MESSAGE_BYTES: usize = 1024;
 /// Passwords, in bytes.
 pub const MIN_PASSWORD_BYTES: usize = 8;
 pub const MAX_PASSWORD_BYTES: usize = 256;

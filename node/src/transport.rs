@@ -12,6 +12,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code as StatusCode, Status};
 
 use crate::Error;
+use crate::limits::MAX_FAILURE_MESSAGE_BYTES;
 use crate::proto::peer_api::{Code, Failure};
 use crate::trust::Identity;
 pub use crate::trust::tls::{ClientAuth, Dial, PeerInfo, ServerTls};
@@ -147,8 +148,18 @@ impl From<Error> for Failure {
 }
 
 impl From<Failure> for Error {
+    /// Another region's failure, with its reason cut to
+    /// [`MAX_FAILURE_MESSAGE_BYTES`] (it may be stored with a send's verdict
+    /// and shown to clients).
     fn from(failure: Failure) -> Self {
-        let m = failure.message;
+        let mut m = failure.message;
+        if m.len() > MAX_FAILURE_MESSAGE_BYTES {
+            let mut end = MAX_FAILURE_MESSAGE_BYTES;
+            while !m.is_char_boundary(end) {
+                end -= 1;
+            }
+            m.truncate(end);
+        }
         match Code::try_from(failure.code).unwrap_or(Code::Unspecified) {
             Code::InvalidArgument => Error::InvalidArgument(m),
             Code::Unauthenticated => Error::Unauthenticated(m),
@@ -183,6 +194,20 @@ mod tests {
         for err in errors {
             assert_eq!(Error::from(Failure::from(err.clone())), err);
         }
+    }
+
+    #[test]
+    fn another_regions_reason_is_cut_to_its_limit_on_a_char_boundary() {
+        let failure = Failure {
+            code: Code::NotFound as i32,
+            message: "ü".repeat(MAX_FAILURE_MESSAGE_BYTES),
+        };
+        let Error::NotFound(message) = Error::from(failure) else {
+            panic!("the code is kept");
+        };
+        assert!(message.len() <= MAX_FAILURE_MESSAGE_BYTES);
+        assert!(message.len() > MAX_FAILURE_MESSAGE_BYTES - 2);
+        assert!(message.chars().all(|c| c == 'ü'));
     }
 
     #[test]

@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 
 use super::hub::Hub;
 use crate::Error;
+use crate::limits::{MAX_MESSAGE_ID_BYTES, MAX_SEQ};
 use crate::proto::client_api::{Refused, SendVerdict, Sequenced, send_verdict};
 use crate::proto::peer_api::{self, Item, item, verdict};
 
@@ -47,10 +48,15 @@ impl Verdict {
     }
 
     /// Reads a home's answer; `None` when it says neither (a malformed or
-    /// unknown outcome), which is then treated as no answer.
+    /// unknown outcome, an id longer than [`MAX_MESSAGE_ID_BYTES`] or a seq
+    /// beyond [`MAX_SEQ`]), which is then treated as no answer.
     pub fn from_wire(wire: &peer_api::Verdict) -> Option<Verdict> {
         match wire.outcome.as_ref()? {
-            verdict::Outcome::Sequenced(s) if !s.message_id.is_empty() && s.seq > 0 => {
+            verdict::Outcome::Sequenced(s)
+                if !s.message_id.is_empty()
+                    && s.message_id.len() <= MAX_MESSAGE_ID_BYTES
+                    && (1..=MAX_SEQ).contains(&s.seq) =>
+            {
                 Some(Verdict::Sequenced {
                     message_id: s.message_id.clone(),
                     seq: s.seq,
@@ -283,8 +289,14 @@ mod tests {
             idempotency_key: String::new(),
         };
         let refused = Verdict::Refused(Error::NotFound("group g@us does not exist".into()));
+        let oversized = Verdict::Sequenced {
+            message_id: "x".repeat(MAX_MESSAGE_ID_BYTES + 1),
+            seq: 9,
+        };
         let wire = vec![
             sequenced(7).to_wire("a"),
+            oversized.to_wire("a2"),
+            sequenced(u64::MAX).to_wire("a3"),
             refused.to_wire("b"),
             sequenced(8).to_wire("not-sent"),
             peer_api::Verdict {
@@ -292,7 +304,16 @@ mod tests {
                 outcome: None,
             },
         ];
-        let got = judged(vec![submitted("a"), submitted("b"), submitted("c")], &wire);
+        let got = judged(
+            vec![
+                submitted("a"),
+                submitted("a2"),
+                submitted("a3"),
+                submitted("b"),
+                submitted("c"),
+            ],
+            &wire,
+        );
         let got: Vec<_> = got.into_iter().map(|(s, v)| (s.message_id, v)).collect();
         assert_eq!(
             got,
