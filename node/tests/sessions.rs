@@ -41,9 +41,7 @@ async fn serve() -> ServiceCenter {
         .issue_region("eu", "test", &[], DEFAULT_LIFETIME)
         .and_then(|c| c.credentials(&ca.cert_pem))
         .expect("region certificate");
-    let nowhere = PairEndpoint {
-        pair: "https://127.0.0.1:9".into(),
-    };
+    let nowhere = PairEndpoint::single("https://127.0.0.1:9");
     let (config, config_rx) = tokio::sync::watch::channel(MeshConfig {
         region: "eu".into(),
         service_center: nowhere.clone(),

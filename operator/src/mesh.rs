@@ -43,10 +43,8 @@ pub fn mesh_config(
     peers.sort_by(|a, b| a.region.cmp(&b.region));
     MeshConfig {
         region: own.to_owned(),
-        service_center: PairEndpoint {
-            pair: pair.service_center,
-        },
-        roaming: PairEndpoint { pair: pair.roaming },
+        service_center: PairEndpoint::single(pair.service_center),
+        roaming: PairEndpoint::single(pair.roaming),
         peers,
     }
 }

@@ -112,12 +112,8 @@ impl Mesh {
         for (code, p) in ports {
             let config = MeshConfig {
                 region: code.clone(),
-                service_center: PairEndpoint {
-                    pair: url(&p.sc_pair),
-                },
-                roaming: PairEndpoint {
-                    pair: url(&p.roaming_pair),
-                },
+                service_center: PairEndpoint::single(url(&p.sc_pair)),
+                roaming: PairEndpoint::single(url(&p.roaming_pair)),
                 peers: peer_urls
                     .iter()
                     .filter(|(other, _)| **other != code)

@@ -25,12 +25,93 @@ pub struct MeshConfig {
     pub peers: Vec<Peer>,
 }
 
+/// The most service-center replicas one region's mesh configuration may
+/// list (`serviceCenter.replicas`): a bound on the channels the roaming
+/// system keeps and on the replicas one call may try.
+pub const MAX_PAIR_REPLICAS: usize = 16;
+
+/// The longest pair URL accepted.
+const MAX_URL_LEN: usize = 256;
+
 /// Where one half of the local pair is reached by the other half.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PairEndpoint {
     /// `http://host:port` of the local-pair API.
     pub pair: String,
+    /// Every replica's pair URL, when the half runs as several processes
+    /// (service-center replicas on one shared data center,
+    /// docs/ARCHITECTURE.md §12); `pair` is one of them, so a reader that
+    /// knows only `pair` still reaches one. Empty: `pair` is the only one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<String>,
+}
+
+impl PairEndpoint {
+    /// One process at `pair`.
+    pub fn single(pair: impl Into<String>) -> Self {
+        Self {
+            pair: pair.into(),
+            replicas: Vec::new(),
+        }
+    }
+
+    /// The URLs of every replica: `replicas`, or `pair` alone.
+    pub fn urls(&self) -> &[String] {
+        if self.replicas.is_empty() {
+            std::slice::from_ref(&self.pair)
+        } else {
+            &self.replicas
+        }
+    }
+
+    /// Checks the replica list; `field` names it in messages
+    /// (`serviceCenter`).
+    fn validate(&self, field: &str) -> Result<(), String> {
+        if self.replicas.is_empty() {
+            return Ok(());
+        }
+        if self.replicas.len() > MAX_PAIR_REPLICAS {
+            return Err(format!(
+                "{field}.replicas: {} URLs, at most {MAX_PAIR_REPLICAS}",
+                self.replicas.len()
+            ));
+        }
+        for (i, url) in self.replicas.iter().enumerate() {
+            if !is_pair_url(url) {
+                return Err(format!(
+                    "{field}.replicas[{i}]: {url:?} is not an http:// or https:// URL of a host and port"
+                ));
+            }
+            if self.replicas[..i].contains(url) {
+                return Err(format!("{field}.replicas[{i}]: {url} is listed twice"));
+            }
+        }
+        if !self.replicas.contains(&self.pair) {
+            return Err(format!(
+                "{field}.pair: {:?} is not one of {field}.replicas",
+                self.pair
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Whether `url` looks like a pair URL: `http://` or `https://`, then a
+/// host (and port), nothing more and nothing odd.
+fn is_pair_url(url: &str) -> bool {
+    let Some(authority) = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    let authority = authority.strip_suffix('/').unwrap_or(authority);
+    url.len() <= MAX_URL_LEN
+        && !authority.is_empty()
+        && authority
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']' | '_'))
 }
 
 /// Another region of the mesh and the link to it.
@@ -70,6 +151,10 @@ impl MeshConfig {
         if !is_region_code(&self.region) {
             return invalid(format!("region: {:?} is not a region code", self.region));
         }
+        self.service_center
+            .validate("serviceCenter")
+            .or_else(invalid)?;
+        self.roaming.validate("roaming").or_else(invalid)?;
         let mut seen = std::collections::BTreeSet::new();
         for (i, peer) in self.peers.iter().enumerate() {
             if !is_region_code(&peer.region) {
@@ -200,6 +285,68 @@ peers:
                 .to_string()
                 .contains("extra")
         );
+    }
+
+    #[test]
+    fn service_center_replicas_are_listed_checked_and_optional() {
+        let config = MeshConfig::from_yaml(EXAMPLE).unwrap();
+        assert_eq!(config.service_center.urls(), ["http://127.0.0.1:1"]);
+        assert!(
+            !config.to_yaml().contains("replicas"),
+            "an empty list is left out"
+        );
+
+        let two = EXAMPLE.replace(
+            "serviceCenter: {pair: 'http://127.0.0.1:1'}",
+            "serviceCenter: {pair: 'http://127.0.0.1:1', replicas: ['http://127.0.0.1:1', 'https://localhost:5']}",
+        );
+        let config = MeshConfig::from_yaml(&two).unwrap();
+        assert_eq!(
+            config.service_center.urls(),
+            ["http://127.0.0.1:1", "https://localhost:5"]
+        );
+        assert_eq!(MeshConfig::from_yaml(&config.to_yaml()).unwrap(), config);
+
+        let refused = |replicas: &str, field: &str| {
+            let text = EXAMPLE.replace(
+                "serviceCenter: {pair: 'http://127.0.0.1:1'}",
+                &format!("serviceCenter: {{pair: 'http://127.0.0.1:1', replicas: {replicas}}}"),
+            );
+            let err = MeshConfig::from_yaml(&text).unwrap_err().to_string();
+            assert!(err.contains(field), "{replicas}: {err}");
+        };
+        refused("['http://127.0.0.1:2']", "serviceCenter.pair");
+        refused(
+            "['http://127.0.0.1:1', 'ftp://x:1']",
+            "serviceCenter.replicas[1]",
+        );
+        refused(
+            "['http://127.0.0.1:1', 'http://a b:1']",
+            "serviceCenter.replicas[1]",
+        );
+        refused(
+            "['http://127.0.0.1:1', 'http://']",
+            "serviceCenter.replicas[1]",
+        );
+        refused(
+            "['http://127.0.0.1:1', 'http://127.0.0.1:1']",
+            "listed twice",
+        );
+        let many: Vec<String> = (1..=MAX_PAIR_REPLICAS + 1)
+            .map(|p| format!("'http://127.0.0.1:{p}'"))
+            .collect();
+        refused(&format!("[{}]", many.join(", ")), "at most 16");
+        let most: Vec<String> = (1..=MAX_PAIR_REPLICAS)
+            .map(|p| format!("'http://127.0.0.1:{p}'"))
+            .collect();
+        let text = EXAMPLE.replace(
+            "serviceCenter: {pair: 'http://127.0.0.1:1'}",
+            &format!(
+                "serviceCenter: {{pair: 'http://127.0.0.1:1', replicas: [{}]}}",
+                most.join(", ")
+            ),
+        );
+        assert!(MeshConfig::from_yaml(&text).is_ok(), "16 replicas are fine");
     }
 
     #[tokio::test]

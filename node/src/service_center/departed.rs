@@ -107,9 +107,7 @@ mod tests {
         })
         .await
         .unwrap();
-        let nowhere = || PairEndpoint {
-            pair: "https://127.0.0.1:9".into(),
-        };
+        let nowhere = || PairEndpoint::single("https://127.0.0.1:9");
         let mut config = MeshConfig {
             region: "eu".into(),
             service_center: nowhere(),

@@ -158,9 +158,7 @@ mod tests {
         let (_dir, dc) = open();
         // Left by a run that stopped more than a day ago.
         fill(&dc, 0, 3, 0).await;
-        let nowhere = || PairEndpoint {
-            pair: "https://127.0.0.1:9".into(),
-        };
+        let nowhere = || PairEndpoint::single("https://127.0.0.1:9");
         let config = MeshConfig {
             region: "eu".into(),
             service_center: nowhere(),

@@ -207,12 +207,8 @@ impl Cluster {
             let tls = pki.files(code);
             let config = MeshConfig {
                 region: code.to_string(),
-                service_center: PairEndpoint {
-                    pair: format!("https://{}", a.sc_pair),
-                },
-                roaming: PairEndpoint {
-                    pair: format!("https://{}", a.roaming_pair),
-                },
+                service_center: PairEndpoint::single(format!("https://{}", a.sc_pair)),
+                roaming: PairEndpoint::single(format!("https://{}", a.roaming_pair)),
                 peers: codes
                     .iter()
                     .filter(|other| *other != code)

@@ -192,9 +192,7 @@ pub(crate) async fn for_tests(region: &str) -> (tempfile::TempDir, BusinessCente
         .issue_region(region, "test", &[], DEFAULT_LIFETIME)
         .and_then(|c| c.credentials(&ca.cert_pem))
         .expect("region certificate");
-    let nowhere = PairEndpoint {
-        pair: "https://127.0.0.1:9".into(),
-    };
+    let nowhere = PairEndpoint::single("https://127.0.0.1:9");
     let config = MeshConfig {
         region: region.into(),
         service_center: nowhere.clone(),
