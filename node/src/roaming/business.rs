@@ -8,6 +8,7 @@ use tonic::transport::Channel;
 use tracing::Instrument;
 
 use super::forward::{Answer, Forward};
+use super::replicas::Repeat;
 use super::{Roaming, Sender};
 use crate::Error;
 use crate::ids::is_region_code;
@@ -78,6 +79,15 @@ impl Forward for BusinessRequest {
 
     fn parts(&mut self) -> (Option<&mut Envelope>, Payload<'_>) {
         (self.envelope.as_mut(), Payload::Carry(&self.items))
+    }
+
+    /// Carrying a batch twice does no harm: the receiving service center
+    /// answers a submission it sequenced already from its sequenced keys
+    /// (the same seq, not a second message), and stores a delivery once by
+    /// its group and seq (docs/ARCHITECTURE.md §12: "The receiver is
+    /// idempotent"). The sending outbox resends whatever fails anyway.
+    fn repeat(&self) -> Repeat {
+        Repeat::Idempotent
     }
 
     async fn local(self, mut service_center: PairClient<Channel>) -> Answer<BusinessReply> {

@@ -10,12 +10,13 @@ use std::future::Future;
 
 use tonic::transport::Channel;
 
+use super::replicas::{self, Repeat};
 use super::{Hop, Roaming, Sender};
 use crate::Error;
 use crate::proto::pair_api::pair_client::PairClient;
 use crate::proto::peer_api::Envelope;
 use crate::telemetry::traces;
-use crate::transport::call_error;
+use crate::transport::{CALL_TIMEOUT, call_error};
 use crate::trust::origin::Payload;
 
 /// What a gRPC call of the request answers.
@@ -23,7 +24,7 @@ pub type Answer<T> = Result<tonic::Response<T>, tonic::Status>;
 
 /// A peer request that a roaming system carries one hop towards the
 /// destination its envelope names.
-pub(super) trait Forward: Sized {
+pub(super) trait Forward: Sized + Clone {
     type Reply;
 
     /// Whether the hop continues a trace: the envelope's `traceparent` is
@@ -34,6 +35,10 @@ pub(super) trait Forward: Sized {
 
     /// The envelope, and the payload its origin signature covers.
     fn parts(&mut self) -> (Option<&mut Envelope>, Payload<'_>);
+
+    /// Whether the request may be handed to another service-center replica
+    /// after one that may have applied it failed (see [`Repeat`]).
+    fn repeat(&self) -> Repeat;
 
     /// Hands the request to this region's service center, over the pair API.
     fn local(
@@ -63,11 +68,18 @@ impl Roaming {
         }
         let answer = match hop {
             Err(err) => Err(err),
-            Ok(Hop::Local(service_center)) => request
-                .local(service_center)
+            Ok(Hop::Local(service_center)) => {
+                // The replicas in turn; one that did not take the request
+                // passes it to the next, as far as `repeat` allows.
+                let deadline = tokio::time::Instant::now() + CALL_TIMEOUT;
+                let repeat = request.repeat();
+                replicas::call(service_center, repeat, deadline, |replica| {
+                    request.clone().local(replica)
+                })
                 .await
                 .map(tonic::Response::into_inner)
-                .map_err(|status| call_error(&self.region(), status)),
+                .map_err(|status| call_error(&self.region(), status))
+            }
             Ok(Hop::Peer {
                 next_hop,
                 destination,

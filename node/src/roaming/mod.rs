@@ -12,6 +12,7 @@ pub mod grpc;
 pub mod links;
 pub mod metrics;
 mod probe;
+mod replicas;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -41,6 +42,8 @@ pub struct Roaming {
     verifier: Arc<Verifier>,
     /// The prober and its heartbeats: stopped by [`Self::shutdown`].
     tasks: Tasks,
+    /// Which service-center replica the next call to it starts at.
+    turns: Arc<replicas::Turns>,
 }
 
 /// Who handed this roaming system a request.
@@ -55,8 +58,9 @@ pub enum Sender {
 
 /// Where a request goes next.
 enum Hop {
-    /// This region's service center.
-    Local(PairClient<Channel>),
+    /// This region's service center: its replicas, in the order this call
+    /// tries them (one client each, over one cached channel per URL).
+    Local(Vec<PairClient<Channel>>),
     /// Another region's roaming system, `next_hop`, towards `destination`.
     Peer {
         next_hop: String,
@@ -82,6 +86,7 @@ impl Roaming {
             verifier: Arc::new(Verifier::new(credentials.clone())),
             credentials,
             tasks: Tasks::new(),
+            turns: Arc::default(),
         };
         roaming.links.configure(&roaming.config.borrow());
         roaming
@@ -194,11 +199,19 @@ impl Roaming {
         let config = self.config();
         match self.links.next_hop(&config, &envelope.destination) {
             Route::Local => {
-                let channel = self.channel(&config.service_center.pair, &config.region)?;
-                let client = PairClient::new(channel)
-                    .max_decoding_message_size(crate::limits::MAX_GRPC_MESSAGE_BYTES)
-                    .max_encoding_message_size(crate::limits::MAX_GRPC_MESSAGE_BYTES);
-                Ok(Hop::Local(client))
+                let urls = config.service_center.urls();
+                let clients = self
+                    .turns
+                    .order(urls.len())
+                    .into_iter()
+                    .map(|i| {
+                        let channel = self.channel(&urls[i], &config.region)?;
+                        Ok(PairClient::new(channel)
+                            .max_decoding_message_size(crate::limits::MAX_GRPC_MESSAGE_BYTES)
+                            .max_encoding_message_size(crate::limits::MAX_GRPC_MESSAGE_BYTES))
+                    })
+                    .collect::<Result<_, Error>>()?;
+                Ok(Hop::Local(clients))
             }
             Route::Next { next_hop, endpoint } => {
                 if envelope.hops_left == 0 || envelope.path.contains(&config.region) {
