@@ -48,6 +48,20 @@ impl Client {
         })
     }
 
+    /// Connects to `url` as this client: with its session and refresh
+    /// token. For another replica of the same service center, which shares
+    /// its data center and so knows the session (docs/ARCHITECTURE.md §12).
+    pub async fn connect_as(
+        &self,
+        url: &str,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<Self, tonic::transport::Error> {
+        let mut client = Self::connect(url, tls).await?;
+        client.session = self.session.clone();
+        client.refresh_token = self.refresh_token.clone();
+        Ok(client)
+    }
+
     /// Uses an existing session token.
     pub fn set_session(&mut self, token: &str) -> Result<(), Status> {
         let value = format!("Bearer {token}")

@@ -32,16 +32,28 @@ struct AdminFiles {
 
 #[derive(Deserialize)]
 struct RegionEndpoints {
+    /// The first service-center replica's client URL.
     client: String,
+    /// Every replica's client URL, `client` first; absent in files from
+    /// before regions had several replicas.
+    #[serde(default)]
+    clients: Vec<String>,
     peer: String,
 }
 
-/// The client URL to use; `home` is the user's home region, the default.
-pub fn resolve(global: &Global, home: Option<&str>) -> Result<String, CliError> {
+/// The client URLs to use, in the order to try them: `--server`, or every
+/// service-center replica of the region (`home` is the user's home region,
+/// the default).
+pub fn resolve(global: &Global, home: Option<&str>) -> Result<Vec<String>, CliError> {
     if let Some(server) = &global.server {
-        return Ok(server.clone());
+        return Ok(vec![server.clone()]);
     }
-    region_endpoints(global, home).map(|r| r.client)
+    let region = region_endpoints(global, home)?;
+    if region.clients.is_empty() {
+        Ok(vec![region.client])
+    } else {
+        Ok(region.clients)
+    }
 }
 
 /// The roaming system's peer URL of `--region` (`--server` names it directly).

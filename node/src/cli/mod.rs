@@ -7,6 +7,7 @@
 
 mod endpoints;
 mod output;
+mod servers;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -21,6 +22,7 @@ use crate::proto::client_api::{Cursor, GroupSettings, UpdateGroupRequest, event}
 use crate::proto::peer_api::MeshStatusRequest;
 use crate::proto::peer_api::admin_client::AdminClient;
 use output::Output;
+use servers::Servers;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -242,25 +244,48 @@ impl Global {
             .ok_or_else(|| CliError("no password: pass --password or set MERIDIAN_PASSWORD".into()))
     }
 
-    async fn connect(&self) -> CliResult<Client> {
+    /// The service-center replicas to talk to, in the order to try them.
+    fn servers(&self) -> CliResult<Servers> {
         let home = self.user.as_deref().and_then(|u| Id::parse("user", u).ok());
-        let url = endpoints::resolve(self, home.as_ref().map(|id| id.home()))?;
-        if url.starts_with("https://") && self.ca.is_none() && self.state_dir.is_none() {
+        let urls = endpoints::resolve(self, home.as_ref().map(|id| id.home()))?;
+        if let Some(url) = urls.iter().find(|u| u.starts_with("https://"))
+            && self.ca.is_none()
+            && self.state_dir.is_none()
+        {
             return Err(CliError(format!(
                 "{url} speaks TLS: pass --ca with the CA file its certificate comes from"
             )));
         }
-        Client::connect(&url, endpoints::tls(self)?)
-            .await
-            .map_err(|e| CliError(format!("cannot reach the service center at {url}: {e}")))
+        Ok(Servers::new(urls, endpoints::tls(self)?))
+    }
+
+    /// A client of the first replica that accepts a connection.
+    async fn connect(&self) -> CliResult<Client> {
+        self.servers()?.connect().await
     }
 
     async fn session(&self) -> CliResult<Client> {
+        self.session_on(&mut self.servers()?).await
+    }
+
+    /// Logs in at the first replica that accepts a connection; a replica
+    /// whose connection breaks during the login passes it to the next (a
+    /// second login only issues a second session).
+    async fn session_on(&self, servers: &mut Servers) -> CliResult<Client> {
         let user = self.user()?;
         let password = self.password()?;
-        let mut client = self.connect().await?;
-        client.login(user.as_str(), password).await?;
-        Ok(client)
+        let mut client = servers.connect().await?;
+        let mut tries = servers.count();
+        loop {
+            match client.login(user.as_str(), password).await {
+                Ok(_) => return Ok(client),
+                Err(status) if servers::is_broken(&status) && tries > 1 => {
+                    tries -= 1;
+                    client = servers.reconnect(&client).await?;
+                }
+                Err(status) => return Err(status.into()),
+            }
+        }
     }
 }
 
@@ -395,9 +420,20 @@ async fn group(global: &Global, out: &Output, command: GroupCommand) -> CliResul
     Ok(())
 }
 
+/// How long `listen` waits before subscribing again after its stream broke.
+const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(200);
+
+/// How long `listen` goes on trying to reach a replica before it gives up.
+const RECONNECT_WINDOW: Duration = Duration::from_secs(30);
+
 /// Prints deliveries until `count` have arrived or `timeout` passes. A
-/// dropped stream is resumed from the last seq seen, so nothing is skipped
-/// or printed twice.
+/// broken stream (the replica it came from went away, or fell behind) is
+/// resumed at the next replica that answers, from the last seq seen of
+/// each group, so nothing is skipped or printed twice. The cursors are the
+/// groups given with `--after` and those a delivery came from; a group
+/// with neither has no cursor, so what it gets while the stream is down is
+/// not replayed (nor are verdicts on queued sends: `history` has the
+/// messages).
 async fn listen(
     global: &Global,
     out: &Output,
@@ -421,8 +457,11 @@ async fn listen(
     };
     let mut cursors = after;
     let mut seen = 0u64;
-    let mut client = global.session().await?;
+    let mut servers = global.servers()?;
+    let mut client = global.session_on(&mut servers).await?;
     let mut renewed = false;
+    // Since when no stream has been open, while moving between replicas.
+    let mut down_since = None;
     let work = async {
         loop {
             let mut stream = match client.subscribe(cursors.clone()).await {
@@ -433,9 +472,14 @@ async fn listen(
                     renewed = true;
                     continue;
                 }
+                Err(status) if servers::is_broken(&status) => {
+                    move_on(&mut servers, &mut client, &mut down_since).await?;
+                    continue;
+                }
                 Err(status) => return Err(CliError::from(status)),
             };
             renewed = false;
+            down_since = None;
             while let Some(item) = stream.next().await {
                 let delivery = match item.map(|event| event.kind) {
                     Ok(Some(event::Kind::Delivery(delivery))) => delivery,
@@ -445,7 +489,7 @@ async fn listen(
                         continue;
                     }
                     Ok(None) => continue,
-                    Err(status) if status.code() == tonic::Code::Unavailable => break,
+                    Err(status) if servers::is_broken(&status) => break,
                     Err(status) => return Err(CliError::from(status)),
                 };
                 out.delivery(&delivery);
@@ -461,7 +505,9 @@ async fn listen(
                     return Ok(());
                 }
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            // The stream broke or ended: resume from the cursors, at the
+            // next replica that answers.
+            move_on(&mut servers, &mut client, &mut down_since).await?;
         }
     };
     match deadline {
@@ -475,6 +521,28 @@ async fn listen(
                 None => Ok(()),
             },
         },
+    }
+}
+
+/// Moves `client` to the next replica that accepts a connection, after a
+/// pause; gives up once none has for [`RECONNECT_WINDOW`] since the
+/// stream was last open (`down_since`).
+async fn move_on(
+    servers: &mut Servers,
+    client: &mut Client,
+    down_since: &mut Option<tokio::time::Instant>,
+) -> CliResult {
+    let since = *down_since.get_or_insert_with(tokio::time::Instant::now);
+    loop {
+        tokio::time::sleep(RESUBSCRIBE_DELAY).await;
+        match servers.reconnect(client).await {
+            Ok(next) => {
+                *client = next;
+                return Ok(());
+            }
+            Err(err) if since.elapsed() >= RECONNECT_WINDOW => return Err(err),
+            Err(_) => continue,
+        }
     }
 }
 
