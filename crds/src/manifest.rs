@@ -117,6 +117,17 @@ impl Origin {
 
 /// Reads the files, in order, and returns the objects they define.
 pub fn load_files(paths: &[PathBuf]) -> Result<Manifests, ManifestError> {
+    load_files_with(paths, &|_| {})
+}
+
+/// Like [`load_files`], with `prepare` applied to each Region as read and
+/// before it is validated: how a runner supplies what it knows of a region
+/// beyond its manifest (local mode's `--postgres REGION=URL` makes that
+/// region's data center PostgreSQL, so its rules are PostgreSQL's).
+pub fn load_files_with(
+    paths: &[PathBuf],
+    prepare: &dyn Fn(&mut Region),
+) -> Result<Manifests, ManifestError> {
     let mut files = Vec::with_capacity(paths.len());
     for path in paths {
         let text = std::fs::read_to_string(path).map_err(|error| ManifestError::Read {
@@ -125,13 +136,24 @@ pub fn load_files(paths: &[PathBuf]) -> Result<Manifests, ManifestError> {
         })?;
         files.push((path.clone(), text));
     }
-    parse(&files)
+    parse_with(&files, prepare)
 }
 
 /// Like [`load_files`], for files already read: each entry is a file name (used in
 /// messages) and its text.
 pub fn parse(files: &[(PathBuf, String)]) -> Result<Manifests, ManifestError> {
-    let mut loader = Loader::default();
+    parse_with(files, &|_| {})
+}
+
+/// Like [`parse`], with `prepare` as in [`load_files_with`].
+pub fn parse_with(
+    files: &[(PathBuf, String)],
+    prepare: &dyn Fn(&mut Region),
+) -> Result<Manifests, ManifestError> {
+    let mut loader = Loader {
+        prepare: Some(prepare),
+        ..Loader::default()
+    };
     for (file, text) in files {
         loader.file(file, text);
     }
@@ -139,7 +161,9 @@ pub fn parse(files: &[(PathBuf, String)]) -> Result<Manifests, ManifestError> {
 }
 
 #[derive(Default)]
-struct Loader {
+struct Loader<'a> {
+    /// Applied to each Region before it is validated.
+    prepare: Option<&'a dyn Fn(&mut Region)>,
     manifests: Manifests,
     region_origins: Vec<Origin>,
     link_origins: Vec<Origin>,
@@ -155,7 +179,7 @@ enum Kind {
     RegionLink,
 }
 
-impl Loader {
+impl Loader<'_> {
     fn file(&mut self, file: &Path, text: &str) {
         // First pass: each document as an untyped value, to learn its kind.
         let mut values = Vec::new();
@@ -205,7 +229,10 @@ impl Loader {
             };
             match kind {
                 Kind::Region => {
-                    if let Some(region) = self.typed::<Region>(document, value, &origin) {
+                    if let Some(mut region) = self.typed::<Region>(document, value, &origin) {
+                        if let Some(prepare) = self.prepare {
+                            prepare(&mut region);
+                        }
                         self.errors.extend(
                             validate::region(&region)
                                 .into_iter()
@@ -452,6 +479,33 @@ mod tests {
             .map(|(name, text)| (PathBuf::from(name), text.to_string()))
             .collect();
         parse(&files)
+    }
+
+    #[test]
+    fn prepare_sees_each_region_before_it_is_validated() {
+        let text = "apiVersion: meridian.dev/v1alpha1\nkind: Region\n\
+                    metadata: {name: eu}\nspec: {cluster: c}\n";
+        let files = vec![(PathBuf::from("m.yaml"), text.to_owned())];
+        let seen = std::cell::RefCell::new(Vec::new());
+        let prepared = parse_with(&files, &|region| {
+            seen.borrow_mut()
+                .push(region.metadata.name.clone().unwrap_or_default());
+            region.spec.roaming.replicas = 3;
+        })
+        .unwrap();
+        assert_eq!(*seen.borrow(), ["eu"]);
+        assert_eq!(
+            prepared.regions[0].spec.roaming.replicas, 3,
+            "kept as prepared"
+        );
+        let err = parse_with(&files, &|region| region.spec.roaming.replicas = 0)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("spec.roaming.replicas"),
+            "validated after: {err}"
+        );
+        assert!(parse(&files).is_ok());
     }
 
     fn error(files: &[(&str, &str)]) -> String {
