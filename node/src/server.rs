@@ -15,7 +15,7 @@ use crate::Error;
 use crate::mesh::MeshConfig;
 use crate::mesh::health::HealthPolicy;
 use crate::roaming::{self, Roaming};
-use crate::service_center::data_center::DataCenter;
+use crate::service_center::data_center::{DataCenter, postgres};
 use crate::service_center::roaming_client::RoamingClient;
 use crate::service_center::{self, BusinessCenter};
 use crate::tasks::Tasks;
@@ -57,6 +57,9 @@ pub struct Node {
     pub mesh: watch::Receiver<MeshConfig>,
     /// Where the data center's file lives.
     pub data_dir: PathBuf,
+    /// The region's PostgreSQL, when its data center is there instead of
+    /// in a file (shared by several service-center replicas).
+    pub postgres: Option<postgres::Settings>,
     pub service_center: Option<ServiceCenterListeners>,
     pub roaming: Option<RoamingListeners>,
     /// How the roaming system probes and judges its links.
@@ -79,6 +82,48 @@ pub struct Node {
     /// `/metrics` of every role the node runs (and the roaming system's
     /// `/mesh`) over plain HTTP, when wanted.
     pub metrics: Option<TcpListener>,
+}
+
+/// How often a service center whose PostgreSQL cannot be reached tries again.
+const DATA_CENTER_RETRY: Duration = Duration::from_secs(1);
+
+/// Opens the data center: the SQLite file in `data_dir` (waiting while
+/// another process holds it), or the PostgreSQL of `postgres` (waiting
+/// while it cannot be reached: it may be starting too). `None` when
+/// `stopped` completes first.
+async fn open_data_center(
+    data_dir: PathBuf,
+    postgres: Option<postgres::Settings>,
+    stopped: impl Future<Output = ()>,
+) -> Result<Option<DataCenter>, Error> {
+    let opening = async move {
+        let Some(settings) = postgres else {
+            crate::service_center::data_center::private_dir(&data_dir).map_err(|e| {
+                Error::FailedPrecondition(format!("data directory {}: {e}", data_dir.display()))
+            })?;
+            let db = data_dir.join("data-center.sqlite");
+            return tokio::task::spawn_blocking(move || DataCenter::open(&db))
+                .await
+                .map_err(|e| Error::Internal(format!("opening the data center: {e}")))?;
+        };
+        loop {
+            let settings = settings.clone();
+            match tokio::task::spawn_blocking(move || DataCenter::connect(&settings))
+                .await
+                .map_err(|e| Error::Internal(format!("opening the data center: {e}")))?
+            {
+                Err(Error::Unavailable(err)) => {
+                    tracing::warn!(%err, "the data center's PostgreSQL cannot be reached; trying again");
+                    tokio::time::sleep(DATA_CENTER_RETRY).await;
+                }
+                opened => return opened,
+            }
+        }
+    };
+    tokio::select! {
+        opened = opening => opened.map(Some),
+        () = stopped => Ok(None),
+    }
 }
 
 /// How often a service center that waits for its roaming system asks again.
@@ -170,23 +215,9 @@ impl Node {
         }
 
         if let Some(listeners) = self.service_center {
-            crate::service_center::data_center::private_dir(&self.data_dir).map_err(|e| {
-                Error::FailedPrecondition(format!(
-                    "data directory {}: {e}",
-                    self.data_dir.display()
-                ))
-            })?;
-            let db = self.data_dir.join("data-center.sqlite");
-            // Opening waits while another process holds the data center; a
-            // stop request meanwhile ends the wait.
-            let opening = tokio::task::spawn_blocking(move || DataCenter::open(&db));
-            let dc = tokio::select! {
-                opened = opening => opened
-                    .map_err(|e| Error::Internal(format!("opening the data center: {e}")))??,
-                () = stopped() => {
-                    tracing::info!(%region, "stopped while waiting for the data center");
-                    return Ok(());
-                }
+            let Some(dc) = open_data_center(self.data_dir, self.postgres, stopped()).await? else {
+                tracing::info!(%region, "stopped while waiting for the data center");
+                return Ok(());
             };
             let link = Arc::new(RoamingClient::new(self.mesh.clone(), credentials.clone()));
             pairing = Some(link.clone());

@@ -1,5 +1,10 @@
 //! Several regions in one process, each a real node (service center and
 //! roaming system) serving gRPC on `127.0.0.1:0`, wired as a full mesh.
+//!
+//! Each region's data center is a SQLite file, or, with
+//! `MERIDIAN_TEST_DATA_CENTER=postgres`, a database of its own on one real
+//! PostgreSQL server that the test process starts (see [`crate::postgres`]):
+//! so the same flow tests run against both backends.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,12 +15,57 @@ use meridian_node::mesh::MeshConfig;
 use meridian_node::mesh::config::{PairEndpoint, Peer};
 use meridian_node::mesh::health::HealthPolicy;
 use meridian_node::server::{Node, RoamingListeners, ServiceCenterListeners};
+use meridian_node::service_center::data_center::postgres::Settings;
 use meridian_node::transport::{self, Dial};
 use meridian_node::trust::Credentials;
 use meridian_node::trust::pki::{DEFAULT_LIFETIME, MeshCa};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
+
+/// Which backend [`Mesh::start`] gives the regions' data centers.
+pub const DATA_CENTER_ENV: &str = "MERIDIAN_TEST_DATA_CENTER";
+
+/// The PostgreSQL server the regions of this test process share, started
+/// at first use; its watchdog stops it when the process exits.
+static POSTGRES: std::sync::OnceLock<std::sync::Mutex<crate::postgres::Postgres>> =
+    std::sync::OnceLock::new();
+
+/// Whether the regions' data centers are on PostgreSQL in this run.
+pub fn on_postgres() -> bool {
+    match std::env::var(DATA_CENTER_ENV).as_deref() {
+        Ok("postgres") => true,
+        Ok("sqlite") | Err(_) => false,
+        Ok(other) => panic!("{DATA_CENTER_ENV}={other}: use sqlite or postgres"),
+    }
+}
+
+/// A fresh database on this process's PostgreSQL server, and the settings
+/// a service center reaches it with (its URL in a file under `dir`).
+pub fn postgres_database(dir: &std::path::Path, name: &str) -> Settings {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let server = POSTGRES.get_or_init(|| {
+        std::sync::Mutex::new(crate::postgres::Postgres::start().expect("start PostgreSQL"))
+    });
+    let database = format!(
+        "{}_{}",
+        name.replace('-', "_"),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let url = server
+        .lock()
+        .expect("postgres server")
+        .create_database(&database)
+        .expect("create a database");
+    std::fs::create_dir_all(dir).expect("data directory");
+    let url_file = dir.join(format!("{database}.url"));
+    std::fs::write(&url_file, url).expect("write the connection string");
+    Settings {
+        url_file,
+        ca_file: None,
+    }
+}
 
 /// The password every harness user gets.
 pub const PASSWORD: &str = "correct horse";
@@ -136,6 +186,7 @@ impl Mesh {
             let node = Node {
                 mesh: mesh_rx,
                 data_dir: data.path().join(&code),
+                postgres: on_postgres().then(|| postgres_database(data.path(), &code)),
                 service_center: Some(ServiceCenterListeners {
                     client: p.client,
                     pair: p.sc_pair,

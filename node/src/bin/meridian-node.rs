@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use meridian_node::mesh::config::watch_file;
 use meridian_node::server::{Node, RoamingListeners, Role, ServiceCenterListeners};
+use meridian_node::service_center::data_center::postgres::Settings;
 use meridian_node::telemetry::traces::{self, Export};
 use meridian_node::transport::{ClientAuth, ServerTls};
 use meridian_node::trust::server_cert::ServerCert;
@@ -46,6 +47,19 @@ struct Args {
     /// Where the service center keeps its data center.
     #[arg(long, env = "MERIDIAN_DATA_DIR", default_value = "data")]
     data_dir: PathBuf,
+    /// Keep the data center on PostgreSQL instead: a file holding its
+    /// connection string (a mounted Secret's key). Several service-center
+    /// replicas of one region may share it.
+    #[arg(long, env = "MERIDIAN_POSTGRES_URL_FILE")]
+    postgres_url_file: Option<PathBuf>,
+    /// PEM CA certificates of the PostgreSQL server: with them the
+    /// connection requires TLS and checks the server's certificate and name.
+    #[arg(
+        long,
+        env = "MERIDIAN_POSTGRES_CA_FILE",
+        requires = "postgres_url_file"
+    )]
+    postgres_ca_file: Option<PathBuf>,
     /// The service center's client API.
     #[arg(long, env = "MERIDIAN_LISTEN_CLIENT", default_value = "127.0.0.1:7400")]
     listen_client: SocketAddr,
@@ -145,6 +159,10 @@ async fn main() -> anyhow::Result<()> {
     let node = Node {
         mesh,
         data_dir: args.data_dir,
+        postgres: args.postgres_url_file.map(|url_file| Settings {
+            url_file,
+            ca_file: args.postgres_ca_file,
+        }),
         service_center,
         roaming,
         health: Default::default(),

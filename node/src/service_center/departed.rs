@@ -134,6 +134,7 @@ mod tests {
             tasks.clone(),
             metrics.clone(),
             Verdicts::new(Hub::new(metrics)),
+            crate::service_center::replicas::Replica::default(),
         );
         outbox.resume().await.unwrap();
 

@@ -176,6 +176,21 @@ impl Hub {
         }
     }
 
+    /// Whether `user` has a live session here.
+    pub fn has_sessions(&self, user: &str) -> bool {
+        self.inner.lock().expect("hub").sessions.contains_key(user)
+    }
+
+    /// Cuts off every live subscription: what they were promised may have
+    /// been missed (another replica's notices were lost), so each client
+    /// resumes from its cursors.
+    pub fn cut_all(&self) {
+        let mut inner = self.inner.lock().expect("hub");
+        let cut: usize = inner.sessions.values().map(Vec::len).sum();
+        inner.sessions.clear();
+        self.metrics.delivered(0, cut);
+    }
+
     pub fn sessions(&self) -> usize {
         self.inner
             .lock()

@@ -8,6 +8,7 @@ pub mod departed;
 pub mod grpc;
 pub mod hub;
 pub mod outbox;
+pub mod replicas;
 pub mod retention;
 pub mod roaming_client;
 pub mod verdicts;

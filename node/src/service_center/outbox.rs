@@ -17,6 +17,7 @@ use tracing::Instrument;
 use super::data_center::DataCenter;
 use super::data_center::tx::Pending;
 use super::departed::{self, Dropped};
+use super::replicas::{Notice, Replica};
 use super::roaming_client::RoamingClient;
 use super::verdicts::{self, Submitted, Verdicts};
 use crate::limits::MAX_BATCH_ITEMS;
@@ -28,6 +29,11 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// A worker looks again at least this often, even when not woken.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
+/// How long a destination's lease lasts unless renewed: a replica that
+/// died stops carrying for at most this long. Renewed before each batch
+/// once a third of it has passed, so a batch starts with two thirds left,
+/// well beyond a carry's deadline.
+const LEASE_TTL: Duration = Duration::from_secs(15);
 
 #[derive(Clone)]
 pub struct Outbox {
@@ -41,6 +47,9 @@ pub struct Outbox {
     failing: Arc<Mutex<HashSet<String>>>,
     /// Items dropped because their destination left the mesh.
     dropped: Dropped,
+    /// This replica: it carries a destination's items only while it holds
+    /// the destination's lease, and tells the others the verdicts.
+    replica: Replica,
 }
 
 impl Outbox {
@@ -53,6 +62,7 @@ impl Outbox {
         tasks: Tasks,
         metrics: ServiceCenterMetrics,
         verdicts: Verdicts,
+        replica: Replica,
     ) -> Self {
         Self {
             dc,
@@ -63,6 +73,7 @@ impl Outbox {
             verdicts,
             failing: Arc::default(),
             dropped: Dropped::default(),
+            replica,
         }
     }
 
@@ -118,7 +129,26 @@ impl Outbox {
     async fn drain(self, destination: String, notify: Arc<Notify>) {
         let mut sent_up_to = 0i64;
         let mut backoff = FIRST_BACKOFF;
+        let mut leased: Option<std::time::Instant> = None;
         loop {
+            if leased.is_none_or(|at| at.elapsed() > LEASE_TTL / 3) {
+                let renewing = std::time::Instant::now();
+                match self.lease(&destination).await {
+                    Ok(true) => leased = Some(renewing),
+                    held_elsewhere => {
+                        if let Err(err) = held_elsewhere {
+                            tracing::warn!(%err, %destination, "outbox lease unknown");
+                        }
+                        // Another replica carries these items now; once
+                        // this one leases again, it starts from the oldest
+                        // item left.
+                        leased = None;
+                        sent_up_to = 0;
+                        let _ = tokio::time::timeout(IDLE_CHECK, notify.notified()).await;
+                        continue;
+                    }
+                }
+            }
             let dest = destination.clone();
             let batch = self
                 .dc
@@ -164,6 +194,14 @@ impl Outbox {
                 }
             }
         }
+    }
+
+    async fn lease(&self, destination: &str) -> Result<bool, crate::Error> {
+        let (dest, holder) = (destination.to_owned(), self.replica.id().to_owned());
+        let ttl_ms = LEASE_TTL.as_millis() as i64;
+        self.dc
+            .write(move |tx| tx.lease(&dest, &holder, ttl_ms))
+            .await
     }
 
     /// The `outbox.carry` span of one attempt at a batch: in the trace of
@@ -230,16 +268,30 @@ impl Outbox {
             .iter()
             .map(|(s, v)| v.to_wire(&s.message_id))
             .collect();
-        let (dc, dest, verdicts) = (
+        let (dc, dest, verdicts, replica) = (
             self.dc.clone(),
             destination.to_owned(),
             self.verdicts.clone(),
+            self.replica.clone(),
         );
+        let notices: Vec<Notice> = judged
+            .iter()
+            .zip(&wire)
+            .zip(&unclaimed)
+            .map(|(((submitted, _), verdict), unclaimed)| Notice::Judged {
+                submitted: submitted.clone(),
+                verdict: verdict.clone(),
+                unclaimed: *unclaimed,
+            })
+            .collect();
         self.tasks.spawn(|_| async move {
             let cleared = dc
                 .write(move |tx| {
                     for verdict in &wire {
                         tx.record_verdict(verdict)?;
+                    }
+                    for notice in &notices {
+                        replica.announce(tx, notice)?;
                     }
                     tx.clear(&dest, last_id)
                 })

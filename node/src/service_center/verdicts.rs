@@ -70,7 +70,7 @@ impl Verdict {
 
 /// A submission as its sending region knows it, for the event that tells
 /// the sender its verdict.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Submitted {
     pub message_id: String,
     pub sender: String,

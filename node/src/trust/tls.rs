@@ -107,6 +107,27 @@ impl Configs {
 /// A client configuration that trusts `ca_pem` and shows no certificate
 /// (the CLI and other clients of the client API).
 pub fn ca_only_client(ca_pem: &str) -> Result<Arc<ClientConfig>, Error> {
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(config_error)?
+        .with_root_certificates(roots_of(ca_pem)?)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A client configuration for a database server whose certificate
+/// `ca_pem` issued: TLS 1.2 or 1.3 (PostgreSQL's default minimum is 1.2),
+/// the server's name checked, no ALPN (PostgreSQL accepts only its own).
+pub fn database_client(ca_pem: &str) -> Result<ClientConfig, Error> {
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(config_error)?
+        .with_root_certificates(roots_of(ca_pem)?)
+        .with_no_client_auth())
+}
+
+fn roots_of(ca_pem: &str) -> Result<RootCertStore, Error> {
     use rustls::pki_types::pem::PemObject;
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
@@ -117,13 +138,7 @@ pub fn ca_only_client(ca_pem: &str) -> Result<Arc<ClientConfig>, Error> {
     if roots.is_empty() {
         return Err(config_error("the CA file holds no certificate"));
     }
-    let mut config = ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(config_error)?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(config))
+    Ok(roots)
 }
 
 /// What a server knows of the other end of a connection.

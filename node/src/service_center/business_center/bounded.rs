@@ -66,6 +66,11 @@ impl<K: Clone + Eq + Hash, V> BoundedMap<K, V> {
         }
     }
 
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        self.order.clear();
+    }
+
     pub fn remove(&mut self, key: &K) -> Option<V> {
         self.entries.remove(key).map(|(value, _)| value)
     }

@@ -24,6 +24,7 @@ use crate::proto::peer_api::{
 };
 use crate::service_center::data_center::Tx;
 use crate::service_center::data_center::tx::group_not_found;
+use crate::service_center::replicas::{Notice, Replica};
 use crate::service_center::verdicts::Verdict;
 use crate::telemetry::traces;
 
@@ -43,6 +44,28 @@ impl Effects {
             trace,
             ..Self::default()
         }
+    }
+
+    /// Tells the region's other replicas what this write leaves them to
+    /// do: push to their sessions of the recipients, and carry the items
+    /// of the destinations whose leases they hold.
+    fn announce(&self, tx: &mut dyn Tx, replica: &Replica) -> Result<(), Error> {
+        let mut delivered: BTreeMap<(&str, u64), Vec<String>> = BTreeMap::new();
+        for (user, delivery) in &self.pushes {
+            delivered
+                .entry((delivery.group.as_str(), delivery.seq))
+                .or_default()
+                .push(user.clone());
+        }
+        for ((group, seq), users) in delivered {
+            let group = group.to_owned();
+            replica.announce(tx, &Notice::Delivered { group, seq, users })?;
+        }
+        for destination in &self.destinations {
+            let destination = destination.clone();
+            replica.announce(tx, &Notice::Waiting { destination })?;
+        }
+        Ok(())
     }
 
     fn enqueue(&mut self, tx: &mut dyn Tx, destination: &str, item: Item) -> Result<(), Error> {
@@ -97,6 +120,7 @@ impl BusinessCenter {
         let fresh_id = submission.message_id.clone();
         let waiter = (!local).then(|| self.verdicts.wait_for(&fresh_id));
         let trace = traces::current();
+        let replica = self.replica.clone();
         let (accepted, effects) = self
             .dc
             .write(move |tx| {
@@ -136,6 +160,7 @@ impl BusinessCenter {
                     }
                 };
                 tx.insert_accepted(&s.message_id, &s.group, &s.sender, key, s.sent_at_ms)?;
+                effects.announce(tx, &replica)?;
                 Ok((accepted, effects))
             })
             .await?;
@@ -201,6 +226,7 @@ impl BusinessCenter {
     ) -> Result<Vec<WireVerdict>, Error> {
         let region = self.region.clone();
         let trace = traces::current();
+        let replica = self.replica.clone();
         let (verdicts, effects) = self
             .dc
             .write(move |tx| {
@@ -223,6 +249,7 @@ impl BusinessCenter {
                         None => tracing::warn!(from = %source, "empty outbox item ignored"),
                     }
                 }
+                effects.announce(tx, &replica)?;
                 Ok((verdicts, effects))
             })
             .await?;

@@ -8,6 +8,7 @@ mod assertions;
 mod authority;
 mod bounded;
 mod groups;
+mod heard;
 mod inbound;
 mod messages;
 mod passwords;
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use super::data_center::DataCenter;
 use super::hub::Hub;
 use super::outbox::Outbox;
+use super::replicas::Replica;
 use super::roaming_client::RoamingClient;
 use super::verdicts::Verdicts;
 use crate::Error;
@@ -40,6 +42,8 @@ pub struct BusinessCenter {
     verdicts: Verdicts,
     link: Arc<RoamingClient>,
     outbox: Outbox,
+    /// This replica, as the others sharing the data center know it.
+    replica: Replica,
     sessions: sessions::Sessions,
     throttle: throttle::LoginThrottle,
     passwords: passwords::PasswordPool,
@@ -76,13 +80,18 @@ impl BusinessCenter {
         let hub = Hub::new(metrics.clone());
         let verdicts = Verdicts::new(hub.clone());
         let tasks = Tasks::new();
+        let replica = Replica::default();
         let outbox = Outbox::new(
             dc.clone(),
             link.clone(),
             tasks.clone(),
             metrics.clone(),
             verdicts.clone(),
+            replica.clone(),
         );
+        // Listen before anything is written, so that nothing another
+        // replica commits from now on goes unheard.
+        let heard = dc.listen();
         outbox.resume().await?;
         // Expired sessions and accepted sends past their retention.
         tasks.spawn_until_stopped(crate::service_center::retention::run(dc.clone()));
@@ -91,9 +100,10 @@ impl BusinessCenter {
             dc.clone(),
             link.credentials().clone(),
         );
-        Ok(Self {
+        let center = Self {
             region: link.region().into(),
-            sessions: sessions::Sessions::new(dc.clone()),
+            sessions: sessions::Sessions::new(dc.clone(), replica.clone()),
+            replica,
             dc,
             hub,
             verdicts,
@@ -105,7 +115,14 @@ impl BusinessCenter {
             clock: Clock::system(),
             metrics,
             tasks,
-        })
+        };
+        if let Some(heard) = heard {
+            let hearing = center.clone();
+            center
+                .tasks
+                .spawn_until_stopped(async move { hearing.hear(heard).await });
+        }
+        Ok(center)
     }
 
     /// Stops every task this business center started and waits for them,

@@ -22,6 +22,7 @@ use crate::limits::{
 };
 use crate::service_center::data_center::tx::{TokenHash, Tokens};
 use crate::service_center::data_center::{DataCenter, Tx};
+use crate::service_center::replicas::{Notice, Replica};
 
 /// The SHA-256 of a token, as stored.
 pub(super) fn hash(token: &str) -> TokenHash {
@@ -81,6 +82,8 @@ impl Issued {
 #[derive(Clone)]
 pub(super) struct Sessions {
     dc: DataCenter,
+    /// Tells the other replicas of each revocation and rotation.
+    replica: Replica,
     cache: Arc<Mutex<SessionCache>>,
 }
 
@@ -107,13 +110,14 @@ struct Loaded {
 }
 
 impl Sessions {
-    pub fn new(dc: DataCenter) -> Self {
-        Self::with_capacity(dc, MAX_CACHED_SESSIONS)
+    pub fn new(dc: DataCenter, replica: Replica) -> Self {
+        Self::with_capacity(dc, replica, MAX_CACHED_SESSIONS)
     }
 
-    pub fn with_capacity(dc: DataCenter, cached: usize) -> Self {
+    pub fn with_capacity(dc: DataCenter, replica: Replica, cached: usize) -> Self {
         Self {
             dc,
+            replica,
             cache: Arc::new(Mutex::new(SessionCache {
                 entries: BoundedMap::new(cached),
                 forgets: 0,
@@ -130,7 +134,16 @@ impl Sessions {
             .insert(access_hash, (user, expires_at_ms));
     }
 
-    fn forget(&self, access_hash: &TokenHash) {
+    /// Drops every cached session: notices of revocations may have been
+    /// missed, so each is read from the data center again.
+    pub fn forget_all(&self) {
+        let mut cache = self.cache.lock().expect("session cache");
+        cache.forgets += 1;
+        cache.entries.clear();
+    }
+
+    /// Drops one cached session (revoked or rotated here or elsewhere).
+    pub fn forget(&self, access_hash: &TokenHash) {
         let mut cache = self.cache.lock().expect("session cache");
         cache.forgets += 1;
         cache.entries.remove(access_hash);
@@ -222,11 +235,17 @@ impl Sessions {
             .await?
             .ok_or_else(spent)?;
         let (issued, tokens) = Issued::new(Id::parse("user", &user)?, now_ms);
+        let replica = self.replica.clone();
         let rotated = self
             .dc
             .write(move |tx| {
                 sweep(tx, now_ms)?;
-                tx.rotate_session(&refresh_hash, &tokens, now_ms)
+                let rotated = tx.rotate_session(&refresh_hash, &tokens, now_ms)?;
+                if let Some(r) = &rotated {
+                    let access_hash = r.old_access_hash;
+                    replica.announce(tx, &Notice::Revoked { access_hash })?;
+                }
+                Ok(rotated)
             })
             .await?
             // Refreshed or revoked since the read.
@@ -264,14 +283,19 @@ impl Sessions {
         if !exists {
             return Ok(false);
         }
+        let replica = self.replica.clone();
         let revoked = self
             .dc
             .write(move |tx| {
-                if by_access {
-                    tx.revoke_by_access(&token_hash)
+                let revoked = if by_access {
+                    tx.revoke_by_access(&token_hash)?
                 } else {
-                    tx.revoke_by_refresh(&token_hash)
+                    tx.revoke_by_refresh(&token_hash)?
+                };
+                if let Some(access_hash) = revoked {
+                    replica.announce(tx, &Notice::Revoked { access_hash })?;
                 }
+                Ok(revoked)
             })
             .await?;
         if let Some(access_hash) = &revoked {
@@ -348,7 +372,7 @@ mod tests {
     #[tokio::test]
     async fn tokens_are_stored_only_as_their_sha256() {
         let (_dir, dc, path) = open();
-        let sessions = Sessions::new(dc.clone());
+        let sessions = Sessions::new(dc.clone(), Replica::default());
         let issued = sessions.issue(&ann(), 0).await.unwrap();
         let renewed = sessions.refresh(&issued.refresh, 1).await.unwrap();
 
@@ -403,7 +427,7 @@ mod tests {
     #[tokio::test]
     async fn an_access_token_expires_and_a_refresh_renews_the_session() {
         let (_dir, dc, _path) = open();
-        let sessions = Sessions::new(dc);
+        let sessions = Sessions::new(dc, Replica::default());
         let issued = sessions.issue(&ann(), 0).await.unwrap();
         assert_eq!(issued.expires_at_ms, ACCESS_TOKEN_TTL_MS);
         assert_eq!(issued.refresh_expires_at_ms, REFRESH_TOKEN_TTL_MS);
@@ -446,7 +470,7 @@ mod tests {
     #[tokio::test]
     async fn logout_revokes_both_tokens_at_once() {
         let (_dir, dc, _path) = open();
-        let sessions = Sessions::new(dc);
+        let sessions = Sessions::new(dc, Replica::default());
         let first = sessions.issue(&ann(), 0).await.unwrap();
         let second = sessions.issue(&ann(), 0).await.unwrap();
         sessions.authenticate(&first.access, 1).await.unwrap();
@@ -485,7 +509,7 @@ mod tests {
     #[tokio::test]
     async fn the_cache_is_bounded_and_evicted_sessions_still_work() {
         let (_dir, dc, _path) = open();
-        let sessions = Sessions::with_capacity(dc, 3);
+        let sessions = Sessions::with_capacity(dc, Replica::default(), 3);
         let mut issued = Vec::new();
         for _ in 0..10 {
             issued.push(sessions.issue(&ann(), 0).await.unwrap());
@@ -503,7 +527,7 @@ mod tests {
     #[tokio::test]
     async fn a_session_in_use_stays_cached_while_new_logins_churn() {
         let (_dir, dc, _path) = open();
-        let sessions = Sessions::with_capacity(dc, 3);
+        let sessions = Sessions::with_capacity(dc, Replica::default(), 3);
         let busy = sessions.issue(&ann(), 0).await.unwrap();
         for _ in 0..10 {
             sessions.authenticate(&busy.access, 1).await.unwrap();
@@ -519,7 +543,7 @@ mod tests {
     #[tokio::test]
     async fn a_revoke_during_a_cache_miss_is_not_undone_by_the_fill() {
         let (_dir, dc, _path) = open();
-        let sessions = Sessions::with_capacity(dc, 1);
+        let sessions = Sessions::with_capacity(dc, Replica::default(), 1);
         let first = sessions.issue(&ann(), 0).await.unwrap();
         sessions.issue(&ann(), 0).await.unwrap(); // evicts the first
         assert!(!sessions.is_cached(&first.access));
@@ -551,7 +575,7 @@ mod tests {
     #[tokio::test]
     async fn logging_in_sweeps_sessions_that_can_no_longer_be_refreshed() {
         let (_dir, dc, _path) = open();
-        let sessions = Sessions::new(dc.clone());
+        let sessions = Sessions::new(dc.clone(), Replica::default());
         for _ in 0..SESSION_SWEEP_BATCH + 10 {
             sessions.issue(&ann(), 0).await.unwrap();
         }

@@ -2,18 +2,19 @@
 //! information and communication records (the message log), plus the
 //! durable outbox for cross-region work.
 //!
-//! It is one SQLite file in WAL mode with `synchronous=FULL`: a write is
-//! acknowledged only after its transaction is fsynced, and a crash at any
-//! point leaves the last committed state. All writes go through one
-//! [`Writer`] thread that commits many callers' jobs together; reads use a
-//! small pool of separate connections and never block on the writer.
-//!
-//! The file and its `-wal` and `-shm` companions are readable and writable
-//! by the service center's user only (mode 0600), whatever the umask.
+//! It has two backends behind one interface, [`Tx`] (docs/ARCHITECTURE.md
+//! §12). By default it is one SQLite file ([`file`]) in WAL mode with
+//! `synchronous=FULL`: a write is acknowledged only after its transaction is
+//! fsynced, and a crash at any point leaves the last committed state. The
+//! file and its `-wal` and `-shm` companions are readable and writable by
+//! the service center's user only (mode 0600), whatever the umask. A region
+//! that needs several service-center replicas keeps it on PostgreSQL
+//! ([`postgres`]) instead, shared by them all.
 
 pub mod accounts;
 pub mod census;
 mod checkpoint;
+pub mod file;
 pub mod groups;
 mod lock;
 pub mod messages;
@@ -27,10 +28,11 @@ pub mod tx;
 pub mod writer;
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-use rusqlite::{Connection, OpenFlags};
+use tokio::sync::mpsc;
 
+pub use file::SqliteFile;
 pub use sqlite::SqliteTx;
 pub use tx::Tx;
 pub use writer::Writer;
@@ -38,50 +40,39 @@ pub use writer::Writer;
 use crate::Error;
 use crate::telemetry::CommitMetrics;
 
-/// Read connections kept open.
-const READERS: usize = 4;
-
+/// The data center of one service center: cheap to clone.
 #[derive(Clone)]
 pub struct DataCenter {
-    writer: Writer,
-    readers: Arc<Mutex<Vec<Connection>>>,
-    path: Arc<Path>,
-    /// What the writer reports of its group commits.
+    backend: Backend,
+    /// Commits: latency, and jobs per commit.
     commits: CommitMetrics,
-    /// Held while any handle lives (see [`lock`]).
-    _lock: Arc<std::fs::File>,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(SqliteFile),
+    Postgres(postgres::Pool),
 }
 
 impl DataCenter {
-    /// Opens (creating and migrating if needed) the database at `path`,
+    /// Opens (creating and migrating if needed) the SQLite file at `path`,
     /// first waiting for any other process that has it open to exit.
     /// Blocks: call it off the async threads.
     pub fn open(path: &Path) -> Result<Self, Error> {
-        let lock = lock::acquire(path)?;
-        // SQLite gives the -wal and -shm files the database file's mode.
-        restrict(path)?;
-        let mut conn = Connection::open(path)?;
-        conn.execute_batch(
-            // Savepoints' undo copies stay in memory (temp_store), and the
-            // writer checkpoints the WAL between batches (see [`checkpoint`]).
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;
-             PRAGMA temp_store=MEMORY; PRAGMA wal_autocheckpoint=0; PRAGMA cache_size=-65536;
-             PRAGMA journal_size_limit=67108864;",
-        )?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        schema::migrate(&mut conn)?;
-        restrict(path)?; // companions an earlier build left with another mode
-        let mut readers = Vec::with_capacity(READERS);
-        for _ in 0..READERS {
-            readers.push(open_reader(path)?);
-        }
         let commits = CommitMetrics::default();
         Ok(Self {
-            writer: Writer::start(conn, commits.clone()),
+            backend: Backend::Sqlite(SqliteFile::open(path, commits.clone())?),
             commits,
-            readers: Arc::new(Mutex::new(readers)),
-            path: path.into(),
-            _lock: Arc::new(lock),
+        })
+    }
+
+    /// Connects to the PostgreSQL `settings` name and brings its schema up
+    /// to date (safe while other replicas do too). Blocks.
+    pub fn connect(settings: &postgres::Settings) -> Result<Self, Error> {
+        let pool = postgres::Pool::open(postgres::Connector::new(settings)?)?;
+        Ok(Self {
+            backend: Backend::Postgres(pool),
+            commits: CommitMetrics::default(),
         })
     }
 
@@ -90,44 +81,43 @@ impl DataCenter {
         &self.commits
     }
 
-    /// Runs `f` in a write transaction; returns once it is durable.
+    /// What this replica hears from the others sharing the data center;
+    /// `None` when it has none (SQLite). Each call listens anew.
+    pub fn listen(&self) -> Option<mpsc::Receiver<postgres::listen::Heard>> {
+        match &self.backend {
+            Backend::Sqlite(_) => None,
+            Backend::Postgres(pool) => Some(postgres::listen::start(pool.connector().clone())),
+        }
+    }
+
+    /// Runs `f` in a write transaction; returns once it is durable. When
+    /// `f` fails, none of its writes are kept.
     pub async fn write<T, F>(&self, f: F) -> Result<T, Error>
     where
         F: FnOnce(&mut dyn Tx) -> Result<T, Error> + Send + 'static,
         T: Send + 'static,
     {
-        self.writer
-            .write(move |conn| f(&mut SqliteTx::new(conn)))
-            .await
+        match &self.backend {
+            Backend::Sqlite(file) => file.write(f).await,
+            Backend::Postgres(pool) => {
+                let started = Instant::now();
+                let written = pool.run(true, move |tx| f(tx)).await;
+                self.commits.observe(started.elapsed(), 1);
+                written
+            }
+        }
     }
 
-    /// Runs `f` on a read connection, off the async threads.
+    /// Runs `f` in a read-only transaction, off the async threads.
     pub async fn read<T, F>(&self, f: F) -> Result<T, Error>
     where
         F: FnOnce(&mut dyn Tx) -> Result<T, Error> + Send + 'static,
         T: Send + 'static,
     {
-        let readers = self.readers.clone();
-        let path = self.path.clone();
-        tokio::task::spawn_blocking(move || {
-            let pooled = readers.lock().expect("reader pool").pop();
-            let conn = match pooled {
-                Some(conn) => conn,
-                None => open_reader(&path)?,
-            };
-            let result = conn
-                .execute_batch("BEGIN DEFERRED")
-                .map_err(Error::from)
-                .and_then(|()| f(&mut SqliteTx::new(&conn)));
-            let _ = conn.execute_batch("COMMIT");
-            let mut pool = readers.lock().expect("reader pool");
-            if pool.len() < READERS {
-                pool.push(conn);
-            }
-            result
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("data center read: {e}")))?
+        match &self.backend {
+            Backend::Sqlite(file) => file.read(f).await,
+            Backend::Postgres(pool) => pool.run(false, move |tx| f(tx)).await,
+        }
     }
 
     /// Runs `f` on a fresh read connection to the SQLite file: for tests of
@@ -135,11 +125,14 @@ impl DataCenter {
     #[cfg(test)]
     pub(crate) async fn read_sqlite<T, F>(&self, f: F) -> Result<T, Error>
     where
-        F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> Result<T, Error> + Send + 'static,
         T: Send + 'static,
     {
-        let path = self.path.clone();
-        tokio::task::spawn_blocking(move || f(&open_reader(&path)?))
+        let Backend::Sqlite(file) = &self.backend else {
+            panic!("read_sqlite on a PostgreSQL data center");
+        };
+        let file = file.clone();
+        tokio::task::spawn_blocking(move || f(&file.reader()?))
             .await
             .map_err(|e| Error::Internal(format!("data center read: {e}")))?
     }
@@ -172,40 +165,6 @@ pub fn private_dir(dir: &Path) -> std::io::Result<()> {
         }
         other => other,
     }
-}
-
-/// Creates the database file if it is missing, and makes it and its
-/// companions mode 0600.
-fn restrict(path: &Path) -> Result<(), Error> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let failed = |file: &Path, e: std::io::Error| {
-        Error::FailedPrecondition(format!("data center file {}: {e}", file.display()))
-    };
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| failed(path, e))?;
-    for suffix in ["", "-wal", "-shm"] {
-        let mut file = path.as_os_str().to_owned();
-        file.push(suffix);
-        let file = Path::new(&file);
-        match std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            other => other.map_err(|e| failed(file, e))?,
-        }
-    }
-    Ok(())
-}
-
-fn open_reader(path: &Path) -> Result<Connection, Error> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    Ok(conn)
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 
 use rusqlite::Connection;
 
-use super::tx::{Accounts, Groups, Messages, Outbox, Page, Pending, Rotated, Sessions};
+use super::tx::{Accounts, Groups, Messages, Outbox, Page, Pending, Replicas, Rotated, Sessions};
 use super::tx::{TokenHash, Tokens};
 use super::{accounts, census, groups, messages, outbox, retention, sessions};
 use crate::Error;
@@ -231,5 +231,17 @@ impl Outbox for SqliteTx<'_> {
     }
     fn depths(&mut self) -> Result<Vec<(String, i64)>, Error> {
         census::outbox_depths(self.conn)
+    }
+    /// The file is locked by one process (see `lock`): its only replica
+    /// holds every destination.
+    fn lease(&mut self, _destination: &str, _holder: &str, _ttl_ms: i64) -> Result<bool, Error> {
+        Ok(true)
+    }
+}
+
+/// A SQLite data center has one replica, so nobody hears a notice.
+impl Replicas for SqliteTx<'_> {
+    fn announce(&mut self, _notice: &str) -> Result<(), Error> {
+        Ok(())
     }
 }

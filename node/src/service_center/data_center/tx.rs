@@ -174,9 +174,24 @@ pub trait Outbox {
     fn depth(&mut self) -> Result<u64, Error>;
     /// Items waiting, per destination.
     fn depths(&mut self) -> Result<Vec<(String, i64)>, Error>;
+    /// Takes or renews, for `ttl_ms`, the right to carry `destination`'s
+    /// items, unless another holder's lease runs; whether `holder` holds
+    /// it now. One holder at a time keeps a destination's items in order
+    /// and sent once while several replicas share the outbox.
+    fn lease(&mut self, destination: &str, holder: &str, ttl_ms: i64) -> Result<bool, Error>;
 }
 
-/// One transaction of the data center: everything a flow may do in it.
-pub trait Tx: Accounts + Sessions + Groups + Messages + Outbox {}
+/// Word to the region's other service-center replicas that share this data
+/// center: heard once the transaction commits, never if it rolls back.
+pub trait Replicas {
+    /// Announces `notice`, at most [`MAX_NOTICE_BYTES`].
+    fn announce(&mut self, notice: &str) -> Result<(), Error>;
+}
 
-impl<T: Accounts + Sessions + Groups + Messages + Outbox + ?Sized> Tx for T {}
+/// The longest notice: PostgreSQL's NOTIFY takes under 8000 bytes.
+pub const MAX_NOTICE_BYTES: usize = 7900;
+
+/// One transaction of the data center: everything a flow may do in it.
+pub trait Tx: Accounts + Sessions + Groups + Messages + Outbox + Replicas {}
+
+impl<T: Accounts + Sessions + Groups + Messages + Outbox + Replicas + ?Sized> Tx for T {}

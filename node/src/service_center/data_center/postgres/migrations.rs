@@ -35,11 +35,12 @@ pub struct Migration {
 
 /// Each entry moves the schema one version up; never edit one that has
 /// shipped, add another.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "accounts, sessions, assertions, groups, the message log, \
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "accounts, sessions, assertions, groups, the message log, \
                   idempotency records and the outbox (SQLite's version 6)",
-    sql: "
+        sql: "
     -- Users whose home is this region. `attached_region` is the home-location
     -- register: where the user last logged in, so deliveries follow them.
     CREATE TABLE users (
@@ -139,7 +140,21 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
     );
     CREATE INDEX outbox_by_destination ON outbox (destination, id);
     ",
-}];
+    },
+    Migration {
+        version: 2,
+        description: "outbox leases: one replica at a time carries a destination's items",
+        sql: "
+    -- Which replica carries a destination's outbox items, until when (the
+    -- server's clock, in ms since the epoch). Expired leases are taken over.
+    CREATE TABLE outbox_leases (
+        destination TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        expires_at_ms BIGINT NOT NULL
+    );
+    ",
+    },
+];
 
 /// The schema version this build writes.
 pub fn current_version() -> i32 {

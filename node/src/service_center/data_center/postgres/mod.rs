@@ -4,13 +4,20 @@
 //!
 //! It runs on the synchronous `postgres` client, off the async threads
 //! (docs/ARCHITECTURE.md §12). It holds the schema and its migrations
-//! ([`migrations`]) and the transaction the flows see ([`PgTx`]); the
-//! pool, the wiring into `DataCenter` and LISTEN/NOTIFY come next.
+//! ([`migrations`]), the transaction the flows see ([`PgTx`]), the
+//! connections ([`pool`]) and what the replicas hear of each other
+//! ([`listen`]).
 
+pub mod listen;
 pub mod migrations;
+pub mod pool;
 pub mod tx;
 
+pub use pool::{Connector, Pool, Settings};
 pub use tx::PgTx;
+
+/// The channel the replicas of a region NOTIFY and LISTEN on.
+pub const CHANNEL: &str = "meridian_replicas";
 
 use crate::Error;
 

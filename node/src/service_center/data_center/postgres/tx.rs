@@ -13,7 +13,8 @@ use crate::Error;
 use crate::proto::client_api::{Delivery, GroupInfo, GroupSettings, Member, Role};
 use crate::proto::peer_api::{Item, Verdict};
 use crate::service_center::data_center::tx::{
-    Accounts, Groups, Messages, Outbox, Page, Pending, Rotated, Sessions, TokenHash, Tokens,
+    Accounts, Groups, MAX_NOTICE_BYTES, Messages, Outbox, Page, Pending, Replicas, Rotated,
+    Sessions, TokenHash, Tokens,
 };
 use crate::service_center::data_center::{accounts, groups, messages};
 
@@ -734,5 +735,40 @@ impl Outbox for PgTx<'_> {
             .into_iter()
             .map(|r| (r.get(0), r.get(1)))
             .collect())
+    }
+
+    /// By the server's clock, so that replicas' clocks need not agree.
+    fn lease(&mut self, destination: &str, holder: &str, ttl_ms: i64) -> Result<bool, Error> {
+        let held = self.query_opt(
+            "leasing an outbox destination",
+            "INSERT INTO outbox_leases (destination, holder, expires_at_ms)
+             VALUES ($1, $2, (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT + $3)
+             ON CONFLICT (destination) DO UPDATE
+                SET holder = EXCLUDED.holder, expires_at_ms = EXCLUDED.expires_at_ms
+                WHERE outbox_leases.holder = EXCLUDED.holder
+                   OR outbox_leases.expires_at_ms
+                      < (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT
+             RETURNING holder",
+            &[&destination, &holder, &ttl_ms],
+        )?;
+        Ok(held.is_some())
+    }
+}
+
+/// NOTIFY on [`CHANNEL`](super::CHANNEL), which every replica LISTENs on.
+impl Replicas for PgTx<'_> {
+    fn announce(&mut self, notice: &str) -> Result<(), Error> {
+        if notice.len() > MAX_NOTICE_BYTES {
+            return Err(Error::Internal(format!(
+                "a notice to the replicas of {} bytes, more than {MAX_NOTICE_BYTES}",
+                notice.len()
+            )));
+        }
+        self.query(
+            "announcing to the replicas",
+            "SELECT pg_notify($1, $2)",
+            &[&super::CHANNEL, &notice],
+        )?;
+        Ok(())
     }
 }

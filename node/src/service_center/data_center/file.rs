@@ -1,0 +1,134 @@
+//! The SQLite file: opened by one process at a time (see [`super::lock`]),
+//! written by the [`Writer`] thread with group commit, and read on a small
+//! pool of read-only connections that never block on the writer.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OpenFlags};
+
+use super::{SqliteTx, Tx, Writer, lock, schema};
+use crate::Error;
+use crate::telemetry::CommitMetrics;
+
+/// Read connections kept open.
+const READERS: usize = 4;
+
+#[derive(Clone)]
+pub struct SqliteFile {
+    writer: Writer,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    path: Arc<Path>,
+    /// Held while any handle lives (see [`lock`]).
+    _lock: Arc<std::fs::File>,
+}
+
+impl SqliteFile {
+    /// Opens (creating and migrating if needed) the database at `path`,
+    /// first waiting for any other process that has it open to exit; the
+    /// writer reports its group commits to `commits`. Blocks.
+    pub fn open(path: &Path, commits: CommitMetrics) -> Result<Self, Error> {
+        let lock = lock::acquire(path)?;
+        // SQLite gives the -wal and -shm files the database file's mode.
+        restrict(path)?;
+        let mut conn = Connection::open(path)?;
+        conn.execute_batch(
+            // Savepoints' undo copies stay in memory (temp_store), and the
+            // writer checkpoints the WAL between batches (see `checkpoint`).
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;
+             PRAGMA temp_store=MEMORY; PRAGMA wal_autocheckpoint=0; PRAGMA cache_size=-65536;
+             PRAGMA journal_size_limit=67108864;",
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        schema::migrate(&mut conn)?;
+        restrict(path)?; // companions an earlier build left with another mode
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            readers.push(open_reader(path)?);
+        }
+        Ok(Self {
+            writer: Writer::start(conn, commits),
+            readers: Arc::new(Mutex::new(readers)),
+            path: path.into(),
+            _lock: Arc::new(lock),
+        })
+    }
+
+    pub async fn write<T, F>(&self, f: F) -> Result<T, Error>
+    where
+        F: FnOnce(&mut dyn Tx) -> Result<T, Error> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.writer
+            .write(move |conn| f(&mut SqliteTx::new(conn)))
+            .await
+    }
+
+    pub async fn read<T, F>(&self, f: F) -> Result<T, Error>
+    where
+        F: FnOnce(&mut dyn Tx) -> Result<T, Error> + Send + 'static,
+        T: Send + 'static,
+    {
+        let readers = self.readers.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = readers.lock().expect("reader pool").pop();
+            let conn = match pooled {
+                Some(conn) => conn,
+                None => open_reader(&path)?,
+            };
+            let result = conn
+                .execute_batch("BEGIN DEFERRED")
+                .map_err(Error::from)
+                .and_then(|()| f(&mut SqliteTx::new(&conn)));
+            let _ = conn.execute_batch("COMMIT");
+            let mut pool = readers.lock().expect("reader pool");
+            if pool.len() < READERS {
+                pool.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("data center read: {e}")))?
+    }
+
+    /// A fresh read connection to the file, for tests of what it holds.
+    #[cfg(test)]
+    pub(crate) fn reader(&self) -> Result<Connection, Error> {
+        open_reader(&self.path)
+    }
+}
+
+/// Creates the database file if it is missing, and makes it and its
+/// companions mode 0600.
+fn restrict(path: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let failed = |file: &Path, e: std::io::Error| {
+        Error::FailedPrecondition(format!("data center file {}: {e}", file.display()))
+    };
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| failed(path, e))?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let file = Path::new(&file);
+        match std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            other => other.map_err(|e| failed(file, e))?,
+        }
+    }
+    Ok(())
+}
+
+fn open_reader(path: &Path) -> Result<Connection, Error> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
+}
