@@ -24,6 +24,7 @@ pub mod retention;
 pub mod schema;
 pub mod sessions;
 pub mod sqlite;
+pub mod transfer;
 pub mod tx;
 pub mod writer;
 
