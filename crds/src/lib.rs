@@ -11,8 +11,9 @@ pub mod validate;
 use kube::CustomResourceExt;
 
 pub use region::{
-    BandwidthSpec, PeerServiceSpec, PeerServiceType, PeerStatus, Region, RegionSpec, RegionStatus,
-    RoamingSpec, ServiceCenterSpec, StorageSpec, WorkloadStatus,
+    BandwidthSpec, DataCenterSpec, DataCenterType, PeerServiceSpec, PeerServiceType, PeerStatus,
+    PostgresSpec, PostgresTlsSpec, Region, RegionSpec, RegionStatus, RoamingSpec,
+    ServiceCenterSpec, StorageSpec, WorkloadStatus,
 };
 pub use region_link::{LinkState, RegionLink, RegionLinkSpec, RegionLinkStatus};
 pub use validate::is_region_code;

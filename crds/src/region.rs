@@ -1,5 +1,6 @@
 //! The `Region` custom resource: one set region of the source design, deployed as a
-//! service center (StatefulSet) paired with a roaming system (Deployment).
+//! service center (a StatefulSet on SQLite, a Deployment on PostgreSQL) paired with a
+//! roaming system (Deployment).
 //!
 //! The object's name is the region code (docs/ARCHITECTURE.md §2). The schema carries the
 //! same rules that [`crate::validate`] checks in pure code for local mode.
@@ -13,9 +14,18 @@ use serde::{Deserialize, Serialize};
 use crate::region_link::LinkState;
 use crate::validate::{
     CLUSTER_MAX_LEN, IMAGE_MAX_LEN, MAX_REGIONS, NAME_MAX_LEN, NODE_PORT_MAX, NODE_PORT_MIN,
-    PEER_ENDPOINT_MAX_LEN, REGION_CODE_MAX_LEN, REGION_CODE_PATTERN,
-    SERVICE_CENTER_REPLICAS_MESSAGE, SIZE_PATTERN,
+    PEER_ENDPOINT_MAX_LEN, POSTGRES_ONLY_WITH_POSTGRES_MESSAGE, POSTGRES_REQUIRED_MESSAGE,
+    REGION_CODE_MAX_LEN, REGION_CODE_PATTERN, SECRET_KEY_MAX_LEN, SECRET_KEY_PATTERN,
+    SECRET_NAME_PATTERN, SERVICE_CENTER_REPLICAS_MESSAGE, SIZE_PATTERN,
+    STORAGE_SQLITE_ONLY_MESSAGE,
 };
+
+/// CEL: the `DataCenterSpec` at `self` is PostgreSQL. `type` has a default, which the
+/// API server fills in before validating; `has` keeps the rule total all the same.
+const IS_POSTGRES: &str = "has(self.type) && self.type == 'postgres'";
+/// CEL: the `ServiceCenterSpec` at `self` has a PostgreSQL data center.
+const SERVICE_CENTER_ON_POSTGRES: &str =
+    "has(self.dataCenter) && has(self.dataCenter.type) && self.dataCenter.type == 'postgres'";
 
 /// Desired state of a region.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -67,24 +77,37 @@ pub struct RegionSpec {
 
 /// The service center: serves the region's clients and holds its data center.
 #[derive(Serialize, Deserialize, KubeSchema, Clone, Debug, PartialEq)]
+#[x_kube(
+    validation = Rule::new(format!("self.replicas == 1 || ({SERVICE_CENTER_ON_POSTGRES})"))
+        .message(SERVICE_CENTER_REPLICAS_MESSAGE)
+        .field_path(".replicas"),
+    validation = Rule::new(format!("!has(self.storage) || !({SERVICE_CENTER_ON_POSTGRES})"))
+        .message(STORAGE_SQLITE_ONLY_MESSAGE)
+        .field_path(".storage")
+)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceCenterSpec {
-    /// Number of service center pods: 1. Each pod would hold its own data
-    /// center, so several replicas need a shared one; until then anything
-    /// but 1 is refused (not accepted and ignored).
+    /// Number of service center pods. More than 1 only with
+    /// `dataCenter.type: postgres`: a SQLite data center is one file on one
+    /// volume that one process writes, so every replica beyond the first
+    /// would need a data center of its own (refused, not accepted and ignored).
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 1))]
-    #[x_kube(validation = Rule::new("self == 1").message(SERVICE_CENTER_REPLICAS_MESSAGE))]
     pub replicas: i32,
 
     /// Compute resources of each service center pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
 
-    /// The data center's volume. Without it the data lives in an emptyDir and does not
-    /// survive the pod.
+    /// The SQLite data center's volume (not with `dataCenter.type: postgres`).
+    /// Without it the data lives in an emptyDir and does not survive the pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<StorageSpec>,
+
+    /// Where the data center is: SQLite (the default, also when this is
+    /// absent) or PostgreSQL (docs/ARCHITECTURE.md §12).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_center: Option<DataCenterSpec>,
 
     /// Pod bandwidth limits (the `kubernetes.io/{ingress,egress}-bandwidth` annotations).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -99,6 +122,109 @@ pub struct ServiceCenterSpec {
     /// client API is plaintext (inside the cluster's network policy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_tls: Option<ClientTlsSpec>,
+}
+
+impl ServiceCenterSpec {
+    /// Whether the data center is on PostgreSQL (`dataCenter.type: postgres`).
+    pub fn on_postgres(&self) -> bool {
+        self.data_center
+            .as_ref()
+            .is_some_and(|dc| dc.type_ == DataCenterType::Postgres)
+    }
+
+    /// The PostgreSQL connection, when the data center is on PostgreSQL and
+    /// names one (validation requires it).
+    pub fn postgres(&self) -> Option<&PostgresSpec> {
+        self.data_center
+            .as_ref()
+            .filter(|dc| dc.type_ == DataCenterType::Postgres)?
+            .postgres
+            .as_ref()
+    }
+}
+
+/// Where a region's data center is (docs/ARCHITECTURE.md §12).
+#[derive(Serialize, Deserialize, KubeSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[x_kube(
+    validation = Rule::new(format!("!({IS_POSTGRES}) || has(self.postgres)"))
+        .message(POSTGRES_REQUIRED_MESSAGE)
+        .field_path(".postgres"),
+    validation = Rule::new(format!("!has(self.postgres) || ({IS_POSTGRES})"))
+        .message(POSTGRES_ONLY_WITH_POSTGRES_MESSAGE)
+        .field_path(".postgres")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct DataCenterSpec {
+    /// `sqlite` (the default: one file on the pod's volume, one replica) or
+    /// `postgres` (a shared PostgreSQL 15 or newer; several replicas).
+    #[serde(default, rename = "type")]
+    pub type_: DataCenterType,
+
+    /// The PostgreSQL to use; required with `type: postgres`, refused otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresSpec>,
+}
+
+/// The data center's backend.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum DataCenterType {
+    /// The embedded SQLite file: one service center replica.
+    #[default]
+    Sqlite,
+    /// A shared PostgreSQL: as many service center replicas as wanted.
+    Postgres,
+}
+
+/// A PostgreSQL reached with the connection string in a Secret, for example
+/// the `<cluster>-app` Secret of a CloudNativePG cluster.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PostgresSpec {
+    /// A Secret in the Region's namespace holding the connection string
+    /// (a `postgresql://` URL or `key=value` pairs). The pods mount it; the
+    /// operator never reads it.
+    #[schemars(length(min = 1, max = NAME_MAX_LEN), regex(pattern = SECRET_NAME_PATTERN))]
+    pub secret_name: String,
+
+    /// The Secret's key holding the connection string: `uri` when unset, the
+    /// key of CloudNativePG's `<cluster>-app` Secret.
+    #[serde(default = "default_postgres_key")]
+    #[schemars(length(min = 1, max = SECRET_KEY_MAX_LEN), regex(pattern = SECRET_KEY_PATTERN))]
+    pub key: String,
+
+    /// Require TLS and verify the server's certificate and host name against
+    /// this CA. Without it, TLS is whatever the connection string says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<PostgresTlsSpec>,
+}
+
+/// The CA that PostgreSQL's server certificate must chain to.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PostgresTlsSpec {
+    /// A Secret in the Region's namespace holding the CA certificate(s) in
+    /// PEM, for example CloudNativePG's `<cluster>-ca`.
+    #[schemars(length(min = 1, max = NAME_MAX_LEN), regex(pattern = SECRET_NAME_PATTERN))]
+    pub ca_secret_name: String,
+
+    /// The Secret's key holding the CA: `ca.crt` when unset.
+    #[serde(default = "default_postgres_ca_key")]
+    #[schemars(length(min = 1, max = SECRET_KEY_MAX_LEN), regex(pattern = SECRET_KEY_PATTERN))]
+    pub ca_key: String,
+}
+
+/// The key of the connection string in CloudNativePG's `<cluster>-app` Secret.
+pub const DEFAULT_POSTGRES_KEY: &str = "uri";
+/// The key of the CA in a CA Secret (cert-manager's and CloudNativePG's).
+pub const DEFAULT_POSTGRES_CA_KEY: &str = "ca.crt";
+
+fn default_postgres_key() -> String {
+    DEFAULT_POSTGRES_KEY.to_owned()
+}
+
+fn default_postgres_ca_key() -> String {
+    DEFAULT_POSTGRES_CA_KEY.to_owned()
 }
 
 /// The client API's server certificate.
@@ -118,6 +244,7 @@ impl Default for ServiceCenterSpec {
             replicas: default_replicas(),
             resources: None,
             storage: None,
+            data_center: None,
             bandwidth: None,
             image: None,
             client_tls: None,

@@ -9,6 +9,7 @@ use std::fmt;
 
 use kube::core::ObjectMeta;
 
+use crate::region::{DataCenterSpec, DataCenterType};
 use crate::{Region, RegionLink};
 
 pub use meridian_ids::{REGION_CODE_MAX_LEN, REGION_CODE_PATTERN, is_region_code};
@@ -77,10 +78,29 @@ impl fmt::Display for Violation {
     }
 }
 
-/// Why `spec.serviceCenter.replicas` must be 1, in the CRD's CEL rule and in
-/// local mode's check.
-pub const SERVICE_CENTER_REPLICAS_MESSAGE: &str =
-    "several service-center replicas need a shared data center; until then replicas must be 1";
+/// Why `spec.serviceCenter.replicas` is 1 unless the data center is on
+/// PostgreSQL, in the CRD's CEL rule and in local mode's check.
+pub const SERVICE_CENTER_REPLICAS_MESSAGE: &str = "spec.serviceCenter.replicas may be above 1 only with \
+     spec.serviceCenter.dataCenter.type postgres: a SQLite data center is one file on one volume \
+     that one process writes; use dataCenter.type postgres for several replicas";
+/// Why `spec.serviceCenter.storage` is refused on PostgreSQL.
+pub const STORAGE_SQLITE_ONLY_MESSAGE: &str = "spec.serviceCenter.storage is the volume of a \
+     SQLite data center: it is not allowed with spec.serviceCenter.dataCenter.type postgres, whose \
+     data is in PostgreSQL";
+/// Why a PostgreSQL data center without `postgres` is refused.
+pub const POSTGRES_REQUIRED_MESSAGE: &str = "spec.serviceCenter.dataCenter.postgres is required \
+     with type postgres: it names the Secret holding the connection string";
+/// Why `postgres` is refused on SQLite.
+pub const POSTGRES_ONLY_WITH_POSTGRES_MESSAGE: &str =
+    "spec.serviceCenter.dataCenter.postgres is allowed only with type postgres";
+
+/// A Secret's name: a DNS-1123 subdomain (at most [`NAME_MAX_LEN`] characters).
+pub const SECRET_NAME_PATTERN: &str =
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+/// A key of a Secret's data, as Kubernetes allows them.
+pub const SECRET_KEY_PATTERN: &str = r"^[-._a-zA-Z0-9]+$";
+/// Longest key of a Secret's data.
+pub const SECRET_KEY_MAX_LEN: usize = 253;
 
 /// Whether `s` is a size or rate quantity such as `10Gi`, `100M` or `1.5G`
 /// (see [`SIZE_PATTERN`]).
@@ -158,11 +178,21 @@ pub fn region(region: &Region) -> Vec<Violation> {
     );
 
     let sc = &spec.service_center;
-    if sc.replicas != 1 {
+    replicas("spec.serviceCenter.replicas", sc.replicas, &mut out);
+    if sc.replicas > 1 && !sc.on_postgres() {
         out.push(Violation::new(
             "spec.serviceCenter.replicas",
             format!("is {}: {SERVICE_CENTER_REPLICAS_MESSAGE}", sc.replicas),
         ));
+    }
+    if sc.storage.is_some() && sc.on_postgres() {
+        out.push(Violation::new(
+            "spec.serviceCenter.storage",
+            STORAGE_SQLITE_ONLY_MESSAGE,
+        ));
+    }
+    if let Some(dc) = &sc.data_center {
+        data_center(dc, &mut out);
     }
     if let Some(storage) = &sc.storage {
         size(
@@ -472,6 +502,63 @@ fn length(field: &str, value: Option<&str>, max: usize, out: &mut Vec<Violation>
     }
 }
 
+/// `spec.serviceCenter.dataCenter`: the PostgreSQL block with type
+/// postgres and only then, and its Secrets' names and keys.
+fn data_center(dc: &DataCenterSpec, out: &mut Vec<Violation>) {
+    const FIELD: &str = "spec.serviceCenter.dataCenter.postgres";
+    match (dc.type_, &dc.postgres) {
+        (DataCenterType::Postgres, None) => {
+            out.push(Violation::new(FIELD, POSTGRES_REQUIRED_MESSAGE));
+        }
+        (DataCenterType::Sqlite, Some(_)) => {
+            out.push(Violation::new(FIELD, POSTGRES_ONLY_WITH_POSTGRES_MESSAGE));
+        }
+        _ => {}
+    }
+    let Some(postgres) = &dc.postgres else {
+        return;
+    };
+    secret_name(&format!("{FIELD}.secretName"), &postgres.secret_name, out);
+    secret_key(&format!("{FIELD}.key"), &postgres.key, out);
+    if let Some(tls) = &postgres.tls {
+        secret_name(
+            &format!("{FIELD}.tls.caSecretName"),
+            &tls.ca_secret_name,
+            out,
+        );
+        secret_key(&format!("{FIELD}.tls.caKey"), &tls.ca_key, out);
+    }
+}
+
+fn secret_name(field: &str, name: &str, out: &mut Vec<Violation>) {
+    if !is_dns_subdomain(name) {
+        out.push(Violation::new(
+            field,
+            format!("{name:?} is not a Secret name"),
+        ));
+    }
+}
+
+/// Whether `key` may name an entry of a Secret's data ([`SECRET_KEY_PATTERN`]).
+fn is_secret_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= SECRET_KEY_MAX_LEN
+        && key
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_'))
+}
+
+fn secret_key(field: &str, key: &str, out: &mut Vec<Violation>) {
+    if !is_secret_key(key) {
+        out.push(Violation::new(
+            field,
+            format!(
+                "{key:?} is not a Secret key (letters, digits, '-', '.' and '_', at most {SECRET_KEY_MAX_LEN} characters)"
+            ),
+        ));
+    }
+}
+
 fn replicas(field: &str, replicas: i32, out: &mut Vec<Violation>) {
     if replicas < 1 {
         out.push(Violation::new(
@@ -610,37 +697,193 @@ spec:
         );
     }
 
+    /// eu's service center with `service_center` (flow YAML) as its spec.
+    fn service_center(service_center: &str) -> Vec<Violation> {
+        region(&region_yaml(&format!(
+            "metadata: {{name: eu}}\nspec:\n  cluster: c\n  serviceCenter: {service_center}\n"
+        )))
+    }
+
+    const PG: &str = "dataCenter: {type: postgres, postgres: {secretName: db-app}}";
+
     #[test]
-    fn service_center_replicas_must_be_1() {
-        for n in [0, 2, 3] {
-            let r = region_yaml(&format!(
-                "metadata: {{name: eu}}\nspec:\n  cluster: c\n  serviceCenter: {{replicas: {n}}}\n"
-            ));
-            let violations = region(&r);
+    fn several_service_center_replicas_need_postgres() {
+        for sqlite in [
+            "{replicas: 2}",
+            "{replicas: 3, dataCenter: {}}",
+            "{replicas: 2, dataCenter: {type: sqlite}}",
+        ] {
+            let violations = service_center(sqlite);
             assert_eq!(
                 fields(&violations),
                 vec!["spec.serviceCenter.replicas"],
-                "{n}"
+                "{sqlite}"
             );
+            let message = violations[0].to_string();
             assert!(
-                violations[0]
-                    .to_string()
-                    .contains("need a shared data center"),
-                "{}",
-                violations[0]
+                message.contains(
+                    "a SQLite data center is one file on one volume that one process writes"
+                ) && message.contains("dataCenter.type postgres"),
+                "{message}"
             );
         }
-        let one = region_yaml(
-            "metadata: {name: eu}\nspec:\n  cluster: c\n  serviceCenter: {replicas: 1}\n",
+        assert_eq!(
+            fields(&service_center("{replicas: 0}")),
+            vec!["spec.serviceCenter.replicas"],
+            "at least 1 on any data center"
         );
-        assert_eq!(region(&one), vec![]);
-        // The CRD carries the same rule, with the same message, for the apiserver.
+        assert_eq!(
+            fields(&service_center(&format!("{{replicas: 0, {PG}}}"))),
+            vec!["spec.serviceCenter.replicas"]
+        );
+        assert_eq!(service_center("{replicas: 1}"), vec![]);
+        assert_eq!(service_center(&format!("{{replicas: 2, {PG}}}")), vec![]);
+        assert_eq!(service_center(&format!("{{replicas: 5, {PG}}}")), vec![]);
+
+        // The CRD carries the same rule, with the same message, for the
+        // apiserver, on the field it is about.
         let crd = crate::crd_yaml();
         assert!(
-            crd.contains("rule: self == 1"),
+            crd.contains("rule: self.replicas == 1 || (has(self.dataCenter)"),
             "no CEL rule on serviceCenter.replicas"
         );
-        assert!(crd.contains(SERVICE_CENTER_REPLICAS_MESSAGE));
+        assert!(crd.contains("fieldPath: .replicas"));
+        let flat = crd.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(flat.contains(SERVICE_CENTER_REPLICAS_MESSAGE), "{flat}");
+    }
+
+    #[test]
+    fn a_data_center_is_sqlite_unless_it_says_postgres() {
+        let sc = |yaml: &str| {
+            region_yaml(&format!(
+                "metadata: {{name: eu}}\nspec: {{cluster: c, serviceCenter: {yaml}}}\n"
+            ))
+            .spec
+            .service_center
+        };
+        assert!(!sc("{}").on_postgres(), "absent means sqlite");
+        let empty = sc("{dataCenter: {}}");
+        assert_eq!(
+            empty.data_center.as_ref().map(|dc| dc.type_),
+            Some(crate::DataCenterType::Sqlite)
+        );
+        assert!(!empty.on_postgres());
+        let pg = sc(&format!("{{{PG}}}"));
+        assert!(pg.on_postgres());
+        let postgres = pg.postgres().unwrap();
+        assert_eq!(postgres.secret_name, "db-app");
+        assert_eq!(postgres.key, "uri", "CloudNativePG's key by default");
+        assert_eq!(postgres.tls, None);
+        let tls = sc(
+            "{dataCenter: {type: postgres, postgres: {secretName: a, tls: {caSecretName: db-ca}}}}",
+        )
+        .postgres()
+        .unwrap()
+        .tls
+        .clone()
+        .unwrap();
+        assert_eq!(
+            (tls.ca_secret_name.as_str(), tls.ca_key.as_str()),
+            ("db-ca", "ca.crt")
+        );
+        assert!(
+            serde_yaml::from_str::<Region>(
+                "metadata: {name: eu}\nspec: {cluster: c, serviceCenter: {dataCenter: {type: mysql}}}\n"
+            )
+            .is_err(),
+            "an unknown type"
+        );
+    }
+
+    #[test]
+    fn postgres_needs_its_block_and_refuses_storage_and_sqlite_refuses_the_block() {
+        let messages = |yaml: &str| {
+            service_center(yaml)
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            messages("{dataCenter: {type: postgres}}"),
+            vec![format!(
+                "spec.serviceCenter.dataCenter.postgres: {POSTGRES_REQUIRED_MESSAGE}"
+            )]
+        );
+        assert_eq!(
+            messages("{dataCenter: {postgres: {secretName: db-app}}}"),
+            vec![format!(
+                "spec.serviceCenter.dataCenter.postgres: {POSTGRES_ONLY_WITH_POSTGRES_MESSAGE}"
+            )]
+        );
+        assert_eq!(
+            messages("{dataCenter: {type: sqlite, postgres: {secretName: db-app}}}").len(),
+            1
+        );
+        assert_eq!(
+            messages(&format!("{{storage: {{size: 1Gi}}, {PG}}}")),
+            vec![format!(
+                "spec.serviceCenter.storage: {STORAGE_SQLITE_ONLY_MESSAGE}"
+            )]
+        );
+        assert_eq!(
+            messages("{storage: {size: 1Gi}, dataCenter: {type: sqlite}}"),
+            Vec::<String>::new()
+        );
+        // Each message names its field for the apiserver too, where the
+        // CEL rules carry them.
+        let crd = crate::crd_yaml();
+        let flat = crd.split_whitespace().collect::<Vec<_>>().join(" ");
+        for message in [
+            STORAGE_SQLITE_ONLY_MESSAGE,
+            POSTGRES_REQUIRED_MESSAGE,
+            POSTGRES_ONLY_WITH_POSTGRES_MESSAGE,
+        ] {
+            assert!(flat.contains(message), "{message}");
+        }
+    }
+
+    #[test]
+    fn postgres_secrets_and_keys_are_bounded_names() {
+        let long = "a".repeat(SECRET_KEY_MAX_LEN + 1);
+        let v = service_center(&format!(
+            "{{dataCenter: {{type: postgres, postgres: {{secretName: Db_App, key: 'a/b', \
+             tls: {{caSecretName: '', caKey: {long}}}}}}}}}"
+        ));
+        assert_eq!(
+            fields(&v),
+            vec![
+                "spec.serviceCenter.dataCenter.postgres.secretName",
+                "spec.serviceCenter.dataCenter.postgres.key",
+                "spec.serviceCenter.dataCenter.postgres.tls.caSecretName",
+                "spec.serviceCenter.dataCenter.postgres.tls.caKey",
+            ]
+        );
+        assert!(
+            v[0].to_string().contains("\"Db_App\" is not a Secret name"),
+            "{}",
+            v[0]
+        );
+        assert_eq!(
+            service_center(
+                "{dataCenter: {type: postgres, postgres: {secretName: db-app, key: password_2.txt, \
+                 tls: {caSecretName: db.ca, caKey: ca.crt}}}}"
+            ),
+            vec![]
+        );
+        // The CRD bounds the same strings.
+        let crd = serde_json::to_value(<Region as kube::CustomResourceExt>::crd()).unwrap();
+        let postgres = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            ["properties"]["serviceCenter"]["properties"]["dataCenter"]["properties"]["postgres"]["properties"];
+        for (field, max) in [
+            (&postgres["secretName"], NAME_MAX_LEN),
+            (&postgres["key"], SECRET_KEY_MAX_LEN),
+            (&postgres["tls"]["properties"]["caSecretName"], NAME_MAX_LEN),
+            (&postgres["tls"]["properties"]["caKey"], SECRET_KEY_MAX_LEN),
+        ] {
+            assert_eq!(field["maxLength"], max, "{field}");
+            assert_eq!(field["minLength"], 1, "{field}");
+            assert!(field["pattern"].is_string(), "{field}");
+        }
     }
 
     #[test]

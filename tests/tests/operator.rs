@@ -370,7 +370,9 @@ fn the_operator_turns_regions_into_workloads_and_a_full_mesh() {
     ]);
     let scaled = String::from_utf8_lossy(&scaled.stderr).into_owned();
     assert!(
-        scaled.contains("several service-center replicas need a shared data center"),
+        scaled.contains("spec.serviceCenter.replicas")
+            && scaled
+                .contains("a SQLite data center is one file on one volume that one process writes"),
         "{scaled}"
     );
 
