@@ -76,6 +76,29 @@ struct Ports {
     roaming_pair: TcpListener,
     peer: TcpListener,
     metrics: TcpListener,
+    /// The client and pair ports of each further service-center replica.
+    replicas: Vec<(TcpListener, TcpListener)>,
+}
+
+/// A further service-center replica of a region: a node that runs only a
+/// service center, on the region's PostgreSQL database.
+pub struct Replica {
+    pub client_url: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// Runs `node` until its stop is sent.
+fn spawn(node: Node) -> (oneshot::Sender<()>, JoinHandle<()>) {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        node.run(async move {
+            let _ = stopped.await;
+        })
+        .await
+        .expect("node runs");
+    });
+    (stop, task)
 }
 
 async fn bind() -> TcpListener {
@@ -102,6 +125,8 @@ pub struct Region {
     /// The node's `/metrics` and `/mesh` (plain HTTP), as `127.0.0.1:port`.
     pub metrics_addr: std::net::SocketAddr,
     pub mesh: watch::Sender<MeshConfig>,
+    /// The service-center replicas beyond the first (the node above).
+    pub replicas: Vec<Replica>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -130,6 +155,14 @@ fn lenient_health() -> HealthPolicy {
 impl Mesh {
     /// Starts one node per region code, fully meshed.
     pub async fn start(codes: &[&str]) -> Mesh {
+        Self::start_with_replicas(codes, &[]).await
+    }
+
+    /// Starts one node per region code, fully meshed; each `(code, n)` of
+    /// `replicas` runs `n` service-center replicas on one PostgreSQL
+    /// database (whatever [`DATA_CENTER_ENV`] says): its node, and `n - 1`
+    /// nodes that run only a service center.
+    pub async fn start_with_replicas(codes: &[&str], replicas: &[(&str, usize)]) -> Mesh {
         // Logs show with `RUST_LOG=meridian_node=info cargo test -- --nocapture`.
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -151,18 +184,39 @@ impl Mesh {
                     roaming_pair: bind().await,
                     peer: bind().await,
                     metrics: bind().await,
+                    replicas: Vec::new(),
                 },
             );
+        }
+        for (code, n) in replicas {
+            let p = ports
+                .get_mut(*code)
+                .expect("a replicated region is started");
+            for _ in 1..*n {
+                p.replicas.push((bind().await, bind().await));
+            }
         }
         let peer_urls: BTreeMap<String, String> = ports
             .iter()
             .map(|(code, p)| (code.clone(), url(&p.peer)))
             .collect();
         let mut regions = BTreeMap::new();
-        for (code, p) in ports {
+        for (code, mut p) in ports {
+            let replicated = !p.replicas.is_empty();
+            let service_center = if replicated {
+                PairEndpoint {
+                    pair: url(&p.sc_pair),
+                    replicas: std::iter::once(&p.sc_pair)
+                        .chain(p.replicas.iter().map(|(_, pair)| pair))
+                        .map(url)
+                        .collect(),
+                }
+            } else {
+                PairEndpoint::single(url(&p.sc_pair))
+            };
             let config = MeshConfig {
                 region: code.clone(),
-                service_center: PairEndpoint::single(url(&p.sc_pair)),
+                service_center,
                 roaming: PairEndpoint::single(url(&p.roaming_pair)),
                 peers: peer_urls
                     .iter()
@@ -183,10 +237,35 @@ impl Mesh {
                 .expect("region certificate");
             let peer_url = url(&p.peer);
             let metrics_addr = p.metrics.local_addr().expect("local address");
+            let postgres =
+                (replicated || on_postgres()).then(|| postgres_database(data.path(), &code));
+            let replica_nodes: Vec<Replica> = std::mem::take(&mut p.replicas)
+                .into_iter()
+                .map(|(client, pair)| {
+                    let client_url = plain_url(&client);
+                    let (stop, task) = spawn(Node {
+                        mesh: mesh_rx.clone(),
+                        data_dir: data.path().join(&code),
+                        postgres: postgres.clone(),
+                        service_center: Some(ServiceCenterListeners { client, pair }),
+                        roaming: None,
+                        health: lenient_health(),
+                        credentials: credentials.clone(),
+                        client_tls: None,
+                        probe: None,
+                        metrics: None,
+                    });
+                    Replica {
+                        client_url,
+                        stop: Some(stop),
+                        task: Some(task),
+                    }
+                })
+                .collect();
             let node = Node {
                 mesh: mesh_rx,
                 data_dir: data.path().join(&code),
-                postgres: on_postgres().then(|| postgres_database(data.path(), &code)),
+                postgres,
                 service_center: Some(ServiceCenterListeners {
                     client: p.client,
                     pair: p.sc_pair,
@@ -201,14 +280,7 @@ impl Mesh {
                 probe: None,
                 metrics: Some(p.metrics),
             };
-            let (stop, stopped) = oneshot::channel::<()>();
-            let task = tokio::spawn(async move {
-                node.run(async move {
-                    let _ = stopped.await;
-                })
-                .await
-                .expect("node runs");
-            });
+            let (stop, task) = spawn(node);
             regions.insert(
                 code.clone(),
                 Region {
@@ -217,6 +289,7 @@ impl Mesh {
                     peer_url,
                     metrics_addr,
                     mesh: mesh_tx,
+                    replicas: replica_nodes,
                     stop: Some(stop),
                     task: Some(task),
                 },
@@ -239,6 +312,31 @@ impl Mesh {
         Client::connect(&self.region(code).client_url, None)
             .await
             .expect("connect to the service center")
+    }
+
+    /// A client connected to service-center replica `index` of `code` (0
+    /// is the region's node), not logged in.
+    pub async fn replica_client(&self, code: &str, index: usize) -> Client {
+        let region = self.region(code);
+        let url = match index {
+            0 => &region.client_url,
+            i => &region.replicas[i - 1].client_url,
+        };
+        Client::connect(url, None)
+            .await
+            .expect("connect to the service-center replica")
+    }
+
+    /// Stops service-center replica `index` (at least 1) of `code` and
+    /// waits for it.
+    pub async fn stop_replica(&mut self, code: &str, index: usize) {
+        let replica = &mut self.regions.get_mut(code).expect("a region").replicas[index - 1];
+        if let Some(stop) = replica.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = replica.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
     }
 
     /// Registers `user` (at its home) and returns a client logged in at `at`.
@@ -328,9 +426,15 @@ impl Mesh {
             if let Some(stop) = region.stop.take() {
                 let _ = stop.send(());
             }
+            for replica in &mut region.replicas {
+                if let Some(stop) = replica.stop.take() {
+                    let _ = stop.send(());
+                }
+            }
         }
         for region in self.regions.values_mut() {
-            if let Some(task) = region.task.take() {
+            let replicas = region.replicas.iter_mut().filter_map(|r| r.task.take());
+            for task in region.task.take().into_iter().chain(replicas) {
                 let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
             }
         }

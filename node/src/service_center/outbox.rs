@@ -30,10 +30,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// A worker looks again at least this often, even when not woken.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 /// How long a destination's lease lasts unless renewed: a replica that
-/// died stops carrying for at most this long. Renewed before each batch
-/// once a third of it has passed, so a batch starts with two thirds left,
-/// well beyond a carry's deadline.
-const LEASE_TTL: Duration = Duration::from_secs(15);
+/// died stops carrying for at most this long (one that stops releases its
+/// leases at once). Renewed before each batch once a third of it has
+/// passed; an attempt gives up [`LEASE_MARGIN`] before the lease ends.
+const LEASE_TTL: Duration = Duration::from_secs(6);
+const LEASE_MARGIN: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct Outbox {
@@ -175,7 +176,20 @@ impl Outbox {
             let items: Vec<_> = batch.into_iter().map(|p| p.item).collect();
             let count = items.len();
             let submitted = Submitted::among(&items);
-            match self.link.carry(&destination, items).instrument(span).await {
+            // The attempt ends while the lease still runs, so that no other
+            // replica carries this destination while it may be in flight.
+            let lease_left = leased.map_or(Duration::ZERO, |at| {
+                LEASE_TTL.saturating_sub(at.elapsed() + LEASE_MARGIN)
+            });
+            let carried = tokio::time::timeout(lease_left, self.link.carry(&destination, items))
+                .instrument(span)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(crate::Error::Unavailable(format!(
+                        "no answer from {destination} within the outbox lease"
+                    )))
+                });
+            match carried {
                 Ok(reply) => {
                     self.metrics.carried(&destination, count);
                     self.set_failing(&destination, false);
@@ -193,6 +207,15 @@ impl Outbox {
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
+        }
+    }
+
+    /// Hands this replica's destinations to the others (it is stopping,
+    /// and its workers have stopped).
+    pub async fn release(&self) {
+        let holder = self.replica.id().to_owned();
+        if let Err(err) = self.dc.write(move |tx| tx.release_leases(&holder)).await {
+            tracing::warn!(%err, "outbox leases not released; they expire");
         }
     }
 

@@ -129,6 +129,7 @@ impl BusinessCenter {
     /// so that none of them holds the data center any longer.
     pub async fn shutdown(&self) {
         self.tasks.shutdown().await;
+        self.outbox.release().await;
     }
 
     /// Outbox items dropped since this process started because their

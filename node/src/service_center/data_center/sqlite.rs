@@ -237,6 +237,9 @@ impl Outbox for SqliteTx<'_> {
     fn lease(&mut self, _destination: &str, _holder: &str, _ttl_ms: i64) -> Result<bool, Error> {
         Ok(true)
     }
+    fn release_leases(&mut self, _holder: &str) -> Result<(), Error> {
+        Ok(())
+    }
 }
 
 /// A SQLite data center has one replica, so nobody hears a notice.

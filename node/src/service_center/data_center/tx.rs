@@ -179,6 +179,9 @@ pub trait Outbox {
     /// it now. One holder at a time keeps a destination's items in order
     /// and sent once while several replicas share the outbox.
     fn lease(&mut self, destination: &str, holder: &str, ttl_ms: i64) -> Result<bool, Error>;
+    /// Gives up every lease `holder` holds, so that another replica takes
+    /// its destinations over at once rather than when the leases expire.
+    fn release_leases(&mut self, holder: &str) -> Result<(), Error>;
 }
 
 /// Word to the region's other service-center replicas that share this data

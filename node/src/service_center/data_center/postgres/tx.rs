@@ -753,6 +753,15 @@ impl Outbox for PgTx<'_> {
         )?;
         Ok(held.is_some())
     }
+
+    fn release_leases(&mut self, holder: &str) -> Result<(), Error> {
+        self.execute(
+            "releasing outbox leases",
+            "DELETE FROM outbox_leases WHERE holder = $1",
+            &[&holder],
+        )?;
+        Ok(())
+    }
 }
 
 /// NOTIFY on [`CHANNEL`](super::CHANNEL), which every replica LISTENs on.
