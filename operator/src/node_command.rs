@@ -36,10 +36,25 @@ pub struct Common {
     pub exit_with_parent: bool,
 }
 
+/// Where the service center's data center is (docs/ARCHITECTURE.md §12).
+#[derive(Clone, Debug)]
+pub enum DataCenter {
+    /// The SQLite file in this directory (`--data-dir`).
+    Sqlite { data_dir: String },
+    /// PostgreSQL, its connection string the whole content of `url_file`
+    /// (`--postgres-url-file`); with `ca_file` (`--postgres-ca-file`) the
+    /// connection requires TLS and verifies the server against that CA.
+    /// `--data-dir` is then unused, so it is not given.
+    Postgres {
+        url_file: String,
+        ca_file: Option<String>,
+    },
+}
+
 /// The service center's own arguments.
 #[derive(Clone, Debug)]
 pub struct ServiceCenter {
-    pub data_dir: String,
+    pub data_center: DataCenter,
     pub listen_client: String,
     pub listen_pair: String,
     /// Its /metrics (`--listen-metrics`), if served.
@@ -57,18 +72,22 @@ pub struct Roaming {
 
 impl ServiceCenter {
     pub fn args(&self, common: &Common) -> Vec<String> {
-        let mut args = strings([
-            "--role",
-            "service-center",
-            "--config",
-            &common.config,
-            "--data-dir",
-            &self.data_dir,
+        let mut args = strings(["--role", "service-center", "--config", &common.config]);
+        match &self.data_center {
+            DataCenter::Sqlite { data_dir } => args.extend(strings(["--data-dir", data_dir])),
+            DataCenter::Postgres { url_file, ca_file } => {
+                args.extend(strings(["--postgres-url-file", url_file]));
+                if let Some(ca) = ca_file {
+                    args.extend(strings(["--postgres-ca-file", ca]));
+                }
+            }
+        }
+        args.extend(strings([
             "--listen-client",
             &self.listen_client,
             "--listen-pair",
             &self.listen_pair,
-        ]);
+        ]));
         if let Some(metrics) = &self.listen_metrics {
             args.extend(strings(["--listen-metrics", metrics]));
         }
@@ -158,7 +177,9 @@ mod tests {
     #[test]
     fn a_pod_and_a_local_process_get_the_same_flags_with_their_own_values() {
         let sc = ServiceCenter {
-            data_dir: "/d".into(),
+            data_center: DataCenter::Sqlite {
+                data_dir: "/d".into(),
+            },
             listen_client: "0.0.0.0:7400".into(),
             listen_pair: "0.0.0.0:7401".into(),
             listen_metrics: Some("0.0.0.0:9090".into()),
@@ -179,7 +200,7 @@ mod tests {
         let local = ServiceCenter {
             listen_metrics: None,
             client_tls: ClientTls::RegionCertificate,
-            ..sc
+            ..sc.clone()
         };
         assert_eq!(
             local.args(&common(None, true)).join(" "),
@@ -187,6 +208,43 @@ mod tests {
              --listen-client 0.0.0.0:7400 --listen-pair 0.0.0.0:7401 \
              --tls-ca /t/ca.crt --tls-cert /t/tls.crt --tls-key /t/tls.key \
              --client-tls --exit-with-parent"
+        );
+
+        let postgres = ServiceCenter {
+            data_center: DataCenter::Postgres {
+                url_file: "/p/url".into(),
+                ca_file: Some("/pc/ca.crt".into()),
+            },
+            client_tls: ClientTls::Off,
+            ..sc
+        };
+        assert_eq!(
+            postgres
+                .args(&common(Some("0.0.0.0:7404"), false))
+                .join(" "),
+            "--role service-center --config /c/mesh.yaml \
+             --postgres-url-file /p/url --postgres-ca-file /pc/ca.crt \
+             --listen-client 0.0.0.0:7400 --listen-pair 0.0.0.0:7401 \
+             --listen-metrics 0.0.0.0:9090 \
+             --tls-ca /t/ca.crt --tls-cert /t/tls.crt --tls-key /t/tls.key \
+             --listen-probe 0.0.0.0:7404",
+            "PostgreSQL instead of --data-dir, which it does not use"
+        );
+        let without_ca = ServiceCenter {
+            data_center: DataCenter::Postgres {
+                url_file: "/p/url".into(),
+                ca_file: None,
+            },
+            ..postgres
+        };
+        let args = without_ca.args(&common(None, false)).join(" ");
+        assert!(
+            args.contains("--postgres-url-file /p/url --listen-client"),
+            "{args}"
+        );
+        assert!(
+            !args.contains("--postgres-ca-file") && !args.contains("--data-dir"),
+            "{args}"
         );
 
         let roaming = Roaming {

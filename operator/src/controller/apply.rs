@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::Error;
-use super::build::Desired;
+use super::build::{Desired, ServiceCenterWorkload};
 
 /// The field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "meridian-operator";
@@ -72,13 +72,20 @@ where
 
 /// What the apply left in the cluster, for the status.
 pub struct Applied {
+    /// Ready pods of the service center's workload, whichever kind it is.
     pub service_center_ready: i32,
+    /// The replicas that workload asks for.
+    pub service_center_wanted: i32,
     pub roaming_ready: i32,
     pub roaming_wanted: i32,
+    /// What was deleted because the data center switched kind, for an Event.
+    pub pruned: Option<String>,
 }
 
 /// Applies every object of a Region: configuration first, so the pods find it,
-/// and the Service exposing the peer port to other clusters last.
+/// and the Service exposing the peer port to other clusters last. The
+/// service center's workload of the other kind goes before its own is
+/// applied (see [`super::prune`]).
 pub async fn apply_all(client: &Client, desired: &Desired) -> Result<Applied, Error> {
     let config_map = apply(client, &desired.config_map).await?;
     // At once, so that a failure further down does not hold it back: the
@@ -96,18 +103,40 @@ pub async fn apply_all(client: &Client, desired: &Desired) -> Result<Applied, Er
     apply(client, &desired.network_policy).await?;
     apply(client, &desired.service_center_service).await?;
     apply(client, &desired.roaming_service).await?;
-    let sts = apply(client, &desired.service_center).await?;
+    let pruned = super::prune::other_kind(client, desired).await?;
+    let (service_center_ready, service_center_wanted) = match &desired.service_center {
+        ServiceCenterWorkload::StatefulSet(sts) => {
+            let sts = apply(client, sts).await?;
+            (
+                sts.status.and_then(|s| s.ready_replicas).unwrap_or(0),
+                sts.spec.replicas.unwrap_or(1),
+            )
+        }
+        ServiceCenterWorkload::Deployment { deployment, budget } => {
+            let deployment = apply(client, deployment).await?;
+            apply(client, budget.as_ref()).await?;
+            (
+                deployment
+                    .status
+                    .and_then(|s| s.ready_replicas)
+                    .unwrap_or(0),
+                deployment.spec.replicas.unwrap_or(1),
+            )
+        }
+    };
     let deployment = apply(client, &desired.roaming).await?;
     // Last: a node port another Service holds fails only this write, and
     // the region still runs for its own users and in-cluster peers.
     apply(client, &desired.roaming_peer_service).await?;
     Ok(Applied {
-        service_center_ready: sts.status.and_then(|s| s.ready_replicas).unwrap_or(0),
+        service_center_ready,
+        service_center_wanted,
         roaming_ready: deployment
             .status
             .as_ref()
             .and_then(|s| s.ready_replicas)
             .unwrap_or(0),
         roaming_wanted: deployment.spec.replicas.unwrap_or(1),
+        pruned,
     })
 }

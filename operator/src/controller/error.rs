@@ -15,6 +15,13 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("cannot delete {kind} {name}: {source}")]
+    Delete {
+        kind: &'static str,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("cannot apply cert-manager Certificate {name}: {message}")]
     Certificate { name: String, message: String },
     #[error("cannot read {kind} {name}: {source}")]
@@ -39,7 +46,7 @@ impl Error {
         match self {
             Error::Fetch { .. } => "fetch",
             Error::Invalid(_) => "invalid",
-            Error::Apply { .. } | Error::Certificate { .. } => "apply",
+            Error::Apply { .. } | Error::Delete { .. } | Error::Certificate { .. } => "apply",
             Error::Read { .. } => "read",
             Error::Status { .. } => "status",
         }

@@ -4,7 +4,8 @@
 //! requests, the task keeps objects in memory the way the API server does
 //! for what the operator does with them — server-side apply stores the
 //! object, a status apply merges its status, a merge patch merges, GET
-//! answers the object or 404, a GET of a collection lists it, POST creates —
+//! answers the object or 404, a GET of a collection lists it, POST creates,
+//! DELETE removes (checking a uid precondition) —
 //! and records every request. A test runs the reconciler against it and
 //! asserts what was written, in milliseconds. [`ApiServer::fail`] makes
 //! chosen requests fail as the API server would.
@@ -203,6 +204,20 @@ impl State {
                 };
                 stamp(object, &version);
                 (StatusCode::OK, object.clone())
+            }
+            // A delete of one object, with its uid precondition.
+            Method::DELETE => {
+                let Some(object) = self.objects.get(&path) else {
+                    return not_found(&path);
+                };
+                let wanted = &body["preconditions"]["uid"];
+                if !wanted.is_null() && *wanted != object["metadata"]["uid"] {
+                    return failure(409, &format!("{path}: precondition failed: uid {wanted}"));
+                }
+                (
+                    StatusCode::OK,
+                    self.objects.remove(&path).unwrap_or_default(),
+                )
             }
             _ => failure(405, &format!("{method} is not faked")),
         }

@@ -49,7 +49,7 @@ pub fn apply(desired: &mut Desired, level: Option<&str>) {
     let Some(level) = level else {
         return;
     };
-    set(&mut desired.service_center.spec.template, level);
+    set(desired.service_center.template_mut(), level);
     set(&mut desired.roaming.spec.template, level);
 }
 

@@ -556,6 +556,7 @@ mod tests {
             meridian_node::server::Node {
                 mesh,
                 data_dir: dir.path().to_owned(),
+                postgres: None,
                 service_center: None,
                 roaming: Some(meridian_node::server::RoamingListeners { pair, peer }),
                 health: Default::default(),

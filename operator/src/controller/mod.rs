@@ -21,6 +21,7 @@ mod metrics;
 pub mod nudge;
 pub mod pki;
 mod policy;
+mod prune;
 mod status;
 mod storage;
 #[cfg(test)]
@@ -429,8 +430,12 @@ async fn reconcile_region(region: &Region, ctx: &Context) -> Result<Action, Erro
     // created, so the apply below never touches it, and grows the claims
     // where the spec asks and their class allows. A refused resize leaves
     // the claims alone and the rest of the Region is applied all the same.
-    let storage = match storage::check(&ctx.client, region, &ns, &mut desired.service_center).await
-    {
+    let storage = match desired.service_center.statefulset_mut() {
+        Some(sts) => storage::check(&ctx.client, region, &ns, sts).await,
+        // On PostgreSQL there is no volume (validation refuses `storage`).
+        None => Ok(storage::Checked::no_volume()),
+    };
+    let storage = match storage {
         Ok(storage) => storage,
         Err(err) => return Err(failed(ctx, region, err).await),
     };
@@ -448,6 +453,9 @@ async fn reconcile_region(region: &Region, ctx: &Context) -> Result<Action, Erro
         Ok(applied) => applied,
         Err(err) => return Err(failed(ctx, region, err).await),
     };
+    if let Some(note) = &applied.pruned {
+        event(ctx, region, EventType::Normal, "DataCenterSwitched", note).await;
+    }
     let observed = ctx.observations.get(&ObjectRef::from_obj(region));
     let (next, changed) = write_status(
         ctx,
@@ -485,9 +493,10 @@ async fn reconcile_region(region: &Region, ctx: &Context) -> Result<Action, Erro
     write_link_statuses(ctx, &name, &regions, &links, &next, &changes).await?;
     if reconciled {
         let message = format!(
-            "{} peers; service center {}/1 ready, roaming {}/{} ready",
+            "{} peers; service center {}/{} ready, roaming {}/{} ready",
             desired.mesh.peers.len(),
             applied.service_center_ready,
+            applied.service_center_wanted,
             applied.roaming_ready,
             applied.roaming_wanted
         );

@@ -101,11 +101,14 @@ pub fn status(
             storage,
             identity,
         } => {
-            let ready = applied.service_center_ready >= 1
+            let ready = applied.service_center_ready >= applied.service_center_wanted
                 && applied.roaming_ready >= applied.roaming_wanted;
             let counts = format!(
-                "service center {}/1 ready, roaming {}/{} ready",
-                applied.service_center_ready, applied.roaming_ready, applied.roaming_wanted
+                "service center {}/{} ready, roaming {}/{} ready",
+                applied.service_center_ready,
+                applied.service_center_wanted,
+                applied.roaming_ready,
+                applied.roaming_wanted
             );
             set(
                 "Ready",
@@ -441,8 +444,10 @@ mod tests {
     ) -> RegionStatus {
         let applied = Applied {
             service_center_ready: 1,
+            service_center_wanted: 1,
             roaming_ready: 1,
             roaming_wanted: 1,
+            pruned: None,
         };
         let mesh = mesh();
         let outcome = Outcome::Applied {
@@ -462,8 +467,10 @@ mod tests {
         let t1 = Timestamp::from_second(2_000).unwrap();
         let waiting = Applied {
             service_center_ready: 0,
+            service_center_wanted: 1,
             roaming_ready: 0,
             roaming_wanted: 2,
+            pruned: None,
         };
         let first = status(
             Some(1),
@@ -502,8 +509,10 @@ mod tests {
 
         let done = Applied {
             service_center_ready: 1,
+            service_center_wanted: 1,
             roaming_ready: 2,
             roaming_wanted: 2,
+            pruned: None,
         };
         let ready = status(
             Some(1),
@@ -520,6 +529,50 @@ mod tests {
         assert_eq!(condition(&ready, "Ready").status, "True");
         assert_eq!(condition(&ready, "Ready").last_transition_time, Time(t1));
         assert_eq!(ready.roaming.ready_replicas, 2);
+    }
+
+    /// On PostgreSQL the service center has several replicas: the Region is
+    /// Ready once all of them are, and the status counts what is ready.
+    #[test]
+    fn every_service_center_replica_counts_towards_ready() {
+        let mesh = mesh();
+        let t0 = Timestamp::from_second(1_000).unwrap();
+        let at = |service_center_ready: i32, previous: Option<&RegionStatus>| {
+            let applied = Applied {
+                service_center_ready,
+                service_center_wanted: 3,
+                roaming_ready: 1,
+                roaming_wanted: 1,
+                pruned: None,
+            };
+            status(
+                Some(1),
+                Outcome::Applied {
+                    applied: &applied,
+                    mesh: &mesh,
+                    observed: &Observation::Pending,
+                    storage: &StorageState::NoVolume,
+                    identity: &CertificateState::NotUsed,
+                },
+                previous,
+                t0,
+            )
+        };
+        let partly = at(2, None);
+        assert_eq!(partly.service_center.ready_replicas, 2);
+        let ready = condition(&partly, "Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "ReplicasNotReady")
+        );
+        assert_eq!(ready.message, "service center 2/3 ready, roaming 1/1 ready");
+        let all = at(3, Some(&partly));
+        assert_eq!(all.service_center.ready_replicas, 3);
+        assert_eq!(condition(&all, "Ready").status, "True");
+        assert_eq!(
+            condition(&all, "Ready").message,
+            "service center 3/3 ready, roaming 1/1 ready"
+        );
     }
 
     #[test]

@@ -18,15 +18,15 @@
 //!
 //! **The StatefulSet keeps the claim template it was created with.** The
 //! alternative, re-creating the StatefulSet with `propagationPolicy: Orphan`
-//! so that its template carries the new size, was rejected: it needs the
-//! `delete` verb on StatefulSets, and between the delete and the create the
-//! pod runs with no controller: an operator stopped there (a crash, a lost
-//! lease) leaves it orphaned, and a delete sent without the orphan policy
-//! would take the pod down with it. Keeping the template needs no new verb
-//! and the operator's apply never deletes anything. The template's size only
-//! matters when the StatefulSet creates a claim (its first, or one an admin
-//! deleted); such a claim starts at the template's size and the next
-//! reconcile grows it like any other. `kubectl get statefulset` shows the
+//! so that its template carries the new size, was rejected: between the
+//! delete and the create the pod runs with no controller: an operator
+//! stopped there (a crash, a lost lease) leaves it orphaned, and a delete
+//! sent without the orphan policy would take the pod down with it. Keeping
+//! the template deletes nothing (the operator deletes a StatefulSet only
+//! when its Region's data center moves to PostgreSQL: `prune`). The
+//! template's size only matters when the StatefulSet creates a claim (its
+//! first, or one an admin deleted); such a claim starts at the template's
+//! size and the next reconcile grows it like any other. `kubectl get statefulset` shows the
 //! first size; the claims and the Region's status show the real one.
 
 use std::cmp::Ordering;
@@ -122,6 +122,16 @@ pub struct Checked {
     pub expanded: Vec<String>,
 }
 
+impl Checked {
+    /// Nothing to size: no volume, nothing done.
+    pub fn no_volume() -> Self {
+        Self {
+            state: StorageState::NoVolume,
+            expanded: Vec::new(),
+        }
+    }
+}
+
 /// Sets the size of each claim template of `desired` to that of the same
 /// template in `live`, the StatefulSet as it is: the template stays as it was
 /// created (see the module's comment), whatever the spec says now.
@@ -192,12 +202,8 @@ pub async fn check(
     namespace: &str,
     desired: &mut StatefulSet,
 ) -> Result<Checked, Error> {
-    let nothing = |state| Checked {
-        state,
-        expanded: Vec::new(),
-    };
     let Some(storage) = &region.spec.service_center.storage else {
-        return Ok(nothing(StorageState::NoVolume));
+        return Ok(Checked::no_volume());
     };
     let wanted = storage.size.as_str();
     let code = region.metadata.name.clone().unwrap_or_default();

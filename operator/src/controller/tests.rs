@@ -327,3 +327,203 @@ async fn a_deleted_region_leaves_the_mesh_of_the_others() {
     reconcile(eu(&regions), ctx).await.unwrap();
     assert_eq!(peers(&server), ["ap"]);
 }
+
+/// eu with its data center on PostgreSQL, `replicas` replicas.
+fn eu_on_postgres(regions: &mut [Region], replicas: i32) {
+    let sc = &mut regions[0].spec.service_center;
+    sc.replicas = replicas;
+    sc.data_center = Some(
+        serde_yaml::from_str("{type: postgres, postgres: {secretName: chat-db-app}}").unwrap(),
+    );
+}
+
+/// A workload `kind` (`statefulsets`, `deployments` or
+/// `poddisruptionbudgets`) named eu-service-center, controlled by `owner`,
+/// as the API server would hold it, with `ready` ready pods.
+fn workload(kind: &str, owner: &str, ready: i32) -> serde_json::Value {
+    let (api_version, kind) = match kind {
+        "statefulsets" => ("apps/v1", "StatefulSet"),
+        "deployments" => ("apps/v1", "Deployment"),
+        _ => ("policy/v1", "PodDisruptionBudget"),
+    };
+    serde_json::json!({
+        "apiVersion": api_version,
+        "kind": kind,
+        "metadata": {
+            "name": "eu-service-center",
+            "namespace": "chat",
+            "uid": format!("{kind}-uid"),
+            "ownerReferences": [{
+                "apiVersion": "meridian.dev/v1alpha1", "kind": "Region", "name": "eu",
+                "uid": owner, "controller": true,
+            }],
+        },
+        "spec": {"selector": {"matchLabels": {"meridian.dev/region": "eu"}}, "template": {}},
+        "status": {"readyReplicas": ready},
+    })
+}
+
+#[tokio::test]
+async fn moving_to_postgres_replaces_the_statefulset_with_a_deployment_and_its_budget() {
+    let (mut regions, links) = objects();
+    eu_on_postgres(&mut regions, 2);
+    let (server, ctx) = cluster(&regions, &links);
+    server.put(&workload("statefulsets", "region-0", 1));
+    // The Deployment as a previous reconcile left it, its two pods ready.
+    server.put(&workload("deployments", "region-0", 2));
+
+    reconcile(eu(&regions), ctx.clone()).await.unwrap();
+    let sts = format!("/apis/apps/v1{NS}/statefulsets/eu-service-center");
+    let deployment = format!("/apis/apps/v1{NS}/deployments/eu-service-center");
+    let budget = format!("/apis/policy/v1{NS}/poddisruptionbudgets/eu-service-center");
+    let writes: Vec<String> = server
+        .writes()
+        .into_iter()
+        .filter(|w| w.contains("eu-service-center") && !w.contains("/services/"))
+        .collect();
+    assert_eq!(
+        writes,
+        [
+            format!("DELETE {sts}"),
+            format!("PATCH {deployment}"),
+            format!("PATCH {budget}"),
+        ],
+        "the StatefulSet goes before the Deployment is applied, the budget after it"
+    );
+    let delete = server
+        .requests()
+        .into_iter()
+        .find(|r| r.method == Method::DELETE)
+        .unwrap();
+    assert_eq!(delete.body["propagationPolicy"], "Background");
+    assert_eq!(delete.body["preconditions"]["uid"], "StatefulSet-uid");
+    assert!(server.get(&sts).is_none());
+    let applied = server.get(&deployment).unwrap();
+    assert_eq!(applied["spec"]["replicas"], 2);
+    assert!(server.get(&budget).is_some());
+
+    // The status counts the Deployment's pods, and the switch is recorded.
+    let written = status(&server, EU);
+    assert_eq!(written.service_center.ready_replicas, 2);
+    let ready = written
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert!(
+        ready.message.starts_with("service center 2/2 ready"),
+        "{}",
+        ready.message
+    );
+    assert_eq!(event_reasons(&server), ["DataCenterSwitched", "Reconciled"]);
+    let note = server
+        .requests()
+        .into_iter()
+        .find(|r| r.body["reason"] == "DataCenterSwitched")
+        .unwrap()
+        .body["note"]
+        .clone();
+    assert_eq!(
+        note,
+        "deleted StatefulSet eu-service-center: the data center is on PostgreSQL now (a Deployment); \
+         the SQLite claims are kept"
+    );
+
+    // Again: nothing left to delete.
+    reconcile(eu(&regions), ctx).await.unwrap();
+    let deletes = server
+        .requests()
+        .iter()
+        .filter(|r| r.method == Method::DELETE)
+        .count();
+    assert_eq!(deletes, 1);
+}
+
+#[tokio::test]
+async fn moving_back_to_sqlite_deletes_the_budget_then_the_deployment() {
+    let (regions, links) = objects();
+    let (server, ctx) = cluster(&regions, &links);
+    server.put(&workload("deployments", "region-0", 2));
+    server.put(&workload("poddisruptionbudgets", "region-0", 0));
+
+    reconcile(eu(&regions), ctx).await.unwrap();
+    let deletes: Vec<String> = server
+        .writes()
+        .into_iter()
+        .filter(|w| w.starts_with("DELETE"))
+        .collect();
+    assert_eq!(
+        deletes,
+        [
+            format!("DELETE /apis/policy/v1{NS}/poddisruptionbudgets/eu-service-center"),
+            format!("DELETE /apis/apps/v1{NS}/deployments/eu-service-center"),
+        ]
+    );
+    assert!(
+        server
+            .get(&format!("/apis/apps/v1{NS}/statefulsets/eu-service-center"))
+            .is_some()
+    );
+    assert_eq!(event_reasons(&server), ["DataCenterSwitched", "Reconciled"]);
+    let note = server
+        .requests()
+        .into_iter()
+        .find(|r| r.body["reason"] == "DataCenterSwitched")
+        .unwrap()
+        .body["note"]
+        .clone();
+    assert_eq!(
+        note,
+        "deleted PodDisruptionBudget and Deployment eu-service-center: \
+         the data center is on SQLite now (a StatefulSet of one pod)"
+    );
+    // No pod of the fake is ready: the StatefulSet's count, not the
+    // Deployment's 2.
+    assert_eq!(status(&server, EU).service_center.ready_replicas, 0);
+}
+
+#[tokio::test]
+async fn a_workload_of_the_other_kind_that_the_region_does_not_control_is_left_alone() {
+    let (mut regions, links) = objects();
+    eu_on_postgres(&mut regions, 2);
+    let (server, ctx) = cluster(&regions, &links);
+    server.put(&workload("statefulsets", "someone-else", 1));
+
+    reconcile(eu(&regions), ctx).await.unwrap();
+    assert!(
+        !server.writes().iter().any(|w| w.starts_with("DELETE")),
+        "{:#?}",
+        server.writes()
+    );
+    assert!(
+        server
+            .get(&format!("/apis/apps/v1{NS}/statefulsets/eu-service-center"))
+            .is_some()
+    );
+}
+
+#[tokio::test]
+async fn a_failed_delete_is_an_apply_error_and_the_new_workload_waits() {
+    let (mut regions, links) = objects();
+    eu_on_postgres(&mut regions, 2);
+    let (server, ctx) = cluster(&regions, &links);
+    server.put(&workload("statefulsets", "region-0", 1));
+    let sts = format!("/apis/apps/v1{NS}/statefulsets/eu-service-center");
+    server.fail(Method::DELETE, &sts, 403);
+
+    let err = reconcile(eu(&regions), ctx).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Delete { kind: "StatefulSet", name, .. } if name == "eu-service-center"),
+        "{err}"
+    );
+    assert_eq!(err.metric_label(), "apply");
+    assert!(
+        !server
+            .writes()
+            .iter()
+            .any(|w| w.contains("deployments/eu-service-center")),
+        "no Deployment while the StatefulSet is still there: {:#?}",
+        server.writes()
+    );
+    assert_eq!(event_reasons(&server), ["ApplyFailed"]);
+}

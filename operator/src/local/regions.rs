@@ -231,7 +231,10 @@ impl LocalMesh {
             name: format!("{code} service center"),
             program: self.node_binary.clone(),
             args: node_command::ServiceCenter {
-                data_dir: dir.join("data").display().to_string(),
+                // Local mode runs every data center on SQLite, one process each.
+                data_center: node_command::DataCenter::Sqlite {
+                    data_dir: dir.join("data").display().to_string(),
+                },
                 listen_client: addr(ports.client),
                 listen_pair: addr(ports.service_center_pair),
                 listen_metrics: None,

@@ -3,18 +3,20 @@
 //! settings. Nothing here talks to the API server.
 //!
 //! One builder per object, each taking a [`ValidRegion`]: [`mesh`] and
-//! [`config_map`], [`network_policy`], the workloads in [`pods`] and their
+//! [`config_map`], [`network_policy`], the service center's workload in
+//! [`service_center`], the roaming system's in [`pods`], and their
 //! Services in [`services`]. [`desired`] makes them all. The nodes' command
 //! line comes from [`crate::node_command`], which local mode uses too.
 
 mod pods;
+mod service_center;
 mod services;
 #[cfg(test)]
 mod tests;
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -23,7 +25,11 @@ use meridian_crds::{Region, RegionLink, RegionSpec};
 use meridian_node::mesh::MeshConfig;
 
 use crate::mesh::{PairEndpoints, mesh_config};
-pub use pods::{roaming, service_center};
+pub use pods::roaming;
+pub use service_center::{
+    POSTGRES_CA_DIR, POSTGRES_CA_FILE, POSTGRES_DIR, POSTGRES_URL_FILE, SPREAD_KEYS,
+    ServiceCenterWorkload, service_center,
+};
 pub use services::{roaming_peer_service, roaming_service, service_center_service};
 
 pub const CLIENT_PORT: i32 = 7400;
@@ -59,7 +65,9 @@ pub struct Desired {
     pub config_map: ConfigMap,
     pub network_policy: NetworkPolicy,
     pub service_center_service: Service,
-    pub service_center: StatefulSet,
+    /// A StatefulSet on SQLite, a Deployment and its PodDisruptionBudget on
+    /// PostgreSQL.
+    pub service_center: ServiceCenterWorkload,
     /// `<region>-roaming`: the pair and peer ports, ClusterIP, for this
     /// cluster (the service center and local peers).
     pub roaming_service: Service,

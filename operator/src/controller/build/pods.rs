@@ -1,30 +1,28 @@
-//! The region's two workloads: the service center's StatefulSet and the
-//! roaming system's Deployment, with the pods they make.
+//! The roaming system's Deployment, and what both of a region's workloads'
+//! pods share: the container, the common volumes and the pod template. The
+//! service center's workload is in [`super::service_center`].
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    GRPCAction, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource, SecurityContext, Volume,
-    VolumeMount, VolumeResourceRequirements,
+    GRPCAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
+    SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use meridian_crds::BandwidthSpec;
 
 use super::{
-    CLIENT_PORT, CLIENT_TLS_DIR, CONFIG_DIR, DATA_DIR, DATA_VOLUME, MESH_FILE, METRICS_PORT,
-    PEER_PORT, PROBE_PORT, ROAMING_PAIR_PORT, SERVICE_CENTER_PAIR_PORT, Settings, TLS_DIR,
-    ValidRegion, config_map_name, labels, roaming_name, selector, service_center_name,
+    CONFIG_DIR, MESH_FILE, METRICS_PORT, PEER_PORT, PROBE_PORT, ROAMING_PAIR_PORT, Settings,
+    TLS_DIR, ValidRegion, config_map_name, labels, roaming_name, selector,
 };
 use crate::controller::pki;
-use crate::node_command::{self, ClientTls, Common, Identity};
+use crate::node_command::{self, Common, Identity};
 
 /// What both of a pod's nodes are given: the mounted mesh configuration and
 /// identity, and the plaintext probe port.
-fn common() -> Common {
+pub(super) fn common() -> Common {
     Common {
         config: format!("{CONFIG_DIR}/{MESH_FILE}"),
         identity: Identity {
@@ -34,122 +32,6 @@ fn common() -> Common {
         },
         listen_probe: Some(format!("0.0.0.0:{PROBE_PORT}")),
         exit_with_parent: false,
-    }
-}
-
-/// `<region>-service-center`: one replica, its data on the claim the
-/// spec's storage asks for (an emptyDir without), the client API's own
-/// certificate mounted when the spec names one.
-pub fn service_center(
-    region: ValidRegion<'_>,
-    settings: &Settings,
-    owner: &OwnerReference,
-) -> StatefulSet {
-    let code = region.code();
-    let sc = &region.spec().service_center;
-    let name = service_center_name(code);
-    let image = sc.image.clone().unwrap_or_else(|| settings.image.clone());
-    let command = node_command::ServiceCenter {
-        data_dir: DATA_DIR.into(),
-        listen_client: format!("0.0.0.0:{CLIENT_PORT}"),
-        listen_pair: format!("0.0.0.0:{SERVICE_CENTER_PAIR_PORT}"),
-        listen_metrics: Some(format!("0.0.0.0:{METRICS_PORT}")),
-        // The client API's own certificate, re-read by the node on renewal.
-        client_tls: match &sc.client_tls {
-            Some(_) => ClientTls::Files {
-                cert: format!("{CLIENT_TLS_DIR}/tls.crt"),
-                key: format!("{CLIENT_TLS_DIR}/tls.key"),
-            },
-            None => ClientTls::Off,
-        },
-    };
-    let mut container = container(
-        "service-center",
-        image,
-        command.args(&common()),
-        &[
-            ("client", CLIENT_PORT),
-            ("pair", SERVICE_CENTER_PAIR_PORT),
-            ("metrics", METRICS_PORT),
-        ],
-    );
-    container.resources = sc.resources.clone();
-    container
-        .volume_mounts
-        .get_or_insert_default()
-        .push(VolumeMount {
-            name: DATA_VOLUME.into(),
-            mount_path: DATA_DIR.into(),
-            ..Default::default()
-        });
-    let mut volumes = common_volumes(code);
-    if let Some(tls) = &sc.client_tls {
-        container
-            .volume_mounts
-            .get_or_insert_default()
-            .push(VolumeMount {
-                name: "client-tls".into(),
-                mount_path: CLIENT_TLS_DIR.into(),
-                read_only: Some(true),
-                ..Default::default()
-            });
-        volumes.push(Volume {
-            name: "client-tls".into(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(tls.secret_name.clone()),
-                default_mode: Some(0o440),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
-    }
-    let claims = match &sc.storage {
-        Some(storage) => Some(vec![PersistentVolumeClaim {
-            metadata: ObjectMeta {
-                name: Some(DATA_VOLUME.into()),
-                ..Default::default()
-            },
-            spec: Some(PersistentVolumeClaimSpec {
-                access_modes: Some(vec!["ReadWriteOnce".into()]),
-                storage_class_name: storage.storage_class_name.clone(),
-                resources: Some(VolumeResourceRequirements {
-                    requests: Some(BTreeMap::from([(
-                        "storage".to_owned(),
-                        Quantity(storage.size.clone()),
-                    )])),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }]),
-        None => {
-            volumes.push(Volume {
-                name: DATA_VOLUME.into(),
-                empty_dir: Some(EmptyDirVolumeSource::default()),
-                ..Default::default()
-            });
-            None
-        }
-    };
-    StatefulSet {
-        metadata: region.metadata(name.clone(), "service-center", owner),
-        spec: StatefulSetSpec {
-            // One data center per region: a second writer would fork it.
-            replicas: Some(1),
-            service_name: Some(name),
-            selector: selector(code, "service-center"),
-            template: pod(
-                code,
-                "service-center",
-                container,
-                volumes,
-                sc.bandwidth.as_ref(),
-            ),
-            volume_claim_templates: claims,
-            ..Default::default()
-        },
-        ..Default::default()
     }
 }
 
@@ -195,7 +77,12 @@ pub fn roaming(region: ValidRegion<'_>, settings: &Settings, owner: &OwnerRefere
 /// A node's container: `args` from [`node_command`], `ports` and the probe
 /// port, the mesh configuration, identity and a writable /tmp mounted, and
 /// the restricted security context.
-fn container(name: &str, image: String, args: Vec<String>, ports: &[(&str, i32)]) -> Container {
+pub(super) fn container(
+    name: &str,
+    image: String,
+    args: Vec<String>,
+    ports: &[(&str, i32)],
+) -> Container {
     Container {
         name: name.into(),
         image: Some(image),
@@ -254,7 +141,7 @@ fn container(name: &str, image: String, args: Vec<String>, ports: &[(&str, i32)]
     }
 }
 
-fn common_volumes(region: &str) -> Vec<Volume> {
+pub(super) fn common_volumes(region: &str) -> Vec<Volume> {
     vec![
         Volume {
             name: "mesh".into(),
@@ -282,7 +169,7 @@ fn common_volumes(region: &str) -> Vec<Volume> {
     ]
 }
 
-fn pod(
+pub(super) fn pod(
     region: &str,
     component: &str,
     container: Container,

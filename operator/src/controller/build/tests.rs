@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use meridian_crds::manifest;
 
@@ -42,6 +43,46 @@ spec: {regions: [eu, us], enabled: false}
 
 fn desired_eu() -> Desired {
     desired_eu_with(|_| {})
+}
+
+/// CloudNativePG's names: the `<cluster>-app` Secret (key `uri`, the
+/// default) and the `<cluster>-ca` Secret (key `ca.crt`, the default).
+const POSTGRES_WITH_CA: &str =
+    "{type: postgres, postgres: {secretName: chat-db-app, tls: {caSecretName: chat-db-ca}}}";
+const POSTGRES_PLAIN: &str =
+    "{type: postgres, postgres: {secretName: db-credentials, key: connection-string}}";
+
+/// Moves `eu`'s data center to PostgreSQL (`data_center`, flow YAML), with
+/// `replicas` service center replicas and no volume (refused there).
+fn on_postgres(eu: &mut Region, replicas: i32, data_center: &str) {
+    let sc = &mut eu.spec.service_center;
+    sc.storage = None;
+    sc.replicas = replicas;
+    sc.data_center = Some(serde_yaml::from_str(data_center).unwrap());
+}
+
+/// The service center's Deployment and budget, which must be there.
+fn deployment_and_budget(d: &Desired) -> (&Deployment, &PodDisruptionBudget) {
+    match &d.service_center {
+        ServiceCenterWorkload::Deployment { deployment, budget } => (deployment, budget),
+        ServiceCenterWorkload::StatefulSet(_) => panic!("a StatefulSet on PostgreSQL"),
+    }
+}
+
+fn statefulset(d: &Desired) -> &k8s_openapi::api::apps::v1::StatefulSet {
+    match &d.service_center {
+        ServiceCenterWorkload::StatefulSet(sts) => sts,
+        ServiceCenterWorkload::Deployment { .. } => panic!("a Deployment on SQLite"),
+    }
+}
+
+fn service_center_container(d: &Desired) -> &k8s_openapi::api::core::v1::Container {
+    &d.service_center
+        .template()
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
 }
 
 /// eu's desired objects, after `change` to the parsed eu Region.
@@ -97,19 +138,36 @@ fn the_generated_manifests_are_the_golden_ones() {
             "LoadBalancer peer Service",
             desired_eu_from(&with_eu_peer_service("{type: LoadBalancer}"), |_| {}),
         ),
+        (
+            "PostgreSQL data center, 2 replicas, CA, client TLS",
+            desired_eu_with(|eu| {
+                on_postgres(eu, 2, POSTGRES_WITH_CA);
+                eu.spec.service_center.client_tls = Some(meridian_crds::region::ClientTlsSpec {
+                    secret_name: "chat-example-com".into(),
+                });
+            }),
+        ),
     ];
     let mut text = String::new();
     for (variant, d) in &variants {
         text.push_str(&format!("# {variant}\n"));
-        let objects = [
+        let mut objects = vec![
             serde_yaml::to_string(&d.config_map),
             serde_yaml::to_string(&d.network_policy),
             serde_yaml::to_string(&d.service_center_service),
-            serde_yaml::to_string(&d.service_center),
+        ];
+        match &d.service_center {
+            ServiceCenterWorkload::StatefulSet(sts) => objects.push(serde_yaml::to_string(sts)),
+            ServiceCenterWorkload::Deployment { deployment, budget } => {
+                objects.push(serde_yaml::to_string(deployment));
+                objects.push(serde_yaml::to_string(budget));
+            }
+        }
+        objects.extend([
             serde_yaml::to_string(&d.roaming_service),
             serde_yaml::to_string(&d.roaming_peer_service),
             serde_yaml::to_string(&d.roaming),
-        ];
+        ]);
         for object in objects {
             text.push_str("---\n");
             text.push_str(&object.unwrap());
@@ -158,7 +216,7 @@ fn local_peers_use_services_and_remote_peers_their_endpoint() {
 #[test]
 fn workloads_follow_the_spec_and_are_owned_by_the_region() {
     let d = desired_eu();
-    let sts = &d.service_center;
+    let sts = statefulset(&d);
     assert_eq!(sts.metadata.name.as_deref(), Some("eu-service-center"));
     assert_eq!(
         sts.metadata.owner_references.as_ref().unwrap()[0].name,
@@ -223,7 +281,7 @@ fn workloads_follow_the_spec_and_are_owned_by_the_region() {
 #[test]
 fn readiness_is_the_grpc_health_check_of_the_plaintext_probe_port() {
     let d = desired_eu();
-    for template in [&d.service_center.spec.template, &d.roaming.spec.template] {
+    for template in [d.service_center.template(), &d.roaming.spec.template] {
         let container = &template.spec.as_ref().unwrap().containers[0];
         let probe = container.readiness_probe.as_ref().unwrap();
         assert_eq!(probe.grpc.as_ref().map(|g| g.port), Some(PROBE_PORT));
@@ -236,19 +294,7 @@ fn readiness_is_the_grpc_health_check_of_the_plaintext_probe_port() {
 #[test]
 fn a_client_certificate_in_the_spec_is_mounted_into_the_service_center() {
     let d = desired_eu();
-    let args = |d: &Desired| {
-        d.service_center
-            .spec
-            .template
-            .spec
-            .as_ref()
-            .unwrap()
-            .containers[0]
-            .args
-            .clone()
-            .unwrap()
-            .join(" ")
-    };
+    let args = |d: &Desired| service_center_container(d).args.clone().unwrap().join(" ");
     assert!(!args(&d).contains("--client-tls"), "plaintext unless asked");
     let d = desired_eu_with(|eu| {
         eu.spec.service_center.client_tls = Some(meridian_crds::region::ClientTlsSpec {
@@ -256,7 +302,7 @@ fn a_client_certificate_in_the_spec_is_mounted_into_the_service_center() {
         });
     });
     assert!(args(&d).contains("--client-tls-cert /etc/meridian-client-tls/tls.crt"));
-    let spec = d.service_center.spec.template.spec.unwrap();
+    let spec = d.service_center.template().spec.clone().unwrap();
     let volume = spec
         .volumes
         .unwrap()
@@ -272,7 +318,7 @@ fn a_client_certificate_in_the_spec_is_mounted_into_the_service_center() {
 #[test]
 fn both_pods_mount_the_regions_identity_and_use_it() {
     let d = desired_eu();
-    for template in [&d.service_center.spec.template, &d.roaming.spec.template] {
+    for template in [d.service_center.template(), &d.roaming.spec.template] {
         let spec = template.spec.as_ref().unwrap();
         let volume = spec
             .volumes
@@ -303,7 +349,7 @@ fn both_pods_mount_the_regions_identity_and_use_it() {
 #[test]
 fn pods_meet_the_restricted_pod_security_standard() {
     let d = desired_eu();
-    for template in [&d.service_center.spec.template, &d.roaming.spec.template] {
+    for template in [d.service_center.template(), &d.roaming.spec.template] {
         let spec = template.spec.as_ref().unwrap();
         let pod = spec.security_context.as_ref().unwrap();
         assert_eq!(pod.run_as_non_root, Some(true));
@@ -526,4 +572,365 @@ fn only_a_valid_region_is_built_from() {
     let violations = ValidRegion::check(&m.regions[0]).unwrap_err();
     let fields: Vec<&str> = violations.iter().map(|v| v.field.as_str()).collect();
     assert_eq!(fields, ["spec.serviceCenter.replicas"]);
+}
+
+#[test]
+fn on_sqlite_the_service_center_is_todays_statefulset_however_it_is_said() {
+    let absent = desired_eu();
+    let said = desired_eu_with(|eu| {
+        eu.spec.service_center.data_center = Some(serde_yaml::from_str("{type: sqlite}").unwrap());
+    });
+    let sts = statefulset(&absent);
+    assert_eq!(sts, statefulset(&said));
+    assert_eq!(sts.spec.replicas, Some(1));
+    let args = service_center_container(&absent).args.clone().unwrap();
+    assert!(
+        args.windows(2).any(|w| w == ["--data-dir", DATA_DIR]),
+        "{args:?}"
+    );
+    assert!(
+        !args.iter().any(|a| a.starts_with("--postgres")),
+        "{args:?}"
+    );
+}
+
+#[test]
+fn on_postgres_the_service_center_is_a_deployment_of_the_replicas_with_no_claim() {
+    let d = desired_eu_with(|eu| on_postgres(eu, 3, POSTGRES_WITH_CA));
+    let (deployment, _) = deployment_and_budget(&d);
+    assert_eq!(
+        deployment.metadata.name.as_deref(),
+        Some("eu-service-center")
+    );
+    assert_eq!(deployment.metadata.namespace.as_deref(), Some("chat"));
+    let owner = &deployment.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!((owner.name.as_str(), owner.controller), ("eu", Some(true)));
+    assert_eq!(deployment.spec.replicas, Some(3), "replicas honoured");
+    let strategy = deployment.spec.strategy.as_ref().unwrap();
+    assert_eq!(strategy.type_.as_deref(), Some("RollingUpdate"));
+    let rolling = strategy.rolling_update.as_ref().unwrap();
+    assert_eq!(
+        (rolling.max_surge.clone(), rolling.max_unavailable.clone()),
+        (Some(IntOrString::Int(1)), Some(IntOrString::Int(0))),
+        "one extra pod during a rollout, never one fewer"
+    );
+    let spec = deployment.spec.template.spec.as_ref().unwrap();
+    let volumes: Vec<&str> = spec
+        .volumes
+        .iter()
+        .flatten()
+        .map(|v| v.name.as_str())
+        .collect();
+    assert!(
+        !volumes.contains(&DATA_VOLUME),
+        "no data volume: {volumes:?}"
+    );
+    assert!(
+        spec.volumes
+            .iter()
+            .flatten()
+            .all(
+                |v| v.persistent_volume_claim.is_none() && v.empty_dir.is_none() || v.name == "tmp"
+            ),
+        "nothing kept in the pod but /tmp"
+    );
+    // Same image, resources and bandwidth as the StatefulSet would have.
+    let sqlite = desired_eu();
+    let (pg, sq) = (
+        service_center_container(&d),
+        service_center_container(&sqlite),
+    );
+    assert_eq!((&pg.image, &pg.resources), (&sq.image, &sq.resources));
+    assert_eq!(
+        deployment
+            .spec
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations,
+        sqlite
+            .service_center
+            .template()
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+    );
+}
+
+#[test]
+fn the_service_and_the_pair_endpoint_reach_the_deployments_pods() {
+    let sqlite = desired_eu();
+    let d = desired_eu_with(|eu| on_postgres(eu, 2, POSTGRES_WITH_CA));
+    let (deployment, budget) = deployment_and_budget(&d);
+    let pod_labels = deployment
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .labels
+        .clone()
+        .unwrap();
+    assert_eq!(
+        Some(&pod_labels),
+        sqlite
+            .service_center
+            .template()
+            .metadata
+            .as_ref()
+            .unwrap()
+            .labels
+            .as_ref(),
+        "the same labels as the StatefulSet's pods"
+    );
+    assert_eq!(d.service_center_service, sqlite.service_center_service);
+    let service_selector = d
+        .service_center_service
+        .spec
+        .as_ref()
+        .unwrap()
+        .selector
+        .clone()
+        .unwrap();
+    for selector in [
+        &service_selector,
+        deployment.spec.selector.match_labels.as_ref().unwrap(),
+        budget
+            .spec
+            .as_ref()
+            .unwrap()
+            .selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap(),
+    ] {
+        assert!(
+            selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v)),
+            "{selector:?} selects {pod_labels:?}"
+        );
+    }
+    // The roaming system dials the Service (ClusterIP spreads connections
+    // over the replicas), never one pod's name.
+    assert_eq!(
+        d.mesh.service_center.pair,
+        "https://eu-service-center.chat.svc:7401"
+    );
+    assert_eq!(d.mesh, sqlite.mesh);
+    assert_eq!(
+        service_type(&d.service_center_service),
+        None,
+        "ClusterIP, not headless"
+    );
+    assert!(
+        d.service_center_service
+            .spec
+            .as_ref()
+            .unwrap()
+            .cluster_ip
+            .is_none(),
+        "not headless"
+    );
+}
+
+#[test]
+fn the_disruption_budget_lets_one_replica_go_at_a_time() {
+    for replicas in [1, 2, 5] {
+        let d = desired_eu_with(|eu| on_postgres(eu, replicas, POSTGRES_WITH_CA));
+        let (_, budget) = deployment_and_budget(&d);
+        assert_eq!(budget.metadata.name.as_deref(), Some("eu-service-center"));
+        assert_eq!(
+            budget.metadata.owner_references.as_ref().unwrap()[0].name,
+            "eu"
+        );
+        let spec = budget.spec.as_ref().unwrap();
+        assert_eq!(
+            spec.max_unavailable,
+            Some(IntOrString::Int(1)),
+            "{replicas}"
+        );
+        assert_eq!(
+            spec.min_available, None,
+            "never blocks a drain at 1 replica"
+        );
+        assert_eq!(
+            spec.unhealthy_pod_eviction_policy.as_deref(),
+            Some("AlwaysAllow")
+        );
+    }
+}
+
+#[test]
+fn replicas_spread_over_nodes_then_zones_without_blocking_scheduling() {
+    let d = desired_eu_with(|eu| on_postgres(eu, 2, POSTGRES_WITH_CA));
+    let spread = d
+        .service_center
+        .template()
+        .spec
+        .as_ref()
+        .unwrap()
+        .topology_spread_constraints
+        .clone()
+        .unwrap();
+    let keys: Vec<&str> = spread.iter().map(|c| c.topology_key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["kubernetes.io/hostname", "topology.kubernetes.io/zone"]
+    );
+    let service_selector = d
+        .service_center_service
+        .spec
+        .as_ref()
+        .unwrap()
+        .selector
+        .clone();
+    for c in &spread {
+        assert_eq!(c.max_skew, 1);
+        assert_eq!(c.when_unsatisfiable, "ScheduleAnyway");
+        assert_eq!(
+            c.label_selector.as_ref().unwrap().match_labels,
+            service_selector,
+            "counts the service center's pods"
+        );
+        assert_eq!(
+            c.match_label_keys.as_deref(),
+            Some(&["pod-template-hash".to_owned()][..])
+        );
+    }
+    let sqlite = desired_eu();
+    assert!(
+        sqlite
+            .service_center
+            .template()
+            .spec
+            .as_ref()
+            .unwrap()
+            .topology_spread_constraints
+            .is_none(),
+        "one pod has nothing to spread"
+    );
+}
+
+#[test]
+fn the_postgres_secrets_are_mounted_read_only_and_passed_by_flag() {
+    let d = desired_eu_with(|eu| on_postgres(eu, 2, POSTGRES_WITH_CA));
+    let container = service_center_container(&d);
+    let args = container.args.as_ref().unwrap().join(" ");
+    assert!(
+        args.contains(
+            "--postgres-url-file /etc/meridian-postgres/url --postgres-ca-file /etc/meridian-postgres-ca/ca.crt"
+        ),
+        "{args}"
+    );
+    assert!(!args.contains("--data-dir"), "unused on PostgreSQL: {args}");
+    let mounts: Vec<(&str, &str, Option<bool>)> = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .filter(|m| m.name.starts_with("postgres"))
+        .map(|m| (m.name.as_str(), m.mount_path.as_str(), m.read_only))
+        .collect();
+    assert_eq!(
+        mounts,
+        [
+            ("postgres", POSTGRES_DIR, Some(true)),
+            ("postgres-ca", POSTGRES_CA_DIR, Some(true)),
+        ]
+    );
+    let spec = d.service_center.template().spec.as_ref().unwrap();
+    let secret = |name: &str| {
+        let volume = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == name)
+            .unwrap();
+        let secret = volume.secret.clone().unwrap();
+        let items: Vec<(String, String)> = secret
+            .items
+            .iter()
+            .flatten()
+            .map(|i| (i.key.clone(), i.path.clone()))
+            .collect();
+        (secret.secret_name.unwrap(), items, secret.default_mode)
+    };
+    assert_eq!(
+        secret("postgres"),
+        (
+            "chat-db-app".to_owned(),
+            vec![("uri".to_owned(), POSTGRES_URL_FILE.to_owned())],
+            Some(0o440)
+        ),
+        "CloudNativePG's <cluster>-app Secret, its key uri as the url file"
+    );
+    assert_eq!(
+        secret("postgres-ca"),
+        (
+            "chat-db-ca".to_owned(),
+            vec![("ca.crt".to_owned(), POSTGRES_CA_FILE.to_owned())],
+            Some(0o440)
+        )
+    );
+
+    // Without tls: no CA, and the key the spec names.
+    let plain = desired_eu_with(|eu| on_postgres(eu, 1, POSTGRES_PLAIN));
+    let args = service_center_container(&plain)
+        .args
+        .as_ref()
+        .unwrap()
+        .join(" ");
+    assert!(
+        args.contains("--postgres-url-file /etc/meridian-postgres/url"),
+        "{args}"
+    );
+    assert!(!args.contains("--postgres-ca-file"), "{args}");
+    let spec = plain.service_center.template().spec.as_ref().unwrap();
+    assert!(
+        !spec
+            .volumes
+            .iter()
+            .flatten()
+            .any(|v| v.name == "postgres-ca")
+    );
+    let volume = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "postgres")
+        .unwrap();
+    let secret = volume.secret.as_ref().unwrap();
+    assert_eq!(secret.secret_name.as_deref(), Some("db-credentials"));
+    assert_eq!(secret.items.as_ref().unwrap()[0].key, "connection-string");
+}
+
+#[test]
+fn the_node_log_level_reaches_the_deployments_pods() {
+    let mut d = desired_eu_with(|eu| on_postgres(eu, 2, POSTGRES_WITH_CA));
+    crate::controller::log_level::apply(&mut d, Some("debug"));
+    let env = service_center_container(&d).env.clone().unwrap();
+    assert!(
+        env.iter()
+            .any(|e| e.name == "RUST_LOG" && e.value.as_deref() == Some("debug")),
+        "{env:?}"
+    );
+}
+
+#[test]
+fn several_replicas_are_built_only_on_postgres() {
+    let mut m = manifest::parse(&[(PathBuf::from("m.yaml"), MANIFESTS.to_owned())]).unwrap();
+    m.regions[0].spec.service_center.replicas = 2;
+    let violations = ValidRegion::check(&m.regions[0]).unwrap_err();
+    assert_eq!(violations[0].field, "spec.serviceCenter.replicas");
+    on_postgres(&mut m.regions[0], 2, POSTGRES_WITH_CA);
+    assert!(ValidRegion::check(&m.regions[0]).is_ok());
+    m.regions[0].spec.service_center.storage = Some(meridian_crds::StorageSpec {
+        size: "1Gi".into(),
+        storage_class_name: None,
+    });
+    let violations = ValidRegion::check(&m.regions[0]).unwrap_err();
+    let fields: Vec<&str> = violations.iter().map(|v| v.field.as_str()).collect();
+    assert_eq!(fields, ["spec.serviceCenter.storage"]);
 }
