@@ -37,7 +37,7 @@ impl<R: BufRead> DumpReader<R> {
     /// rows of the SQLite schema this build knows.
     pub fn new(reader: R, max_line_bytes: usize) -> Result<Self, Error> {
         let mut lines = lines::Lines::new(reader, max_line_bytes);
-        let Some((number, line)) = lines.next()? else {
+        let Some((number, line)) = lines.next_line()? else {
             return Err(Error::InvalidArgument(
                 "the dump is empty: it has no header".into(),
             ));
@@ -71,7 +71,7 @@ impl<R: BufRead> DumpReader<R> {
         if self.trailer.is_some() {
             return Ok(None);
         }
-        let Some((number, line)) = self.lines.next()? else {
+        let Some((number, line)) = self.lines.next_line()? else {
             return Err(bad_line(
                 self.lines.number(),
                 "the dump ends here without its trailer: it is truncated",
@@ -97,7 +97,7 @@ impl<R: BufRead> DumpReader<R> {
                 let trailer = Trailer::deserialize(trailer)
                     .map_err(|e| bad_line(number, format!("the trailer: {e}")))?;
                 self.check_trailer(number, &trailer)?;
-                if let Some((after, _)) = self.lines.next()? {
+                if let Some((after, _)) = self.lines.next_line()? {
                     return Err(bad_line(after, "follows the trailer"));
                 }
                 self.trailer = Some(trailer);

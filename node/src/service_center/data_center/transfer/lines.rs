@@ -25,14 +25,14 @@ impl<R: BufRead> Lines<R> {
         }
     }
 
-    /// The number of the line [`next`](Self::next) returned last.
+    /// The number of the line [`next_line`](Self::next_line) returned last.
     pub fn number(&self) -> usize {
         self.number
     }
 
     /// The next line and its number; `None` at the end. A line must end
     /// with a newline: one that does not was cut off.
-    pub fn next(&mut self) -> Result<Option<(usize, &str)>, Error> {
+    pub fn next_line(&mut self) -> Result<Option<(usize, &str)>, Error> {
         self.buf.clear();
         let limit = self.max_bytes as u64 + 1;
         let read = (&mut self.reader)
@@ -71,7 +71,7 @@ mod tests {
     fn all(text: &[u8], max: usize) -> Result<Vec<(usize, String)>, Error> {
         let mut lines = Lines::new(text, max);
         let mut out = Vec::new();
-        while let Some((n, line)) = lines.next()? {
+        while let Some((n, line)) = lines.next_line()? {
             out.push((n, line.to_string()));
         }
         Ok(out)
