@@ -5,6 +5,7 @@
 
 mod memory;
 mod ports;
+mod postgres;
 mod readiness;
 mod regions;
 mod supervisor;
@@ -41,6 +42,14 @@ pub struct LocalArgs {
     /// rest when they would not fit.
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
     pub memory_budget: Option<u64>,
+
+    /// Run REGION's data center on the PostgreSQL database at URL (a
+    /// connection string) instead of SQLite; the region then runs as many
+    /// service-center replicas as its `spec.serviceCenter.replicas`. The
+    /// string is kept in a file only its owner can read,
+    /// `DIR/<region>/postgres-url`. Repeat for several regions.
+    #[arg(long = "postgres", value_name = "REGION=URL", value_parser = postgres::parse_arg)]
+    pub postgres: Vec<postgres::PostgresArg>,
 }
 
 fn parse_bytes(text: &str) -> Result<u64, String> {
@@ -56,7 +65,8 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     // First of all, so that a stop at any point of the startup is seen, and
     // every process started by then is stopped before local mode exits.
     let mut signal = std::pin::pin!(stop_signal()?);
-    let manifests = meridian_crds::manifest::load_files(&args.files)?;
+    let databases = postgres::Databases::new(args.postgres)?;
+    let manifests = databases.load(&args.files)?;
     std::fs::create_dir_all(&args.state_dir).with_context(|| {
         format!(
             "cannot create the state directory {}",
@@ -79,7 +89,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     let _lock = StateLock::take(&state_dir)?;
 
     let lifetime = std::time::Duration::from_secs(args.cert_lifetime);
-    let mut mesh = LocalMesh::new(state_dir.clone(), node_binary, lifetime)?;
+    let mut mesh = LocalMesh::new(state_dir.clone(), node_binary, lifetime, databases.clone())?;
     let budget = match args.memory_budget {
         Some(bytes) => memory::Budget::Given(bytes),
         None => memory::Budget::Available(memory::available()?),
@@ -121,7 +131,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
                     continue;
                 }
                 last_texts = texts;
-                match meridian_crds::manifest::load_files(&args.files) {
+                match databases.load(&args.files) {
                     Ok(manifests) => {
                         tracing::info!("manifests changed; applying");
                         if let Err(err) = fits(&mesh, &manifests, measured.as_ref(), args.memory_budget) {
@@ -132,7 +142,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
                             tracing::error!("{err:#}");
                         }
                     }
-                    Err(err) => tracing::error!("manifests changed but are invalid; keeping the running mesh:\n{err}"),
+                    Err(err) => tracing::error!("manifests changed but are invalid; keeping the running mesh:\n{err:#}"),
                 }
             }
         }

@@ -1,5 +1,7 @@
 //! The regions local mode runs: their ports, mesh configuration files and
-//! supervised processes, reconciled against the manifests.
+//! supervised processes, reconciled against the manifests. A region is a
+//! roaming system and its service center's replicas: one on SQLite, as
+//! many as `spec.serviceCenter.replicas` on PostgreSQL (`--postgres`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -14,6 +16,7 @@ use meridian_node::trust::pki::{self, PkiDir};
 use meridian_node::trust::{CredentialFiles, Credentials};
 
 use super::ports::{PortBook, RegionPorts};
+use super::postgres::{self, Databases};
 use super::readiness::{self, Access};
 use super::supervisor::{ProcessSpec, supervise};
 use super::write_atomically;
@@ -33,10 +36,61 @@ fn metrics_url(port: u16) -> String {
 /// The name of local mode's own tool certificate, in `DIR/pki/`.
 const TOOL: &str = "admin";
 
+/// One supervised process and the switch that stops it.
+struct Supervised {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Supervised {
+    /// Stops the process; the task ends once it has.
+    fn stop(self) -> JoinHandle<()> {
+        let _ = self.stop.send(true);
+        self.task
+    }
+}
+
 struct RunningRegion {
     ports: RegionPorts,
-    stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    roaming: Supervised,
+    /// The service-center replicas, the first first.
+    service_centers: Vec<Supervised>,
+}
+
+impl RunningRegion {
+    fn stop(self) -> Vec<JoinHandle<()>> {
+        std::iter::once(self.roaming)
+            .chain(self.service_centers)
+            .map(Supervised::stop)
+            .collect()
+    }
+}
+
+/// The name, in logs, and the file stem (`.pid`, `.log`) of replica `i` of
+/// a region's service center: the first keeps the names of a region with
+/// one, so that a person or a test finds it where it always was.
+fn service_center_names(code: &str, i: usize) -> (String, String) {
+    match i {
+        0 => (
+            format!("{code} service center"),
+            "service-center".to_owned(),
+        ),
+        i => (
+            format!("{code} service center {i}"),
+            format!("service-center-{i}"),
+        ),
+    }
+}
+
+/// How many service-center processes `code`'s manifest asks for.
+fn replicas_of(manifests: &Manifests, code: &str) -> usize {
+    manifests
+        .regions
+        .iter()
+        .find(|r| r.metadata.name.as_deref() == Some(code))
+        .and_then(|r| usize::try_from(r.spec.service_center.replicas).ok())
+        .unwrap_or(1)
+        .max(1)
 }
 
 pub struct LocalMesh {
@@ -48,6 +102,8 @@ pub struct LocalMesh {
     /// How long the certificates it issues live.
     lifetime: std::time::Duration,
     access: Access,
+    /// The regions whose data center is on PostgreSQL.
+    databases: Databases,
 }
 
 impl LocalMesh {
@@ -55,6 +111,7 @@ impl LocalMesh {
         state_dir: PathBuf,
         node_binary: PathBuf,
         lifetime: std::time::Duration,
+        databases: Databases,
     ) -> anyhow::Result<Self> {
         let pki = PkiDir::open(&state_dir.join("pki"), "local")?;
         pki.ensure(TOOL, |ca| ca.issue_admin(TOOL, lifetime))?;
@@ -78,6 +135,7 @@ impl LocalMesh {
             pki,
             lifetime,
             access,
+            databases,
         })
     }
 
@@ -115,17 +173,21 @@ impl LocalMesh {
     }
 
     /// The pids of a running region's processes, from their pid files;
-    /// `None` until both have started.
-    pub fn pids(&self, code: &str) -> Option<[u32; 2]> {
+    /// `None` until all have started.
+    pub fn pids(&self, code: &str) -> Option<Vec<u32>> {
         let dir = self.region_dir(code);
-        let pid = |name: &str| -> Option<u32> {
-            std::fs::read_to_string(dir.join(name))
+        let pid = |stem: &str| -> Option<u32> {
+            std::fs::read_to_string(dir.join(format!("{stem}.pid")))
                 .ok()?
                 .trim()
                 .parse()
                 .ok()
         };
-        Some([pid("roaming.pid")?, pid("service-center.pid")?])
+        let replicas = self.running.get(code)?.service_centers.len();
+        std::iter::once("roaming".to_owned())
+            .chain((0..replicas).map(|i| service_center_names(code, i).1))
+            .map(|stem| pid(&stem))
+            .collect()
     }
 
     fn region_dir(&self, code: &str) -> PathBuf {
@@ -156,14 +218,14 @@ impl LocalMesh {
         for code in removed {
             let region = self.running.remove(&code).expect("listed as running");
             tracing::info!(region = %code, "region removed from the manifests; stopping it");
-            let _ = region.stop.send(true);
-            tokio::spawn(futures_join(region.tasks));
+            tokio::spawn(futures_join(region.stop()));
         }
         let mut ports = BTreeMap::new();
         for code in &codes {
+            let replicas = replicas_of(manifests, code);
             let p = match self.running.get(code) {
-                Some(running) => running.ports,
-                None => self.book.ports(code)?,
+                Some(running) => self.book.resize(code, &running.ports, replicas)?,
+                None => self.book.ports(code, replicas)?,
             };
             ports.insert(code.clone(), p);
         }
@@ -171,18 +233,26 @@ impl LocalMesh {
             let dir = self.region_dir(code);
             pki::private_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
             self.issue(code)?;
-            let own = ports[code];
+            if let Some(database) = self.databases.url(code) {
+                postgres::write_url_file(&dir, database)?;
+            }
+            let own = ports[code].clone();
             let pair = PairEndpoints {
                 service_center: url(own.service_center_pair),
                 roaming: url(own.roaming_pair),
             };
-            let config = mesh_config(code, pair, &manifests.regions, &manifests.links, |peer| {
-                peer.metadata
-                    .name
-                    .as_ref()
-                    .and_then(|name| ports.get(name))
-                    .map(|p| url(p.peer))
-            });
+            let mut config =
+                mesh_config(code, pair, &manifests.regions, &manifests.links, |peer| {
+                    peer.metadata
+                        .name
+                        .as_ref()
+                        .and_then(|name| ports.get(name))
+                        .map(|p| url(p.peer))
+                });
+            if !own.replicas.is_empty() {
+                config.service_center.replicas =
+                    own.service_centers().iter().map(|r| url(r.pair)).collect();
+            }
             let path = dir.join("mesh.yaml");
             if std::fs::read_to_string(&path).ok().as_deref() != Some(config.to_yaml().as_str()) {
                 config
@@ -190,7 +260,23 @@ impl LocalMesh {
                     .with_context(|| format!("cannot write {}", path.display()))?;
                 tracing::info!(region = %code, path = %path.display(), "mesh configuration written");
             }
-            if !self.running.contains_key(code) && may_start > 0 {
+            let replicas = own.service_centers().len();
+            if let Some(running) = self.running.get(code) {
+                // A running region whose replica count changed: start the
+                // new ones, stop those past the count (last first).
+                let have = running.service_centers.len();
+                let added: Vec<Supervised> = (have..replicas)
+                    .map(|i| self.start_service_center(code, &own, i))
+                    .collect();
+                let running = self.running.get_mut(code).expect("running");
+                while running.service_centers.len() > replicas {
+                    let gone = running.service_centers.pop().expect("more than wanted");
+                    tracing::info!(region = %code, replicas, "stopping a service-center replica");
+                    tokio::spawn(futures_join(vec![gone.stop()]));
+                }
+                running.service_centers.extend(added);
+                running.ports = own;
+            } else if may_start > 0 {
                 may_start -= 1;
                 let running = self.start(code, own);
                 self.running.insert(code.clone(), running);
@@ -199,14 +285,15 @@ impl LocalMesh {
         Ok(())
     }
 
-    fn start(&self, code: &str, ports: RegionPorts) -> RunningRegion {
-        let dir = self.region_dir(code);
-        let config = dir.join("mesh.yaml").display().to_string();
-        let (stop, stop_rx) = watch::channel(false);
-        let addr = |port: u16| format!("127.0.0.1:{port}");
+    /// What both of a region's kinds of process are given.
+    fn common(&self, code: &str) -> node_command::Common {
         let files = self.pki.files(code);
-        let common = node_command::Common {
-            config,
+        node_command::Common {
+            config: self
+                .region_dir(code)
+                .join("mesh.yaml")
+                .display()
+                .to_string(),
             identity: node_command::Identity {
                 ca: files.ca.display().to_string(),
                 cert: files.cert.display().to_string(),
@@ -214,7 +301,11 @@ impl LocalMesh {
             },
             listen_probe: None,
             exit_with_parent: true,
-        };
+        }
+    }
+
+    fn start(&self, code: &str, ports: RegionPorts) -> RunningRegion {
+        let dir = self.region_dir(code);
         let roaming = ProcessSpec {
             name: format!("{code} roaming system"),
             program: self.node_binary.clone(),
@@ -223,49 +314,75 @@ impl LocalMesh {
                 listen_peer: addr(ports.peer),
                 listen_metrics: addr(ports.metrics),
             }
-            .args(&common),
+            .args(&self.common(code)),
             log: dir.join("roaming.log"),
             pid_file: dir.join("roaming.pid"),
         };
-        let service_center = ProcessSpec {
-            name: format!("{code} service center"),
-            program: self.node_binary.clone(),
-            args: node_command::ServiceCenter {
-                // Local mode runs every data center on SQLite, one process each.
-                data_center: node_command::DataCenter::Sqlite {
-                    data_dir: dir.join("data").display().to_string(),
-                },
-                listen_client: addr(ports.client),
-                listen_pair: addr(ports.service_center_pair),
-                listen_metrics: None,
-                client_tls: node_command::ClientTls::RegionCertificate,
-            }
-            .args(&common),
-            log: dir.join("service-center.log"),
-            pid_file: dir.join("service-center.pid"),
+        let data = match self.databases.url(code) {
+            Some(_) => "postgres".to_owned(),
+            None => dir.join("data").display().to_string(),
         };
         tracing::info!(
             region = %code, client = %url(ports.client), peer = %url(ports.peer),
-            data = %dir.join("data").display(), "starting region"
+            replicas = ports.service_centers().len(), %data, "starting region"
         );
-        let tasks = vec![
-            supervise(roaming, stop_rx.clone()),
-            supervise(service_center, stop_rx),
-        ];
-        RunningRegion { ports, stop, tasks }
+        let service_centers = (0..ports.service_centers().len())
+            .map(|i| self.start_service_center(code, &ports, i))
+            .collect();
+        RunningRegion {
+            roaming: start_supervised(roaming),
+            service_centers,
+            ports,
+        }
     }
 
-    /// Waits until every region's service center and roaming system answer.
+    /// Starts replica `i` of `code`'s service center, on its own ports. On
+    /// SQLite there is one, with the data in `DIR/<region>/data`; on
+    /// PostgreSQL each reads the connection string from the region's file.
+    fn start_service_center(&self, code: &str, ports: &RegionPorts, i: usize) -> Supervised {
+        let dir = self.region_dir(code);
+        let own = ports.service_centers()[i];
+        let data_center = match self.databases.url(code) {
+            Some(_) => node_command::DataCenter::Postgres {
+                url_file: postgres::url_file(&dir).display().to_string(),
+                ca_file: None,
+            },
+            None => node_command::DataCenter::Sqlite {
+                data_dir: dir.join("data").display().to_string(),
+            },
+        };
+        let (name, stem) = service_center_names(code, i);
+        start_supervised(ProcessSpec {
+            name,
+            program: self.node_binary.clone(),
+            args: node_command::ServiceCenter {
+                data_center,
+                listen_client: addr(own.client),
+                listen_pair: addr(own.pair),
+                listen_metrics: None,
+                client_tls: node_command::ClientTls::RegionCertificate,
+            }
+            .args(&self.common(code)),
+            log: dir.join(format!("{stem}.log")),
+            pid_file: dir.join(format!("{stem}.pid")),
+        })
+    }
+
+    /// Waits until every region's service-center replicas and roaming
+    /// system answer.
     pub async fn wait_ready(&self) -> anyhow::Result<()> {
         for (code, region) in &self.running {
-            readiness::wait(
-                code,
-                url(region.ports.client),
-                url(region.ports.peer),
-                &self.access,
-            )
-            .await?;
-            tracing::info!(region = %code, client = %url(region.ports.client), "region serves");
+            for replica in region.ports.service_centers() {
+                readiness::wait(
+                    code,
+                    url(replica.client),
+                    url(region.ports.peer),
+                    &self.access,
+                )
+                .await?;
+            }
+            tracing::info!(region = %code, client = %url(region.ports.client),
+                replicas = region.service_centers.len(), "region serves");
         }
         Ok(())
     }
@@ -277,8 +394,15 @@ impl LocalMesh {
             .iter()
             .map(|(code, r)| {
                 let dir = self.region_dir(code);
+                let clients: Vec<String> = r
+                    .ports
+                    .service_centers()
+                    .iter()
+                    .map(|sc| url(sc.client))
+                    .collect();
                 let entry = json!({
                     "client": url(r.ports.client),
+                    "clients": clients,
                     "serviceCenterPair": url(r.ports.service_center_pair),
                     "roamingPair": url(r.ports.roaming_pair),
                     "peer": url(r.ports.peer),
@@ -302,10 +426,23 @@ impl LocalMesh {
     pub async fn stop(self) {
         let mut tasks = Vec::new();
         for (_, region) in self.running {
-            let _ = region.stop.send(true);
-            tasks.extend(region.tasks);
+            tasks.extend(region.stop());
         }
         futures_join(tasks).await;
+    }
+}
+
+/// `127.0.0.1:port`, for a listener.
+fn addr(port: u16) -> String {
+    format!("127.0.0.1:{port}")
+}
+
+/// Supervises `spec` until its switch is thrown.
+fn start_supervised(spec: ProcessSpec) -> Supervised {
+    let (stop, stop_rx) = watch::channel(false);
+    Supervised {
+        task: supervise(spec, stop_rx),
+        stop,
     }
 }
 
