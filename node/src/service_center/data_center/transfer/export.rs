@@ -3,7 +3,7 @@
 //! appears whole or not at all.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::io::{BufReader, BufWriter, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -13,15 +13,18 @@ use serde::Serialize;
 use super::rows::{
     Accepted, Assertion, Group, Hex, Member, Message, OutboxItem, Row, SequencedKey, Session, User,
 };
-use super::{Counts, DB_FILE, FORMAT, FORMAT_VERSION, Header, MAX_LINE_BYTES, Table, Trailer};
+use super::{
+    Counts, DB_FILE, FORMAT, FORMAT_VERSION, Header, Lines, MAX_LINE_BYTES, Table, Trailer,
+};
 use crate::Error;
 use crate::service_center::data_center::{lock, schema};
 
 /// Writes everything the data center in `data_dir` holds to a new dump at
 /// `out`, and returns the rows written per table. Fails at once, writing
 /// nothing, while another process (a service center) holds the data
-/// center. `out` must not exist; it is written as `out.tmp`, fsynced and
-/// renamed, so a crash leaves no partial `out`. Blocks.
+/// center. `out` is written as `out.tmp`, fsynced and renamed, so a crash
+/// leaves no partial `out`; an existing `out` is replaced only if it is an
+/// earlier dump (an export run again), never another file. Blocks.
 pub fn export(data_dir: &Path, out: &Path) -> Result<Counts, Error> {
     let db = data_dir.join(DB_FILE);
     if !db.is_file() {
@@ -30,12 +33,7 @@ pub fn export(data_dir: &Path, out: &Path) -> Result<Counts, Error> {
             db.display()
         )));
     }
-    if out.symlink_metadata().is_ok() {
-        return Err(Error::FailedPrecondition(format!(
-            "{} exists; an export never overwrites: remove it or name another file",
-            out.display()
-        )));
-    }
+    replaceable(out)?;
     let _lock = lock::try_acquire(&db)?;
     // Read-write, as the service center opens it: a WAL left by one that
     // crashed is recovered, not refused.
@@ -65,6 +63,32 @@ pub fn export(data_dir: &Path, out: &Path) -> Result<Counts, Error> {
         let _ = std::fs::remove_file(&tmp);
     }
     written
+}
+
+/// Refuses an existing `out` that is not a dump: a mistyped name (the
+/// database itself, say) must not be overwritten.
+fn replaceable(out: &Path) -> Result<(), Error> {
+    let refused = || {
+        Error::FailedPrecondition(format!(
+            "{} exists and is not a data-center dump; an export replaces only an earlier \
+             dump: remove it or name another file",
+            out.display()
+        ))
+    };
+    let file = match File::open(out) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(out, e)),
+        Ok(file) => file,
+    };
+    let mut lines = Lines::new(BufReader::new(file), 4096);
+    let Ok(Some((_, first))) = lines.next_line() else {
+        return Err(refused());
+    };
+    let value: serde_json::Value = serde_json::from_str(first).map_err(|_| refused())?;
+    match value["header"]["format"].as_str() {
+        Some(FORMAT) => Ok(()),
+        _ => Err(refused()),
+    }
 }
 
 /// `out` with `.tmp` added.
@@ -355,10 +379,20 @@ mod tests {
         assert!(matches!(&rows[0], Row::Users(u) if u.password_hash == "$argon2id$hash"));
         assert!(matches!(&rows[1], Row::Groups(g) if g.id == "team@eu" && g.title == "Team"));
 
-        let again = export(dir.path(), &out).unwrap_err();
+        // Run again, it replaces its dump; it never overwrites another file.
+        assert_eq!(export(dir.path(), &out).unwrap(), counts);
+        let db = dir.path().join(DB_FILE);
+        let size = std::fs::metadata(&db).unwrap().len();
+        let refused = export(dir.path(), &db).unwrap_err();
         assert!(
-            matches!(&again, Error::FailedPrecondition(m) if m.contains("never overwrites")),
-            "{again:?}"
+            matches!(&refused, Error::FailedPrecondition(m) if m.contains("is not a data-center dump")),
+            "{refused:?}"
+        );
+        assert_eq!(std::fs::metadata(&db).unwrap().len(), size);
+        std::fs::write(&out, "").unwrap();
+        assert!(
+            export(dir.path(), &out).is_err(),
+            "an empty file is no dump"
         );
     }
 
