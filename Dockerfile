@@ -6,7 +6,8 @@
 # - From binaries built on the host (`cargo build --release --bins`), with no
 #   pull at all when RUNTIME_BASE is an image the engine already has
 #   (tests/kind does this with a Debian rootfs made here). The context is a
-#   directory holding meridian-node, meridian and meridian-operator:
+#   directory holding meridian-node, meridian, meridian-data-center and
+#   meridian-operator:
 #     docker build --target node-prebuilt --build-arg RUNTIME_BASE=IMAGE DIR
 #   The prebuilt stages come first, so the classic builder, which builds every
 #   stage up to its target, never reaches the Rust image.
@@ -16,7 +17,7 @@
 ARG RUNTIME_BASE=gcr.io/distroless/cc-debian12:nonroot
 
 FROM ${RUNTIME_BASE} AS node-prebuilt
-COPY meridian-node meridian /usr/local/bin/
+COPY meridian-node meridian meridian-data-center /usr/local/bin/
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/meridian-node"]
 
@@ -33,6 +34,7 @@ RUN cargo build --release --locked --bins
 FROM ${RUNTIME_BASE} AS node
 COPY --from=build /src/target/release/meridian-node /usr/local/bin/meridian-node
 COPY --from=build /src/target/release/meridian /usr/local/bin/meridian
+COPY --from=build /src/target/release/meridian-data-center /usr/local/bin/meridian-data-center
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/meridian-node"]
 
