@@ -1559,3 +1559,224 @@ fn a_mesh_change_is_announced_on_the_regions_running_pods_and_nothing_else_write
     // 3. And once told, they are left alone again.
     quiet("after");
 }
+
+/// `spec.serviceCenter.dataCenter` on a real API server: its CEL rules
+/// refuse what cannot run (several replicas on SQLite, PostgreSQL without
+/// its Secret or with a volume, the PostgreSQL block on SQLite, a name that
+/// is not a Secret's), each naming the field, and accept several replicas
+/// on PostgreSQL. Then a Region moves from SQLite to PostgreSQL and back:
+/// the operator (with the chart's RBAC) swaps the StatefulSet for a
+/// Deployment of the replicas with a PodDisruptionBudget and back, the
+/// Service reaches the Deployment's pods, the status counts them, and the
+/// SQLite claim is kept for the way back. kwok runs no containers, so no
+/// PostgreSQL is needed.
+#[test]
+fn a_region_moves_its_data_center_to_postgres_and_back_and_the_rules_hold() {
+    let cluster = ControlPlane::start().expect("a control plane");
+    install_and_wait(&cluster, "default").unwrap();
+    cluster.kubectl_ok(&["create", "namespace", NS]).unwrap();
+    let kubeconfig = service_account_kubeconfig(&cluster).unwrap();
+    let _operator = Operator::start(&kubeconfig, "default", "postgres", &cluster.log_dir());
+
+    let eu = |service_center: &str| {
+        format!(
+            "apiVersion: meridian.dev/v1alpha1\nkind: Region\nmetadata: {{name: eu, namespace: {NS}}}\nspec:\n  cluster: default\n  serviceCenter: {service_center}\n"
+        )
+    };
+    let postgres = |replicas: i32| {
+        eu(&format!(
+            "{{replicas: {replicas}, dataCenter: {{type: postgres, postgres: {{secretName: chat-db-app, tls: {{caSecretName: chat-db-ca}}}}}}}}"
+        ))
+    };
+    let refused = |yaml: &str| {
+        cluster
+            .kubectl_stdin(&["apply", "--dry-run=server", "-f", "-"], yaml)
+            .unwrap_err()
+            .to_string()
+    };
+
+    // 1. The CEL rules, each naming its field.
+    let sqlite_replicas = refused(&eu("{replicas: 2}"));
+    assert!(
+        sqlite_replicas.contains("spec.serviceCenter.replicas")
+            && sqlite_replicas
+                .contains("a SQLite data center is one file on one volume that one process writes")
+            && sqlite_replicas.contains("use dataCenter.type postgres for several replicas"),
+        "{sqlite_replicas}"
+    );
+    assert!(
+        refused(&eu("{replicas: 2, dataCenter: {type: sqlite}}"))
+            .contains("a SQLite data center is one file"),
+    );
+    for (bad, field) in [
+        (
+            "{dataCenter: {type: postgres}}",
+            "spec.serviceCenter.dataCenter.postgres is required with type postgres",
+        ),
+        (
+            "{dataCenter: {type: postgres, postgres: {secretName: chat-db-app}}, storage: {size: 1Gi}}",
+            "spec.serviceCenter.storage is the volume of a SQLite data center",
+        ),
+        (
+            "{dataCenter: {type: sqlite, postgres: {secretName: chat-db-app}}}",
+            "spec.serviceCenter.dataCenter.postgres is allowed only with type postgres",
+        ),
+        (
+            "{dataCenter: {type: postgres, postgres: {secretName: Chat_DB}}}",
+            "spec.serviceCenter.dataCenter.postgres.secretName",
+        ),
+        (
+            "{dataCenter: {type: postgres, postgres: {secretName: chat-db-app, key: 'a/b'}}}",
+            "spec.serviceCenter.dataCenter.postgres.key",
+        ),
+    ] {
+        let message = refused(&eu(bad));
+        assert!(message.contains(field), "{bad}: {message}");
+    }
+    cluster
+        .kubectl_stdin(&["apply", "--dry-run=server", "-f", "-"], &postgres(2))
+        .expect("2 replicas on PostgreSQL are accepted");
+    let example = workspace_root().join("examples/postgres.yaml");
+    cluster
+        .kubectl_ok(&["apply", "--dry-run=server", "-f", example.to_str().unwrap()])
+        .expect("examples/postgres.yaml is accepted");
+
+    // 2. On SQLite: the StatefulSet and its claim.
+    let exists = |kind: &str| {
+        cluster
+            .kubectl(&["get", kind, "eu-service-center", "-n", NS])
+            .status
+            .success()
+    };
+    cluster
+        .kubectl_stdin(&["apply", "-f", "-"], &eu("{storage: {size: 1Gi}}"))
+        .unwrap();
+    wait(&cluster, "eu Ready on SQLite", 90, || {
+        exists("statefulset") && ready(&cluster, "eu")
+    });
+    let claim_uid = || {
+        get_json(&cluster, &["pvc", "data-eu-service-center-0", "-n", NS])
+            .map(|c| c["metadata"]["uid"].clone())
+    };
+    let claim = claim_uid().expect("the SQLite claim");
+    assert!(!exists("deployment") && !exists("poddisruptionbudget"));
+
+    // 3. To PostgreSQL with 2 replicas: a Deployment and its budget, no
+    // StatefulSet; the Service's endpoints are the Deployment's pods.
+    cluster
+        .kubectl_stdin(&["apply", "-f", "-"], &postgres(2))
+        .unwrap();
+    let ready_replicas = || {
+        get_json(&cluster, &["region", "eu", "-n", NS])
+            .and_then(|r| r["status"]["serviceCenter"]["readyReplicas"].as_i64())
+    };
+    let took = wait(&cluster, "eu on a Deployment of 2, Ready", 90, || {
+        !exists("statefulset")
+            && exists("deployment")
+            && exists("poddisruptionbudget")
+            && ready_replicas() == Some(2)
+            && ready(&cluster, "eu")
+    });
+    println!("eu moved to PostgreSQL (2 replicas) in {took:?}");
+    let deployment = get_json(&cluster, &["deployment", "eu-service-center", "-n", NS]).unwrap();
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    let args = deployment["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    assert!(
+        args.contains("--postgres-url-file") && !args.contains("--data-dir"),
+        "{args}"
+    );
+    let budget = get_json(&cluster, &["pdb", "eu-service-center", "-n", NS]).unwrap();
+    assert_eq!(budget["spec"]["maxUnavailable"], 1);
+    wait(&cluster, "the budget counts 2 healthy pods", 30, || {
+        get_json(&cluster, &["pdb", "eu-service-center", "-n", NS]).is_some_and(|b| {
+            b["status"]["currentHealthy"] == 2 && b["status"]["disruptionsAllowed"] == 1
+        })
+    });
+    let pod_names = |selector: &str| -> Vec<String> {
+        get_json(&cluster, &["pods", "-n", NS, "-l", selector])
+            .map(|l| {
+                l["items"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+                    .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let service = get_json(&cluster, &["service", "eu-service-center", "-n", NS]).unwrap();
+    let selector = service["spec"]["selector"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap()))
+        .collect::<Vec<_>>()
+        .join(",");
+    wait(
+        &cluster,
+        "the Service's endpoints are the Deployment's 2 pods",
+        60,
+        || {
+            let pods = pod_names(&selector);
+            let slices = get_json(
+                &cluster,
+                &[
+                    "endpointslices",
+                    "-n",
+                    NS,
+                    "-l",
+                    "kubernetes.io/service-name=eu-service-center",
+                ],
+            )
+            .unwrap_or(Value::Null);
+            let mut targets: Vec<String> = slices["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+                .filter(|e| e["conditions"]["ready"] == true)
+                .filter_map(|e| e["targetRef"]["name"].as_str().map(str::to_owned))
+                .collect();
+            targets.sort();
+            pods.len() == 2
+                && pods
+                    .iter()
+                    .all(|p| p.starts_with("eu-service-center-") && !p.ends_with("-0"))
+                && targets == pods
+        },
+    );
+    let mesh = mesh(&cluster, "eu").unwrap();
+    assert_eq!(
+        mesh.service_center.pair,
+        format!("https://eu-service-center.{NS}.svc:7401"),
+        "the roaming system dials the Service, not a pod"
+    );
+    assert!(
+        !events(&cluster, "Region", "eu", "DataCenterSwitched").is_empty(),
+        "the switch is recorded"
+    );
+    assert_eq!(claim_uid(), Some(claim.clone()), "the SQLite claim is kept");
+
+    // 4. Scaling is the Region's replicas.
+    cluster
+        .kubectl_stdin(&["apply", "-f", "-"], &postgres(3))
+        .unwrap();
+    wait(&cluster, "3 ready replicas", 60, || {
+        ready_replicas() == Some(3) && ready(&cluster, "eu")
+    });
+
+    // 5. Back to SQLite: the StatefulSet again, on the kept claim; the
+    // Deployment and its budget are gone.
+    cluster
+        .kubectl_stdin(&["apply", "-f", "-"], &eu("{storage: {size: 1Gi}}"))
+        .unwrap();
+    wait(&cluster, "eu back on its StatefulSet", 90, || {
+        exists("statefulset")
+            && !exists("deployment")
+            && !exists("poddisruptionbudget")
+            && ready_replicas() == Some(1)
+            && ready(&cluster, "eu")
+    });
+    assert_eq!(claim_uid(), Some(claim), "the same claim");
+}
