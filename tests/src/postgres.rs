@@ -187,6 +187,11 @@ impl Postgres {
         Ok(started.elapsed())
     }
 
+    /// Starts the server again after a [`stop`](Self::stop), on its data.
+    pub fn relaunch(&mut self) -> anyhow::Result<()> {
+        self.launch()
+    }
+
     /// [`restart_with`](Self::restart_with) [`Stop::Immediate`]: the server
     /// goes down as in a crash, and recovers when it starts.
     pub fn restart(&mut self) -> anyhow::Result<Duration> {

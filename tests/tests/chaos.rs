@@ -11,6 +11,12 @@
 //! runs over everything recorded so far. The run stops at the first schedule
 //! that leaves a violation.
 //!
+//! The same run goes on PostgreSQL (issue 11): each region's data center a
+//! database on one real server, two service-center replicas per region,
+//! clients failing over between them; the schedules add `kill -9` and
+//! `SIGSTOP` of either replica and a crash of the PostgreSQL server.
+//! `MERIDIAN_CHAOS_BACKEND=sqlite|postgres|both` (default both) picks.
+//!
 //! ```text
 //! cargo build --workspace --bins
 //! cargo test -p meridian-tests --test chaos -- --nocapture                 # 30 schedules
@@ -25,7 +31,7 @@ use std::time::Duration;
 
 use meridian_node::client::Client;
 use meridian_tests::faults::checker::Report;
-use meridian_tests::faults::cluster::Cluster;
+use meridian_tests::faults::cluster::{Backend, Cluster};
 use meridian_tests::faults::schedule::{self, Schedule};
 use meridian_tests::faults::workload::Workload;
 use tokio::time::Instant;
@@ -55,8 +61,9 @@ fn env_u64(name: &str) -> Option<u64> {
 }
 
 /// The users `<r>1@<r>` and groups `g<r>@<r>` of every region; every user is
-/// a member of every group and keeps a stream open for all of them.
-async fn chat(cluster: &Cluster) -> (Workload, Vec<(String, Client)>) {
+/// a member of every group and keeps a stream open for all of them. Each
+/// user's clients: one per service-center replica of its region.
+async fn chat(cluster: &Cluster) -> (Workload, Vec<(String, Vec<Client>)>) {
     let mut clients = Vec::new();
     for code in REGIONS {
         let mut client = cluster.user(&format!("{code}1@{code}"), code).await;
@@ -77,23 +84,26 @@ async fn chat(cluster: &Cluster) -> (Workload, Vec<(String, Client)>) {
     }
     let mut workload = Workload::new();
     let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
-    for (code, client) in &clients {
-        workload.subscribe(&format!("{code}1"), client, &groups);
+    let mut replicated = Vec::new();
+    for (code, client) in clients {
+        let clients = cluster.replicas_of(&code, &client).await;
+        workload.subscribe_any(&format!("{code}1"), &clients, &groups);
+        replicated.push((code, clients));
     }
-    (workload, clients)
+    (workload, replicated)
 }
 
 /// Every region's user sends to its own group and to the next region's.
-fn load(workload: &mut Workload, clients: &[(String, Client)], schedule: u64) {
+fn load(workload: &mut Workload, clients: &[(String, Vec<Client>)], schedule: u64) {
     for (i, (code, client)) in clients.iter().enumerate() {
         let next = &clients[(i + 1) % clients.len()].0;
-        workload.send(
+        workload.send_any(
             &format!("{code}1.{schedule}"),
             client,
             &format!("g{next}@{next}"),
             SEND_EVERY,
         );
-        workload.send(
+        workload.send_any(
             &format!("{code}1.{schedule}.local"),
             client,
             &format!("g{code}@{code}"),
@@ -117,31 +127,57 @@ async fn settle(workload: &Workload) -> Report {
     workload.recorder.check()
 }
 
+/// Whether `MERIDIAN_CHAOS_BACKEND` asks for a run on `backend`.
+fn wanted(backend: &str) -> bool {
+    match std::env::var("MERIDIAN_CHAOS_BACKEND").as_deref() {
+        Err(_) | Ok("both") => true,
+        Ok(only) => only == backend,
+    }
+}
+
 /// Scenario 7: at least 30 random fault schedules (200 on demand) on one
 /// cluster; nothing acknowledged is lost, duplicated or reordered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn randomized_fault_schedules_lose_nothing() {
+    if wanted("sqlite") {
+        run(Backend::Sqlite).await;
+    }
+}
+
+/// The same on PostgreSQL, with two service-center replicas per region.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn randomized_fault_schedules_lose_nothing_on_postgres_with_two_replicas() {
+    if wanted("postgres") {
+        run(Backend::Postgres).await;
+    }
+}
+
+async fn run(backend: Backend) {
     let base = env_u64("MERIDIAN_CHAOS_SEED").unwrap_or(DEFAULT_SEED);
     let count = env_u64("MERIDIAN_CHAOS_SCHEDULES").unwrap_or(DEFAULT_SCHEDULES);
     eprintln!(
-        "chaos: {count} schedules, seeds {base}..{}; replay schedule i alone with \
+        "chaos ({backend:?}): {count} schedules, seeds {base}..{}; replay schedule i alone with \
          MERIDIAN_CHAOS_SEED=<its seed> MERIDIAN_CHAOS_SCHEDULES=1",
         base.wrapping_add(count)
     );
     let started = Instant::now();
-    let cluster = Cluster::start(&REGIONS).await;
+    let cluster = Cluster::start_on(&REGIONS, backend).await;
     let (mut workload, clients) = chat(&cluster).await;
     let ready = started.elapsed();
 
     let codes = cluster.codes();
-    let mut kinds = [0usize; 4];
+    let mut kinds = [0usize; 5];
     let mut acknowledged = 0;
     let mut ran = 0;
     let mut report = Report::default();
     let mut failure = None;
     for i in 0..count {
         let seed = base.wrapping_add(i);
-        let plan = Schedule::random(seed, &codes);
+        let plan = if cluster.replicated() {
+            Schedule::random_replicated(seed, &codes)
+        } else {
+            Schedule::random(seed, &codes)
+        };
         eprintln!("chaos: schedule {i} (seed {seed}): {plan}");
         let began = Instant::now();
         workload.resume_sending();
@@ -181,8 +217,9 @@ async fn randomized_fault_schedules_lose_nothing() {
 
     let took = started.elapsed();
     eprintln!(
-        "chaos report: base seed {base}, schedules {ran} of {count} ({} cuts, {} isolations, {} \
-         kill -9 and restart, {} SIGSTOP and SIGCONT); messages acknowledged {}, delivered {} \
+        "chaos report ({backend:?}): base seed {base}, schedules {ran} of {count} ({} cuts, {} \
+         isolations, {} kill -9 and restart, {} SIGSTOP and SIGCONT, {} PostgreSQL crashes); \
+         messages acknowledged {}, delivered {} \
          (to 3 member sessions each), lost {}, duplicated {}, order violations {} (gaps {}, \
          conflicts {}, redelivered {}); {:.1} s in all ({:.1} s to start the cluster, {:.1} s \
          per schedule)",
@@ -190,6 +227,7 @@ async fn randomized_fault_schedules_lose_nothing() {
         kinds[1],
         kinds[2],
         kinds[3],
+        kinds[4],
         report.acknowledged,
         report.delivered,
         report.lost,

@@ -17,6 +17,12 @@
 //!   bridges on the test's own 127.0.0.1 whose upstream sockets are made in
 //!   `x`'s namespace (loopback mode: directly).
 //!
+//! On [`Backend::Postgres`], each region's data center is a database of its
+//! own on one real PostgreSQL server that the test starts (in the test's
+//! own network namespace, reached from each region's host through a
+//! bridge), and each region runs two service-center replicas
+//! ([`Process::ServiceCenter`] and [`Process::Replica`]).
+//!
 //! Logs: one file per process in the cluster's temporary directory. When the
 //! test panics, the tail of each is printed and the directory is kept
 //! (`MERIDIAN_FAULTS_KEEP=1` keeps it always). Node log level:
@@ -51,11 +57,13 @@ use super::proxy::Proxy;
 use crate::in_process::PASSWORD;
 use crate::local_mode::binary;
 
-/// One of a region's two processes.
+/// One of a region's processes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Process {
     ServiceCenter,
     Roaming,
+    /// The second service-center replica (on [`Backend::Postgres`] only).
+    Replica,
 }
 
 impl fmt::Display for Process {
@@ -63,8 +71,19 @@ impl fmt::Display for Process {
         f.write_str(match self {
             Process::ServiceCenter => "service-center",
             Process::Roaming => "roaming",
+            Process::Replica => "service-center-2",
         })
     }
+}
+
+/// Where the regions keep their data centers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file each, one service center per region.
+    Sqlite,
+    /// A database each on one PostgreSQL server, two service-center
+    /// replicas per region.
+    Postgres,
 }
 
 /// How long a process may take to listen after it was started.
@@ -75,6 +94,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 struct Addresses {
     client: SocketAddr,
     sc_pair: SocketAddr,
+    /// The second replica's client and pair ports (on PostgreSQL).
+    replica: Option<(SocketAddr, SocketAddr)>,
     roaming_pair: SocketAddr,
     /// What the peer API binds.
     peer_listen: SocketAddr,
@@ -94,6 +115,9 @@ pub struct RegionHost {
     addresses: Addresses,
     /// The client API, as the test reaches it.
     pub client_url: String,
+    /// Every service-center replica's client API (the first is
+    /// `client_url`), as the test reaches them.
+    pub client_urls: Vec<String>,
     /// The roaming system's admin API, as the test reaches it.
     pub admin_url: String,
     _bridges: Vec<Proxy>,
@@ -112,6 +136,10 @@ pub struct Cluster {
     hosts: Hosts,
     dir: Option<tempfile::TempDir>,
     log_level: String,
+    /// The regions' PostgreSQL server, on [`Backend::Postgres`].
+    database: Option<Arc<Mutex<crate::postgres::Postgres>>>,
+    /// Bridges from each region's host to the database.
+    _database_bridges: Vec<Proxy>,
     _serial: Serial,
 }
 
@@ -132,7 +160,13 @@ impl Cluster {
     /// Starts every region's two processes, fully meshed, and waits until
     /// every link has answered a heartbeat.
     pub async fn start(codes: &[&str]) -> Cluster {
+        Self::start_on(codes, Backend::Sqlite).await
+    }
+
+    /// Starts the regions with their data centers on `backend`.
+    pub async fn start_on(codes: &[&str], backend: Backend) -> Cluster {
         let serial = Serial::acquire().await;
+        let replicated = backend == Backend::Postgres;
         let hosts = Hosts::create(codes);
         let dir = tempfile::Builder::new()
             .prefix("meridian-faults-")
@@ -151,15 +185,22 @@ impl Cluster {
                 Mode::Namespaces => Addresses {
                     client: local(7400),
                     sc_pair: local(7401),
+                    replica: replicated.then(|| (local(7404), local(7405))),
                     roaming_pair: local(7402),
                     peer_listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 7443),
                     peer: local(7443),
                 },
                 Mode::Loopback => {
                     let peer = local(free_port().await);
+                    let replica = if replicated {
+                        Some((local(free_port().await), local(free_port().await)))
+                    } else {
+                        None
+                    };
                     Addresses {
                         client: local(free_port().await),
                         sc_pair: local(free_port().await),
+                        replica,
                         roaming_pair: local(free_port().await),
                         peer_listen: peer,
                         peer,
@@ -193,6 +234,11 @@ impl Cluster {
             key: files.key,
         })
         .expect("tool credentials");
+        let database = replicated.then(|| {
+            let server = crate::postgres::Postgres::start().expect("start PostgreSQL");
+            Arc::new(Mutex::new(server))
+        });
+        let mut database_bridges = Vec::new();
         let mut regions = BTreeMap::new();
         let mut nodes = BTreeMap::new();
         let log_level = std::env::var("MERIDIAN_FAULTS_LOG").unwrap_or_else(|_| "info".into());
@@ -205,9 +251,16 @@ impl Cluster {
             })
             .expect("region certificate");
             let tls = pki.files(code);
+            let service_center = match a.replica {
+                Some((_, pair)) => PairEndpoint {
+                    pair: format!("https://{}", a.sc_pair),
+                    replicas: vec![format!("https://{}", a.sc_pair), format!("https://{pair}")],
+                },
+                None => PairEndpoint::single(format!("https://{}", a.sc_pair)),
+            };
             let config = MeshConfig {
                 region: code.to_string(),
-                service_center: PairEndpoint::single(format!("https://{}", a.sc_pair)),
+                service_center,
                 roaming: PairEndpoint::single(format!("https://{}", a.roaming_pair)),
                 peers: codes
                     .iter()
@@ -237,12 +290,29 @@ impl Cluster {
                 ]
             };
             let mut sc = common("service-center", "data");
+            if let Some(server) = &database {
+                let url_file = region_dir.join("postgres.url");
+                let url = database_url(server, code, &hosts, &mut database_bridges);
+                std::fs::write(&url_file, url).expect("write the connection string");
+                sc.push(format!("--postgres-url-file={}", url_file.display()));
+            }
+            let replica_sc = a.replica.map(|(client, pair)| {
+                let mut args = sc.clone();
+                args.push(format!("--listen-client={client}"));
+                args.push(format!("--listen-pair={pair}"));
+                args
+            });
             sc.push(format!("--listen-client={}", a.client));
             sc.push(format!("--listen-pair={}", a.sc_pair));
             let mut roaming = common("roaming", "roaming-data");
             roaming.push(format!("--listen-roaming-pair={}", a.roaming_pair));
             roaming.push(format!("--listen-peer={}", a.peer_listen));
-            for (process, args) in [(Process::ServiceCenter, sc), (Process::Roaming, roaming)] {
+            let processes = [
+                Some((Process::ServiceCenter, sc)),
+                Some((Process::Roaming, roaming)),
+                replica_sc.map(|args| (Process::Replica, args)),
+            ];
+            for (process, args) in processes.into_iter().flatten() {
                 nodes.insert(
                     (code.to_string(), process),
                     Node {
@@ -253,28 +323,36 @@ impl Cluster {
                 );
             }
 
-            let (client_url, admin_url, bridges) = match hosts.mode() {
+            let clients: Vec<SocketAddr> = std::iter::once(a.client)
+                .chain(a.replica.map(|(client, _)| client))
+                .collect();
+            let (client_urls, admin_url, bridges) = match hosts.mode() {
                 Mode::Namespaces => {
-                    let client = Proxy::start(
-                        TcpListener::bind(local(0)).await.expect("a client bridge"),
-                        hosts.connector(code, a.client),
-                    );
+                    let mut bridges = Vec::new();
+                    let mut client_urls = Vec::new();
+                    for client in &clients {
+                        let bridge = Proxy::start(
+                            TcpListener::bind(local(0)).await.expect("a client bridge"),
+                            hosts.connector(code, *client),
+                        );
+                        client_urls.push(format!("http://{}", bridge.addr()));
+                        bridges.push(bridge);
+                    }
                     let admin = Proxy::start(
                         TcpListener::bind(local(0)).await.expect("an admin bridge"),
                         hosts.connector(code, a.peer),
                     );
-                    (
-                        format!("http://{}", client.addr()),
-                        format!("https://{}", admin.addr()),
-                        vec![client, admin],
-                    )
+                    let admin_url = format!("https://{}", admin.addr());
+                    bridges.push(admin);
+                    (client_urls, admin_url, bridges)
                 }
                 Mode::Loopback => (
-                    format!("http://{}", a.client),
+                    clients.iter().map(|c| format!("http://{c}")).collect(),
                     format!("https://{}", a.peer),
                     Vec::new(),
                 ),
             };
+            let client_url = client_urls[0].clone();
             regions.insert(
                 code.to_string(),
                 RegionHost {
@@ -282,6 +360,7 @@ impl Cluster {
                     dir: region_dir,
                     addresses: a,
                     client_url,
+                    client_urls,
                     admin_url,
                     _bridges: bridges,
                 },
@@ -297,6 +376,8 @@ impl Cluster {
             hosts,
             dir: Some(dir),
             log_level,
+            database,
+            _database_bridges: database_bridges,
             _serial: serial,
         };
         let keys: Vec<(String, Process)> = cluster.lock().keys().cloned().collect();
@@ -385,6 +466,7 @@ impl Cluster {
         let addr = match process {
             Process::ServiceCenter => a.client,
             Process::Roaming => a.peer,
+            Process::Replica => a.replica.expect("a second replica").0,
         };
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -533,6 +615,51 @@ impl Cluster {
         }
     }
 
+    /// Whether the regions run two service-center replicas each.
+    pub fn replicated(&self) -> bool {
+        self.database.is_some()
+    }
+
+    /// Restarts the regions' PostgreSQL server as after a crash (`SIGQUIT`,
+    /// then a start that recovers from its WAL), down for at least `down`.
+    pub async fn restart_database(&self, down: Duration) {
+        let server = self.database.clone().expect("the regions' PostgreSQL");
+        let stopped = {
+            let server = server.clone();
+            tokio::task::spawn_blocking(move || {
+                server
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .stop(crate::postgres::Stop::Immediate)
+            })
+        };
+        stopped.await.expect("stop").expect("PostgreSQL stops");
+        eprintln!("faults: PostgreSQL stopped (immediate)");
+        tokio::time::sleep(down).await;
+        tokio::task::spawn_blocking(move || {
+            server.lock().unwrap_or_else(|e| e.into_inner()).relaunch()
+        })
+        .await
+        .expect("start")
+        .expect("PostgreSQL starts again");
+        eprintln!("faults: PostgreSQL restarted");
+    }
+
+    /// `client` (logged in at `code`) and a client of each further replica
+    /// of `code`'s service center with its session, for failing over.
+    pub async fn replicas_of(&self, code: &str, client: &Client) -> Vec<Client> {
+        let mut clients = vec![client.clone()];
+        for url in &self.regions[code].client_urls[1..] {
+            clients.push(
+                client
+                    .connect_as(url, None)
+                    .await
+                    .unwrap_or_else(|e| panic!("connect to {code}'s replica at {url}: {e}")),
+            );
+        }
+        clients
+    }
+
     /// A client of `code`'s service center, not logged in.
     pub async fn client(&self, code: &str) -> Client {
         Client::connect(&self.regions[code].client_url, None)
@@ -633,6 +760,35 @@ impl Cluster {
             );
         }
     }
+}
+
+/// The URL by which `code`'s service centers reach their database on
+/// `server`: a database of the region's own, through a bridge on the
+/// region's host to the server (in loopback mode, directly).
+fn database_url(
+    server: &Mutex<crate::postgres::Postgres>,
+    code: &str,
+    hosts: &Hosts,
+    bridges: &mut Vec<Proxy>,
+) -> String {
+    let server = server.lock().unwrap_or_else(|e| e.into_inner());
+    let url = server
+        .create_database(&code.replace('-', "_"))
+        .expect("create the region's database");
+    if hosts.mode() == Mode::Loopback {
+        return url;
+    }
+    let listener = hosts.bind(code, local(0)).expect("a database bridge");
+    let upstream = local(server.port());
+    let connect: super::proxy::Connector =
+        Arc::new(move || Box::pin(tokio::net::TcpStream::connect(upstream)));
+    let bridge = Proxy::start(listener, connect);
+    let url = url.replace(
+        &format!(":{}/", server.port()),
+        &format!(":{}/", bridge.addr().port()),
+    );
+    bridges.push(bridge);
+    url
 }
 
 impl Drop for Cluster {

@@ -10,7 +10,10 @@
 //! - cut one link, then heal it;
 //! - isolate one region (cut all its links) briefly, then rejoin it;
 //! - `kill -9` a service center or a roaming system, then restart it;
-//! - `SIGSTOP` a service center or a roaming system, then `SIGCONT` it.
+//! - `SIGSTOP` a service center or a roaming system, then `SIGCONT` it;
+//! - on a cluster with two service-center replicas per region on PostgreSQL
+//!   ([`Schedule::random_replicated`]), either replica is a target too, and
+//!   the PostgreSQL server may crash (`SIGQUIT`) and start again.
 //!
 //! Faults may overlap. A link is down while any fault wants it down (so an
 //! isolation and a cut of one of its links compose); a process gets at most
@@ -46,6 +49,8 @@ pub enum Fault {
     Kill { region: String, process: Process },
     /// `SIGSTOP` the process; `SIGCONT` it after the hold.
     Stop { region: String, process: Process },
+    /// Crash the regions' PostgreSQL; start it again after the hold.
+    RestartDatabase,
 }
 
 impl Fault {
@@ -66,6 +71,7 @@ impl fmt::Display for Fault {
             Fault::Isolate { region } => write!(f, "isolate {region}"),
             Fault::Kill { region, process } => write!(f, "kill -9 {region} {process}"),
             Fault::Stop { region, process } => write!(f, "SIGSTOP {region} {process}"),
+            Fault::RestartDatabase => f.write_str("crash PostgreSQL"),
         }
     }
 }
@@ -82,7 +88,7 @@ impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let undo = match self.fault {
             Fault::Cut { .. } | Fault::Isolate { .. } => "heal",
-            Fault::Kill { .. } => "restart",
+            Fault::Kill { .. } | Fault::RestartDatabase => "restart",
             Fault::Stop { .. } => "SIGCONT",
         };
         write!(
@@ -116,6 +122,16 @@ fn millis(rng: &mut StdRng, from: u64, to: u64) -> Duration {
 impl Schedule {
     /// The schedule of `seed` on a mesh of `regions` (at least two).
     pub fn random(seed: u64, regions: &[String]) -> Schedule {
+        Self::random_on(seed, regions, false)
+    }
+
+    /// The schedule of `seed` on a mesh of `regions` that run two
+    /// service-center replicas each on one PostgreSQL server.
+    pub fn random_replicated(seed: u64, regions: &[String]) -> Schedule {
+        Self::random_on(seed, regions, true)
+    }
+
+    fn random_on(seed: u64, regions: &[String], replicated: bool) -> Schedule {
         assert!(regions.len() >= 2, "faults need two regions");
         let mut regions = regions.to_vec();
         regions.sort();
@@ -126,7 +142,11 @@ impl Schedule {
             let at = millis(&mut rng, 0, START_WITHIN.as_millis() as u64);
             let roll = rng.random_range(0..100);
             let region = regions.choose(&mut rng).expect("regions").clone();
-            let process = if rng.random_bool(0.5) {
+            let processes = [Process::ServiceCenter, Process::Replica, Process::Roaming];
+            // (Two targets take one coin, as schedules made before replicas.)
+            let process = if replicated {
+                *processes.choose(&mut rng).expect("processes")
+            } else if rng.random_bool(0.5) {
                 Process::ServiceCenter
             } else {
                 Process::Roaming
@@ -145,8 +165,15 @@ impl Schedule {
                 }
                 35..50 => (Fault::Isolate { region }, millis(&mut rng, 500, 3000)),
                 50..75 => (Fault::Kill { region, process }, millis(&mut rng, 100, 1500)),
+                // A crash of the database, down for a moment.
+                88.. if replicated => (Fault::RestartDatabase, millis(&mut rng, 0, 1000)),
                 _ => (Fault::Stop { region, process }, millis(&mut rng, 200, 2500)),
             };
+            if fault == Fault::RestartDatabase
+                && steps.iter().any(|s| s.fault == Fault::RestartDatabase)
+            {
+                continue;
+            }
             // One process fault per process and schedule.
             if let Some(target) = fault.process()
                 && steps.iter().any(|s| s.fault.process() == Some(target))
@@ -169,15 +196,17 @@ impl Schedule {
             .unwrap_or_default()
     }
 
-    /// How many faults of each kind: cuts, isolations, kills, stops.
-    pub fn kinds(&self) -> [usize; 4] {
-        let mut kinds = [0; 4];
+    /// How many faults of each kind: cuts, isolations, kills, stops,
+    /// database crashes.
+    pub fn kinds(&self) -> [usize; 5] {
+        let mut kinds = [0; 5];
         for step in &self.steps {
             kinds[match step.fault {
                 Fault::Cut { .. } => 0,
                 Fault::Isolate { .. } => 1,
                 Fault::Kill { .. } => 2,
                 Fault::Stop { .. } => 3,
+                Fault::RestartDatabase => 4,
             }] += 1;
         }
         kinds
@@ -259,6 +288,7 @@ pub async fn run(cluster: &Cluster, schedule: &Schedule) {
                     tokio::time::sleep(step.hold).await;
                     cluster.cont(region, *process);
                 }
+                Fault::RestartDatabase => cluster.restart_database(step.hold).await,
             }
         }
     });
@@ -289,7 +319,7 @@ mod tests {
 
     #[test]
     fn schedules_are_bounded_and_hit_a_process_once() {
-        let mut kinds = [0; 4];
+        let mut kinds = [0; 5];
         for seed in 0..500 {
             let schedule = Schedule::random(seed, &regions());
             assert!((1..=MAX_FAULTS).contains(&schedule.steps.len()));
@@ -310,8 +340,33 @@ mod tests {
             }
         }
         assert!(
-            kinds.iter().all(|n| *n > 50),
+            kinds[..4].iter().all(|n| *n > 50),
             "every kind occurs: {kinds:?}"
+        );
+        assert_eq!(kinds[4], 0, "no database to crash");
+    }
+
+    #[test]
+    fn replicated_schedules_hit_either_replica_and_the_database_at_most_once() {
+        let (mut replicas, mut crashes) = (0, 0);
+        for seed in 0..500 {
+            let schedule = Schedule::random_replicated(seed, &regions());
+            let kinds = schedule.kinds();
+            assert!(kinds[4] <= 1, "{schedule}");
+            crashes += kinds[4];
+            replicas += schedule
+                .steps
+                .iter()
+                .filter(|s| {
+                    s.fault
+                        .process()
+                        .is_some_and(|(_, p)| p == Process::Replica)
+                })
+                .count();
+        }
+        assert!(
+            replicas > 50 && crashes > 50,
+            "{replicas} replica faults, {crashes} crashes"
         );
     }
 }

@@ -185,13 +185,20 @@ impl Workload {
 
     /// Keeps a stream open for member `session` of `groups`, from the start.
     pub fn subscribe(&mut self, session: &str, client: &Client, groups: &[&str]) {
+        self.subscribe_any(session, std::slice::from_ref(client), groups);
+    }
+
+    /// As [`Self::subscribe`], through any of `clients` (one per replica of
+    /// a service center, logged in as one user): after an error the stream
+    /// resumes through the next.
+    pub fn subscribe_any(&mut self, session: &str, clients: &[Client], groups: &[&str]) {
         for group in groups {
             self.recorder.member(group, session);
         }
         let task = subscriber(
             self.recorder.clone(),
             session.to_owned(),
-            client.clone(),
+            clients.to_vec(),
             groups.iter().map(|g| g.to_string()).collect(),
             self.subscribing.subscribe(),
         );
@@ -200,10 +207,16 @@ impl Workload {
 
     /// Sends to `group` as `session` once every `every`.
     pub fn send(&mut self, session: &str, client: &Client, group: &str, every: Duration) {
+        self.send_any(session, std::slice::from_ref(client), group, every);
+    }
+
+    /// As [`Self::send`], through any of `clients` (one per replica of a
+    /// service center): a failed attempt is retried through the next.
+    pub fn send_any(&mut self, session: &str, clients: &[Client], group: &str, every: Duration) {
         let task = sender(
             self.recorder.clone(),
             session.to_owned(),
-            client.clone(),
+            clients.to_vec(),
             group.to_owned(),
             every,
             self.sending.subscribe(),
@@ -256,7 +269,7 @@ impl Drop for Workload {
 async fn sender(
     recorder: Arc<Recorder>,
     session: String,
-    mut client: Client,
+    mut clients: Vec<Client>,
     group: String,
     every: Duration,
     mut sending: watch::Receiver<bool>,
@@ -275,7 +288,9 @@ async fn sender(
         let sent_at = recorder.now();
         // Retry with the same key until acknowledged; a stop only prevents
         // new sends (the caller bounds how long it waits for this one).
-        loop {
+        for attempt in 0.. {
+            let n = clients.len();
+            let client = &mut clients[attempt % n];
             if let Ok(Ok(reply)) =
                 tokio::time::timeout(CALL_TIMEOUT, client.send(&group, &key, &key)).await
             {
@@ -298,12 +313,17 @@ async fn sender(
 async fn subscriber(
     recorder: Arc<Recorder>,
     session: String,
-    mut client: Client,
+    mut clients: Vec<Client>,
     groups: Vec<String>,
     mut subscribing: watch::Receiver<bool>,
 ) {
     let mut last: BTreeMap<String, u64> = groups.iter().map(|g| (g.clone(), 0)).collect();
-    while *subscribing.borrow() {
+    for attempt in 0.. {
+        if !*subscribing.borrow() {
+            return;
+        }
+        let n = clients.len();
+        let client = &mut clients[attempt % n];
         let cursors = last
             .iter()
             .map(|(group, &last_seq)| Cursor {
