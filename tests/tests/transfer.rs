@@ -736,3 +736,117 @@ async fn the_binary_exports_and_imports_and_says_what_it_did() {
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert!(stderr.contains("already holds a data center"), "{stderr}");
 }
+
+const LOCAL_REGIONS: &str = "
+apiVersion: meridian.dev/v1alpha1
+kind: Region
+metadata: {name: eu, namespace: chat}
+spec: {cluster: default}
+---
+apiVersion: meridian.dev/v1alpha1
+kind: Region
+metadata: {name: us, namespace: chat}
+spec: {cluster: default}
+";
+
+/// The README's local-mode steps with the real binaries: a chat on eu's
+/// SQLite file, local mode stopped, eu exported and imported, local mode
+/// started again with `--postgres eu=URL`: the same users log in with
+/// their passwords, the histories and groups read the same, and the
+/// groups go on from their last seq.
+#[test]
+fn a_local_mode_region_moves_to_postgres_and_keeps_its_chat() {
+    use meridian_tests::local_mode::{LocalMode, as_user, ok};
+    if !available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("regions.yaml");
+    std::fs::write(&manifest, LOCAL_REGIONS).unwrap();
+    let state = dir.path().join("state");
+    let mut local = LocalMode::start(std::slice::from_ref(&manifest), &state);
+    for user in ["ann@eu", "cat@eu", "bob@us"] {
+        ok(local.cli(&as_user(user, &["register"])));
+    }
+    ok(local.cli(&as_user("ann@eu", &["group", "create", "lobby"])));
+    ok(local.cli(&as_user("cat@eu", &["group", "create", "crew"])));
+    for (user, group) in [
+        ("bob@us", "lobby@eu"),
+        ("cat@eu", "lobby@eu"),
+        ("ann@eu", "crew@eu"),
+    ] {
+        ok(local.cli(&as_user(user, &["group", "join", group])));
+    }
+    for (user, group, text) in [
+        ("ann@eu", "lobby@eu", "one"),
+        ("bob@us", "lobby@eu", "two, from us"),
+        ("cat@eu", "crew@eu", "crew one"),
+        ("cat@eu", "lobby@eu", "three"),
+        ("ann@eu", "crew@eu", "crew two"),
+    ] {
+        ok(local.cli(&as_user(user, &["send", group, text])));
+    }
+    let read = |local: &LocalMode| {
+        [
+            ok(local.cli(&as_user("ann@eu", &["--json", "history", "lobby@eu"]))),
+            ok(local.cli(&as_user("cat@eu", &["--json", "history", "crew@eu"]))),
+            ok(local.cli(&as_user("bob@us", &["--json", "group", "get", "lobby@eu"]))),
+            ok(local.cli(&as_user("ann@eu", &["--json", "group", "get", "crew@eu"]))),
+        ]
+    };
+    let before = read(&local);
+    assert_eq!(before[0].lines().count(), 3, "{}", before[0]);
+    assert_eq!(before[1].lines().count(), 2, "{}", before[1]);
+    assert!(local.stop().success());
+
+    let tool = binary("meridian-data-center");
+    let dump = dir.path().join("eu.dump");
+    let exported = Command::new(&tool)
+        .args(["export", "--data-dir"])
+        .arg(state.join("eu/data"))
+        .arg("--out")
+        .arg(&dump)
+        .output()
+        .unwrap();
+    assert!(
+        exported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&exported.stderr)
+    );
+    let server = Postgres::start().unwrap();
+    let url = server.create_database("eu").unwrap();
+    let url_file = dir.path().join("eu-postgres-url");
+    std::fs::write(&url_file, &url).unwrap();
+    let imported = Command::new(&tool)
+        .args(["import", "--in"])
+        .arg(&dump)
+        .arg("--postgres-url-file")
+        .arg(&url_file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&imported.stdout);
+    assert!(
+        imported.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&imported.stderr)
+    );
+    assert!(stdout.contains("users           2\n"), "{stdout}");
+    assert!(stdout.contains("messages        5\n"), "{stdout}");
+
+    // The SQLite file is left as it was, but eu now runs on PostgreSQL.
+    std::fs::rename(state.join("eu/data"), dir.path().join("eu-sqlite")).unwrap();
+    let postgres_arg = format!("eu={url}");
+    let local = LocalMode::start_with(&[manifest], &state, &["--postgres", &postgres_arg]);
+    assert!(!state.join("eu/data/data-center.sqlite").exists());
+    assert_eq!(read(&local), before);
+    let sent = ok(local.cli(&as_user("bob@us", &["--json", "send", "lobby@eu", "four"])));
+    let sent: serde_json::Value = serde_json::from_str(sent.trim()).unwrap();
+    assert_eq!(sent["seq"], 4, "{sent}");
+    let sent = ok(local.cli(&as_user("ann@eu", &["send", "crew@eu", "crew three"])));
+    assert!(sent.contains("seq 3"), "{sent}");
+    let wrong = local.cli(&["--user", "ann@eu", "--password", "wrong-pass", "login"]);
+    assert!(
+        !wrong.status.success(),
+        "the password hash moved, not a blank one"
+    );
+}
