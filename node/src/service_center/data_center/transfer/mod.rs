@@ -1,8 +1,8 @@
 //! Moving a region's data center from its SQLite file to PostgreSQL
-//! (docs/ARCHITECTURE.md §12, "Moving a region to PostgreSQL"): [`export`]
-//! writes everything the file holds to a dump, [`import`] loads a dump
-//! into an empty PostgreSQL database in one transaction. The binary
-//! `meridian-data-center` runs them.
+//! (docs/ARCHITECTURE.md §12, "Moving a region to PostgreSQL"; the README
+//! has the steps): [`export`] writes everything the file holds to a dump,
+//! [`import`] loads a dump into an empty PostgreSQL database in one
+//! transaction. The binary `meridian-data-center` runs them.
 //!
 //! The dump is text, one JSON object a line, so that an operator can read
 //! it and a reader never holds more than a line:
