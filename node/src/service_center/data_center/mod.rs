@@ -52,7 +52,8 @@ pub struct DataCenter {
 #[derive(Clone)]
 enum Backend {
     Sqlite(SqliteFile),
-    Postgres(postgres::Pool),
+    /// Boxed: its connection settings are large, and handles are cloned.
+    Postgres(Box<postgres::Pool>),
 }
 
 impl DataCenter {
@@ -72,7 +73,7 @@ impl DataCenter {
     pub fn connect(settings: &postgres::Settings) -> Result<Self, Error> {
         let pool = postgres::Pool::open(postgres::Connector::new(settings)?)?;
         Ok(Self {
-            backend: Backend::Postgres(pool),
+            backend: Backend::Postgres(Box::new(pool)),
             commits: CommitMetrics::default(),
         })
     }
