@@ -145,6 +145,12 @@ impl Postgres {
         self.port
     }
 
+    /// The server's (postmaster's) process id while it runs; its backends
+    /// are its children, so a benchmark can measure what they spend.
+    pub fn pid(&self) -> Option<u32> {
+        self.server.as_ref().map(Child::id)
+    }
+
     /// Where the server writes its log.
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("postgres.log")
@@ -185,6 +191,27 @@ impl Postgres {
         self.stop(mode)?;
         self.launch()?;
         Ok(started.elapsed())
+    }
+
+    /// Serves TLS from now on with this certificate and key (PEM), after a
+    /// fast restart. Clients may still connect without TLS; a client that
+    /// requires it gets it.
+    pub fn enable_tls(&mut self, cert_pem: &str, key_pem: &str) -> anyhow::Result<()> {
+        let data = self.data_dir();
+        for (name, pem) in [("server.crt", cert_pem), ("server.key", key_pem)] {
+            let path = data.join(name);
+            std::fs::write(&path, pem)?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+            if let Some((uid, gid)) = self.run_as {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid))?;
+            }
+        }
+        let conf = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf)?;
+        text.push_str("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        std::fs::write(&conf, text)?;
+        self.restart_with(Stop::Fast)?;
+        Ok(())
     }
 
     /// Starts the server again after a [`stop`](Self::stop), on its data.

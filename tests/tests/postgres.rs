@@ -129,6 +129,7 @@ fn migrations_run_from_empty_and_then_have_nothing_to_do() {
             "members",
             "messages",
             "outbox",
+            "outbox_leases",
             "schema_versions",
             "sequenced_keys",
             "sessions",
@@ -502,4 +503,100 @@ fn a_deadlock_is_retryable() {
         Error::Unavailable(message) => assert!(message.contains("40P01"), "{message}"),
         other => panic!("expected UNAVAILABLE, got {other:?}"),
     }
+}
+
+/// The service center's connection (`DataCenter::connect`): over TLS when
+/// given a CA, which must have issued the server's certificate for the
+/// host it dials; a connection string that requires TLS without a CA to
+/// check it with is refused before any connection; bad files are named.
+#[tokio::test]
+async fn the_data_center_connects_over_tls_checked_against_its_ca() {
+    use meridian_node::service_center::data_center::DataCenter;
+    use meridian_node::service_center::data_center::postgres::Settings;
+    use meridian_node::trust::pki::{DEFAULT_LIFETIME, MeshCa};
+    if !available() {
+        return;
+    }
+    let mut server = Postgres::start().unwrap();
+    let ca = MeshCa::generate("postgres").unwrap();
+    let issued = ca
+        .issue_region("db", "test", &["127.0.0.1".into()], DEFAULT_LIFETIME)
+        .unwrap();
+    server
+        .enable_tls(&issued.cert_pem, &issued.key_pem)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let url = file("url", &server.create_database("tls").unwrap());
+    let open = |url_file: &std::path::Path, ca_file: Option<std::path::PathBuf>| {
+        let settings = Settings {
+            url_file: url_file.to_owned(),
+            ca_file,
+        };
+        async move {
+            tokio::task::spawn_blocking(move || DataCenter::connect(&settings))
+                .await
+                .unwrap()
+        }
+    };
+
+    let dc = open(&url, Some(file("ca.pem", &ca.cert_pem)))
+        .await
+        .expect("TLS checked against the CA");
+    dc.write(|tx| tx.insert_user("ann@eu", "h", 1))
+        .await
+        .unwrap();
+    let tls: bool = {
+        let url = server.url_of("tls");
+        tokio::task::spawn_blocking(move || {
+            // The server's own view of that connection: it used TLS.
+            let mut client = connect(&url);
+            client
+                .query_one(
+                    "SELECT bool_or(ssl) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+                     WHERE application_name = 'meridian-service-center'",
+                    &[],
+                )
+                .unwrap()
+                .get(0)
+        })
+        .await
+        .unwrap()
+    };
+    assert!(tls, "the service center's connection is not encrypted");
+
+    let other = MeshCa::generate("someone else").unwrap();
+    let Err(refused) = open(&url, Some(file("other.pem", &other.cert_pem))).await else {
+        panic!("a server certificate from another CA was accepted");
+    };
+    assert!(matches!(refused, Error::Unavailable(_)), "{refused:?}");
+
+    let require = file(
+        "require",
+        &format!("{}?sslmode=require", server.url_of("tls")),
+    );
+    let Err(Error::FailedPrecondition(message)) = open(&require, None).await else {
+        panic!("sslmode=require without a CA was accepted");
+    };
+    assert!(message.contains("--postgres-ca-file"), "{message}");
+    let url_text = server.url_of("tls");
+    let password = url_text
+        .split_once(&format!("{}:", meridian_tests::postgres::USER))
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .map(|(password, _)| password.to_owned())
+        .expect("a password in the URL");
+    assert!(
+        !message.contains(&password),
+        "the error shows the password: {message}"
+    );
+
+    let Err(Error::FailedPrecondition(message)) = open(&dir.path().join("missing"), None).await
+    else {
+        panic!("a missing connection string file was accepted");
+    };
+    assert!(message.contains("missing"), "{message}");
 }
