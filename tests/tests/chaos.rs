@@ -201,7 +201,13 @@ async fn run(backend: Backend) {
             }
         );
         acknowledged = report.acknowledged;
-        if !acked {
+        let exited = cluster.exited();
+        if !exited.is_empty() {
+            failure = Some(format!(
+                "schedule {i} (seed {seed}): a process exited by itself: {}",
+                exited.join("; ")
+            ));
+        } else if !acked {
             failure = Some(format!(
                 "schedule {i} (seed {seed}): sends were not acknowledged within {ACK_WITHIN:?} \
                  after its faults were undone"

@@ -552,6 +552,19 @@ impl Cluster {
         eprintln!("faults: restarted {code} {process}");
     }
 
+    /// The processes that exited on their own (none the faults killed and
+    /// have not restarted yet): each is a failure of the system.
+    pub fn exited(&self) -> Vec<String> {
+        let mut nodes = self.lock();
+        nodes
+            .iter_mut()
+            .filter_map(|((code, process), node)| {
+                let status = node.child.as_mut()?.try_wait().ok().flatten()?;
+                Some(format!("{code} {process} exited with {status}"))
+            })
+            .collect()
+    }
+
     /// Whether the process runs (a stopped one counts).
     pub fn running(&self, code: &str, process: Process) -> bool {
         let mut nodes = self.lock();
