@@ -141,6 +141,18 @@ fn a_killed_replica_leaves_the_region_serving_and_a_listener_resumes_without_gap
     ];
     assert!(replicas.iter().all(|p| alive(*p)), "both replicas run");
 
+    // Local mode is ready once every process serves; the link between
+    // the regions comes up with the first heartbeats after that.
+    for (from, to) in [("us", "eu"), ("eu", "us")] {
+        wait_for(Duration::from_secs(30), "the link is up", || {
+            let out = local.cli(&["--json", "--region", from, "mesh", "status"]);
+            String::from_utf8_lossy(&out.stdout).lines().any(|line| {
+                serde_json::from_str::<Value>(line)
+                    .is_ok_and(|link| link["peer"] == to && link["state"] == "Up")
+            })
+        });
+    }
+
     // A chat: ann at eu, bob at us, in a group homed at eu.
     for user in ["ann@eu", "bob@us"] {
         ok(local.cli(&as_user(user, &["register"])));
@@ -299,5 +311,86 @@ fn several_replicas_without_postgres_and_postgres_for_an_unknown_region_are_refu
     assert!(
         log.contains("--postgres ap: region ap is not in the manifests (regions: eu, us)"),
         "{log}"
+    );
+}
+
+/// The client URLs endpoints.json lists for `region`.
+fn clients(state: &std::path::Path, region: &str) -> Vec<String> {
+    std::fs::read_to_string(state.join("endpoints.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+        .and_then(|e| {
+            e["regions"][region]["clients"].as_array().map(|a| {
+                a.iter()
+                    .filter_map(|c| c.as_str().map(str::to_owned))
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_changed_replica_count_starts_and_stops_replicas() {
+    if !available() {
+        return;
+    }
+    let postgres = Postgres::start().unwrap();
+    let database = postgres.create_database("eu").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("regions.yaml");
+    let with = |n: usize| MANIFESTS.replace("replicas: 2", &format!("replicas: {n}"));
+    std::fs::write(&manifest, with(1)).unwrap();
+    let state = dir.path().join("state");
+    let postgres_arg = format!("eu={database}");
+    let local = LocalMode::start_with(
+        std::slice::from_ref(&manifest),
+        &state,
+        &["--postgres", &postgres_arg],
+    );
+    assert_eq!(clients(&state, "eu").len(), 1);
+    ok(local.cli(&as_user("ann@eu", &["register"])));
+
+    std::fs::write(&manifest, with(3)).unwrap();
+    wait_for(Duration::from_secs(30), "three clients listed", || {
+        clients(&state, "eu").len() == 3
+    });
+    let third = clients(&state, "eu")[2].clone();
+    // The new replica serves: ann logs in there alone.
+    let ca = state.join("pki/ca.crt");
+    wait_for(Duration::from_secs(60), "the third replica serves", || {
+        let out = local.cli(&[
+            "--server",
+            &third,
+            "--ca",
+            ca.to_str().unwrap(),
+            "--user",
+            "ann@eu",
+            "--password",
+            "secret-pass",
+            "login",
+        ]);
+        out.status.success()
+    });
+    let mesh = std::fs::read_to_string(state.join("eu/mesh.yaml")).unwrap();
+    let mesh: serde_yaml::Value = serde_yaml::from_str(&mesh).unwrap();
+    assert_eq!(
+        mesh["serviceCenter"]["replicas"]
+            .as_sequence()
+            .unwrap()
+            .len(),
+        3
+    );
+    let dropped = local.pid("eu", "service-center-2");
+
+    std::fs::write(&manifest, with(2)).unwrap();
+    wait_for(Duration::from_secs(30), "two clients listed", || {
+        clients(&state, "eu").len() == 2
+    });
+    wait_for(Duration::from_secs(30), "the third replica stops", || {
+        !alive(dropped)
+    });
+    assert!(
+        alive(local.pid("eu", "service-center-1")),
+        "the second stays"
     );
 }
