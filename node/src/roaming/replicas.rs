@@ -42,9 +42,10 @@ pub(super) enum Repeat {
 
 /// Whether a failed attempt may be made again on the next replica.
 ///
-/// A failure to connect (the replica's port refuses, or its TLS handshake
-/// fails: tonic's `ConnectError` is in the status's source chain) means the
-/// request never left this process, so any request may move on. Any other
+/// A failure to connect (the replica's port refuses, its TLS handshake
+/// fails, or connecting takes longer than `transport::CONNECT_TIMEOUT`, as
+/// with a hung process) means the request never left this process, so any
+/// request may move on. Any other
 /// `Unavailable` (the connection broke during the call, the replica is
 /// shutting down, its data center was briefly unavailable) may come after
 /// the replica applied the request, so only an idempotent one moves on.
@@ -55,11 +56,24 @@ pub(super) fn may_try_next(status: &Status, repeat: Repeat) -> bool {
     repeat == Repeat::Idempotent && status.code() == Code::Unavailable
 }
 
-/// Whether the call failed while connecting, before sending anything.
+/// Whether the call failed while connecting, before sending anything:
+/// tonic's `ConnectError` is in the status's source chain (refused, or the
+/// TLS handshake failed), or the connect timeout's: an I/O `TimedOut`
+/// made of tokio's `Elapsed`. Channels set no read or write timeouts, and
+/// a call's own timeout is tonic's `TimeoutExpired`, so only connecting
+/// makes that one.
 fn never_sent(status: &Status) -> bool {
     let mut source = std::error::Error::source(status);
     while let Some(err) = source {
         if err.is::<tonic::ConnectError>() {
+            return true;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::TimedOut
+            && io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<tokio::time::error::Elapsed>())
+        {
             return true;
         }
         source = err.source();
@@ -395,6 +409,44 @@ mod roaming_tests {
         }
         leaves.sort();
         assert_eq!(leaves, ["a", "b", "b"]);
+        roaming.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_hung_replica_passes_even_a_change_on_once_connecting_times_out() {
+        let ca = MeshCa::generate("test").unwrap();
+        let credentials = ca
+            .issue_region("eu", "test", &[], DEFAULT_LIFETIME)
+            .and_then(|c| c.credentials(&ca.cert_pem))
+            .unwrap();
+        let (live, calls) = serve("live", credentials.clone()).await;
+        // Bound, never accepting: connections wait in the backlog and no
+        // TLS handshake is ever answered, as with a stopped process.
+        let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let hung = format!("https://{}", hung.local_addr().unwrap());
+        let config = MeshConfig {
+            region: "eu".into(),
+            service_center: PairEndpoint {
+                pair: hung.clone(),
+                replicas: vec![hung, live],
+            },
+            roaming: PairEndpoint::single(dead_url()),
+            peers: Vec::new(),
+        };
+        let (_config, config_rx) = tokio::sync::watch::channel(config);
+        let roaming = Roaming::start(config_rx, HealthPolicy::default(), credentials);
+        let leave = request(Op::Leave(Leave {
+            actor: "ann@eu".into(),
+            group: "g@eu".into(),
+        }));
+        let started = std::time::Instant::now();
+        let reply = roaming.route_data(leave, Sender::ServiceCenter).await;
+        assert_eq!(answered(reply), Ok("live".to_owned()));
+        assert_eq!(calls.load(Ordering::Relaxed), 1);
+        assert!(
+            started.elapsed() >= transport::CONNECT_TIMEOUT,
+            "the hung one was tried first, for its connect timeout"
+        );
         roaming.shutdown().await;
     }
 
