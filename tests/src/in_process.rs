@@ -210,6 +210,7 @@ impl Mesh {
                         .chain(p.replicas.iter().map(|(_, pair)| pair))
                         .map(url)
                         .collect(),
+                    dns: None,
                 }
             } else {
                 PairEndpoint::single(url(&p.sc_pair))

@@ -45,6 +45,44 @@ pub struct PairEndpoint {
     /// knows only `pair` still reaches one. Empty: `pair` is the only one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replicas: Vec<String>,
+    /// A URL whose host name resolves to the address of every replica (a
+    /// headless Service on Kubernetes), instead of a list: the roaming
+    /// system looks it up every few seconds and dials each address with
+    /// this URL's scheme and port, because one Service address would take
+    /// every call to one replica (docs/ARCHITECTURE.md §12, "Reaching the
+    /// replicas"). While the name resolves to nothing, `pair` serves. Only
+    /// the service center's, and never with `replicas`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<String>,
+}
+
+/// The parts of a `dns` URL: the scheme to dial each address with, the
+/// host name to look up, and the port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DnsName<'a> {
+    pub scheme: &'a str,
+    pub host: &'a str,
+    pub port: u16,
+}
+
+impl<'a> DnsName<'a> {
+    /// `url` taken apart, if it is `http://` or `https://`, a host name
+    /// (not an address: there would be nothing to look up) and a port.
+    pub fn parse(url: &'a str) -> Option<Self> {
+        if !is_pair_url(url) {
+            return None;
+        }
+        let (scheme, rest) = url.split_once("://")?;
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        let (host, port) = authority.rsplit_once(':')?;
+        let port = port.parse().ok().filter(|p| *p != 0)?;
+        let name = !host.is_empty()
+            && host.parse::<std::net::Ipv4Addr>().is_err()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+        name.then_some(Self { scheme, host, port })
+    }
 }
 
 impl PairEndpoint {
@@ -53,6 +91,7 @@ impl PairEndpoint {
         Self {
             pair: pair.into(),
             replicas: Vec::new(),
+            dns: None,
         }
     }
 
@@ -65,9 +104,27 @@ impl PairEndpoint {
         }
     }
 
-    /// Checks the replica list; `field` names it in messages
-    /// (`serviceCenter`).
-    fn validate(&self, field: &str) -> Result<(), String> {
+    /// Checks the replica list and the name; `field` names the endpoint in
+    /// messages (`serviceCenter`), and `found_by_name` says whether its
+    /// replicas may be found by name (only the service center's are).
+    fn validate(&self, field: &str, found_by_name: bool) -> Result<(), String> {
+        if let Some(dns) = &self.dns {
+            if !found_by_name {
+                return Err(format!(
+                    "{field}.dns: only the service center's replicas are found by name"
+                ));
+            }
+            if !self.replicas.is_empty() {
+                return Err(format!(
+                    "{field}.dns: not with {field}.replicas (the replicas are either listed or found by name)"
+                ));
+            }
+            if DnsName::parse(dns).is_none() {
+                return Err(format!(
+                    "{field}.dns: {dns:?} is not an http:// or https:// URL of a host name and port"
+                ));
+            }
+        }
         if self.replicas.is_empty() {
             return Ok(());
         }
@@ -152,9 +209,9 @@ impl MeshConfig {
             return invalid(format!("region: {:?} is not a region code", self.region));
         }
         self.service_center
-            .validate("serviceCenter")
+            .validate("serviceCenter", true)
             .or_else(invalid)?;
-        self.roaming.validate("roaming").or_else(invalid)?;
+        self.roaming.validate("roaming", false).or_else(invalid)?;
         let mut seen = std::collections::BTreeSet::new();
         for (i, peer) in self.peers.iter().enumerate() {
             if !is_region_code(&peer.region) {
@@ -347,6 +404,70 @@ peers:
             ),
         );
         assert!(MeshConfig::from_yaml(&text).is_ok(), "16 replicas are fine");
+    }
+
+    #[test]
+    fn service_center_replicas_may_be_found_by_a_checked_name() {
+        let with = |sc: &str| {
+            EXAMPLE.replace(
+                "serviceCenter: {pair: 'http://127.0.0.1:1'}",
+                &format!("serviceCenter: {sc}"),
+            )
+        };
+        let text = with("{pair: 'https://sc.chat.svc:7401', dns: 'https://sc-pods.chat.svc:7401'}");
+        let config = MeshConfig::from_yaml(&text).unwrap();
+        let dns = config.service_center.dns.as_deref().unwrap();
+        assert_eq!(
+            DnsName::parse(dns),
+            Some(DnsName {
+                scheme: "https",
+                host: "sc-pods.chat.svc",
+                port: 7401
+            })
+        );
+        assert_eq!(
+            config.service_center.urls(),
+            ["https://sc.chat.svc:7401"],
+            "pair, until the name is resolved"
+        );
+        assert_eq!(MeshConfig::from_yaml(&config.to_yaml()).unwrap(), config);
+        assert!(
+            !MeshConfig::from_yaml(EXAMPLE)
+                .unwrap()
+                .to_yaml()
+                .contains("dns"),
+            "left out when unset"
+        );
+
+        let refused = |text: &str, field: &str| {
+            let err = MeshConfig::from_yaml(text).unwrap_err().to_string();
+            assert!(err.contains(field), "{text}: {err}");
+        };
+        for bad in [
+            "ftp://sc-pods:7401",
+            "https://sc-pods",
+            "https://sc-pods:0",
+            "https://sc-pods:x",
+            "https://10.0.0.1:7401",
+            "https://[::1]:7401",
+            "https://:7401",
+        ] {
+            refused(
+                &with(&format!("{{pair: 'https://sc:1', dns: '{bad}'}}")),
+                "serviceCenter.dns",
+            );
+        }
+        refused(
+            &with("{pair: 'https://a:1', replicas: ['https://a:1'], dns: 'https://sc-pods:1'}"),
+            "not with serviceCenter.replicas",
+        );
+        refused(
+            &EXAMPLE.replace(
+                "roaming: {pair: 'http://127.0.0.1:2'}",
+                "roaming: {pair: 'http://127.0.0.1:2', dns: 'https://r-pods:7402'}",
+            ),
+            "roaming.dns",
+        );
     }
 
     #[tokio::test]

@@ -74,7 +74,18 @@ impl Roaming {
                 let deadline = tokio::time::Instant::now() + CALL_TIMEOUT;
                 let repeat = request.repeat();
                 replicas::call(service_center, repeat, deadline, |replica| {
-                    request.clone().local(replica)
+                    let answer = request.clone().local(replica);
+                    async {
+                        let answer = answer.await;
+                        // A replica found by name that cannot be connected
+                        // to may have gone: look the name up again soon.
+                        if let Err(status) = &answer
+                            && replicas::never_sent(status)
+                        {
+                            self.found.stale();
+                        }
+                        answer
+                    }
                 })
                 .await
                 .map(tonic::Response::into_inner)

@@ -13,6 +13,7 @@ pub mod links;
 pub mod metrics;
 mod probe;
 mod replicas;
+mod resolve;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -44,6 +45,9 @@ pub struct Roaming {
     tasks: Tasks,
     /// Which service-center replica the next call to it starts at.
     turns: Arc<replicas::Turns>,
+    /// The service-center replicas found by `serviceCenter.dns`, if it is
+    /// set, each with its channel.
+    found: Arc<resolve::Found>,
 }
 
 /// Who handed this roaming system a request.
@@ -59,7 +63,8 @@ pub enum Sender {
 /// Where a request goes next.
 enum Hop {
     /// This region's service center: its replicas, in the order this call
-    /// tries them (one client each, over one cached channel per URL).
+    /// tries them (one client each, over one cached channel per URL or per
+    /// address found by name).
     Local(Vec<PairClient<Channel>>),
     /// Another region's roaming system, `next_hop`, towards `destination`.
     Peer {
@@ -77,6 +82,17 @@ impl Roaming {
         policy: HealthPolicy,
         credentials: Arc<Credentials>,
     ) -> Self {
+        Self::start_with(config, policy, credentials, resolve::Resolving::system())
+    }
+
+    /// [`Self::start`], finding the service center's replicas by name as
+    /// `resolving` says (tests answer lookups themselves).
+    fn start_with(
+        config: watch::Receiver<MeshConfig>,
+        policy: HealthPolicy,
+        credentials: Arc<Credentials>,
+        resolving: resolve::Resolving,
+    ) -> Self {
         let region = config.borrow().region.clone();
         let seal = business::link_state_sealer(credentials.clone());
         let roaming = Self {
@@ -87,11 +103,22 @@ impl Roaming {
             credentials,
             tasks: Tasks::new(),
             turns: Arc::default(),
+            found: Arc::default(),
         };
         roaming.links.configure(&roaming.config.borrow());
         roaming
             .tasks
             .spawn_until_stopped(probe::run(roaming.clone()));
+        let dial = Dial::Region {
+            credentials: roaming.credentials.clone(),
+            region,
+        };
+        roaming.tasks.spawn_until_stopped(resolve::run(
+            roaming.found.clone(),
+            roaming.config.clone(),
+            resolving,
+            move |url| transport::channel(url, dial.clone()),
+        ));
         roaming
     }
 
@@ -199,18 +226,27 @@ impl Roaming {
         let config = self.config();
         match self.links.next_hop(&config, &envelope.destination) {
             Route::Local => {
-                let urls = config.service_center.urls();
+                // The replicas found by name, or else the listed ones (or
+                // `pair` alone).
+                let channels = match self.found.channels(&config.service_center) {
+                    Some(channels) => channels,
+                    None => config
+                        .service_center
+                        .urls()
+                        .iter()
+                        .map(|url| self.channel(url, &config.region))
+                        .collect::<Result<_, Error>>()?,
+                };
                 let clients = self
                     .turns
-                    .order(urls.len())
+                    .order(channels.len())
                     .into_iter()
                     .map(|i| {
-                        let channel = self.channel(&urls[i], &config.region)?;
-                        Ok(PairClient::new(channel)
+                        PairClient::new(channels[i].clone())
                             .max_decoding_message_size(crate::limits::MAX_GRPC_MESSAGE_BYTES)
-                            .max_encoding_message_size(crate::limits::MAX_GRPC_MESSAGE_BYTES))
+                            .max_encoding_message_size(crate::limits::MAX_GRPC_MESSAGE_BYTES)
                     })
-                    .collect::<Result<_, Error>>()?;
+                    .collect();
                 Ok(Hop::Local(clients))
             }
             Route::Next { next_hop, endpoint } => {

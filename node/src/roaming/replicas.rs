@@ -62,7 +62,7 @@ pub(super) fn may_try_next(status: &Status, repeat: Repeat) -> bool {
 /// made of tokio's `Elapsed`. Channels set no read or write timeouts, and
 /// a call's own timeout is tonic's `TimeoutExpired`, so only connecting
 /// makes that one.
-fn never_sent(status: &Status) -> bool {
+pub(super) fn never_sent(status: &Status) -> bool {
     let mut source = std::error::Error::source(status);
     while let Some(err) = source {
         if err.is::<tonic::ConnectError>() {
@@ -277,6 +277,10 @@ mod roaming_tests {
         BusinessReply, BusinessRequest, DataReply, DataRequest, Envelope, GetGroup, Leave,
         data_reply,
     };
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use crate::roaming::resolve::{Lookup, Resolver, Resolving};
     use crate::roaming::{Roaming, Sender};
     use crate::transport::{self, ClientAuth, ServerTls};
     use crate::trust::Credentials;
@@ -377,6 +381,7 @@ mod roaming_tests {
             service_center: PairEndpoint {
                 pair: a.clone(),
                 replicas: vec![a.clone(), dead.clone(), b.clone()],
+                dns: None,
             },
             roaming: PairEndpoint::single(dead_url()),
             peers: Vec::new(),
@@ -429,6 +434,7 @@ mod roaming_tests {
             service_center: PairEndpoint {
                 pair: hung.clone(),
                 replicas: vec![hung, live],
+                dns: None,
             },
             roaming: PairEndpoint::single(dead_url()),
             peers: Vec::new(),
@@ -463,6 +469,7 @@ mod roaming_tests {
             service_center: PairEndpoint {
                 pair: first.clone(),
                 replicas: vec![first, second],
+                dns: None,
             },
             roaming: PairEndpoint::single(dead_url()),
             peers: Vec::new(),
@@ -472,6 +479,126 @@ mod roaming_tests {
         let failure = answered(roaming.route_data(get_group(), Sender::ServiceCenter).await)
             .expect_err("nothing answers");
         assert!(failure.contains("unreachable"), "{failure}");
+        roaming.shutdown().await;
+    }
+
+    /// Answers a lookup of a name with the addresses the test set for it;
+    /// a name without any fails.
+    #[derive(Default)]
+    struct Names(std::sync::Mutex<std::collections::HashMap<String, Vec<SocketAddr>>>);
+
+    impl Names {
+        fn set(&self, host: &str, addrs: &[SocketAddr]) {
+            self.0.lock().unwrap().insert(host.into(), addrs.to_vec());
+        }
+    }
+
+    impl Resolver for Names {
+        fn lookup<'a>(&'a self, host: &'a str, _port: u16) -> Lookup<'a> {
+            let answer = self.0.lock().unwrap().get(host).cloned();
+            Box::pin(async move { answer.ok_or_else(|| std::io::Error::other("no such name")) })
+        }
+    }
+
+    fn addr_of(url: &str) -> SocketAddr {
+        url.trim_start_matches("https://").parse().unwrap()
+    }
+
+    /// Calls until `want` answers, within a deadline far shorter than the
+    /// resolver's interval; returns every answer on the way.
+    async fn until_answered_by(roaming: &Roaming, want: &str) -> Vec<String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut answers = Vec::new();
+        loop {
+            let reply = roaming.route_data(get_group(), Sender::ServiceCenter).await;
+            let answer = answered(reply).expect("a replica answers");
+            let done = answer == want;
+            answers.push(answer);
+            if done {
+                return answers;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{want} never answered: {answers:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn replicas_found_by_name_take_turns_are_looked_up_again_after_a_refusal_and_pair_serves_without_them()
+     {
+        let ca = MeshCa::generate("test").unwrap();
+        let credentials = ca
+            .issue_region("eu", "test", &[], DEFAULT_LIFETIME)
+            .and_then(|c| c.credentials(&ca.cert_pem))
+            .unwrap();
+        let (a, a_calls) = serve("a", credentials.clone()).await;
+        let (b, b_calls) = serve("b", credentials.clone()).await;
+        let (pair, pair_calls) = serve("pair", credentials.clone()).await;
+        let dead = addr_of(&dead_url());
+        let (a, b) = (addr_of(&a), addr_of(&b));
+        let names = Arc::new(Names::default());
+        names.set("eu-service-center-pods.chat.svc", &[dead, a]);
+        let config = MeshConfig {
+            region: "eu".into(),
+            service_center: PairEndpoint {
+                dns: Some("https://eu-service-center-pods.chat.svc:7401".into()),
+                ..PairEndpoint::single(pair)
+            },
+            roaming: PairEndpoint::single(dead_url()),
+            peers: Vec::new(),
+        };
+        config.validate().unwrap();
+        let (config_tx, config_rx) = tokio::sync::watch::channel(config.clone());
+        let resolving = Resolving {
+            resolver: names.clone(),
+            // Long: every lookup the test waits for is made at once.
+            interval: Duration::from_secs(600),
+        };
+        let roaming =
+            Roaming::start_with(config_rx, HealthPolicy::default(), credentials, resolving);
+
+        // Found: the dead address and a (until the first lookup, pair
+        // serves). Every call ends at a, the dead one's turns too.
+        let first = until_answered_by(&roaming, "a").await;
+        assert!(first.iter().all(|n| n == "pair" || n == "a"), "{first:?}");
+        let pair_before = pair_calls.load(Ordering::Relaxed);
+        names.set("eu-service-center-pods.chat.svc", &[a, b]);
+        for _ in 0..2 {
+            let reply = roaming.route_data(get_group(), Sender::ServiceCenter).await;
+            assert_eq!(answered(reply), Ok("a".to_owned()));
+        }
+        // One of those two calls started at the dead address, whose refusal
+        // had the name looked up again at once: b joins, the dead one goes.
+        until_answered_by(&roaming, "b").await;
+        let (before_a, before_b) = (
+            a_calls.load(Ordering::Relaxed),
+            b_calls.load(Ordering::Relaxed),
+        );
+        for _ in 0..4 {
+            let reply = roaming.route_data(get_group(), Sender::ServiceCenter).await;
+            answered(reply).expect("a or b answers");
+        }
+        assert_eq!(
+            (
+                a_calls.load(Ordering::Relaxed) - before_a,
+                b_calls.load(Ordering::Relaxed) - before_b
+            ),
+            (2, 2),
+            "turns over the two found"
+        );
+        assert_eq!(
+            pair_calls.load(Ordering::Relaxed),
+            pair_before,
+            "pair, while replicas are found: never"
+        );
+
+        // A name that resolves to nothing: pair serves.
+        let mut unknown = config;
+        unknown.service_center.dns = Some("https://nowhere.chat.svc:7401".into());
+        config_tx.send_replace(unknown);
+        until_answered_by(&roaming, "pair").await;
         roaming.shutdown().await;
     }
 }

@@ -255,6 +255,7 @@ impl Cluster {
                 Some((_, pair)) => PairEndpoint {
                     pair: format!("https://{}", a.sc_pair),
                     replicas: vec![format!("https://{}", a.sc_pair), format!("https://{pair}")],
+                    dns: None,
                 },
                 None => PairEndpoint::single(format!("https://{}", a.sc_pair)),
             };
