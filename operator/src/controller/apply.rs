@@ -102,6 +102,9 @@ pub async fn apply_all(client: &Client, desired: &Desired) -> Result<Applied, Er
     }
     apply(client, &desired.network_policy).await?;
     apply(client, &desired.service_center_service).await?;
+    if let Some(pods) = &desired.service_center_pods_service {
+        apply(client, pods).await?;
+    }
     apply(client, &desired.roaming_service).await?;
     let pruned = super::prune::other_kind(client, desired).await?;
     let (service_center_ready, service_center_wanted) = match &desired.service_center {

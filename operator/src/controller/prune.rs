@@ -2,7 +2,9 @@
 //! uses, when `spec.serviceCenter.dataCenter.type` switches. On SQLite the
 //! service center is a StatefulSet. On PostgreSQL it is a Deployment with a
 //! PodDisruptionBudget. All three are named `<region>-service-center`
-//! (see `build::service_center`). Server-side apply never removes an
+//! (see `build::service_center`); PostgreSQL's replicas also have the
+//! headless Service `<region>-service-center-pods` (see
+//! `build::service_center_pods_service`), which goes with them. Server-side apply never removes an
 //! object, so the other kind's is deleted here, and only when:
 //! - the Region is its controller, so an object someone else made under the
 //!   name is left alone;
@@ -21,13 +23,14 @@
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{DeleteParams, Preconditions, PropagationPolicy};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
 use super::Error;
-use super::build::{Desired, ServiceCenterWorkload};
+use super::build::{Desired, ServiceCenterWorkload, service_center_pods_name};
 
 /// Deletes the service-center objects of the other kind than `desired`'s
 /// that the Region (`desired`'s owner) controls; returns what it deleted and
@@ -46,6 +49,7 @@ pub async fn other_kind(client: &Client, desired: &Desired) -> Result<Option<Str
         return Ok(None);
     };
     let mut deleted = Vec::new();
+    let mut pods_service = None;
     let why = match &desired.service_center {
         ServiceCenterWorkload::StatefulSet(_) => {
             if delete_owned::<PodDisruptionBudget>(client, namespace, name, &owner.uid).await? {
@@ -53,6 +57,10 @@ pub async fn other_kind(client: &Client, desired: &Desired) -> Result<Option<Str
             }
             if delete_owned::<Deployment>(client, namespace, name, &owner.uid).await? {
                 deleted.push("Deployment");
+            }
+            let pods = service_center_pods_name(&desired.mesh.region);
+            if delete_owned::<Service>(client, namespace, &pods, &owner.uid).await? {
+                pods_service = Some(pods);
             }
             "the data center is on SQLite now (a StatefulSet of one pod)"
         }
@@ -63,7 +71,14 @@ pub async fn other_kind(client: &Client, desired: &Desired) -> Result<Option<Str
             "the data center is on PostgreSQL now (a Deployment); the SQLite claims are kept"
         }
     };
-    Ok((!deleted.is_empty()).then(|| format!("deleted {} {name}: {why}", deleted.join(" and "))))
+    let mut what = Vec::new();
+    if !deleted.is_empty() {
+        what.push(format!("{} {name}", deleted.join(" and ")));
+    }
+    if let Some(pods) = pods_service {
+        what.push(format!("Service {pods}"));
+    }
+    Ok((!what.is_empty()).then(|| format!("deleted {}: {why}", what.join(" and "))))
 }
 
 /// Deletes `namespace/name` of kind `K` if `owner_uid` is its controller;

@@ -337,13 +337,15 @@ fn eu_on_postgres(regions: &mut [Region], replicas: i32) {
     );
 }
 
-/// A workload `kind` (`statefulsets`, `deployments` or
-/// `poddisruptionbudgets`) named eu-service-center, controlled by `owner`,
-/// as the API server would hold it, with `ready` ready pods.
+/// A workload `kind` (`statefulsets`, `deployments`,
+/// `poddisruptionbudgets` or `services`) named eu-service-center,
+/// controlled by `owner`, as the API server would hold it, with `ready`
+/// ready pods.
 fn workload(kind: &str, owner: &str, ready: i32) -> serde_json::Value {
     let (api_version, kind) = match kind {
         "statefulsets" => ("apps/v1", "StatefulSet"),
         "deployments" => ("apps/v1", "Deployment"),
+        "services" => ("v1", "Service"),
         _ => ("policy/v1", "PodDisruptionBudget"),
     };
     serde_json::json!({
@@ -401,6 +403,11 @@ async fn moving_to_postgres_replaces_the_statefulset_with_a_deployment_and_its_b
     let applied = server.get(&deployment).unwrap();
     assert_eq!(applied["spec"]["replicas"], 2);
     assert!(server.get(&budget).is_some());
+    // The replicas' headless Service, which the mesh configuration names.
+    let pods = server
+        .get(&format!("/api/v1{NS}/services/eu-service-center-pods"))
+        .expect("the headless Service is applied");
+    assert_eq!(pods["spec"]["clusterIP"], "None");
 
     // The status counts the Deployment's pods, and the switch is recorded.
     let written = status(&server, EU);
@@ -445,6 +452,13 @@ async fn moving_back_to_sqlite_deletes_the_budget_then_the_deployment() {
     let (server, ctx) = cluster(&regions, &links);
     server.put(&workload("deployments", "region-0", 2));
     server.put(&workload("poddisruptionbudgets", "region-0", 0));
+    // The replicas' headless Service goes with them.
+    let mut pods_service = workload("services", "region-0", 0);
+    pods_service["metadata"]["name"] = "eu-service-center-pods".into();
+    pods_service["spec"] =
+        serde_json::json!({"clusterIP": "None", "selector": {"meridian.dev/region": "eu"}});
+    pods_service["status"] = serde_json::json!({});
+    server.put(&pods_service);
 
     reconcile(eu(&regions), ctx).await.unwrap();
     let deletes: Vec<String> = server
@@ -457,6 +471,7 @@ async fn moving_back_to_sqlite_deletes_the_budget_then_the_deployment() {
         [
             format!("DELETE /apis/policy/v1{NS}/poddisruptionbudgets/eu-service-center"),
             format!("DELETE /apis/apps/v1{NS}/deployments/eu-service-center"),
+            format!("DELETE /api/v1{NS}/services/eu-service-center-pods"),
         ]
     );
     assert!(
@@ -474,8 +489,8 @@ async fn moving_back_to_sqlite_deletes_the_budget_then_the_deployment() {
         .clone();
     assert_eq!(
         note,
-        "deleted PodDisruptionBudget and Deployment eu-service-center: \
-         the data center is on SQLite now (a StatefulSet of one pod)"
+        "deleted PodDisruptionBudget and Deployment eu-service-center and \
+         Service eu-service-center-pods: the data center is on SQLite now (a StatefulSet of one pod)"
     );
     // No pod of the fake is ready: the StatefulSet's count, not the
     // Deployment's 2.

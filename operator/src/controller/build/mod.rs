@@ -30,7 +30,9 @@ pub use service_center::{
     POSTGRES_CA_DIR, POSTGRES_CA_FILE, POSTGRES_DIR, POSTGRES_URL_FILE, SPREAD_KEYS,
     ServiceCenterWorkload, service_center,
 };
-pub use services::{roaming_peer_service, roaming_service, service_center_service};
+pub use services::{
+    roaming_peer_service, roaming_service, service_center_pods_service, service_center_service,
+};
 
 pub const CLIENT_PORT: i32 = 7400;
 pub const SERVICE_CENTER_PAIR_PORT: i32 = 7401;
@@ -65,6 +67,9 @@ pub struct Desired {
     pub config_map: ConfigMap,
     pub network_policy: NetworkPolicy,
     pub service_center_service: Service,
+    /// `<region>-service-center-pods`, on PostgreSQL: headless, so that the
+    /// roaming system finds every replica by its name.
+    pub service_center_pods_service: Option<Service>,
     /// A StatefulSet on SQLite, a Deployment and its PodDisruptionBudget on
     /// PostgreSQL.
     pub service_center: ServiceCenterWorkload,
@@ -79,6 +84,12 @@ pub struct Desired {
 
 pub fn service_center_name(region: &str) -> String {
     format!("{region}-service-center")
+}
+
+/// The headless Service of a region's service-center replicas on
+/// PostgreSQL, whose name resolves to each ready pod's address.
+pub fn service_center_pods_name(region: &str) -> String {
+    format!("{region}-service-center-pods")
 }
 
 pub fn roaming_name(region: &str) -> String {
@@ -204,6 +215,7 @@ pub fn desired(
         config_map: config_map(region, &mesh, &owner),
         network_policy: network_policy(region, &owner),
         service_center_service: service_center_service(region, &owner),
+        service_center_pods_service: service_center_pods_service(region, &owner),
         service_center: service_center(region, settings, &owner),
         roaming_service: roaming_service(region, &owner),
         roaming_peer_service: roaming_peer_service(region, &owner),
@@ -214,7 +226,11 @@ pub fn desired(
 
 /// The region's mesh configuration: its pair reached through its own
 /// Services, local peers through theirs, remote peers at their
-/// `spec.peerEndpoint` (left out without one).
+/// `spec.peerEndpoint` (left out without one). On PostgreSQL the service
+/// center's replicas are also found by the name of their headless Service
+/// (`serviceCenter.dns`, docs/ARCHITECTURE.md §12, "Reaching the
+/// replicas"); `pair` stays the ClusterIP Service, for when that name
+/// resolves to nothing.
 pub fn mesh(
     region: ValidRegion<'_>,
     regions: &[Region],
@@ -232,14 +248,21 @@ pub fn mesh(
             roaming_name(code)
         ),
     };
-    mesh_config(code, pair, regions, links, |peer| {
+    let mut mesh = mesh_config(code, pair, regions, links, |peer| {
         let name = peer.metadata.name.as_deref()?;
         if peer.spec.cluster == settings.cluster {
             Some(peer_url(name, namespace))
         } else {
             peer.spec.peer_endpoint.as_deref().map(remote_peer_url)
         }
-    })
+    });
+    if region.spec().service_center.postgres().is_some() {
+        mesh.service_center.dns = Some(format!(
+            "https://{}.{namespace}.svc:{SERVICE_CENTER_PAIR_PORT}",
+            service_center_pods_name(code)
+        ));
+    }
+    mesh
 }
 
 /// `<region>-mesh`: the mesh configuration the nodes mount as a file.

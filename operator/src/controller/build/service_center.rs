@@ -13,7 +13,9 @@
 //!
 //! Both kinds are named `<region>-service-center` and make pods with the
 //! same labels, so the Service `<region>-service-center` (and so the pair
-//! endpoint in the mesh configuration) reaches either.
+//! endpoint in the mesh configuration) reaches either. On PostgreSQL the
+//! roaming system also finds each replica by the headless Service
+//! `<region>-service-center-pods` (`services::service_center_pods_service`).
 
 use std::collections::BTreeMap;
 

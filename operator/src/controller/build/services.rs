@@ -1,5 +1,6 @@
-//! The region's Services: the service center's, the roaming system's for
-//! this cluster, and the roaming system's peer port for other clusters.
+//! The region's Services: the service center's (and, on PostgreSQL, the
+//! headless one of its replicas), the roaming system's for this cluster,
+//! and the roaming system's peer port for other clusters.
 
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -8,7 +9,7 @@ use meridian_crds::PeerServiceSpec;
 
 use super::{
     CLIENT_PORT, PEER_PORT, ROAMING_PAIR_PORT, SERVICE_CENTER_PAIR_PORT, ValidRegion, roaming_name,
-    roaming_peer_name, selector_labels, service_center_name,
+    roaming_peer_name, selector_labels, service_center_name, service_center_pods_name,
 };
 
 /// `<region>-service-center`: the client and pair ports.
@@ -20,6 +21,33 @@ pub fn service_center_service(region: ValidRegion<'_>, owner: &OwnerReference) -
         "service-center",
         &[("client", CLIENT_PORT), ("pair", SERVICE_CENTER_PAIR_PORT)],
     )
+}
+
+/// `<region>-service-center-pods`, on PostgreSQL only: the pair port of
+/// every ready replica, headless (`clusterIP: None`), so that its name
+/// resolves to each pod's address and the roaming system spreads its calls
+/// over the replicas (`serviceCenter.dns` in the mesh configuration,
+/// docs/ARCHITECTURE.md §12, "Reaching the replicas"). Through the ClusterIP
+/// Service, its one HTTP/2 connection would take every call to one pod.
+/// Pods that are not ready are left out (`publishNotReadyAddresses:
+/// false`): one starting, or cut off from its database, takes no call. On
+/// SQLite there is one pod, which `<region>-service-center` reaches.
+pub fn service_center_pods_service(
+    region: ValidRegion<'_>,
+    owner: &OwnerReference,
+) -> Option<Service> {
+    region.spec().service_center.postgres()?;
+    let code = region.code();
+    let mut service = service(
+        region.metadata(service_center_pods_name(code), "service-center", owner),
+        code,
+        "service-center",
+        &[("pair", SERVICE_CENTER_PAIR_PORT)],
+    );
+    let spec = service.spec.as_mut()?;
+    spec.cluster_ip = Some("None".into());
+    spec.publish_not_ready_addresses = Some(false);
+    Some(service)
 }
 
 /// `<region>-roaming`: the pair and peer ports. In-cluster addressing (the

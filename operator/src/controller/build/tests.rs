@@ -156,6 +156,11 @@ fn the_generated_manifests_are_the_golden_ones() {
             serde_yaml::to_string(&d.network_policy),
             serde_yaml::to_string(&d.service_center_service),
         ];
+        objects.extend(
+            d.service_center_pods_service
+                .iter()
+                .map(serde_yaml::to_string),
+        );
         match &d.service_center {
             ServiceCenterWorkload::StatefulSet(sts) => objects.push(serde_yaml::to_string(sts)),
             ServiceCenterWorkload::Deployment { deployment, budget } => {
@@ -713,13 +718,15 @@ fn the_service_and_the_pair_endpoint_reach_the_deployments_pods() {
             "{selector:?} selects {pod_labels:?}"
         );
     }
-    // The roaming system dials the Service (ClusterIP spreads connections
-    // over the replicas), never one pod's name.
+    // `pair` is the ClusterIP Service, never one pod's name; on
+    // PostgreSQL the replicas are also found by the headless Service's name.
     assert_eq!(
         d.mesh.service_center.pair,
         "https://eu-service-center.chat.svc:7401"
     );
-    assert_eq!(d.mesh, sqlite.mesh);
+    let mut found_by_name = sqlite.mesh.clone();
+    found_by_name.service_center.dns = Some("https://eu-service-center-pods.chat.svc:7401".into());
+    assert_eq!(d.mesh, found_by_name, "otherwise the same as on SQLite");
     assert_eq!(
         service_type(&d.service_center_service),
         None,
@@ -734,6 +741,109 @@ fn the_service_and_the_pair_endpoint_reach_the_deployments_pods() {
             .is_none(),
         "not headless"
     );
+}
+
+/// On PostgreSQL the roaming system finds every ready replica by the name
+/// of a headless Service on the pair port, which the mesh configuration
+/// names, and dials the pods' addresses: the NetworkPolicy lets the
+/// roaming pods reach the service-center pods' pair port directly.
+#[test]
+fn on_postgres_a_headless_service_names_every_ready_replica_for_the_roaming_pods() {
+    assert!(
+        desired_eu().service_center_pods_service.is_none(),
+        "not on SQLite"
+    );
+    let d = desired_eu_with(|eu| on_postgres(eu, 3, POSTGRES_WITH_CA));
+    let pods = d.service_center_pods_service.as_ref().unwrap();
+    assert_eq!(
+        pods.metadata.name.as_deref(),
+        Some("eu-service-center-pods")
+    );
+    assert_eq!(pods.metadata.namespace.as_deref(), Some("chat"));
+    assert_eq!(
+        pods.metadata.owner_references, d.service_center_service.metadata.owner_references,
+        "owned by the Region"
+    );
+    let spec = pods.spec.as_ref().unwrap();
+    assert_eq!(spec.cluster_ip.as_deref(), Some("None"), "headless");
+    assert_eq!(spec.publish_not_ready_addresses, Some(false));
+    assert_eq!(service_type(pods), None);
+    assert_eq!(
+        service_ports(pods),
+        [(
+            "pair".to_owned(),
+            SERVICE_CENTER_PAIR_PORT,
+            Some(IntOrString::Int(SERVICE_CENTER_PAIR_PORT)),
+            None
+        )],
+        "the pair port alone"
+    );
+    let (deployment, _) = deployment_and_budget(&d);
+    let sc_labels = deployment
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .labels
+        .clone()
+        .unwrap();
+    let selects = |selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>| {
+        selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+    };
+    assert!(selects(spec.selector.as_ref().unwrap(), &sc_labels));
+
+    // The mesh configuration names it; pair stays the ClusterIP Service.
+    d.mesh.validate().unwrap();
+    let dns = d.mesh.service_center.dns.as_deref().unwrap();
+    let name = meridian_node::mesh::config::DnsName::parse(dns).unwrap();
+    assert_eq!(
+        (name.scheme, name.host, name.port),
+        (
+            "https",
+            "eu-service-center-pods.chat.svc",
+            u16::try_from(SERVICE_CENTER_PAIR_PORT).unwrap()
+        )
+    );
+    assert!(d.config_map.data.as_ref().unwrap()[MESH_FILE].contains(dns));
+
+    // The policy covers the service-center pods and lets the roaming pods
+    // in on the pair port, whatever address they dial.
+    let roaming_labels = d
+        .roaming
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .labels
+        .clone()
+        .unwrap();
+    let policy = d.network_policy.spec.as_ref().unwrap();
+    let applies_to = policy
+        .pod_selector
+        .as_ref()
+        .unwrap()
+        .match_labels
+        .clone()
+        .unwrap();
+    assert!(selects(&applies_to, &sc_labels));
+    let rules = policy.ingress.as_ref().unwrap();
+    assert!(rules.iter().any(|rule| {
+        let pair = rule.ports.iter().flatten().any(|p| {
+            p.port == Some(IntOrString::Int(SERVICE_CENTER_PAIR_PORT))
+                && p.protocol.as_deref() == Some("TCP")
+        });
+        let from_roaming = rule.from.iter().flatten().any(|peer| {
+            peer.namespace_selector.is_none()
+                && peer
+                    .pod_selector
+                    .as_ref()
+                    .and_then(|s| s.match_labels.as_ref())
+                    .is_some_and(|m| selects(m, &roaming_labels))
+        });
+        pair && from_roaming
+    }));
 }
 
 #[test]
