@@ -22,7 +22,7 @@ impl BusinessCenter {
                         self.heed(notice).await;
                     }
                 }
-                Heard::Lost => {
+                Heard::Listening => {
                     tracing::warn!(
                         "notices from the other replicas may have been missed: subscriptions \
                          resume from their cursors, and sessions are read again"

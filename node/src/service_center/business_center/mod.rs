@@ -19,6 +19,7 @@ mod throttle;
 use std::sync::Arc;
 
 use super::data_center::DataCenter;
+use super::data_center::postgres::listen::Heard;
 use super::hub::Hub;
 use super::outbox::Outbox;
 use super::replicas::Replica;
@@ -53,6 +54,9 @@ pub struct BusinessCenter {
     /// Outbox workers and subscriptions: stopped by [`Self::shutdown`].
     tasks: Tasks,
 }
+
+/// How long a starting service center waits to hear the other replicas.
+const FIRST_LISTEN: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Where logins and sessions read the time, in milliseconds since the Unix
 /// epoch: the system clock, or a clock a test moves by hand.
@@ -89,9 +93,22 @@ impl BusinessCenter {
             verdicts.clone(),
             replica.clone(),
         );
-        // Listen before anything is written, so that nothing another
-        // replica commits from now on goes unheard.
-        let heard = dc.listen();
+        // Listen before serving, so that nothing another replica commits
+        // goes unheard by a subscription here. If the first LISTEN takes
+        // too long, the service center serves anyway, and the listener's
+        // `Listening` then cuts what subscribed meanwhile (found by the
+        // fault schedules: a restarted replica's subscriber missed a
+        // delivery the other replica committed before the LISTEN).
+        let heard = match dc.listen() {
+            Some(mut heard) => {
+                match tokio::time::timeout(FIRST_LISTEN, heard.recv()).await {
+                    Ok(Some(Heard::Listening)) => {}
+                    _ => tracing::warn!("not yet listening to the other replicas; serving anyway"),
+                }
+                Some(heard)
+            }
+            None => None,
+        };
         outbox.resume().await?;
         // Expired sessions and accepted sends past their retention.
         tasks.spawn_until_stopped(crate::service_center::retention::run(dc.clone()));

@@ -1,8 +1,9 @@
 //! What a replica hears from the others: one connection LISTENs on
-//! [`CHANNEL`] and hands each notification's payload on. When that
-//! connection breaks, notifications sent meanwhile are lost, so the
-//! listener says so ([`Heard::Lost`]) before it listens again: whoever
-//! relied on them catches up from the data center.
+//! [`CHANNEL`] and hands each notification's payload on. Notifications
+//! sent while it is not listening are lost (before its first LISTEN, and
+//! while a broken connection is made again), so each time it starts to
+//! listen it says so ([`Heard::Listening`]): whoever relied on them
+//! catches up from the data center.
 
 use std::time::Duration;
 
@@ -23,8 +24,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 pub enum Heard {
     /// A notice another replica (or this one) announced.
     Notice(String),
-    /// The listener was cut off: notices may have been missed.
-    Lost,
+    /// The listener listens from now on; notices before may have been
+    /// missed (it had not listened yet, or its connection broke).
+    Listening,
 }
 
 /// Starts the listener thread; it ends once the receiver is dropped.
@@ -39,7 +41,6 @@ pub fn start(connector: Connector) -> mpsc::Receiver<Heard> {
 
 fn run(connector: &Connector, sink: &mpsc::Sender<Heard>) {
     let mut backoff = FIRST_BACKOFF;
-    let mut listened = false;
     while !sink.is_closed() {
         let client = connector
             .connect()
@@ -56,10 +57,9 @@ fn run(connector: &Connector, sink: &mpsc::Sender<Heard>) {
             continue;
         };
         backoff = FIRST_BACKOFF;
-        if listened && sink.blocking_send(Heard::Lost).is_err() {
+        if sink.blocking_send(Heard::Listening).is_err() {
             return;
         }
-        listened = true;
         loop {
             let next = client.notifications().timeout_iter(CHECK).next();
             match next {
