@@ -1713,44 +1713,56 @@ fn a_region_moves_its_data_center_to_postgres_and_back_and_the_rules_hold() {
         .map(|(k, v)| format!("{k}={}", v.as_str().unwrap()))
         .collect::<Vec<_>>()
         .join(",");
+    // The ready pods behind `service`, by its EndpointSlices.
+    let targets = |service: &str| -> Vec<String> {
+        let slices = get_json(
+            &cluster,
+            &[
+                "endpointslices",
+                "-n",
+                NS,
+                "-l",
+                &format!("kubernetes.io/service-name={service}"),
+            ],
+        )
+        .unwrap_or(Value::Null);
+        let mut targets: Vec<String> = slices["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+            .filter(|e| e["conditions"]["ready"] == true)
+            .filter_map(|e| e["targetRef"]["name"].as_str().map(str::to_owned))
+            .collect();
+        targets.sort();
+        targets
+    };
     wait(
         &cluster,
-        "the Service's endpoints are the Deployment's 2 pods",
+        "the Services' endpoints are the Deployment's 2 pods",
         60,
         || {
             let pods = pod_names(&selector);
-            let slices = get_json(
-                &cluster,
-                &[
-                    "endpointslices",
-                    "-n",
-                    NS,
-                    "-l",
-                    "kubernetes.io/service-name=eu-service-center",
-                ],
-            )
-            .unwrap_or(Value::Null);
-            let mut targets: Vec<String> = slices["items"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
-                .filter(|e| e["conditions"]["ready"] == true)
-                .filter_map(|e| e["targetRef"]["name"].as_str().map(str::to_owned))
-                .collect();
-            targets.sort();
             pods.len() == 2
                 && pods
                     .iter()
                     .all(|p| p.starts_with("eu-service-center-") && !p.ends_with("-0"))
-                && targets == pods
+                && targets("eu-service-center") == pods
+                && targets("eu-service-center-pods") == pods
         },
     );
+    let headless = get_json(&cluster, &["service", "eu-service-center-pods", "-n", NS]).unwrap();
+    assert_eq!(headless["spec"]["clusterIP"], "None", "{headless}");
     let mesh = mesh(&cluster, "eu").unwrap();
     assert_eq!(
         mesh.service_center.pair,
         format!("https://eu-service-center.{NS}.svc:7401"),
-        "the roaming system dials the Service, not a pod"
+        "pair is the Service, not a pod"
+    );
+    assert_eq!(
+        mesh.service_center.dns,
+        Some(format!("https://eu-service-center-pods.{NS}.svc:7401")),
+        "the roaming system finds every replica by the headless Service's name"
     );
     assert!(
         !events(&cluster, "Region", "eu", "DataCenterSwitched").is_empty(),
@@ -1767,7 +1779,9 @@ fn a_region_moves_its_data_center_to_postgres_and_back_and_the_rules_hold() {
     });
 
     // 5. Back to SQLite: the StatefulSet again, on the kept claim; the
-    // Deployment and its budget are gone.
+    // Deployment, its budget and the headless Service are gone (the
+    // chart's RBAC lets the operator delete them), and the mesh
+    // configuration names no replicas to find.
     cluster
         .kubectl_stdin(&["apply", "-f", "-"], &eu("{storage: {size: 1Gi}}"))
         .unwrap();
@@ -1778,5 +1792,15 @@ fn a_region_moves_its_data_center_to_postgres_and_back_and_the_rules_hold() {
             && ready_replicas() == Some(1)
             && ready(&cluster, "eu")
     });
+    wait(&cluster, "the headless Service gone", 30, || {
+        !cluster
+            .kubectl(&["get", "service", "eu-service-center-pods", "-n", NS])
+            .status
+            .success()
+    });
+    assert_eq!(
+        crate::mesh(&cluster, "eu").unwrap().service_center.dns,
+        None
+    );
     assert_eq!(claim_uid(), Some(claim), "the same claim");
 }
