@@ -33,7 +33,8 @@ use meridian_node::client::Client;
 use meridian_tests::faults::checker::Report;
 use meridian_tests::faults::cluster::{Backend, Cluster};
 use meridian_tests::faults::schedule::{self, Schedule};
-use meridian_tests::faults::workload::Workload;
+use meridian_tests::faults::workload::{Login, Workload};
+use meridian_tests::in_process::PASSWORD;
 use tokio::time::Instant;
 
 const DEFAULT_SEED: u64 = 4000;
@@ -87,10 +88,19 @@ async fn chat(cluster: &Cluster) -> (Workload, Vec<(String, Vec<Client>)>) {
     let mut replicated = Vec::new();
     for (code, client) in clients {
         let clients = cluster.replicas_of(&code, &client).await;
-        workload.subscribe_any(&format!("{code}1"), &clients, &groups);
+        workload.subscribe_any(&format!("{code}1"), &clients, &groups, Some(&login(&code)));
         replicated.push((code, clients));
     }
     (workload, replicated)
+}
+
+/// How `<code>1@<code>` logs in again when a session expires during a
+/// long run (sessions last 15 minutes).
+fn login(code: &str) -> Login {
+    Login {
+        user: format!("{code}1@{code}"),
+        password: PASSWORD.to_owned(),
+    }
 }
 
 /// Every region's user sends to its own group and to the next region's.
@@ -102,12 +112,14 @@ fn load(workload: &mut Workload, clients: &[(String, Vec<Client>)], schedule: u6
             client,
             &format!("g{next}@{next}"),
             SEND_EVERY,
+            Some(&login(code)),
         );
         workload.send_any(
             &format!("{code}1.{schedule}.local"),
             client,
             &format!("g{code}@{code}"),
             SEND_EVERY,
+            Some(&login(code)),
         );
     }
 }

@@ -185,13 +185,20 @@ impl Workload {
 
     /// Keeps a stream open for member `session` of `groups`, from the start.
     pub fn subscribe(&mut self, session: &str, client: &Client, groups: &[&str]) {
-        self.subscribe_any(session, std::slice::from_ref(client), groups);
+        self.subscribe_any(session, std::slice::from_ref(client), groups, None);
     }
 
     /// As [`Self::subscribe`], through any of `clients` (one per replica of
     /// a service center, logged in as one user): after an error the stream
     /// resumes through the next.
-    pub fn subscribe_any(&mut self, session: &str, clients: &[Client], groups: &[&str]) {
+    /// With `login`, a client whose session expired logs in again.
+    pub fn subscribe_any(
+        &mut self,
+        session: &str,
+        clients: &[Client],
+        groups: &[&str],
+        login: Option<&Login>,
+    ) {
         for group in groups {
             self.recorder.member(group, session);
         }
@@ -199,6 +206,7 @@ impl Workload {
             self.recorder.clone(),
             session.to_owned(),
             clients.to_vec(),
+            login.cloned(),
             groups.iter().map(|g| g.to_string()).collect(),
             self.subscribing.subscribe(),
         );
@@ -207,16 +215,25 @@ impl Workload {
 
     /// Sends to `group` as `session` once every `every`.
     pub fn send(&mut self, session: &str, client: &Client, group: &str, every: Duration) {
-        self.send_any(session, std::slice::from_ref(client), group, every);
+        self.send_any(session, std::slice::from_ref(client), group, every, None);
     }
 
     /// As [`Self::send`], through any of `clients` (one per replica of a
     /// service center): a failed attempt is retried through the next.
-    pub fn send_any(&mut self, session: &str, clients: &[Client], group: &str, every: Duration) {
+    /// With `login`, a client whose session expired logs in again.
+    pub fn send_any(
+        &mut self,
+        session: &str,
+        clients: &[Client],
+        group: &str,
+        every: Duration,
+        login: Option<&Login>,
+    ) {
         let task = sender(
             self.recorder.clone(),
             session.to_owned(),
             clients.to_vec(),
+            login.cloned(),
             group.to_owned(),
             every,
             self.sending.subscribe(),
@@ -266,10 +283,27 @@ impl Drop for Workload {
     }
 }
 
+/// Who a client is, so that it can log in again once its session expires
+/// (a run longer than a session's lifetime).
+#[derive(Clone, Debug)]
+pub struct Login {
+    pub user: String,
+    pub password: String,
+}
+
+/// After `status`: logs `client` in again if its session expired.
+async fn renew(client: &mut Client, status: &tonic::Status, login: Option<&Login>) {
+    if let (tonic::Code::Unauthenticated, Some(login)) = (status.code(), login) {
+        let _ =
+            tokio::time::timeout(CALL_TIMEOUT, client.login(&login.user, &login.password)).await;
+    }
+}
+
 async fn sender(
     recorder: Arc<Recorder>,
     session: String,
     mut clients: Vec<Client>,
+    login: Option<Login>,
     group: String,
     every: Duration,
     mut sending: watch::Receiver<bool>,
@@ -291,9 +325,11 @@ async fn sender(
         for attempt in 0.. {
             let n = clients.len();
             let client = &mut clients[attempt % n];
-            if let Ok(Ok(reply)) =
-                tokio::time::timeout(CALL_TIMEOUT, client.send(&group, &key, &key)).await
-            {
+            let sent = tokio::time::timeout(CALL_TIMEOUT, client.send(&group, &key, &key)).await;
+            if let Ok(Err(status)) = &sent {
+                renew(client, status, login.as_ref()).await;
+            }
+            if let Ok(Ok(reply)) = sent {
                 let event = AckEvent {
                     at: recorder.now(),
                     session: session.clone(),
@@ -314,6 +350,7 @@ async fn subscriber(
     recorder: Arc<Recorder>,
     session: String,
     mut clients: Vec<Client>,
+    login: Option<Login>,
     groups: Vec<String>,
     mut subscribing: watch::Receiver<bool>,
 ) {
@@ -335,6 +372,9 @@ async fn subscriber(
             s = tokio::time::timeout(CALL_TIMEOUT, client.subscribe(cursors)) => s,
             _ = subscribing.wait_for(|s| !*s) => return,
         };
+        if let Ok(Err(status)) = &subscribed {
+            renew(client, status, login.as_ref()).await;
+        }
         let Ok(Ok(mut stream)) = subscribed else {
             tokio::time::sleep(RETRY_PAUSE).await;
             continue;
