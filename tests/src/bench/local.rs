@@ -16,12 +16,18 @@ const STOP_GRACE: Duration = Duration::from_secs(20);
 #[derive(Clone, Debug)]
 pub struct Endpoints {
     pub regions: BTreeMap<String, String>,
+    /// Every service-center replica's client URL per region, the one in
+    /// `regions` first (docs/ARCHITECTURE.md §12, "Reaching the replicas").
+    pub replicas: BTreeMap<String, Vec<String>>,
+    /// Each region's directory (its pid files and logs), when listed.
+    pub dirs: BTreeMap<String, PathBuf>,
     /// The mesh CA that `https://` client URLs are verified with.
     pub ca: Option<PathBuf>,
 }
 
 impl Endpoints {
-    /// Parses `{"regions": {"eu": {"client": "http://…", …}, …}}`.
+    /// Parses `{"regions": {"eu": {"client": "http://…", "clients": […],
+    /// "dir": "…", …}, …}}`; `clients` and `dir` may be missing.
     pub fn parse(text: &str) -> anyhow::Result<Self> {
         let value: serde_json::Value = serde_json::from_str(text)?;
         let regions = value
@@ -29,18 +35,59 @@ impl Endpoints {
             .and_then(|r| r.as_object())
             .ok_or_else(|| anyhow!("no \"regions\" object"))?;
         let mut out = BTreeMap::new();
+        let mut replicas = BTreeMap::new();
+        let mut dirs = BTreeMap::new();
         for (code, region) in regions {
             let client = region
                 .get("client")
                 .and_then(|c| c.as_str())
                 .ok_or_else(|| anyhow!("region {code} has no \"client\" URL"))?;
             out.insert(code.clone(), client.to_owned());
+            let mut urls: Vec<String> = match region.get("clients") {
+                None => Vec::new(),
+                Some(list) => list
+                    .as_array()
+                    .and_then(|a| a.iter().map(|u| u.as_str().map(str::to_owned)).collect())
+                    .ok_or_else(|| anyhow!("region {code}: \"clients\" is not a list of URLs"))?,
+            };
+            if !urls.iter().any(|u| u == client) {
+                urls.insert(0, client.to_owned());
+            }
+            replicas.insert(code.clone(), urls);
+            if let Some(dir) = region.get("dir").and_then(|d| d.as_str()) {
+                dirs.insert(code.clone(), PathBuf::from(dir));
+            }
         }
         if out.is_empty() {
             bail!("no regions");
         }
         let ca = value.get("ca").and_then(|c| c.as_str()).map(PathBuf::from);
-        Ok(Self { regions: out, ca })
+        Ok(Self {
+            regions: out,
+            replicas,
+            dirs,
+            ca,
+        })
+    }
+
+    /// Every replica's client URL of `region`, the one of
+    /// [`Endpoints::client`] first.
+    pub fn clients(&self, region: &str) -> anyhow::Result<&[String]> {
+        self.client(region)?;
+        Ok(self
+            .replicas
+            .get(region)
+            .map(Vec::as_slice)
+            .unwrap_or_default())
+    }
+
+    /// The directory local mode keeps `region`'s pid files in.
+    pub fn dir(&self, region: &str) -> anyhow::Result<&Path> {
+        self.client(region)?;
+        self.dirs
+            .get(region)
+            .map(PathBuf::as_path)
+            .ok_or_else(|| anyhow!("endpoints.json gives no \"dir\" for region {region}"))
     }
 
     /// The TLS client configuration for the client URLs, if they need one.
@@ -71,6 +118,37 @@ impl Endpoints {
     }
 }
 
+/// Spawns local mode (see [`LocalMode::spawn`]) and waits until every
+/// region serves; on an error the operator is stopped.
+pub async fn start(
+    operator: &Path,
+    manifest: &Path,
+    state_dir: Option<&Path>,
+    extra: &[String],
+    timeout: Duration,
+) -> anyhow::Result<(Endpoints, LocalMode)> {
+    let mut local = LocalMode::spawn(operator, manifest, state_dir, extra)?;
+    println!(
+        "started {} local -f {} --state-dir {}{}{} (pid {}); waiting for endpoints.json",
+        operator.display(),
+        manifest.display(),
+        local.state_dir.display(),
+        if extra.is_empty() { "" } else { " " },
+        // The connection string holds a password: only its region is shown.
+        extra
+            .iter()
+            .map(|a| match a.split_once("=postgres") {
+                Some((region, _)) => format!("{region}=<url>"),
+                None => a.clone(),
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+        local.pid().unwrap_or_default()
+    );
+    let endpoints = local.wait_for_endpoints(timeout).await?;
+    Ok((endpoints, local))
+}
+
 /// `meridian-operator local` running as a child process. It is stopped with
 /// SIGTERM by [`LocalMode::stop`], or when dropped (on an early error).
 pub struct LocalMode {
@@ -82,12 +160,14 @@ pub struct LocalMode {
 }
 
 impl LocalMode {
-    /// Spawns `operator local -f manifest --state-dir DIR`; a temporary
-    /// directory when `state_dir` is `None`. Its output goes to a log file.
+    /// Spawns `operator local -f manifest --state-dir DIR [extra…]`; a
+    /// temporary directory when `state_dir` is `None`. Its output goes to a
+    /// log file.
     pub fn spawn(
         operator: &Path,
         manifest: &Path,
         state_dir: Option<&Path>,
+        extra: &[String],
     ) -> anyhow::Result<Self> {
         if !operator.is_file() {
             bail!(
@@ -122,6 +202,7 @@ impl LocalMode {
             .arg(manifest)
             .arg("--state-dir")
             .arg(&state_dir)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -259,8 +340,28 @@ mod tests {
         .unwrap();
         assert_eq!(e.client("eu").unwrap(), "http://127.0.0.1:1");
         assert_eq!(e.client("us").unwrap(), "http://127.0.0.1:2");
+        assert_eq!(e.clients("us").unwrap(), ["http://127.0.0.1:2"]);
         assert!(e.client("ap").is_err());
+        assert!(e.dir("eu").is_err(), "no dir listed");
         assert!(Endpoints::parse(r#"{"regions": {}}"#).is_err());
         assert!(Endpoints::parse(r#"{"regions": {"eu": {}}}"#).is_err());
+    }
+
+    #[test]
+    fn every_replica_is_listed_the_first_first() {
+        let e = Endpoints::parse(
+            r#"{"regions": {"eu": {"client": "https://127.0.0.1:1", "clients": ["https://127.0.0.1:1", "https://127.0.0.1:3"], "dir": "/s/eu"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            e.clients("eu").unwrap(),
+            ["https://127.0.0.1:1", "https://127.0.0.1:3"]
+        );
+        assert_eq!(e.dir("eu").unwrap(), Path::new("/s/eu"));
+        let bad = Endpoints::parse(
+            r#"{"regions": {"eu": {"client": "https://127.0.0.1:1", "clients": "x"}}}"#,
+        )
+        .unwrap_err();
+        assert!(bad.to_string().contains("\"clients\""), "{bad}");
     }
 }

@@ -2,6 +2,7 @@
 //! users and groups of one run, the load generators and the report.
 
 pub mod ack;
+pub mod cpu;
 pub mod deliver;
 pub mod local;
 pub mod open_loop;

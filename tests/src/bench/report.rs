@@ -92,6 +92,9 @@ pub enum Row {
         per_second: f64,
         note: String,
     },
+    /// Figures that are neither a latency nor a rate (CPU per process,
+    /// fsyncs, a failover's timings), one per line.
+    Text { label: String, lines: Vec<String> },
 }
 
 impl Row {
@@ -113,6 +116,12 @@ impl Row {
                 note,
             } => {
                 println!("  {label:<40} {per_second:>10.0} /s  {note}");
+            }
+            Row::Text { label, lines } => {
+                println!("  {label}:");
+                for line in lines {
+                    println!("    {line}");
+                }
             }
         }
     }

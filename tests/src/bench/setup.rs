@@ -73,9 +73,17 @@ impl Ctx {
 impl Session {
     /// `n` more connections that use this session.
     pub async fn pool(&self, n: usize) -> anyhow::Result<Vec<Client>> {
+        self.pool_over(std::slice::from_ref(&self.url), n).await
+    }
+
+    /// `n` more connections that use this session, dealt in turn over
+    /// `urls`: replicas of the region it was opened at, which all know the
+    /// session (docs/ARCHITECTURE.md §12, "Reaching the replicas").
+    pub async fn pool_over(&self, urls: &[String], n: usize) -> anyhow::Result<Vec<Client>> {
+        anyhow::ensure!(!urls.is_empty(), "no client URL to connect to");
         let mut clients = Vec::with_capacity(n);
-        for _ in 0..n.max(1) {
-            let mut client = connect_url(&self.url, self.tls.clone()).await?;
+        for i in 0..n.max(1) {
+            let mut client = connect_url(&urls[i % urls.len()], self.tls.clone()).await?;
             client.set_session(&self.token)?;
             clients.push(client);
         }

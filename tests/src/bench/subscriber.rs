@@ -2,6 +2,7 @@
 //! deduplicated by `seq`, and resumed from its cursor when the server ends
 //! it (for example after the subscriber fell behind).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -57,20 +58,32 @@ impl Drop for Subscription {
 /// delivery and the wall-clock time (µs) it arrived. Returns once the server
 /// has accepted the subscription, so that nothing sent afterwards is missed.
 pub async fn subscribe<F>(
-    mut client: Client,
+    client: Client,
     group: String,
     last_seq: u64,
+    on: F,
+) -> anyhow::Result<Subscription>
+where
+    F: FnMut(&Delivery, u64) + Send + 'static,
+{
+    subscribe_all(client, BTreeMap::from([(group, last_seq)]), on).await
+}
+
+/// As [`subscribe`], to several groups on one stream, each after its own
+/// seq (a member's stream carries every group it is in).
+pub async fn subscribe_all<F>(
+    mut client: Client,
+    mut last: BTreeMap<String, u64>,
     mut on: F,
 ) -> anyhow::Result<Subscription>
 where
     F: FnMut(&Delivery, u64) + Send + 'static,
 {
-    let mut stream = client.subscribe(cursors(&group, last_seq)).await?;
+    let mut stream = client.subscribe(cursors(&last)).await?;
     let stats = Arc::new(SubscriptionStats::default());
     let task_stats = stats.clone();
     let task = tokio::spawn(async move {
         let stats = task_stats;
-        let mut last = last_seq;
         loop {
             match stream.message().await {
                 // The bench's sends are not queued when the home answers;
@@ -82,11 +95,13 @@ where
                     kind: Some(event::Kind::Delivery(delivery)),
                 })) => {
                     let now = wall_micros();
-                    if delivery.group != group || delivery.seq <= last {
-                        stats.stale.fetch_add(1, Ordering::Relaxed);
-                        continue;
+                    match last.get_mut(&delivery.group) {
+                        Some(seq) if delivery.seq > *seq => *seq = delivery.seq,
+                        _ => {
+                            stats.stale.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
                     }
-                    last = delivery.seq;
                     on(&delivery, now);
                     continue;
                 }
@@ -105,7 +120,7 @@ where
             stats.resumes.fetch_add(1, Ordering::Relaxed);
             loop {
                 tokio::time::sleep(Duration::from_millis(20)).await;
-                match client.subscribe(cursors(&group, last)).await {
+                match client.subscribe(cursors(&last)).await {
                     Ok(again) => {
                         stream = again;
                         break;
@@ -122,9 +137,11 @@ where
     Ok(Subscription { stats, task })
 }
 
-fn cursors(group: &str, last_seq: u64) -> Vec<Cursor> {
-    vec![Cursor {
-        group: group.to_owned(),
-        last_seq,
-    }]
+fn cursors(last: &BTreeMap<String, u64>) -> Vec<Cursor> {
+    last.iter()
+        .map(|(group, last_seq)| Cursor {
+            group: group.clone(),
+            last_seq: *last_seq,
+        })
+        .collect()
 }

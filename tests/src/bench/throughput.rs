@@ -3,6 +3,8 @@
 //! the next send as soon as the previous one is acked. Counted: acks per
 //! second (durably accepted sends) and deliveries per second seen by one
 //! member's subscription in the same region, both over the measured window.
+//! A region with several service-center replicas gets its connections dealt
+//! over all of them (endpoints.json's `clients`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,6 +13,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use tokio::time::Instant;
 
+use super::cpu::{Probe, Usage};
 use super::report::{Errors, Percentiles, Row, histogram, notes, record};
 use super::setup::{Ctx, body};
 use super::subscriber;
@@ -24,6 +27,20 @@ pub struct Params {
     /// How long the subscriber may take to catch up after the senders stop.
     pub straggler_wait: Duration,
     pub regions: Vec<String>,
+    /// Groups the senders are dealt over (sender `i` sends to group
+    /// `i % groups`), all homed in the region, the member in each.
+    pub groups: usize,
+}
+
+/// One region's figures, for a caller that tabulates them.
+pub struct Measured {
+    pub rows: Vec<Row>,
+    pub acked_per_second: f64,
+    /// Acked over the whole run, warm-up included.
+    pub acked_total: u64,
+    pub latency: Percentiles,
+    /// CPU over the measured window, when a probe was given.
+    pub usage: Option<Usage>,
 }
 
 /// One sender's tally.
@@ -36,16 +53,17 @@ struct Tally {
 
 pub async fn run(ctx: &Ctx, params: &Params) -> anyhow::Result<Vec<Row>> {
     println!(
-        "\n-- throughput: closed loop, {} concurrent senders over {} connections, {} s warm-up + {} s measured, {} B bodies, one subscribing member",
+        "\n-- throughput: closed loop, {} concurrent senders over {} connections and {} group(s), {} s warm-up + {} s measured, {} B bodies, one subscribing member",
         params.concurrency,
         params.connections,
+        params.groups,
         params.warmup.as_secs_f64(),
         params.duration.as_secs_f64(),
         params.body_bytes
     );
     let mut rows = Vec::new();
     for region in &params.regions {
-        for row in run_region(ctx, params, region).await? {
+        for row in run_region(ctx, params, region, None).await?.rows {
             row.print();
             rows.push(row);
         }
@@ -53,16 +71,33 @@ pub async fn run(ctx: &Ctx, params: &Params) -> anyhow::Result<Vec<Row>> {
     Ok(rows)
 }
 
-async fn run_region(ctx: &Ctx, params: &Params, region: &str) -> anyhow::Result<Vec<Row>> {
+/// Measures `region`; with a `probe`, also the CPU its groups of processes
+/// spent over the measured window.
+pub async fn run_region(
+    ctx: &Ctx,
+    params: &Params,
+    region: &str,
+    probe: Option<Probe>,
+) -> anyhow::Result<Measured> {
     let mut sender = ctx
         .user(&format!("tput-{region}-s"), region, region)
         .await?;
-    let group = sender.create_group(ctx, &format!("tput-{region}")).await?;
+    let mut groups = Vec::with_capacity(params.groups);
+    for g in 0..params.groups.max(1) {
+        let role = match g {
+            0 => format!("tput-{region}"),
+            g => format!("tput-{region}-{g}"),
+        };
+        groups.push(sender.create_group(ctx, &role).await?);
+    }
     let mut member = ctx
         .user(&format!("tput-{region}-m"), region, region)
         .await?;
-    member.join(&group).await?;
-    let pool = sender.pool(params.connections).await?;
+    for group in &groups {
+        member.join(group).await?;
+    }
+    let replicas = ctx.endpoints.clients(region)?;
+    let pool = sender.pool_over(replicas, params.connections).await?;
 
     let start = Instant::now() + Duration::from_millis(200);
     let window_start = start + params.warmup;
@@ -72,7 +107,8 @@ async fn run_region(ctx: &Ctx, params: &Params, region: &str) -> anyhow::Result<
     let delivered_total = Arc::new(AtomicU64::new(0));
     let delivered_in_window = Arc::new(AtomicU64::new(0));
     let (total, in_window) = (delivered_total.clone(), delivered_in_window.clone());
-    let subscription = subscriber::subscribe(member.client, group.clone(), 0, move |_, _| {
+    let cursors = groups.iter().map(|g| (g.clone(), 0)).collect();
+    let subscription = subscriber::subscribe_all(member.client, cursors, move |_, _| {
         let now = Instant::now();
         total.fetch_add(1, Ordering::Relaxed);
         if now >= window_start && now < end {
@@ -81,12 +117,22 @@ async fn run_region(ctx: &Ctx, params: &Params, region: &str) -> anyhow::Result<
     })
     .await?;
 
+    let cpu = probe.map(|probe| {
+        tokio::spawn(async move {
+            tokio::time::sleep_until(window_start).await;
+            let window = tokio::task::block_in_place(|| probe.start());
+            tokio::time::sleep_until(end).await;
+            tokio::task::block_in_place(|| probe.finish(window))
+        })
+    });
+
     let prefix = ctx.name(&format!("tput-{region}"));
     let body = Arc::new(body(&prefix, params.body_bytes));
     let mut senders = Vec::with_capacity(params.concurrency);
     for task in 0..params.concurrency {
         let mut client = pool[task % pool.len()].clone();
-        let (group, body, prefix) = (group.clone(), body.clone(), prefix.clone());
+        let group = groups[task % groups.len()].clone();
+        let (body, prefix) = (body.clone(), prefix.clone());
         senders.push(tokio::spawn(async move {
             let mut tally = Tally {
                 acked_total: 0,
@@ -144,6 +190,10 @@ async fn run_region(ctx: &Ctx, params: &Params, region: &str) -> anyhow::Result<
     };
     let stats = subscription.stats.clone();
     drop(subscription);
+    let usage = match cpu {
+        Some(task) => Some(task.await?),
+        None => None,
+    };
 
     let seconds = params.duration.as_secs_f64();
     let delivered = delivered_total.load(Ordering::Relaxed);
@@ -167,10 +217,12 @@ async fn run_region(ctx: &Ctx, params: &Params, region: &str) -> anyhow::Result<
         ),
     });
     deliver_notes.extend(stats.notes());
-    Ok(vec![
+    let per_second = acked_in_window as f64 / seconds;
+    let percentiles = Percentiles::of(&latency);
+    let mut rows = vec![
         Row::Rate {
             label: format!("sends acked, region {region}"),
-            per_second: acked_in_window as f64 / seconds,
+            per_second,
             note: notes(&send_notes),
         },
         Row::Rate {
@@ -180,8 +232,21 @@ async fn run_region(ctx: &Ctx, params: &Params, region: &str) -> anyhow::Result<
         },
         Row::Latency {
             label: format!("closed-loop send-ack, {region}"),
-            percentiles: Percentiles::of(&latency),
+            percentiles,
             note: String::new(),
         },
-    ])
+    ];
+    if let Some(usage) = &usage {
+        rows.push(Row::Text {
+            label: format!("CPU over the measured window, {region}"),
+            lines: usage.lines(acked_in_window),
+        });
+    }
+    Ok(Measured {
+        rows,
+        acked_per_second: per_second,
+        acked_total,
+        latency: percentiles,
+        usage,
+    })
 }

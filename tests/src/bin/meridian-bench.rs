@@ -40,7 +40,7 @@ use bench::local::{Endpoints, LocalMode};
 use bench::open_loop::Schedule;
 use bench::report::Row;
 use bench::setup::{Ctx, prefix};
-use bench::{ack, deliver, throughput};
+use bench::{ack, deliver, local, throughput};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Scenario {
@@ -80,6 +80,10 @@ struct Args {
     /// Throughput scenario: concurrent senders, closed loop.
     #[arg(long, default_value_t = 128)]
     concurrency: usize,
+    /// Throughput scenario: groups the senders are dealt over, all homed
+    /// in the measured region.
+    #[arg(long, default_value_t = 1)]
+    groups: usize,
     /// Connections (HTTP/2 channels) the senders share.
     #[arg(long, default_value_t = 8)]
     connections: usize,
@@ -145,8 +149,11 @@ impl Args {
             "--straggler-wait must not be negative"
         );
         anyhow::ensure!(
-            self.max_in_flight >= 1 && self.concurrency >= 1 && self.connections >= 1,
-            "--max-in-flight, --concurrency and --connections must be at least 1"
+            self.max_in_flight >= 1
+                && self.concurrency >= 1
+                && self.connections >= 1
+                && self.groups >= 1,
+            "--max-in-flight, --concurrency, --connections and --groups must be at least 1"
         );
         Ok(())
     }
@@ -207,26 +214,38 @@ async fn run(args: Args) -> anyhow::Result<()> {
 /// Spawns local mode and waits until every region serves.
 async fn start(args: &Args) -> anyhow::Result<(Endpoints, LocalMode)> {
     let root = workspace_root();
-    let operator = args
-        .operator
-        .clone()
-        .unwrap_or_else(|| root.join("target/release/meridian-operator"));
+    let operator = operator(args);
     let manifest = args
         .manifest
         .clone()
         .unwrap_or_else(|| root.join("examples/three-regions.yaml"));
-    let mut local = LocalMode::spawn(&operator, &manifest, args.state_dir.as_deref())?;
-    println!(
-        "started {} local -f {} --state-dir {} (pid {}); waiting for endpoints.json",
-        operator.display(),
-        manifest.display(),
-        local.state_dir.display(),
-        local.pid().unwrap_or_default()
-    );
-    let endpoints = local
-        .wait_for_endpoints(Duration::from_secs(args.start_timeout))
-        .await?; // on error, dropping `local` stops the operator
-    Ok((endpoints, local))
+    local::start(
+        &operator,
+        &manifest,
+        args.state_dir.as_deref(),
+        &[],
+        Duration::from_secs(args.start_timeout),
+    )
+    .await
+}
+
+fn operator(args: &Args) -> PathBuf {
+    args.operator
+        .clone()
+        .unwrap_or_else(|| workspace_root().join("target/release/meridian-operator"))
+}
+
+fn throughput_params(args: &Args) -> throughput::Params {
+    throughput::Params {
+        concurrency: args.concurrency,
+        connections: args.connections,
+        warmup: secs(args.warmup),
+        duration: secs(args.duration),
+        body_bytes: args.body_bytes,
+        straggler_wait: secs(args.straggler_wait),
+        regions: args.throughput_regions.clone(),
+        groups: args.groups,
+    }
 }
 
 async fn all_runs(args: &Args, endpoints: &Endpoints) -> anyhow::Result<()> {
@@ -286,16 +305,7 @@ async fn one_run(args: &Args, ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
         rows.extend(deliver::run(ctx, &params).await?);
     }
     if args.wants(Scenario::Throughput) {
-        let params = throughput::Params {
-            concurrency: args.concurrency,
-            connections: args.connections,
-            warmup: secs(args.warmup),
-            duration: secs(args.duration),
-            body_bytes: args.body_bytes,
-            straggler_wait: secs(args.straggler_wait),
-            regions: args.throughput_regions.clone(),
-        };
-        rows.extend(throughput::run(ctx, &params).await?);
+        rows.extend(throughput::run(ctx, &throughput_params(args)).await?);
     }
     Ok(rows)
 }
