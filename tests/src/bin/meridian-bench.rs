@@ -21,7 +21,19 @@
 //! - `deliver`: send-to-deliver latency, open loop at `--deliver-rate`, to a
 //!   member in the same region and to one in another region;
 //! - `throughput`: closed loop with `--concurrency` senders: acks per second
-//!   and deliveries per second to one member.
+//!   and deliveries per second to one member;
+//! - `failover` (not in `all`): `--local`'s service center on PostgreSQL
+//!   with two replicas, a client sending open loop at `--failover-rate`
+//!   through one of them, and the replica it uses killed (`kill -9`)
+//!   `--kills` times: the time until another replica serves it, the gap
+//!   between acks, the retried sends, and the group's history checked.
+//!
+//! `failover` starts its own PostgreSQL server
+//! (`meridian_tests::postgres`: Debian's PostgreSQL 15 from
+//! `tests/postgres/install`; as root the server runs as `nobody`) and their
+//! own local mode on a manifest of the three example regions with two
+//! replicas in eu (`--postgres eu=URL`). `failover --endpoints FILE`
+//! measures a local mode already running on PostgreSQL instead.
 //!
 //! Open-loop latencies are measured from each request's intended start time,
 //! so a stall counts against every request it delays.
@@ -40,14 +52,18 @@ use bench::local::{Endpoints, LocalMode};
 use bench::open_loop::Schedule;
 use bench::report::Row;
 use bench::setup::{Ctx, prefix};
-use bench::{ack, deliver, local, throughput};
+use bench::{ack, deliver, failover, local, manifest, throughput};
+use meridian_tests::postgres::Postgres;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Scenario {
+    /// ack, deliver and throughput on one local mode.
     All,
     Ack,
     Deliver,
     Throughput,
+    /// Kills of a service-center replica under load (PostgreSQL, 2 replicas).
+    Failover,
 }
 
 /// Measures Meridian in local mode: send-ack latency, send-to-deliver latency
@@ -80,8 +96,8 @@ struct Args {
     /// Throughput scenario: concurrent senders, closed loop.
     #[arg(long, default_value_t = 128)]
     concurrency: usize,
-    /// Throughput scenario: groups the senders are dealt over, all homed
-    /// in the measured region.
+    /// Throughput and backends scenarios: groups the senders are dealt
+    /// over, all homed in the measured region.
     #[arg(long, default_value_t = 1)]
     groups: usize,
     /// Connections (HTTP/2 channels) the senders share.
@@ -119,6 +135,24 @@ struct Args {
     /// Seconds to wait for local mode to serve every region.
     #[arg(long, default_value_t = 60)]
     start_timeout: u64,
+
+    /// Failover scenario: messages per second, open loop.
+    #[arg(long, default_value_t = 500.0)]
+    failover_rate: f64,
+    /// Failover scenario: kills per run.
+    #[arg(long, default_value_t = 5)]
+    kills: usize,
+    /// Failover scenario: seconds between kills.
+    #[arg(long, default_value_t = 8.0)]
+    kill_interval: f64,
+    /// Failover scenario: milliseconds one attempt may take before the
+    /// client moves to another replica.
+    #[arg(long, default_value_t = 1000)]
+    attempt_timeout_ms: u64,
+    /// Failover scenario: seconds after which an unacknowledged send is
+    /// given up (and counted).
+    #[arg(long, default_value_t = 30.0)]
+    give_up: f64,
 }
 
 impl Args {
@@ -138,6 +172,16 @@ impl Args {
 
     fn check(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.runs >= 1, "--runs must be at least 1");
+        anyhow::ensure!(self.failover_rate > 0.0, "--failover-rate must be positive");
+        anyhow::ensure!(self.kills >= 1, "--kills must be at least 1");
+        anyhow::ensure!(
+            self.kill_interval >= 1.0,
+            "--kill-interval must be at least 1 second"
+        );
+        anyhow::ensure!(
+            self.attempt_timeout_ms >= 1 && self.give_up > 0.0,
+            "--attempt-timeout-ms and --give-up must be positive"
+        );
         anyhow::ensure!(
             self.rate > 0.0 && self.deliver_rate > 0.0,
             "rates must be positive"
@@ -182,6 +226,15 @@ async fn main() -> ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     args.check()?;
+    match args.scenario {
+        Scenario::Failover => {
+            return tokio::select! {
+                result = failover_runs(&args) => result,
+                _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+            };
+        }
+        _ => {}
+    }
     let (endpoints, local) = match &args.endpoints {
         Some(file) => (Endpoints::load(file)?, None),
         None => {
@@ -246,6 +299,154 @@ fn throughput_params(args: &Args) -> throughput::Params {
         regions: args.throughput_regions.clone(),
         groups: args.groups,
     }
+}
+
+/// The failover scenario, `--runs` times on one system: its own PostgreSQL
+/// and local mode with two replicas in `--local`, or `--endpoints`.
+async fn failover_runs(args: &Args) -> anyhow::Result<()> {
+    let region = args.local.clone();
+    // Kept until the end: dropping them stops local mode, then the server.
+    let mut server = None;
+    let mut running = None;
+    let files = tempfile::Builder::new()
+        .prefix("meridian-bench-manifests-")
+        .tempdir()?;
+    let endpoints = match &args.endpoints {
+        Some(file) => Endpoints::load(file)?,
+        None => {
+            let pg = tokio::task::spawn_blocking(Postgres::start)
+                .await?
+                .context("starting PostgreSQL (tests/src/postgres.rs)")?;
+            let url = tokio::task::block_in_place(|| pg.create_database("failover"))?;
+            server = Some(pg);
+            let manifest = match &args.manifest {
+                Some(path) => path.clone(),
+                None => manifest::write(files.path(), &region, 2)?,
+            };
+            let (endpoints, local) = local::start(
+                &operator(args),
+                &manifest,
+                args.state_dir.as_deref(),
+                &["--postgres".to_owned(), format!("{region}={url}")],
+                Duration::from_secs(args.start_timeout),
+            )
+            .await?;
+            running = Some(local);
+            endpoints
+        }
+    };
+    let params = failover::Params {
+        region: region.clone(),
+        rate: args.failover_rate,
+        kills: args.kills,
+        interval: secs(args.kill_interval),
+        warmup: secs(args.warmup),
+        attempt_timeout: Duration::from_millis(args.attempt_timeout_ms),
+        give_up: secs(args.give_up),
+        max_in_flight: args.max_in_flight,
+        body_bytes: args.body_bytes,
+    };
+    let mut kills = Vec::new();
+    let mut checks = Vec::new();
+    for run in 1..=args.runs {
+        let ctx = Ctx {
+            endpoints: endpoints.clone(),
+            prefix: prefix(run),
+        };
+        println!(
+            "\n=== run {run} of {} (names prefixed {}) ===",
+            args.runs, ctx.prefix
+        );
+        let (_, k, check) = failover::run(&ctx, &params)
+            .await
+            .with_context(|| format!("run {run}"))?;
+        kills.extend(k);
+        checks.push(check);
+    }
+
+    println!("\n=== summary: {} kills ===", kills.len());
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let mut served: Vec<f64> = kills
+        .iter()
+        .map(|k| k.served_again.map_or(f64::INFINITY, ms))
+        .collect();
+    let mut gaps: Vec<f64> = kills.iter().map(|k| ms(k.longest_gap)).collect();
+    served.sort_by(f64::total_cmp);
+    gaps.sort_by(f64::total_cmp);
+    let list = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.1}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let median = |v: &[f64]| v.get(v.len() / 2).copied().unwrap_or_default();
+    let max = |v: &[f64]| v.last().copied().unwrap_or_default();
+    println!(
+        "served again by the other replica, ms (sorted): {}; median {:.1}, max {:.1}",
+        list(&served),
+        median(&served),
+        max(&served)
+    );
+    println!(
+        "longest gap between acks around each kill, ms (sorted): {}; median {:.1}, max {:.1}",
+        list(&gaps),
+        median(&gaps),
+        max(&gaps)
+    );
+    println!(
+        "sends retried per kill: {}; failed attempts per kill: {}; answered as duplicates: {}",
+        kills
+            .iter()
+            .map(|k| k.retried_sends.to_string())
+            .collect::<Vec<_>>()
+            .join(" "),
+        kills
+            .iter()
+            .map(|k| k.failed_attempts.to_string())
+            .collect::<Vec<_>>()
+            .join(" "),
+        kills
+            .iter()
+            .map(|k| k.duplicates.to_string())
+            .collect::<Vec<_>>()
+            .join(" "),
+    );
+    println!(
+        "killed replica restarted and serving again after, s: {}",
+        kills
+            .iter()
+            .map(|k| k
+                .back_after
+                .map_or("-".into(), |d| format!("{:.2}", d.as_secs_f64())))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    for (i, check) in checks.iter().enumerate() {
+        println!(
+            "history, run {}: {} acked, {} in history, lost {}, duplicated {}, seq gaps {}, seq mismatches {}, given up {}",
+            i + 1,
+            check.acked,
+            check.history,
+            check.lost,
+            check.duplicated,
+            check.seq_gaps,
+            check.seq_mismatches,
+            check.given_up
+        );
+    }
+    if let Some(local) = running {
+        let pid = local.pid().unwrap_or_default();
+        match local.stop().await {
+            Ok(status) => println!("\nstopped local mode (pid {pid}): {status}"),
+            Err(e) => eprintln!("stopping local mode: {e:#}"),
+        }
+    }
+    drop(server);
+    anyhow::ensure!(
+        checks.iter().all(failover::Check::clean),
+        "the history check found lost, duplicated or out-of-place messages"
+    );
+    Ok(())
 }
 
 async fn all_runs(args: &Args, endpoints: &Endpoints) -> anyhow::Result<()> {
