@@ -26,13 +26,16 @@
 //!   with two replicas, a client sending open loop at `--failover-rate`
 //!   through one of them, and the replica it uses killed (`kill -9`)
 //!   `--kills` times: the time until another replica serves it, the gap
-//!   between acks, the retried sends, and the group's history checked.
+//!   between acks, the retried sends, and the group's history checked;
+//! - `backends` (not in `all`): `throughput` on SQLite, then on PostgreSQL
+//!   with one and with two service-center replicas, each a fresh local mode,
+//!   `--runs` times, with each process's CPU and the flushes.
 //!
-//! `failover` starts its own PostgreSQL server
+//! `failover` and `backends` start their own PostgreSQL server
 //! (`meridian_tests::postgres`: Debian's PostgreSQL 15 from
 //! `tests/postgres/install`; as root the server runs as `nobody`) and their
-//! own local mode on a manifest of the three example regions with two
-//! replicas in eu (`--postgres eu=URL`). `failover --endpoints FILE`
+//! own local mode on a manifest of the three example regions with the
+//! replicas they need (`--postgres eu=URL`). `failover --endpoints FILE`
 //! measures a local mode already running on PostgreSQL instead.
 //!
 //! Open-loop latencies are measured from each request's intended start time,
@@ -52,7 +55,7 @@ use bench::local::{Endpoints, LocalMode};
 use bench::open_loop::Schedule;
 use bench::report::Row;
 use bench::setup::{Ctx, prefix};
-use bench::{ack, deliver, failover, local, manifest, throughput};
+use bench::{ack, backends, deliver, failover, local, manifest, throughput};
 use meridian_tests::postgres::Postgres;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -64,6 +67,8 @@ enum Scenario {
     Throughput,
     /// Kills of a service-center replica under load (PostgreSQL, 2 replicas).
     Failover,
+    /// Throughput on SQLite, PostgreSQL with 1 replica, and with 2.
+    Backends,
 }
 
 /// Measures Meridian in local mode: send-ack latency, send-to-deliver latency
@@ -153,6 +158,10 @@ struct Args {
     /// given up (and counted).
     #[arg(long, default_value_t = 30.0)]
     give_up: f64,
+    /// Backends scenario: sends whose PostgreSQL statements are logged and
+    /// listed, once per PostgreSQL configuration (0: none).
+    #[arg(long, default_value_t = 3)]
+    statement_sends: usize,
 }
 
 impl Args {
@@ -181,6 +190,10 @@ impl Args {
         anyhow::ensure!(
             self.attempt_timeout_ms >= 1 && self.give_up > 0.0,
             "--attempt-timeout-ms and --give-up must be positive"
+        );
+        anyhow::ensure!(
+            self.scenario != Scenario::Backends || self.endpoints.is_none(),
+            "--scenario backends starts its own local modes: drop --endpoints"
         );
         anyhow::ensure!(
             self.rate > 0.0 && self.deliver_rate > 0.0,
@@ -230,6 +243,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Scenario::Failover => {
             return tokio::select! {
                 result = failover_runs(&args) => result,
+                _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+            };
+        }
+        Scenario::Backends => {
+            let params = backends::Params {
+                throughput: throughput_params(&args),
+                region: args.local.clone(),
+                runs: args.runs,
+                operator: operator(&args),
+                start_timeout: Duration::from_secs(args.start_timeout),
+                statement_sends: args.statement_sends,
+            };
+            return tokio::select! {
+                result = backends::run(&params) => result,
                 _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
             };
         }
