@@ -127,6 +127,8 @@ pub struct Region {
     pub mesh: watch::Sender<MeshConfig>,
     /// The service-center replicas beyond the first (the node above).
     pub replicas: Vec<Replica>,
+    /// Where its data center is, when on PostgreSQL.
+    pub postgres: Option<Settings>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -263,6 +265,7 @@ impl Mesh {
                     }
                 })
                 .collect();
+            let region_postgres = postgres.clone();
             let node = Node {
                 mesh: mesh_rx,
                 data_dir: data.path().join(&code),
@@ -291,6 +294,7 @@ impl Mesh {
                     metrics_addr,
                     mesh: mesh_tx,
                     replicas: replica_nodes,
+                    postgres: region_postgres,
                     stop: Some(stop),
                     task: Some(task),
                 },

@@ -172,3 +172,42 @@ async fn when_a_replica_stops_the_other_serves_and_carries_alone() {
     assert_eq!((reply.seq, reply.queued), (2, false), "{reply:?}");
     mesh.stop().await;
 }
+
+/// A delivery whose push no replica announced (as when a notice is lost)
+/// still reaches an idle subscription, from the data center, within the
+/// resync period (RESYNC_IDLE, 5 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_subscription_finds_a_delivery_whose_notice_was_lost() {
+    let mesh = mesh().await;
+    mesh.user("ann@eu", "eu").await;
+    let mut ann = login_at(&mesh, "ann@eu", 1).await;
+    ann.create_group("g").await.unwrap();
+    let mut stream = ann
+        .subscribe(vec![Cursor {
+            group: "g@eu".into(),
+            last_seq: 0,
+        }])
+        .await
+        .unwrap();
+    // Sequenced behind the service centers' backs: no push, no notice.
+    let settings = mesh
+        .region("eu")
+        .postgres
+        .clone()
+        .expect("eu on PostgreSQL");
+    let url = std::fs::read_to_string(&settings.url_file).unwrap();
+    tokio::task::spawn_blocking(move || {
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        client
+            .batch_execute(
+                "UPDATE groups SET last_seq = 1 WHERE id = 'g@eu';
+                 INSERT INTO messages (group_id, seq, message_id, sender, body, sent_at_ms)
+                 VALUES ('g@eu', 1, 'unannounced', 'ann@eu', 'hello', 1)",
+            )
+            .unwrap();
+    })
+    .await
+    .unwrap();
+    assert_eq!(seqs(&mut stream, 1).await, vec![1]);
+    mesh.stop().await;
+}

@@ -41,6 +41,7 @@ impl BusinessCenter {
                     .into_iter()
                     .filter(|u| self.hub.has_sessions(u))
                     .collect();
+                tracing::debug!(%group, seq, sessions_here = ?here, "heard a delivery");
                 if here.is_empty() || seq == 0 {
                     return;
                 }

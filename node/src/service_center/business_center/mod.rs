@@ -45,6 +45,8 @@ pub struct BusinessCenter {
     outbox: Outbox,
     /// This replica, as the others sharing the data center know it.
     replica: Replica,
+    /// Whether other replicas share the data center (PostgreSQL).
+    replicated: bool,
     sessions: sessions::Sessions,
     throttle: throttle::LoginThrottle,
     passwords: passwords::PasswordPool,
@@ -121,6 +123,7 @@ impl BusinessCenter {
             region: link.region().into(),
             sessions: sessions::Sessions::new(dc.clone(), replica.clone()),
             replica,
+            replicated: heard.is_some(),
             dc,
             hub,
             verdicts,

@@ -10,13 +10,21 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::BusinessCenter;
 use crate::Error;
 use crate::ids::Id;
-use crate::limits::{MAX_CURSORS, MAX_HISTORY_PAGE};
+use crate::limits::{HISTORY_PAGE_BYTES, MAX_CURSORS, MAX_HISTORY_PAGE};
 use crate::proto::client_api::{Cursor, Delivery, Event, HistoryRequest, event};
 
 pub type EventStream = ReceiverStream<Result<Event, Error>>;
 
 /// The subscriber went away.
 struct Gone;
+
+/// On a data center shared by replicas, a subscription that has had no
+/// event for this long reads this region's records of its groups after its
+/// cursors. Pushes from another replica are notices, which can be lost (a
+/// listener reconnecting, a commit whose writer never learned it
+/// succeeded), and a delivery with nothing after it would then wait for
+/// the next one; this bounds that wait (docs/ARCHITECTURE.md §12).
+const RESYNC_IDLE: std::time::Duration = std::time::Duration::from_secs(5);
 
 struct Session {
     center: BusinessCenter,
@@ -76,6 +84,11 @@ impl BusinessCenter {
                             return;
                         }
                     }
+                    () = tokio::time::sleep(RESYNC_IDLE), if session.center.replicated => {
+                        if session.resync().await.is_err() {
+                            return;
+                        }
+                    }
                 }
             }
         });
@@ -109,6 +122,24 @@ impl Session {
             }
             _ => self.emit(delivery).await,
         }
+    }
+
+    /// Passes this region's records after each cursor through [`Self::live`]
+    /// (which drops what was sent and fills gaps from the home).
+    async fn resync(&mut self) -> Result<(), Gone> {
+        let groups: Vec<(String, u64)> = self.last.iter().map(|(g, s)| (g.clone(), *s)).collect();
+        for (group, after) in groups {
+            let read = self
+                .center
+                .dc
+                .read(move |tx| tx.page(&group, after, MAX_HISTORY_PAGE, HISTORY_PAGE_BYTES))
+                .await;
+            // Unreadable now: the next idle period tries again.
+            for delivery in read.map(|page| page.messages).unwrap_or_default() {
+                self.live(delivery).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Sends the group's messages after the stream's cursor, up to `until`,
