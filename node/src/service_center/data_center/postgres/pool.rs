@@ -12,12 +12,18 @@ use postgres::{Client, Config, IsolationLevel, NoTls};
 use tokio::sync::Semaphore;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+use super::tx::Statements;
 use super::{PgTx, error, migrations};
 use crate::Error;
 
 /// Connections one replica holds at most: its share of the server's
 /// `max_connections` (100 by default) with room for several replicas.
 pub const CONNECTIONS: usize = 8;
+/// Of those, how many read-only transactions may use at once, and how
+/// many are kept for them: writes queued on one group's lock must not
+/// starve the reads that deliver (pushes heard from other replicas,
+/// subscriptions' catch-up).
+const READ_CONNECTIONS: usize = 4;
 /// How long connecting may take before the call fails `Unavailable`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bounds on one statement and on waiting for a row lock (a group held by
@@ -120,19 +126,22 @@ impl Connector {
 pub struct Pool {
     connector: Connector,
     idle: Arc<Idle>,
-    permits: Arc<Semaphore>,
+    /// Write transactions at once.
+    writes: Arc<Semaphore>,
+    /// Read-only transactions at once.
+    reads: Arc<Semaphore>,
 }
 
-/// The open connections not in use.
-struct Idle(Mutex<Vec<Client>>);
+/// The open connections not in use, each with its prepared statements.
+struct Idle(Mutex<Vec<(Client, Statements)>>);
 
 impl Idle {
-    fn take(&self) -> Option<Client> {
+    fn take(&self) -> Option<(Client, Statements)> {
         self.0.lock().expect("connection pool").pop()
     }
 
-    fn put(&self, client: Client) {
-        self.0.lock().expect("connection pool").push(client);
+    fn put(&self, connection: (Client, Statements)) {
+        self.0.lock().expect("connection pool").push(connection);
     }
 }
 
@@ -162,8 +171,9 @@ impl Pool {
         );
         Ok(Self {
             connector,
-            idle: Arc::new(Idle(Mutex::new(vec![client]))),
-            permits: Arc::new(Semaphore::new(CONNECTIONS)),
+            idle: Arc::new(Idle(Mutex::new(vec![(client, Statements::default())]))),
+            writes: Arc::new(Semaphore::new(CONNECTIONS - READ_CONNECTIONS)),
+            reads: Arc::new(Semaphore::new(READ_CONNECTIONS)),
         })
     }
 
@@ -179,8 +189,8 @@ impl Pool {
         F: FnOnce(&mut PgTx<'_>) -> Result<T, Error> + Send + 'static,
         T: Send + 'static,
     {
-        let permit = self
-            .permits
+        let permits = if writes { &self.writes } else { &self.reads };
+        let permit = permits
             .clone()
             .acquire_owned()
             .await
@@ -189,13 +199,13 @@ impl Pool {
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let pooled = pool.idle.take();
-            let mut client = match pooled {
-                Some(client) if !client.is_closed() => client,
-                _ => pool.connector.connect()?,
+            let (mut client, mut statements) = match pooled {
+                Some((client, statements)) if !client.is_closed() => (client, statements),
+                _ => (pool.connector.connect()?, Statements::default()),
             };
-            let result = transaction(&mut client, writes, f);
+            let result = transaction(&mut client, &mut statements, writes, f);
             if !client.is_closed() {
-                pool.idle.put(client);
+                pool.idle.put((client, statements));
             }
             result
         })
@@ -206,6 +216,7 @@ impl Pool {
 
 fn transaction<T>(
     client: &mut Client,
+    statements: &mut Statements,
     writes: bool,
     f: impl FnOnce(&mut PgTx<'_>) -> Result<T, Error>,
 ) -> Result<T, Error> {
@@ -215,7 +226,7 @@ fn transaction<T>(
         .read_only(!writes)
         .start()
         .map_err(|e| error("starting a transaction", e))?;
-    let mut tx = PgTx::new(tx);
+    let mut tx = PgTx::cached(tx, statements);
     let value = f(&mut tx)?; // dropping `tx` rolls it back
     tx.commit()?;
     Ok(value)

@@ -5,8 +5,8 @@
 //! holds the group's row (`SELECT ... FOR UPDATE`), because several
 //! replicas write at once (docs/ARCHITECTURE.md §12).
 
-use postgres::Transaction;
 use postgres::types::ToSql;
+use postgres::{Statement, Transaction};
 
 use super::error;
 use crate::Error;
@@ -21,7 +21,18 @@ use crate::service_center::data_center::{accounts, groups, messages};
 /// A transaction on one PostgreSQL connection.
 pub struct PgTx<'a> {
     tx: Transaction<'a>,
+    /// The connection's prepared statements, when it keeps them.
+    statements: Option<&'a mut Statements>,
 }
+
+/// Statements prepared on one connection, by their SQL: each is then one
+/// round trip to run rather than two (prepare, then run). Prepared
+/// statements outlive transactions, rolled back or not.
+#[derive(Default)]
+pub struct Statements(std::collections::HashMap<String, Statement>);
+
+/// Statements one connection keeps at most (the data center has fewer).
+const MAX_STATEMENTS: usize = 256;
 
 /// Rows of a page fetched from the server at a time.
 const PAGE_ROWS: i32 = 16;
@@ -30,7 +41,33 @@ type Params<'p> = [&'p (dyn ToSql + Sync)];
 
 impl<'a> PgTx<'a> {
     pub fn new(tx: Transaction<'a>) -> Self {
-        Self { tx }
+        Self {
+            tx,
+            statements: None,
+        }
+    }
+
+    /// A transaction that prepares each statement once per connection, in
+    /// `statements`.
+    pub fn cached(tx: Transaction<'a>, statements: &'a mut Statements) -> Self {
+        Self {
+            tx,
+            statements: Some(statements),
+        }
+    }
+
+    fn statement(&mut self, context: &str, sql: &str) -> Result<Statement, Error> {
+        if let Some(known) = self.statements.as_ref().and_then(|s| s.0.get(sql)) {
+            return Ok(known.clone());
+        }
+        let statement = self.tx.prepare(sql).map_err(|e| error(context, e))?;
+        if let Some(cache) = self.statements.as_deref_mut() {
+            if cache.0.len() >= MAX_STATEMENTS {
+                cache.0.clear();
+            }
+            cache.0.insert(sql.to_owned(), statement.clone());
+        }
+        Ok(statement)
     }
 
     /// Makes the transaction's work durable.
@@ -39,7 +76,10 @@ impl<'a> PgTx<'a> {
     }
 
     fn execute(&mut self, context: &str, sql: &str, params: &Params) -> Result<u64, Error> {
-        self.tx.execute(sql, params).map_err(|e| error(context, e))
+        let statement = self.statement(context, sql)?;
+        self.tx
+            .execute(&statement, params)
+            .map_err(|e| error(context, e))
     }
 
     fn query(
@@ -48,7 +88,10 @@ impl<'a> PgTx<'a> {
         sql: &str,
         params: &Params,
     ) -> Result<Vec<postgres::Row>, Error> {
-        self.tx.query(sql, params).map_err(|e| error(context, e))
+        let statement = self.statement(context, sql)?;
+        self.tx
+            .query(&statement, params)
+            .map_err(|e| error(context, e))
     }
 
     fn query_opt(
@@ -57,15 +100,17 @@ impl<'a> PgTx<'a> {
         sql: &str,
         params: &Params,
     ) -> Result<Option<postgres::Row>, Error> {
+        let statement = self.statement(context, sql)?;
         self.tx
-            .query_opt(sql, params)
+            .query_opt(&statement, params)
             .map_err(|e| error(context, e))
     }
 
     fn count(&mut self, context: &str, sql: &str, params: &Params) -> Result<i64, Error> {
+        let statement = self.statement(context, sql)?;
         Ok(self
             .tx
-            .query_one(sql, params)
+            .query_one(&statement, params)
             .map_err(|e| error(context, e))?
             .get(0))
     }
@@ -407,13 +452,14 @@ impl Messages for PgTx<'_> {
         let context = "reading a page";
         // A portal read a few rows at a time, as SQLite steps its rows: a
         // page that stops at the byte budget never holds the rows past it.
+        let statement = self.statement(
+            context,
+            "SELECT seq, message_id, sender, body, sent_at_ms FROM messages
+             WHERE group_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )?;
         let portal = self
             .tx
-            .bind(
-                "SELECT seq, message_id, sender, body, sent_at_ms FROM messages
-                 WHERE group_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-                &[&group, &after, &take],
-            )
+            .bind(&statement, &[&group, &after, &take])
             .map_err(|e| error(context, e))?;
         let mut page = Page::default();
         let mut bytes = 0;
