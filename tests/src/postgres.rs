@@ -59,6 +59,25 @@ pub struct Postgres {
     watchdog: Option<Child>,
 }
 
+/// Whether a server can be had here (installed, or installable as root);
+/// says loudly why not when it cannot, so that `what` is seen skipped.
+pub fn available(what: &str) -> bool {
+    let installed = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("postgres/install"))
+        .arg("--check")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if installed || nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    eprintln!(
+        "\n################################################################\n\
+         # {what} SKIPPED: PostgreSQL 15+ is not installed and\n\
+         # installing it needs root: run tests/postgres/install as root.\n\
+         ################################################################\n"
+    );
+    false
+}
+
 /// Installs PostgreSQL if needed (`tests/postgres/install`) and returns the
 /// directory of its programs.
 pub fn install() -> anyhow::Result<PathBuf> {

@@ -22,24 +22,8 @@ use meridian_tests::local_mode::{LocalMode, alive, as_user, ok, signal};
 use meridian_tests::postgres::Postgres;
 use serde_json::Value;
 
-/// Whether a server can be had here; says loudly why not when it cannot.
 fn available() -> bool {
-    let installed = std::process::Command::new(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("postgres/install"),
-    )
-    .arg("--check")
-    .output()
-    .is_ok_and(|o| o.status.success());
-    if installed || nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    eprintln!(
-        "\n################################################################\n\
-         # LOCAL REPLICAS TEST SKIPPED: PostgreSQL 15+ is not installed\n\
-         # and installing it needs root: run tests/postgres/install as root.\n\
-         ################################################################\n"
-    );
-    false
+    meridian_tests::postgres::available("LOCAL REPLICAS TEST")
 }
 
 const MANIFESTS: &str = "

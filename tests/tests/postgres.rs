@@ -21,24 +21,8 @@ use meridian_tests::conformance::{self, Backend, CHECKS, Job, Output};
 use meridian_tests::postgres::{Postgres, Stop};
 use postgres::{Client, IsolationLevel, NoTls};
 
-/// Whether a server can be had here; says loudly why not when it cannot.
 fn available() -> bool {
-    let installed = std::process::Command::new(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("postgres/install"),
-    )
-    .arg("--check")
-    .output()
-    .is_ok_and(|o| o.status.success());
-    if installed || nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    eprintln!(
-        "\n################################################################\n\
-         # POSTGRES TEST SKIPPED: PostgreSQL 15+ is not installed and\n\
-         # installing it needs root: run tests/postgres/install as root.\n\
-         ################################################################\n"
-    );
-    false
+    meridian_tests::postgres::available("POSTGRES TEST")
 }
 
 fn connect(url: &str) -> Client {

@@ -23,22 +23,8 @@ use meridian_node::service_center::data_center::{DataCenter, postgres::migration
 use meridian_tests::local_mode::binary;
 use meridian_tests::postgres::Postgres;
 
-/// Whether a server can be had here; says loudly why not when it cannot.
 fn available() -> bool {
-    let installed = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("postgres/install"))
-        .arg("--check")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if installed || nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    eprintln!(
-        "\n################################################################\n\
-         # POSTGRES TEST SKIPPED: PostgreSQL 15+ is not installed and\n\
-         # installing it needs root: run tests/postgres/install as root.\n\
-         ################################################################\n"
-    );
-    false
+    meridian_tests::postgres::available("TRANSFER TEST")
 }
 
 const NOW: i64 = 1_700_000_000_000;
