@@ -33,13 +33,14 @@ use crate::proto::peer_api::Verdict as WireVerdict;
 #[derive(Clone, Debug)]
 pub struct Replica {
     id: Arc<str>,
+    /// Whether others share the data center: alone, it announces nothing
+    /// (and so never encodes a notice on the write path).
+    shared: bool,
 }
 
 impl Default for Replica {
     fn default() -> Self {
-        Self {
-            id: uuid::Uuid::now_v7().simple().to_string().into(),
-        }
+        Self::new(true)
     }
 }
 
@@ -66,12 +67,27 @@ pub enum Notice {
 }
 
 impl Replica {
+    /// This replica; `shared` when other replicas use its data center.
+    pub fn new(shared: bool) -> Self {
+        Self {
+            id: uuid::Uuid::now_v7().simple().to_string().into(),
+            shared,
+        }
+    }
+
+    pub fn is_shared(&self) -> bool {
+        self.shared
+    }
+
     pub fn id(&self) -> &str {
         &self.id
     }
 
     /// Announces `notice` in `tx`, in as many lines as it takes.
     pub fn announce(&self, tx: &mut dyn Tx, notice: &Notice) -> Result<(), Error> {
+        if !self.shared {
+            return Ok(());
+        }
         for line in encode(&self.id, notice) {
             tx.announce(&line)?;
         }

@@ -50,6 +50,9 @@ impl Effects {
     /// do: push to their sessions of the recipients, and carry the items
     /// of the destinations whose leases they hold.
     fn announce(&self, tx: &mut dyn Tx, replica: &Replica) -> Result<(), Error> {
+        if !replica.is_shared() {
+            return Ok(());
+        }
         let mut delivered: BTreeMap<(&str, u64), Vec<String>> = BTreeMap::new();
         for (user, delivery) in &self.pushes {
             delivered

@@ -86,7 +86,7 @@ impl BusinessCenter {
         let hub = Hub::new(metrics.clone());
         let verdicts = Verdicts::new(hub.clone());
         let tasks = Tasks::new();
-        let replica = Replica::default();
+        let replica = Replica::new(dc.is_shared());
         let outbox = Outbox::new(
             dc.clone(),
             link.clone(),

@@ -78,6 +78,11 @@ impl DataCenter {
         })
     }
 
+    /// Whether several service-center replicas may share it (PostgreSQL).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
     /// The writer's group commits: latency and jobs per commit.
     pub fn commits(&self) -> &CommitMetrics {
         &self.commits
