@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use super::ack::latency_row;
 use super::open_loop::{self, Schedule};
 use super::report::{Percentiles, Row, histogram, notes, record_micros};
-use super::setup::{Ctx, body};
+use super::setup::{Ctx, Session, body};
 use super::subscriber;
 
 pub struct Params {
@@ -56,24 +56,60 @@ pub async fn run(ctx: &Ctx, params: &Params) -> anyhow::Result<Vec<Row>> {
     let pool = sender.pool(params.connections).await?;
     let mut rows = Vec::new();
     for (what, receiver_region) in [("local", local), ("cross", remote)] {
-        let group = sender.create_group(ctx, &format!("dlv-{what}")).await?;
-        let mut receiver = ctx
-            .user(&format!("dlv-{what}-r"), receiver_region, receiver_region)
-            .await?;
-        receiver.join(&group).await?;
-        println!(
-            "  {what}: sender {} at {local}, group {group}, receiver {} at {receiver_region}",
-            sender.user, receiver.user
-        );
-        let route = format!("{what} ({local} -> @{local} -> {receiver_region})");
-        let (send_row, deliver_row) =
-            measure(ctx, params, &pool, receiver.client, &group, &route).await?;
-        send_row.print();
-        deliver_row.print();
-        rows.push(send_row);
-        rows.push(deliver_row);
+        let measured = route(ctx, params, &mut sender, &pool, what, receiver_region).await?;
+        measured.send_row.print();
+        measured.deliver_row.print();
+        rows.push(measured.send_row);
+        rows.push(measured.deliver_row);
     }
     Ok(rows)
+}
+
+/// Only the cross-region route (`local` -> home `local` -> a member at
+/// `remote`), with its histograms: the side-by-side scenario (`peers`)
+/// merges them over its runs.
+pub async fn cross_region(ctx: &Ctx, params: &Params) -> anyhow::Result<Measured> {
+    let (local, remote) = (params.local.as_str(), params.remote.as_str());
+    let mut sender = ctx.user("dlv-s", local, local).await?;
+    let pool = sender.pool(params.connections).await?;
+    route(ctx, params, &mut sender, &pool, "cross", remote).await
+}
+
+/// One route's measurement.
+pub struct Measured {
+    pub send_row: Row,
+    pub deliver_row: Row,
+    /// Intended send time to delivery, of the measured messages delivered.
+    pub latency: Histogram<u64>,
+    /// The load generator's own lateness: intended to actual send.
+    pub start_lag: Histogram<u64>,
+    /// Measured sends acknowledged.
+    pub acked: u64,
+    /// Acknowledged measured sends never delivered.
+    pub missing: u64,
+}
+
+/// A new group of `sender`'s with a member at `receiver_region`, measured.
+async fn route(
+    ctx: &Ctx,
+    params: &Params,
+    sender: &mut Session,
+    pool: &[Client],
+    what: &str,
+    receiver_region: &str,
+) -> anyhow::Result<Measured> {
+    let local = params.local.as_str();
+    let group = sender.create_group(ctx, &format!("dlv-{what}")).await?;
+    let mut receiver = ctx
+        .user(&format!("dlv-{what}-r"), receiver_region, receiver_region)
+        .await?;
+    receiver.join(&group).await?;
+    println!(
+        "  {what}: sender {} at {local}, group {group}, receiver {} at {receiver_region}",
+        sender.user, receiver.user
+    );
+    let route = format!("{what} ({local} -> @{local} -> {receiver_region})");
+    measure(ctx, params, pool, receiver.client, &group, &route).await
 }
 
 async fn measure(
@@ -83,7 +119,7 @@ async fn measure(
     receiver: Client,
     group: &str,
     route: &str,
-) -> anyhow::Result<(Row, Row)> {
+) -> anyhow::Result<Measured> {
     let received = Arc::new(Mutex::new(Received {
         latency: histogram(),
         seen: HashSet::new(),
@@ -180,11 +216,18 @@ async fn measure(
         percentiles: Percentiles::of(&r.latency),
         note: notes(&parts),
     };
-    Ok((send_row, deliver_row))
+    Ok(Measured {
+        send_row,
+        deliver_row,
+        latency: r.latency.clone(),
+        start_lag: outcome.start_lag,
+        acked: acked.len() as u64,
+        missing: missing as u64,
+    })
 }
 
 /// `<intended µs> <m|w> <index> …` → (intended µs, measured, index).
-fn parse(body: &str) -> Option<(u64, bool, u64)> {
+pub fn parse(body: &str) -> Option<(u64, bool, u64)> {
     let mut words = body.split(' ');
     let sent = words.next()?.parse().ok()?;
     let measured = match words.next()? {
