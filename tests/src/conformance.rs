@@ -525,7 +525,7 @@ pub fn sessions_issue_rotate_revoke(b: &dyn Backend) {
     assert_eq!(tx(b, |tx| tx.sessions_in_force(50)).unwrap(), 1);
 }
 
-fn item(n: u32) -> Item {
+pub fn item(n: u32) -> Item {
     Item {
         kind: Some(Kind::Submission(Submission {
             message_id: format!("m{n}"),
@@ -553,8 +553,8 @@ pub fn outbox_order_and_clear(b: &dyn Backend) {
     let after_first = tx(b, move |tx| tx.pending("us", first, 1)).unwrap();
     assert_eq!(after_first.len(), 1, "bounded by the limit");
     assert_eq!(after_first[0].item, item(2));
-    let up_to = us[1].id;
-    tx(b, move |tx| tx.clear("us", up_to)).unwrap();
+    let carried = [us[0].id, us[1].id];
+    tx(b, move |tx| tx.clear("us", &carried)).unwrap();
     let (left, depth, mut depths, mut destinations) = tx(b, |tx| {
         Ok((
             tx.pending("us", 0, 10)?,

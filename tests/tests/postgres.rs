@@ -16,7 +16,7 @@ use meridian_node::service_center::data_center::postgres::PgTx;
 use meridian_node::service_center::data_center::postgres::migrations::{
     self, MIGRATIONS, current_version,
 };
-use meridian_node::service_center::data_center::tx::Groups;
+use meridian_node::service_center::data_center::tx::{Groups, Outbox};
 use meridian_tests::conformance::{self, Backend, CHECKS, Job, Output};
 use meridian_tests::postgres::{Postgres, Stop};
 use postgres::{Client, IsolationLevel, NoTls};
@@ -583,4 +583,50 @@ async fn the_data_center_connects_over_tls_checked_against_its_ca() {
         panic!("a missing connection string file was accepted");
     };
     assert!(message.contains("missing"), "{message}");
+}
+
+/// Outbox ids come from a sequence, so with concurrent writers they are
+/// not in commit order: an item can commit after the worker has read, and
+/// carried, items with higher ids. Clearing what was carried must leave
+/// that straggler in place, to be carried next.
+#[test]
+fn an_outbox_item_committed_late_survives_the_clear_of_later_ids() {
+    if !available() {
+        return;
+    }
+    let server = Postgres::start().unwrap();
+    let url = server.create_database("straggler").unwrap();
+    let (mut slow, mut fast, mut worker) = (connect(&url), connect(&url), connect(&url));
+    migrations::migrate(&mut worker).unwrap();
+
+    // The slow writer takes the lower id and has not committed yet.
+    let open = slow
+        .build_transaction()
+        .isolation_level(IsolationLevel::ReadCommitted)
+        .start()
+        .unwrap();
+    let mut open = PgTx::new(open);
+    open.enqueue("us", &conformance::item(1), "", 1).unwrap();
+    run_on(&mut fast, |tx| {
+        tx.enqueue("us", &conformance::item(2), "", 1)
+    })
+    .unwrap();
+
+    let carried = run_on(&mut worker, |tx| tx.pending("us", 0, 10)).unwrap();
+    assert_eq!(
+        carried.iter().map(|p| p.item.clone()).collect::<Vec<_>>(),
+        vec![conformance::item(2)],
+        "the worker sees only what has committed"
+    );
+    open.commit().unwrap();
+    let ids: Vec<i64> = carried.iter().map(|p| p.id).collect();
+    run_on(&mut worker, |tx| tx.clear("us", &ids)).unwrap();
+
+    let left = run_on(&mut worker, |tx| tx.pending("us", 0, 10)).unwrap();
+    assert_eq!(
+        left.iter().map(|p| p.item.clone()).collect::<Vec<_>>(),
+        vec![conformance::item(1)],
+        "the straggler is still waiting to be carried"
+    );
+    assert!(left[0].id < ids[0], "its id is below the ones carried");
 }

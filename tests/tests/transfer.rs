@@ -201,7 +201,7 @@ async fn populate(dc: &DataCenter) {
         tx.enqueue("us", &submission(3), "", NOW + 2)?;
         tx.enqueue("sa", &distribution(3), "", NOW + 3)?;
         let sent = tx.pending("sa", 0, 10)?;
-        tx.clear("sa", sent[0].id)?;
+        tx.clear("sa", &[sent[0].id])?;
         Ok(())
     })
     .await

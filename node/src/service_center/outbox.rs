@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::Rng;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 use tracing::Instrument;
 
 use super::data_center::DataCenter;
@@ -35,6 +35,12 @@ const IDLE_CHECK: Duration = Duration::from_secs(1);
 /// passed; an attempt gives up [`LEASE_MARGIN`] before the lease ends.
 const LEASE_TTL: Duration = Duration::from_secs(6);
 const LEASE_MARGIN: Duration = Duration::from_secs(1);
+/// On a shared data center, how often a busy worker looks again below the
+/// ids it has carried, for items that committed late (an idle one looks at
+/// once): ids come from a sequence, which is not commit order.
+const RESCAN: Duration = Duration::from_secs(1);
+/// Bounds a worker's clears in flight; a rescan waits for all of them.
+const CLEARS: u32 = 1 << 16;
 
 #[derive(Clone)]
 pub struct Outbox {
@@ -131,6 +137,8 @@ impl Outbox {
         let mut sent_up_to = 0i64;
         let mut backoff = FIRST_BACKOFF;
         let mut leased: Option<std::time::Instant> = None;
+        let clearing = Arc::new(Semaphore::new(CLEARS as usize));
+        let mut rescanned = std::time::Instant::now();
         loop {
             if leased.is_none_or(|at| at.elapsed() > LEASE_TTL / 3) {
                 let renewing = std::time::Instant::now();
@@ -150,6 +158,10 @@ impl Outbox {
                     }
                 }
             }
+            if sent_up_to > 0 && self.replica.is_shared() && rescanned.elapsed() >= RESCAN {
+                sent_up_to = rescan(&clearing).await;
+                rescanned = std::time::Instant::now();
+            }
             let dest = destination.clone();
             let batch = self
                 .dc
@@ -157,6 +169,11 @@ impl Outbox {
                 .await;
             let batch = match batch {
                 Ok(batch) if batch.is_empty() => {
+                    if sent_up_to > 0 && self.replica.is_shared() {
+                        sent_up_to = rescan(&clearing).await;
+                        rescanned = std::time::Instant::now();
+                        continue;
+                    }
                     let _ = tokio::time::timeout(IDLE_CHECK, notify.notified()).await;
                     continue;
                 }
@@ -171,7 +188,8 @@ impl Outbox {
                 self.depart(&destination).await;
                 return;
             }
-            let last_id = batch.last().map(|p| p.id).unwrap_or(sent_up_to);
+            let ids: Vec<i64> = batch.iter().map(|p| p.id).collect();
+            let last_id = ids.last().copied().unwrap_or(sent_up_to);
             let span = self.carry_span(&destination, &batch);
             let items: Vec<_> = batch.into_iter().map(|p| p.item).collect();
             let count = items.len();
@@ -196,7 +214,7 @@ impl Outbox {
                     sent_up_to = last_id;
                     backoff = FIRST_BACKOFF;
                     let judged = verdicts::judged(submitted, &reply);
-                    self.conclude(&destination, last_id, judged);
+                    self.conclude(&destination, ids, judged, &clearing);
                 }
                 Err(err) => {
                     self.set_failing(&destination, true);
@@ -269,7 +287,7 @@ impl Outbox {
         }
     }
 
-    /// After `destination` acknowledged everything up to `last_id`, with
+    /// After `destination` acknowledged the items `ids`, with
     /// its verdicts on the submissions among it: hands each verdict to the
     /// `Send` calls waiting for it at once, then records the verdicts and
     /// clears the items in one commit, then hands them to calls that began
@@ -280,9 +298,11 @@ impl Outbox {
     fn conclude(
         &self,
         destination: &str,
-        last_id: i64,
+        ids: Vec<i64>,
         judged: Vec<(Submitted, verdicts::Verdict)>,
+        clearing: &Arc<Semaphore>,
     ) {
+        let permit = clearing.clone().try_acquire_owned().ok();
         let unclaimed: Vec<bool> = judged
             .iter()
             .map(|(s, v)| !self.verdicts.hand_over(&s.message_id, v))
@@ -316,9 +336,10 @@ impl Outbox {
                     for notice in &notices {
                         replica.announce(tx, notice)?;
                     }
-                    tx.clear(&dest, last_id)
+                    tx.clear(&dest, &ids)
                 })
                 .await;
+            drop(permit);
             if let Err(err) = cleared {
                 tracing::error!(%err, "outbox clear failed");
             }
@@ -330,4 +351,14 @@ impl Outbox {
             }
         });
     }
+}
+
+/// Where a worker on a shared data center reads next to find items that
+/// committed below the ids it carried: once its clears have committed, any
+/// item left there is such a straggler (or one whose clear failed, which
+/// the destination answers again the same way), so it starts again from
+/// the oldest item left.
+async fn rescan(clearing: &Semaphore) -> i64 {
+    let _settled = clearing.acquire_many(CLEARS).await;
+    0
 }

@@ -79,10 +79,13 @@ impl Pending {
     }
 }
 
-/// Removes what `destination` acknowledged: every item up to `up_to_id`.
-pub fn clear(conn: &Connection, destination: &str, up_to_id: i64) -> Result<(), Error> {
-    conn.prepare_cached("DELETE FROM outbox WHERE destination = ?1 AND id <= ?2")?
-        .execute(params![destination, up_to_id])?;
+/// Removes the items `ids` of `destination`, which it acknowledged.
+pub fn clear(conn: &Connection, destination: &str, ids: &[i64]) -> Result<(), Error> {
+    let mut delete =
+        conn.prepare_cached("DELETE FROM outbox WHERE destination = ?1 AND id = ?2")?;
+    for id in ids {
+        delete.execute(params![destination, id])?;
+    }
     Ok(())
 }
 
@@ -140,7 +143,7 @@ mod tests {
         );
         let after_first = pending(&conn, "us", us[0].id, 10).unwrap();
         assert_eq!(after_first.len(), 2);
-        clear(&conn, "us", us[1].id).unwrap();
+        clear(&conn, "us", &[us[0].id, us[1].id]).unwrap();
         assert_eq!(pending(&conn, "us", 0, 10).unwrap().len(), 1);
         assert_eq!(depth(&conn).unwrap(), 3);
         let mut dests = destinations(&conn).unwrap();

@@ -217,8 +217,8 @@ impl Outbox for SqliteTx<'_> {
     ) -> Result<Vec<Pending>, Error> {
         outbox::pending(self.conn, destination, after_id, limit)
     }
-    fn clear(&mut self, destination: &str, up_to_id: i64) -> Result<(), Error> {
-        outbox::clear(self.conn, destination, up_to_id)
+    fn clear(&mut self, destination: &str, ids: &[i64]) -> Result<(), Error> {
+        outbox::clear(self.conn, destination, ids)
     }
     fn discard(&mut self, destination: &str, limit: usize) -> Result<usize, Error> {
         outbox::discard(self.conn, destination, limit)

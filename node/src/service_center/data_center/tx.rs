@@ -165,8 +165,11 @@ pub trait Outbox {
         after_id: i64,
         limit: usize,
     ) -> Result<Vec<Pending>, Error>;
-    /// Removes what `destination` acknowledged, up to `up_to_id`.
-    fn clear(&mut self, destination: &str, up_to_id: i64) -> Result<(), Error>;
+    /// Removes the items `ids` of `destination`, which it acknowledged.
+    /// By id rather than up to the last one: on a shared data center ids
+    /// come from a sequence, so an item can commit after items with higher
+    /// ids were read and carried, and must stay until it is carried too.
+    fn clear(&mut self, destination: &str, ids: &[i64]) -> Result<(), Error>;
     /// Deletes at most `limit` of a departed destination's items, unsent.
     fn discard(&mut self, destination: &str, limit: usize) -> Result<usize, Error>;
     fn destinations(&mut self) -> Result<Vec<String>, Error>;

@@ -735,11 +735,11 @@ impl Outbox for PgTx<'_> {
         .collect()
     }
 
-    fn clear(&mut self, destination: &str, up_to_id: i64) -> Result<(), Error> {
+    fn clear(&mut self, destination: &str, ids: &[i64]) -> Result<(), Error> {
         self.execute(
             "clearing the outbox",
-            "DELETE FROM outbox WHERE destination = $1 AND id <= $2",
-            &[&destination, &up_to_id],
+            "DELETE FROM outbox WHERE destination = $1 AND id = ANY($2)",
+            &[&destination, &ids],
         )?;
         Ok(())
     }
