@@ -1,6 +1,7 @@
 //! The parts of `meridian-bench`: a running system (spawned or given), the
 //! users and groups of one run, the load generators and the report; the
-//! PostgreSQL scenarios (failover, backends) and what they measure with.
+//! PostgreSQL scenarios (failover, backends) and what they measure with;
+//! the side-by-side scenario against NATS (peers).
 
 pub mod ack;
 pub mod backends;
@@ -10,6 +11,7 @@ pub mod failover;
 pub mod local;
 pub mod manifest;
 pub mod open_loop;
+pub mod peers;
 pub mod pg;
 pub mod report;
 pub mod setup;

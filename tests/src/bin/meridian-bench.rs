@@ -29,7 +29,20 @@
 //!   between acks, the retried sends, and the group's history checked;
 //! - `backends` (not in `all`): `throughput` on SQLite, then on PostgreSQL
 //!   with one and with two service-center replicas, each a fresh local mode,
-//!   `--runs` times, with each process's CPU and the flushes.
+//!   `--runs` times, with each process's CPU and the flushes;
+//! - `peers` (not in `all`): side by side with NATS (issue 12). The same
+//!   open-loop workload (`--peers-rate` msg/s of `--peers-body-bytes` B for
+//!   `--peers-seconds` per round, sender in one region, receiver in
+//!   another) against NATS core, JetStream and Meridian's cross-region
+//!   send-to-deliver, interleaved `--runs` times, on a gateway supercluster
+//!   of three `nats-server`s it starts itself (`--nats-server`); a table of
+//!   p50/p99/p99.9 with the Meridian / NATS ratios, and `--json FILE`.
+//!   `benches/peers/run` installs nats-server v2.15.2 (cached under
+//!   `~/.cache/meridian/peers`), builds, and runs it:
+//!
+//!   ```text
+//!   benches/peers/run --runs 3 --json /tmp/peers.json
+//!   ```
 //!
 //! `failover` and `backends` start their own PostgreSQL server
 //! (`meridian_tests::postgres`: Debian's PostgreSQL 15 from
@@ -55,7 +68,7 @@ use bench::local::{Endpoints, LocalMode};
 use bench::open_loop::Schedule;
 use bench::report::Row;
 use bench::setup::{Ctx, prefix};
-use bench::{ack, backends, deliver, failover, local, manifest, throughput};
+use bench::{ack, backends, deliver, failover, local, manifest, peers, throughput};
 use meridian_tests::postgres::Postgres;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -69,6 +82,8 @@ enum Scenario {
     Failover,
     /// Throughput on SQLite, PostgreSQL with 1 replica, and with 2.
     Backends,
+    /// Side by side with NATS core and JetStream (cross-region delivery).
+    Peers,
 }
 
 /// Measures Meridian in local mode: send-ack latency, send-to-deliver latency
@@ -162,6 +177,24 @@ struct Args {
     /// listed, once per PostgreSQL configuration (0: none).
     #[arg(long, default_value_t = 3)]
     statement_sends: usize,
+
+    /// Peers scenario: messages per second, open loop, for every system.
+    #[arg(long, default_value_t = 1000.0)]
+    peers_rate: f64,
+    /// Peers scenario: measured seconds of each system's round.
+    #[arg(long, default_value_t = 10.0)]
+    peers_seconds: f64,
+    /// Peers scenario: size of each message in bytes.
+    #[arg(long, default_value_t = 256)]
+    peers_body_bytes: usize,
+    /// Peers scenario: the nats-server binary (benches/peers/run installs
+    /// v2.15.2).
+    #[arg(long, value_name = "PATH", env = "MERIDIAN_NATS_SERVER")]
+    nats_server: Option<PathBuf>,
+    /// Peers scenario: write the summary (per system p50_ms, p99_ms,
+    /// p999_ms over all runs) to this JSON file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
 }
 
 impl Args {
@@ -200,6 +233,18 @@ impl Args {
             "rates must be positive"
         );
         anyhow::ensure!(self.duration > 0.0, "--duration must be positive");
+        anyhow::ensure!(
+            self.peers_rate > 0.0 && self.peers_seconds > 0.0,
+            "--peers-rate and --peers-seconds must be positive"
+        );
+        anyhow::ensure!(
+            self.peers_body_bytes >= 64,
+            "--peers-body-bytes must be at least 64 (a body carries its send time and index)"
+        );
+        anyhow::ensure!(
+            self.json.is_none() || self.scenario == Scenario::Peers,
+            "--json is written by --scenario peers only"
+        );
         anyhow::ensure!(self.warmup >= 0.0, "--warmup must not be negative");
         anyhow::ensure!(
             self.straggler_wait >= 0.0,
@@ -273,8 +318,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         println!("region {code}: {url}");
     }
 
+    let work = async {
+        if args.scenario == Scenario::Peers {
+            peers_runs(&args, &endpoints).await
+        } else {
+            all_runs(&args, &endpoints).await
+        }
+    };
     let result = tokio::select! {
-        result = all_runs(&args, &endpoints) => result,
+        result = work => result,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
 
@@ -474,6 +526,48 @@ async fn failover_runs(args: &Args) -> anyhow::Result<()> {
         "the history check found lost, duplicated or out-of-place messages"
     );
     Ok(())
+}
+
+/// The peers scenario on `endpoints` (Meridian) and NATS servers of its own.
+async fn peers_runs(args: &Args, endpoints: &Endpoints) -> anyhow::Result<()> {
+    for region in [&args.local, &args.remote] {
+        endpoints.client(region)?;
+    }
+    let nats_server = match &args.nats_server {
+        Some(path) => path.clone(),
+        None => std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_default()
+            .join(".cache/meridian/peers/nats-server-v2.15.2/nats-server"),
+    };
+    let schedule = Schedule {
+        rate: args.peers_rate,
+        warmup: secs(args.warmup),
+        duration: secs(args.peers_seconds),
+        max_in_flight: args.max_in_flight,
+        timeout: Duration::from_secs(10),
+    };
+    let params = peers::Params {
+        nats_server,
+        nats: peers::nats::Params {
+            schedule: schedule.clone(),
+            body_bytes: args.peers_body_bytes,
+            straggler_wait: secs(args.straggler_wait),
+            ready_timeout: Duration::from_secs(args.start_timeout),
+        },
+        meridian: deliver::Params {
+            schedule,
+            connections: args.connections,
+            body_bytes: args.peers_body_bytes,
+            straggler_wait: secs(args.straggler_wait),
+            local: args.local.clone(),
+            remote: args.remote.clone(),
+        },
+        runs: args.runs,
+        start_timeout: Duration::from_secs(args.start_timeout),
+        json: args.json.clone(),
+    };
+    peers::run(&params, endpoints).await
 }
 
 async fn all_runs(args: &Args, endpoints: &Endpoints) -> anyhow::Result<()> {
