@@ -67,7 +67,9 @@ pub const SUBSCRIBER_BUFFER: usize = 4_096;
 pub const SUBSCRIBER_BUFFER_BYTES: usize = 16 * 1024 * 1024;
 /// Live subscriptions one user may hold at one service center.
 pub const MAX_SUBSCRIPTIONS_PER_USER: usize = 16;
-/// Live subscriptions one service center holds at most.
+/// Live subscriptions one service center holds at most, unless its operator
+/// sets another bound (`meridian-node --max-subscriptions`, sized to the
+/// process's memory: BENCHMARKS.md measures what an idle one costs).
 pub const MAX_SUBSCRIPTIONS: usize = 10_000;
 /// A session or refresh token as a client sends it back (issued ones are
 /// 64 hex digits), in bytes.

@@ -82,6 +82,8 @@ pub struct Node {
     /// `/metrics` of every role the node runs (and the roaming system's
     /// `/mesh`) over plain HTTP, when wanted.
     pub metrics: Option<TcpListener>,
+    /// The service center's bounds its operator sets (`--max-subscriptions`).
+    pub limits: service_center::Limits,
 }
 
 /// How often a service center whose PostgreSQL cannot be reached tries again.
@@ -222,7 +224,7 @@ impl Node {
             let link = Arc::new(RoamingClient::new(self.mesh.clone(), credentials.clone()));
             pairing = Some(link.clone());
             let observed = dc.clone();
-            let center = BusinessCenter::start(dc, link).await?;
+            let center = BusinessCenter::start_with(dc, link, self.limits).await?;
             parts.center = Some(center.clone());
             center.metrics().register(&mut registry);
             center_metrics = Some((center.metrics().clone(), observed));

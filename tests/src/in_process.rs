@@ -257,6 +257,7 @@ impl Mesh {
                         client_tls: None,
                         probe: None,
                         metrics: None,
+                        limits: Default::default(),
                     });
                     Replica {
                         client_url,
@@ -283,6 +284,7 @@ impl Mesh {
                 client_tls: None,
                 probe: None,
                 metrics: Some(p.metrics),
+                limits: Default::default(),
             };
             let (stop, task) = spawn(node);
             regions.insert(

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use meridian_node::mesh::config::watch_file;
 use meridian_node::server::{Node, RoamingListeners, Role, ServiceCenterListeners};
+use meridian_node::service_center::Limits;
 use meridian_node::service_center::data_center::postgres::Settings;
 use meridian_node::telemetry::traces::{self, Export};
 use meridian_node::transport::{ClientAuth, ServerTls};
@@ -108,9 +109,31 @@ struct Args {
     /// collector (`http://host:4317`); off unless given.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
+    /// The most live subscriptions the service center holds at once; one
+    /// more is refused with RESOURCE_EXHAUSTED. Each costs memory
+    /// (BENCHMARKS.md measures an idle one), so size it to the process's.
+    #[arg(
+        long,
+        env = "MERIDIAN_MAX_SUBSCRIPTIONS",
+        value_name = "N",
+        default_value_t = meridian_node::limits::MAX_SUBSCRIPTIONS,
+        value_parser = max_subscriptions
+    )]
+    max_subscriptions: usize,
     /// Stop when the parent process goes away (used by local mode).
     #[arg(long)]
     exit_with_parent: bool,
+}
+
+/// `--max-subscriptions`: a whole number, at least 1.
+fn max_subscriptions(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "{text:?} is not a number of subscriptions of at least 1 (the default is {})",
+            meridian_node::limits::MAX_SUBSCRIPTIONS
+        )),
+    }
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
@@ -184,6 +207,9 @@ async fn main() -> anyhow::Result<()> {
         metrics: match args.listen_metrics {
             Some(addr) => Some(bind(addr, "metrics").await?),
             None => None,
+        },
+        limits: Limits {
+            max_subscriptions: args.max_subscriptions,
         },
     };
     let exit_with_parent = args.exit_with_parent;

@@ -6,7 +6,8 @@
 //! [`SUBSCRIBER_BUFFER`] events and [`SUBSCRIBER_BUFFER_BYTES`] of them, and
 //! one that falls further behind is cut off (it resumes from its cursors, so
 //! nothing is lost); a user may hold [`MAX_SUBSCRIPTIONS_PER_USER`] and the
-//! service center [`MAX_SUBSCRIPTIONS`].
+//! service center its `--max-subscriptions` ([`MAX_SUBSCRIPTIONS`] unless
+//! its operator sets another bound).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,10 +23,19 @@ use crate::limits::{
 use crate::proto::client_api::{Delivery, Event, SendVerdict, event};
 use crate::telemetry::ServiceCenterMetrics;
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Hub {
     inner: Arc<Mutex<Inner>>,
     metrics: ServiceCenterMetrics,
+    /// Live subscriptions held at once, the most: what the process's memory
+    /// is sized for (`--max-subscriptions`).
+    max_subscriptions: usize,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::new(ServiceCenterMetrics::default())
+    }
 }
 
 #[derive(Default)]
@@ -92,11 +102,18 @@ impl Drop for Subscription {
 }
 
 impl Hub {
-    /// A hub that counts its deliveries and subscriptions in `metrics`.
+    /// A hub that counts its deliveries and subscriptions in `metrics`,
+    /// holding at most [`MAX_SUBSCRIPTIONS`] subscriptions.
     pub fn new(metrics: ServiceCenterMetrics) -> Self {
+        Self::with_max_subscriptions(metrics, MAX_SUBSCRIPTIONS)
+    }
+
+    /// As [`Hub::new`], holding at most `max` subscriptions (at least one).
+    pub fn with_max_subscriptions(metrics: ServiceCenterMetrics, max: usize) -> Self {
         Self {
             inner: Arc::default(),
             metrics,
+            max_subscriptions: max.max(1),
         }
     }
 
@@ -106,9 +123,10 @@ impl Hub {
         let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
         let queued = Arc::new(AtomicUsize::new(0));
         let mut inner = self.inner.lock().expect("hub");
-        if inner.total >= MAX_SUBSCRIPTIONS {
+        if inner.total >= self.max_subscriptions {
             return Err(Error::ResourceExhausted(format!(
-                "this service center holds {MAX_SUBSCRIPTIONS} subscriptions, its most; try again later"
+                "this service center holds {} subscriptions, its most; try again later",
+                self.max_subscriptions
             )));
         }
         let held = inner.sessions.get(user).map_or(0, Vec::len);
@@ -285,5 +303,26 @@ mod tests {
         hub.attach("bob@eu").expect("another user is not affected");
         drop(held);
         hub.attach("ann@eu").expect("free again once dropped");
+    }
+
+    #[tokio::test]
+    async fn the_service_center_holds_at_most_its_configured_subscriptions() {
+        let hub = Hub::with_max_subscriptions(ServiceCenterMetrics::default(), 3);
+        let mut held: Vec<_> = ["ann@eu", "bob@eu", "cy@eu"]
+            .iter()
+            .map(|user| hub.attach(user).unwrap())
+            .collect();
+        for user in ["ann@eu", "dan@eu"] {
+            let Err(Error::ResourceExhausted(message)) = hub.attach(user) else {
+                panic!("a fourth subscription was accepted for {user}");
+            };
+            assert!(
+                message.contains("this service center holds 3 subscriptions"),
+                "{message}"
+            );
+        }
+        held.pop();
+        held.push(hub.attach("dan@eu").expect("a place is free again"));
+        assert_eq!(hub.sessions(), 3);
     }
 }

@@ -13,4 +13,4 @@ pub mod retention;
 pub mod roaming_client;
 pub mod verdicts;
 
-pub use business_center::BusinessCenter;
+pub use business_center::{BusinessCenter, Limits};

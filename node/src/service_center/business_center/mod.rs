@@ -27,7 +27,7 @@ use super::roaming_client::RoamingClient;
 use super::verdicts::Verdicts;
 use crate::Error;
 use crate::ids::Id;
-use crate::limits::MAX_THROTTLED_KEYS;
+use crate::limits::{MAX_SUBSCRIPTIONS, MAX_THROTTLED_KEYS};
 use crate::proto::peer_api::{data_reply, data_request};
 use crate::tasks::Tasks;
 use crate::telemetry::ServiceCenterMetrics;
@@ -57,6 +57,23 @@ pub struct BusinessCenter {
     tasks: Tasks,
 }
 
+/// The bounds a region's operator may set on its service center (the node's
+/// flags); every other bound is fixed in [`crate::limits`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Live subscriptions held at once (`--max-subscriptions`): each costs
+    /// the process memory, so this sizes it.
+    pub max_subscriptions: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_subscriptions: MAX_SUBSCRIPTIONS,
+        }
+    }
+}
+
 /// How long a starting service center waits to hear the other replicas.
 const FIRST_LISTEN: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -80,10 +97,20 @@ impl Clock {
 }
 
 impl BusinessCenter {
-    /// A business center over `dc` that reaches other regions through `link`.
+    /// A business center over `dc` that reaches other regions through
+    /// `link`, within the default [`Limits`].
     pub async fn start(dc: DataCenter, link: Arc<RoamingClient>) -> Result<Self, Error> {
+        Self::start_with(dc, link, Limits::default()).await
+    }
+
+    /// As [`BusinessCenter::start`], within `limits`.
+    pub async fn start_with(
+        dc: DataCenter,
+        link: Arc<RoamingClient>,
+        limits: Limits,
+    ) -> Result<Self, Error> {
         let metrics = ServiceCenterMetrics::new(dc.commits().clone());
-        let hub = Hub::new(metrics.clone());
+        let hub = Hub::with_max_subscriptions(metrics.clone(), limits.max_subscriptions);
         let verdicts = Verdicts::new(hub.clone());
         let tasks = Tasks::new();
         let replica = Replica::new(dc.is_shared());
