@@ -6,7 +6,10 @@
 //! runs on it: sends go through the other, from eu's own CLI and from
 //! another region (whose batches eu's roaming system hands to a live
 //! replica), and the listener resumes on the other replica with no gap and
-//! no duplicate.
+//! no duplicate. Then the replica count changes while local mode runs, on
+//! a server that speaks TLS: local mode reads the connection string from a
+//! file (`--postgres eu=@FILE`) and gives its replicas the server's CA
+//! (`--postgres-ca eu=FILE`).
 //!
 //! The PostgreSQL server is a throwaway one (`meridian_tests::postgres`);
 //! as a user other than root the test needs PostgreSQL installed already
@@ -318,20 +321,49 @@ fn a_changed_replica_count_starts_and_stops_replicas() {
     if !available() {
         return;
     }
-    let postgres = Postgres::start().unwrap();
+    let mut postgres = Postgres::start().unwrap();
     let database = postgres.create_database("eu").unwrap();
+    // Here the server speaks TLS, and local mode is given the connection
+    // string in a file (`eu=@FILE`) and the server's CA (`--postgres-ca`).
+    let server_ca = meridian_node::trust::pki::MeshCa::generate("postgres").unwrap();
+    let issued = server_ca
+        .issue_region(
+            "db",
+            "test",
+            &["127.0.0.1".into()],
+            meridian_node::trust::pki::DEFAULT_LIFETIME,
+        )
+        .unwrap();
+    postgres
+        .enable_tls(&issued.cert_pem, &issued.key_pem)
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let manifest = dir.path().join("regions.yaml");
     let with = |n: usize| MANIFESTS.replace("replicas: 2", &format!("replicas: {n}"));
     std::fs::write(&manifest, with(1)).unwrap();
     let state = dir.path().join("state");
-    let postgres_arg = format!("eu={database}");
+    let url_file = dir.path().join("eu-url");
+    std::fs::write(&url_file, format!("{database}\n")).unwrap();
+    let ca_file = dir.path().join("db-ca.crt");
+    std::fs::write(&ca_file, &server_ca.cert_pem).unwrap();
+    let postgres_arg = format!("eu=@{}", url_file.display());
+    let ca_arg = format!("eu={}", ca_file.display());
     let local = LocalMode::start_with(
         std::slice::from_ref(&manifest),
         &state,
-        &["--postgres", &postgres_arg],
+        &["--postgres", &postgres_arg, "--postgres-ca", &ca_arg],
     );
     assert_eq!(clients(&state, "eu").len(), 1);
+    assert_eq!(
+        std::fs::read_to_string(state.join("eu/postgres-url")).unwrap(),
+        database,
+        "the URL read from the file, without its line end"
+    );
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", local.operator_pid())).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&cmdline).contains(&database),
+        "the connection string is on local mode's command line"
+    );
     ok(local.cli(&as_user("ann@eu", &["register"])));
 
     std::fs::write(&manifest, with(3)).unwrap();
@@ -363,6 +395,23 @@ fn a_changed_replica_count_starts_and_stops_replicas() {
             .unwrap()
             .len(),
         3
+    );
+    // Every replica's connections to the database are encrypted.
+    let (tls, all) = postgres
+        .psql(
+            "eu",
+            "SELECT count(*) FILTER (WHERE ssl), count(*) FROM pg_stat_ssl \
+             JOIN pg_stat_activity USING (pid) \
+             WHERE application_name = 'meridian-service-center'",
+        )
+        .unwrap()
+        .trim()
+        .split_once('|')
+        .map(|(tls, all)| (tls.to_owned(), all.to_owned()))
+        .expect("two counts");
+    assert!(
+        all != "0" && tls == all,
+        "{tls} of {all} connections use TLS"
     );
     let dropped = local.pid("eu", "service-center-2");
 

@@ -45,11 +45,21 @@ pub struct LocalArgs {
 
     /// Run REGION's data center on the PostgreSQL database at URL (a
     /// connection string) instead of SQLite; the region then runs as many
-    /// service-center replicas as its `spec.serviceCenter.replicas`. The
-    /// string is kept in a file only its owner can read,
+    /// service-center replicas as its `spec.serviceCenter.replicas`.
+    /// `REGION=@FILE` reads the string from FILE (one line; a trailing
+    /// line end is dropped), which keeps its password out of `ps`. Local
+    /// mode keeps the string in a file only its owner can read,
     /// `DIR/<region>/postgres-url`. Repeat for several regions.
-    #[arg(long = "postgres", value_name = "REGION=URL", value_parser = postgres::parse_arg)]
+    #[arg(long = "postgres", value_name = "REGION=URL|REGION=@FILE", value_parser = postgres::parse_arg)]
     pub postgres: Vec<postgres::PostgresArg>,
+
+    /// The PEM CA certificates of REGION's PostgreSQL server (given
+    /// `--postgres`): each of its service-center replicas then requires
+    /// TLS and checks the server's certificate and name against them
+    /// (`meridian-node --postgres-ca-file`). A relative FILE is taken from
+    /// the current directory. Repeat for several regions.
+    #[arg(long = "postgres-ca", value_name = "REGION=FILE", value_parser = postgres::parse_ca_arg)]
+    pub postgres_ca: Vec<postgres::CaArg>,
 }
 
 fn parse_bytes(text: &str) -> Result<u64, String> {
@@ -65,7 +75,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     // First of all, so that a stop at any point of the startup is seen, and
     // every process started by then is stopped before local mode exits.
     let mut signal = std::pin::pin!(stop_signal()?);
-    let databases = postgres::Databases::new(args.postgres)?;
+    let databases = postgres::Databases::new(args.postgres, args.postgres_ca)?;
     let manifests = databases.load(&args.files)?;
     std::fs::create_dir_all(&args.state_dir).with_context(|| {
         format!(

@@ -4,9 +4,13 @@
 //! (docs/ARCHITECTURE.md §12, "Several replicas"). Local mode cannot read a
 //! Kubernetes Secret, so the flag is how it learns the connection string;
 //! for the manifest's rules the flag counts as `dataCenter.type: postgres`.
+//! `--postgres REGION=@FILE` reads the string from FILE instead, so that
+//! its password is not on the command line for `ps` to show, and
+//! `--postgres-ca REGION=FILE` is the server's CA, with which every
+//! service-center replica of the region requires TLS and checks the server.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -22,57 +26,158 @@ const MAX_URL_BYTES: usize = 4096;
 /// The file in a region's directory that holds its connection string.
 const URL_FILE: &str = "postgres-url";
 
-/// One `--postgres REGION=URL`.
+/// One `--postgres REGION=URL` or `--postgres REGION=@FILE`, with FILE read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PostgresArg {
     pub region: String,
     pub url: String,
 }
 
-/// Parses `REGION=URL`; for clap.
+/// Parses `REGION=URL`, or `REGION=@FILE` whose FILE holds the URL; for
+/// clap.
 pub fn parse_arg(text: &str) -> Result<PostgresArg, String> {
-    let (region, url) = text
-        .split_once('=')
-        .ok_or_else(|| "expected REGION=URL, e.g. eu=postgresql://user:pass@host/db".to_owned())?;
+    let (region, value) = text.split_once('=').ok_or_else(|| {
+        "expected REGION=URL or REGION=@FILE, e.g. eu=postgresql://user:pass@host/db".to_owned()
+    })?;
     if !meridian_crds::is_region_code(region) {
         return Err(format!("{region:?} is not a region code"));
     }
-    if url.trim().is_empty() {
-        return Err(format!("region {region}: the connection string is empty"));
-    }
-    if url.len() > MAX_URL_BYTES || url.contains(['\n', '\r', '\0']) {
-        return Err(format!(
-            "region {region}: the connection string must be one line of at most {MAX_URL_BYTES} bytes"
-        ));
-    }
+    let url = match value.strip_prefix('@') {
+        Some(file) => read_url(file)
+            .and_then(|url| check_url(&url).map(|()| url))
+            .map_err(|err| format!("--postgres {region}=@{file}: {err}"))?,
+        None => {
+            check_url(value).map_err(|err| format!("region {region}: {err}"))?;
+            value.to_owned()
+        }
+    };
     Ok(PostgresArg {
         region: region.to_owned(),
-        url: url.to_owned(),
+        url,
     })
 }
 
-/// The connection string of each region given `--postgres`.
+/// The connection string in `file`: its whole content, less one trailing
+/// line end.
+fn read_url(file: &str) -> Result<String, String> {
+    if file.is_empty() {
+        return Err("no file is named after the @".to_owned());
+    }
+    let mut bytes = Vec::new();
+    // A line end more than the longest string, so that a longer one is seen.
+    let most = MAX_URL_BYTES as u64 + 3;
+    std::fs::File::open(file)
+        .and_then(|f| f.take(most).read_to_end(&mut bytes))
+        .map_err(|err| format!("cannot read the connection string: {err}"))?;
+    let line = bytes
+        .strip_suffix(b"\n")
+        .map(|b| b.strip_suffix(b"\r").unwrap_or(b))
+        .unwrap_or(&bytes);
+    if line.len() > MAX_URL_BYTES {
+        return Err(format!(
+            "the connection string must be one line of at most {MAX_URL_BYTES} bytes"
+        ));
+    }
+    String::from_utf8(line.to_vec()).map_err(|_| "the file is not UTF-8 text".to_owned())
+}
+
+/// A connection string local mode accepts: not blank, one line, short.
+fn check_url(url: &str) -> Result<(), String> {
+    if url.trim().is_empty() {
+        return Err("the connection string is empty".to_owned());
+    }
+    if url.len() > MAX_URL_BYTES || url.contains(['\n', '\r', '\0']) {
+        return Err(format!(
+            "the connection string must be one line of at most {MAX_URL_BYTES} bytes"
+        ));
+    }
+    Ok(())
+}
+
+/// One `--postgres-ca REGION=FILE`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaArg {
+    pub region: String,
+    pub file: PathBuf,
+}
+
+/// Parses `REGION=FILE`; for clap. [`Databases::new`] checks the file.
+pub fn parse_ca_arg(text: &str) -> Result<CaArg, String> {
+    let (region, file) = text
+        .split_once('=')
+        .ok_or_else(|| "expected REGION=FILE, e.g. eu=/etc/meridian/db-ca.crt".to_owned())?;
+    if !meridian_crds::is_region_code(region) {
+        return Err(format!("{region:?} is not a region code"));
+    }
+    if file.is_empty() {
+        return Err(format!("region {region}: no CA file is named"));
+    }
+    Ok(CaArg {
+        region: region.to_owned(),
+        file: file.into(),
+    })
+}
+
+/// A region's PostgreSQL database: how to reach it and, if given, the CA
+/// its server's certificate is checked against.
+#[derive(Clone, Debug)]
+struct Database {
+    url: String,
+    /// Absolute, so that it means the same to the service-center processes.
+    ca_file: Option<PathBuf>,
+}
+
+/// The database of each region given `--postgres`.
 #[derive(Clone, Debug, Default)]
-pub struct Databases(BTreeMap<String, String>);
+pub struct Databases(BTreeMap<String, Database>);
 
 impl Databases {
-    /// Refuses a region given twice.
-    pub fn new(args: Vec<PostgresArg>) -> anyhow::Result<Self> {
-        let mut urls = BTreeMap::new();
+    /// Refuses a region given twice to either flag, a CA for a region with
+    /// no `--postgres`, and a CA file that cannot be read or holds no
+    /// certificate. A relative CA path is taken from the current directory.
+    pub fn new(args: Vec<PostgresArg>, cas: Vec<CaArg>) -> anyhow::Result<Self> {
+        let mut databases = BTreeMap::new();
         for arg in args {
             anyhow::ensure!(
-                !urls.contains_key(&arg.region),
+                !databases.contains_key(&arg.region),
                 "--postgres {}: the region is given twice",
                 arg.region
             );
-            urls.insert(arg.region, arg.url);
+            let database = Database {
+                url: arg.url,
+                ca_file: None,
+            };
+            databases.insert(arg.region, database);
         }
-        Ok(Self(urls))
+        for ca in cas {
+            let region = &ca.region;
+            let Some(database) = databases.get_mut(region) else {
+                anyhow::bail!(
+                    "--postgres-ca {region}: region {region} is not given --postgres \
+                     (the CA is its PostgreSQL server's)"
+                );
+            };
+            anyhow::ensure!(
+                database.ca_file.is_none(),
+                "--postgres-ca {region}: the region is given twice"
+            );
+            database.ca_file = Some(
+                check_ca(&ca.file)
+                    .with_context(|| format!("--postgres-ca {region}={}", ca.file.display()))?,
+            );
+        }
+        Ok(Self(databases))
     }
 
     /// The connection string of `region`, if it is on PostgreSQL.
     pub fn url(&self, region: &str) -> Option<&str> {
-        self.0.get(region).map(String::as_str)
+        self.0.get(region).map(|d| d.url.as_str())
+    }
+
+    /// The absolute path of the CA file `region`'s server is checked
+    /// against, if it was given one.
+    pub fn ca_file(&self, region: &str) -> Option<&Path> {
+        self.0.get(region)?.ca_file.as_deref()
     }
 
     /// Reads the manifests as a region given `--postgres` would be read
@@ -151,6 +256,25 @@ impl Databases {
     }
 }
 
+/// `file` as an absolute path, once it is seen to be a readable file of
+/// PEM certificates: a service center would otherwise fail on it only
+/// after local mode had started it.
+fn check_ca(file: &Path) -> anyhow::Result<PathBuf> {
+    let path = std::path::absolute(file).context("cannot make the path absolute")?;
+    let shown = path.display();
+    let meta = match std::fs::metadata(&path) {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            anyhow::bail!("{shown} does not exist")
+        }
+        meta => meta.with_context(|| format!("cannot read {shown}"))?,
+    };
+    anyhow::ensure!(meta.is_file(), "{shown} is not a file");
+    let pem = std::fs::read_to_string(&path).with_context(|| format!("cannot read {shown}"))?;
+    meridian_node::trust::tls::database_client(&pem)
+        .map_err(|err| anyhow::anyhow!("{shown}: {err}"))?;
+    Ok(path)
+}
+
 /// The file in `region_dir` that [`write_url_file`] writes.
 pub fn url_file(region_dir: &Path) -> PathBuf {
     region_dir.join(URL_FILE)
@@ -202,7 +326,23 @@ mod tests {
     }
 
     fn databases(args: &[&str]) -> Databases {
-        Databases::new(args.iter().map(|a| parse_arg(a).unwrap()).collect()).unwrap()
+        Databases::new(args.iter().map(|a| parse_arg(a).unwrap()).collect(), vec![]).unwrap()
+    }
+
+    /// A PEM file of one CA certificate, in `dir`.
+    fn ca_pem(dir: &Path) -> PathBuf {
+        let ca = meridian_node::trust::pki::MeshCa::generate("db").unwrap();
+        let path = dir.join("ca.crt");
+        std::fs::write(&path, ca.cert_pem).unwrap();
+        path
+    }
+
+    /// `Databases::new` of `--postgres` and `--postgres-ca` values.
+    fn with_cas(args: &[&str], cas: &[String]) -> anyhow::Result<Databases> {
+        Databases::new(
+            args.iter().map(|a| parse_arg(a).unwrap()).collect(),
+            cas.iter().map(|a| parse_ca_arg(a).unwrap()).collect(),
+        )
     }
 
     #[test]
@@ -221,13 +361,141 @@ mod tests {
             let err = parse_arg(bad).unwrap_err();
             assert!(err.contains(says), "{bad:?}: {err}");
         }
-        let twice = Databases::new(vec![parse_arg("eu=a").unwrap(), parse_arg("eu=b").unwrap()])
-            .unwrap_err()
-            .to_string();
+        let twice = with_cas(&["eu=a", "eu=b"], &[]).unwrap_err().to_string();
         assert!(
             twice.contains("--postgres eu") && twice.contains("twice"),
             "{twice}"
         );
+    }
+
+    #[test]
+    fn at_file_reads_the_url_from_the_file_less_its_line_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &[u8]| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path.display().to_string()
+        };
+        for (name, text) in [
+            ("plain", PG.to_owned()),
+            ("lf", format!("{PG}\n")),
+            ("crlf", format!("{PG}\r\n")),
+        ] {
+            let path = file(name, text.as_bytes());
+            let arg = parse_arg(&format!("eu=@{path}")).unwrap();
+            assert_eq!(
+                (arg.region.as_str(), arg.url.as_str()),
+                ("eu", PG),
+                "{name}"
+            );
+        }
+        let longest = "p".repeat(MAX_URL_BYTES);
+        let path = file("longest", format!("{longest}\n").as_bytes());
+        assert_eq!(parse_arg(&format!("eu=@{path}")).unwrap().url, longest);
+
+        let missing = dir.path().join("missing").display().to_string();
+        for (bad, says) in [
+            (missing.clone(), "cannot read the connection string"),
+            (file("empty", b""), "the connection string is empty"),
+            (file("blank", b"  \n"), "the connection string is empty"),
+            (file("lines", b"a\nb\n"), "one line"),
+            (file("nul", b"a\0b"), "one line"),
+            (file("two-ends", b"a\n\n"), "one line"),
+            (
+                file("long", format!("{longest}p\n").as_bytes()),
+                "at most 4096 bytes",
+            ),
+            (
+                file("huge", "p".repeat(3 * MAX_URL_BYTES).as_bytes()),
+                "at most 4096 bytes",
+            ),
+            (file("binary", b"\xff\xfe"), "not UTF-8"),
+        ] {
+            let err = parse_arg(&format!("eu=@{bad}")).unwrap_err();
+            assert!(
+                err.starts_with(&format!("--postgres eu=@{bad}: ")) && err.contains(says),
+                "{bad}: {err}"
+            );
+        }
+        let err = parse_arg("eu=@").unwrap_err();
+        assert!(
+            err.contains("--postgres eu=@") && err.contains("no file"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_ca_flag_needs_the_regions_database_once_and_a_file_of_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ca_pem(dir.path());
+        let given = with_cas(
+            &["eu=postgresql://x/eu", "us=postgresql://x/us"],
+            &[format!("eu={}", ca.display())],
+        )
+        .unwrap();
+        assert_eq!(given.ca_file("eu"), Some(ca.as_path()));
+        assert_eq!(given.ca_file("us"), None, "us has no CA");
+        assert_eq!(given.ca_file("ap"), None);
+
+        for (bad, says) in [
+            ("eu", "REGION=FILE"),
+            ("EU=x", "not a region code"),
+            ("eu=", "no CA file"),
+        ] {
+            let err = parse_ca_arg(bad).unwrap_err();
+            assert!(err.contains(says), "{bad:?}: {err}");
+        }
+
+        let not_pem = dir.path().join("not.pem");
+        std::fs::write(&not_pem, "not a certificate").unwrap();
+        let ca_arg = format!("eu={}", ca.display());
+        for (cas, says) in [
+            (
+                vec![format!("ap={}", ca.display())],
+                "--postgres-ca ap: region ap is not given --postgres".to_owned(),
+            ),
+            (
+                vec![ca_arg.clone(), ca_arg.clone()],
+                "--postgres-ca eu: the region is given twice".to_owned(),
+            ),
+            (
+                vec![format!("eu={}/missing.crt", dir.path().display())],
+                format!("{}/missing.crt does not exist", dir.path().display()),
+            ),
+            (
+                vec![format!("eu={}", dir.path().display())],
+                format!("{} is not a file", dir.path().display()),
+            ),
+            (
+                vec![format!("eu={}", not_pem.display())],
+                "no certificate".to_owned(),
+            ),
+        ] {
+            let err = format!(
+                "{:#}",
+                with_cas(&["eu=postgresql://x/eu"], &cas).unwrap_err()
+            );
+            assert!(err.contains(&says), "{cas:?}: {err}");
+            assert!(
+                err.starts_with(&format!("--postgres-ca {}", &cas[0][..2])),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_relative_ca_path_is_taken_from_the_current_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ca_pem(dir.path());
+        // The same file, named from the current directory.
+        let cwd = std::env::current_dir().unwrap();
+        let up = "../".repeat(cwd.components().count() - 1);
+        let relative = format!("{up}{}", ca.display().to_string().trim_start_matches('/'));
+        assert!(Path::new(&relative).is_relative());
+        let databases = with_cas(&["eu=postgresql://x/eu"], &[format!("eu={relative}")]).unwrap();
+        let absolute = databases.ca_file("eu").unwrap();
+        assert_eq!(absolute, cwd.join(&relative));
+        assert_eq!(absolute.canonicalize().unwrap(), ca.canonicalize().unwrap());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! many as `spec.serviceCenter.replicas` on PostgreSQL (`--postgres`).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use meridian_crds::manifest::Manifests;
@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use meridian_node::trust::pki::{self, PkiDir};
 use meridian_node::trust::{CredentialFiles, Credentials};
 
-use super::ports::{PortBook, RegionPorts};
+use super::ports::{PortBook, RegionPorts, ReplicaPorts};
 use super::postgres::{self, Databases};
 use super::readiness::{self, Access};
 use super::supervisor::{ProcessSpec, supervise};
@@ -336,33 +336,15 @@ impl LocalMesh {
         }
     }
 
-    /// Starts replica `i` of `code`'s service center, on its own ports. On
-    /// SQLite there is one, with the data in `DIR/<region>/data`; on
-    /// PostgreSQL each reads the connection string from the region's file.
+    /// Starts replica `i` of `code`'s service center, on its own ports.
     fn start_service_center(&self, code: &str, ports: &RegionPorts, i: usize) -> Supervised {
         let dir = self.region_dir(code);
         let own = ports.service_centers()[i];
-        let data_center = match self.databases.url(code) {
-            Some(_) => node_command::DataCenter::Postgres {
-                url_file: postgres::url_file(&dir).display().to_string(),
-                ca_file: None,
-            },
-            None => node_command::DataCenter::Sqlite {
-                data_dir: dir.join("data").display().to_string(),
-            },
-        };
         let (name, stem) = service_center_names(code, i);
         start_supervised(ProcessSpec {
             name,
             program: self.node_binary.clone(),
-            args: node_command::ServiceCenter {
-                data_center,
-                listen_client: addr(own.client),
-                listen_pair: addr(own.pair),
-                listen_metrics: None,
-                client_tls: node_command::ClientTls::RegionCertificate,
-            }
-            .args(&self.common(code)),
+            args: service_center_args(&self.databases, code, &dir, own, &self.common(code)),
             log: dir.join(format!("{stem}.log")),
             pid_file: dir.join(format!("{stem}.pid")),
         })
@@ -432,6 +414,37 @@ impl LocalMesh {
     }
 }
 
+/// The command line of the service-center replica on ports `own` of
+/// region `code`, whose directory is `dir`. On SQLite there is one replica,
+/// with the data in `DIR/<region>/data`; on PostgreSQL each reads the
+/// connection string from the region's file and, given `--postgres-ca`,
+/// requires TLS checked against that CA.
+fn service_center_args(
+    databases: &Databases,
+    code: &str,
+    dir: &Path,
+    own: ReplicaPorts,
+    common: &node_command::Common,
+) -> Vec<String> {
+    let data_center = match databases.url(code) {
+        Some(_) => node_command::DataCenter::Postgres {
+            url_file: postgres::url_file(dir).display().to_string(),
+            ca_file: databases.ca_file(code).map(|f| f.display().to_string()),
+        },
+        None => node_command::DataCenter::Sqlite {
+            data_dir: dir.join("data").display().to_string(),
+        },
+    };
+    node_command::ServiceCenter {
+        data_center,
+        listen_client: addr(own.client),
+        listen_pair: addr(own.pair),
+        listen_metrics: None,
+        client_tls: node_command::ClientTls::RegionCertificate,
+    }
+    .args(common)
+}
+
 /// `127.0.0.1:port`, for a listener.
 fn addr(port: u16) -> String {
     format!("127.0.0.1:{port}")
@@ -449,5 +462,84 @@ fn start_supervised(spec: ProcessSpec) -> Supervised {
 async fn futures_join(tasks: Vec<JoinHandle<()>>) {
     for task in tasks {
         let _ = task.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::local::postgres::{parse_arg, parse_ca_arg};
+
+    fn common() -> node_command::Common {
+        node_command::Common {
+            config: "/s/eu/mesh.yaml".into(),
+            identity: node_command::Identity {
+                ca: "/s/pki/ca.crt".into(),
+                cert: "/s/pki/eu.crt".into(),
+                key: "/s/pki/eu.key".into(),
+            },
+            listen_probe: None,
+            exit_with_parent: true,
+        }
+    }
+
+    /// The value following `flag` in `args`, if `flag` is there.
+    fn value_of<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+        let at = args.iter().position(|a| a == flag)?;
+        args.get(at + 1).map(String::as_str)
+    }
+
+    #[test]
+    fn the_postgres_ca_reaches_every_service_center_of_its_region_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("db-ca.crt");
+        let pem = meridian_node::trust::pki::MeshCa::generate("db")
+            .unwrap()
+            .cert_pem;
+        std::fs::write(&ca, pem).unwrap();
+        let databases = Databases::new(
+            vec![
+                parse_arg("eu=postgresql://x/eu").unwrap(),
+                parse_arg("us=postgresql://x/us").unwrap(),
+            ],
+            vec![parse_ca_arg(&format!("eu={}", ca.display())).unwrap()],
+        )
+        .unwrap();
+        let region_dir = Path::new("/s/eu");
+        for own in [
+            ReplicaPorts { client: 1, pair: 2 },
+            ReplicaPorts { client: 3, pair: 4 },
+        ] {
+            let args = service_center_args(&databases, "eu", region_dir, own, &common());
+            assert_eq!(
+                value_of(&args, "--postgres-ca-file"),
+                Some(ca.to_str().unwrap()),
+                "{args:?}"
+            );
+            assert_eq!(
+                value_of(&args, "--postgres-url-file"),
+                Some("/s/eu/postgres-url"),
+                "{args:?}"
+            );
+            assert_eq!(
+                value_of(&args, "--listen-client"),
+                Some(addr(own.client).as_str())
+            );
+        }
+
+        let us = ReplicaPorts { client: 5, pair: 6 };
+        let args = service_center_args(&databases, "us", Path::new("/s/us"), us, &common());
+        assert_eq!(
+            value_of(&args, "--postgres-url-file"),
+            Some("/s/us/postgres-url")
+        );
+        assert!(!args.iter().any(|a| a == "--postgres-ca-file"), "{args:?}");
+
+        let args = service_center_args(&databases, "ap", Path::new("/s/ap"), us, &common());
+        assert_eq!(value_of(&args, "--data-dir"), Some("/s/ap/data"));
+        assert!(
+            !args.iter().any(|a| a.starts_with("--postgres")),
+            "{args:?}"
+        );
     }
 }
