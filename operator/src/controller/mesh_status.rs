@@ -560,6 +560,7 @@ mod tests {
                 service_center: None,
                 roaming: Some(meridian_node::server::RoamingListeners { pair, peer }),
                 health: Default::default(),
+                limits: Default::default(),
                 credentials: eu,
                 client_tls: None,
                 probe: None,
