@@ -46,7 +46,8 @@ pub struct Round {
     /// Intended send time to delivery, of the measured messages delivered
     /// (each once).
     pub latency: Histogram<u64>,
-    /// The pacer's lag: intended to actual send, of the measured sends.
+    /// The pacer's lag: intended to actual send, of the measured sends (a
+    /// send held back by the in-flight bound counts its wait for a slot).
     pub lag: Histogram<u64>,
     /// Measured messages sent: acked (JetStream, Meridian) or handed to
     /// the connection (NATS core, which has no ack).
