@@ -118,7 +118,7 @@ impl Endpoints {
     }
 }
 
-/// Spawns local mode (see [`LocalMode::spawn`]) and waits until every
+/// Spawns local mode (see [`LocalMode::spawn_with_env`]) and waits until every
 /// region serves; on an error the operator is stopped.
 pub async fn start(
     operator: &Path,
@@ -127,9 +127,25 @@ pub async fn start(
     extra: &[String],
     timeout: Duration,
 ) -> anyhow::Result<(Endpoints, LocalMode)> {
-    let mut local = LocalMode::spawn(operator, manifest, state_dir, extra)?;
+    start_with_env(operator, manifest, state_dir, extra, &[], timeout).await
+}
+
+/// As [`start`], with `env` set for the operator, so for every node process
+/// it starts: their flags' variables, such as `MERIDIAN_MAX_SUBSCRIPTIONS`.
+pub async fn start_with_env(
+    operator: &Path,
+    manifest: &Path,
+    state_dir: Option<&Path>,
+    extra: &[String],
+    env: &[(String, String)],
+    timeout: Duration,
+) -> anyhow::Result<(Endpoints, LocalMode)> {
+    let mut local = LocalMode::spawn_with_env(operator, manifest, state_dir, extra, env)?;
     println!(
-        "started {} local -f {} --state-dir {}{}{} (pid {}); waiting for endpoints.json",
+        "started {}{} local -f {} --state-dir {}{}{} (pid {}); waiting for endpoints.json",
+        env.iter()
+            .map(|(k, v)| format!("{k}={v} "))
+            .collect::<String>(),
         operator.display(),
         manifest.display(),
         local.state_dir.display(),
@@ -162,12 +178,14 @@ pub struct LocalMode {
 impl LocalMode {
     /// Spawns `operator local -f manifest --state-dir DIR [extra…]`; a
     /// temporary directory when `state_dir` is `None`. Its output goes to a
-    /// log file.
-    pub fn spawn(
+    /// log file. `env` is set for the operator, and so for the node
+    /// processes it starts, which inherit it.
+    pub fn spawn_with_env(
         operator: &Path,
         manifest: &Path,
         state_dir: Option<&Path>,
         extra: &[String],
+        env: &[(String, String)],
     ) -> anyhow::Result<Self> {
         if !operator.is_file() {
             bail!(
@@ -203,6 +221,7 @@ impl LocalMode {
             .arg("--state-dir")
             .arg(&state_dir)
             .args(extra)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

@@ -14,6 +14,7 @@ pub mod open_loop;
 pub mod peers;
 pub mod pg;
 pub mod report;
+pub mod sessions;
 pub mod setup;
 pub mod subscriber;
 pub mod throughput;

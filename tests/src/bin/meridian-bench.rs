@@ -44,6 +44,19 @@
 //!   benches/peers/run --runs 3 --json /tmp/peers.json
 //!   ```
 //!
+//! Fan-out and sessions (issue 12; none of them in `all`, each run on a
+//! fresh local mode; `bench/sessions/`):
+//! - `fanout`: one group of `--members` members, all subscribed in
+//!   `--local` where the sender is, closed loop (`--fanout-senders`) or open
+//!   loop (`--fanout-rate`): deliveries per second summed over the members
+//!   and the service center's CPU per delivery;
+//! - `idle-sessions`: `--sessions` (100,000) idle subscriptions held by
+//!   `--local`'s service center, started with a `--max-subscriptions` that
+//!   allows them: its RSS per subscription;
+//! - `reconnect-storm`: `--sessions` (10,000) sessions, each with a token
+//!   and a subscription, cut at once and resumed at once by token and
+//!   cursor: per-session resume latency and the time until all have.
+//!
 //! `failover` and `backends` start their own PostgreSQL server
 //! (`meridian_tests::postgres`: Debian's PostgreSQL 15 from
 //! `tests/postgres/install`; as root the server runs as `nobody`) and their
@@ -82,6 +95,12 @@ enum Scenario {
     Failover,
     /// Throughput on SQLite, PostgreSQL with 1 replica, and with 2.
     Backends,
+    /// One group's fan-out to its members in one region.
+    Fanout,
+    /// Idle subscriptions held by one service center: RSS per subscription.
+    IdleSessions,
+    /// Sessions cut at once and resumed at once by token.
+    ReconnectStorm,
     /// Side by side with NATS core and JetStream (cross-region delivery).
     Peers,
 }
@@ -177,6 +196,8 @@ struct Args {
     /// listed, once per PostgreSQL configuration (0: none).
     #[arg(long, default_value_t = 3)]
     statement_sends: usize,
+    #[command(flatten)]
+    sessions: bench::sessions::Args,
 
     /// Peers scenario: messages per second, open loop, for every system.
     #[arg(long, default_value_t = 1000.0)]
@@ -291,6 +312,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
             };
         }
+        Scenario::Fanout | Scenario::IdleSessions | Scenario::ReconnectStorm => {
+            let which = match args.scenario {
+                Scenario::Fanout => bench::sessions::Which::Fanout,
+                Scenario::IdleSessions => bench::sessions::Which::IdleSessions,
+                _ => bench::sessions::Which::ReconnectStorm,
+            };
+            let common = sessions_common(&args);
+            return tokio::select! {
+                result = bench::sessions::run(which, &common, &args.sessions) => result,
+                _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+            };
+        }
         Scenario::Backends => {
             let params = backends::Params {
                 throughput: throughput_params(&args),
@@ -377,6 +410,28 @@ fn throughput_params(args: &Args) -> throughput::Params {
         straggler_wait: secs(args.straggler_wait),
         regions: args.throughput_regions.clone(),
         groups: args.groups,
+    }
+}
+
+/// What the fan-out and sessions scenarios take of the common flags.
+fn sessions_common(args: &Args) -> bench::sessions::Common {
+    bench::sessions::Common {
+        runs: args.runs,
+        warmup: secs(args.warmup),
+        duration: secs(args.duration),
+        body_bytes: args.body_bytes,
+        straggler_wait: secs(args.straggler_wait),
+        max_in_flight: args.max_in_flight,
+        connections: args.connections,
+        region: args.local.clone(),
+        endpoints: args.endpoints.clone(),
+        operator: operator(args),
+        manifest: args
+            .manifest
+            .clone()
+            .unwrap_or_else(|| workspace_root().join("examples/three-regions.yaml")),
+        state_dir: args.state_dir.clone(),
+        start_timeout: Duration::from_secs(args.start_timeout),
     }
 }
 
