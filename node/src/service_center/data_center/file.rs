@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
 
 use super::{SqliteTx, Tx, Writer, lock, schema};
@@ -32,6 +33,7 @@ impl SqliteFile {
         // SQLite gives the -wal and -shm files the database file's mode.
         restrict(path)?;
         let mut conn = Connection::open(path)?;
+        stable_plans(&conn)?;
         conn.execute_batch(
             // Savepoints' undo copies stay in memory (temp_store), and the
             // writer checkpoints the WAL between batches (see `checkpoint`).
@@ -129,6 +131,51 @@ fn open_reader(path: &Path) -> Result<Connection, Error> {
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
+    stable_plans(&conn)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     Ok(conn)
+}
+
+/// Turns on SQLite's query planner stability guarantee: a statement's plan
+/// does not depend on the values bound to it. Without it SQLite prepares a
+/// cached statement again (parses and plans it) at every run in which a
+/// value bound to it might change the plan: a `LIMIT ?`, or an equality on
+/// a bound value beside an `ORDER BY`, as reading the outbox once per
+/// batch carried and paging a group's messages do. Every statement here is
+/// an index lookup whose plan no value changes.
+fn stable_plans(conn: &Connection) -> Result<(), Error> {
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::StatementStatus;
+
+    use super::*;
+
+    /// A statement shaped like the outbox's read (an equality, a range, an
+    /// `ORDER BY` and a `LIMIT`, all bound) runs with new values on the
+    /// statement prepared the first time. Without [`stable_plans`] SQLite
+    /// prepares it again at each of these runs.
+    #[test]
+    fn cached_statements_are_not_prepared_again_for_new_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dc.sqlite");
+        let file = SqliteFile::open(&path, CommitMetrics::default()).unwrap();
+        let sql = "SELECT id FROM outbox WHERE destination = ?1 AND id > ?2 ORDER BY id LIMIT ?3";
+        let writer_like = Connection::open(&path).unwrap();
+        stable_plans(&writer_like).unwrap(); // as `SqliteFile::open` sets up the writer's
+        for conn in [file.reader().unwrap(), writer_like] {
+            for after in 0..4i64 {
+                let mut stmt = conn.prepare_cached(sql).unwrap();
+                let rows = stmt.query_map(rusqlite::params!["us", after, 2 + after], |r| {
+                    r.get::<_, i64>(0)
+                });
+                assert_eq!(rows.unwrap().count(), 0);
+            }
+            let stmt = conn.prepare_cached(sql).unwrap();
+            assert_eq!(stmt.get_status(StatementStatus::RePrepare), 0);
+        }
+    }
 }
