@@ -328,8 +328,10 @@ impl Outbox {
             })
             .collect();
         self.tasks.spawn(|_| async move {
+            // Lazily: nothing waits for the clear but what follows here, so
+            // it may share the commit of the next write (a send's).
             let cleared = dc
-                .write(move |tx| {
+                .write_lazily(move |tx| {
                     for verdict in &wire {
                         tx.record_verdict(verdict)?;
                     }

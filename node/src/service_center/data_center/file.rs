@@ -66,6 +66,18 @@ impl SqliteFile {
             .await
     }
 
+    /// [`Self::write`] for a write nobody is kept waiting for (see
+    /// [`Writer::write_lazily`]).
+    pub async fn write_lazily<T, F>(&self, f: F) -> Result<T, Error>
+    where
+        F: FnOnce(&mut dyn Tx) -> Result<T, Error> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.writer
+            .write_lazily(move |conn| f(&mut SqliteTx::new(conn)))
+            .await
+    }
+
     pub async fn read<T, F>(&self, f: F) -> Result<T, Error>
     where
         F: FnOnce(&mut dyn Tx) -> Result<T, Error> + Send + 'static,

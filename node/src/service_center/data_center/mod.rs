@@ -115,6 +115,23 @@ impl DataCenter {
         }
     }
 
+    /// [`Self::write`] for a write that nobody is kept waiting for, such as
+    /// the outbox's clear of what a destination acknowledged: on SQLite it
+    /// may wait up to [`writer::LAZY_WAIT`] to share the commit (and the
+    /// fsync) of another write. On PostgreSQL, which commits each write on
+    /// its own and groups the flushes of concurrent commits itself, it is
+    /// [`Self::write`].
+    pub async fn write_lazily<T, F>(&self, f: F) -> Result<T, Error>
+    where
+        F: FnOnce(&mut dyn Tx) -> Result<T, Error> + Send + 'static,
+        T: Send + 'static,
+    {
+        match &self.backend {
+            Backend::Sqlite(file) => file.write_lazily(f).await,
+            Backend::Postgres(_) => self.write(f).await,
+        }
+    }
+
     /// Runs `f` in a read-only transaction, off the async threads.
     pub async fn read<T, F>(&self, f: F) -> Result<T, Error>
     where

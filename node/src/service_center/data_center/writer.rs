@@ -5,9 +5,13 @@
 //! transaction, commits once (one fsync for the whole batch), and only then
 //! answers the callers. A job that fails rolls back its savepoint alone, so
 //! it never leaves anything half-written and never spoils its neighbours.
+//!
+//! A job that nobody waits for ([`Writer::write_lazily`]) does not start a
+//! commit of its own at once: it waits up to [`LAZY_WAIT`] for a job that
+//! somebody waits for, and shares its commit (and its fsync).
 
 use std::sync::mpsc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::oneshot;
@@ -19,6 +23,10 @@ use crate::telemetry::CommitMetrics;
 /// Jobs committed together at most.
 const MAX_GROUP: usize = 1024;
 
+/// How long a job nobody waits for may wait for another job to share its
+/// commit.
+pub const LAZY_WAIT: Duration = Duration::from_millis(50);
+
 /// What a job leaves to do once the batch's commit has succeeded or failed.
 type Completion = Box<dyn FnOnce(Option<&Error>) + Send>;
 
@@ -27,11 +35,14 @@ trait Job: Send {
     fn run(self: Box<Self>, conn: &Connection) -> (bool, Completion);
     /// Answers the caller without running (the transaction could not start).
     fn fail(self: Box<Self>, err: Error);
+    /// Whether nobody waits for its commit, so it may wait for others.
+    fn lazy(&self) -> bool;
 }
 
 struct WriteJob<F, T> {
     f: F,
     reply: oneshot::Sender<Result<T, Error>>,
+    lazy: bool,
 }
 
 impl<F, T> Job for WriteJob<F, T>
@@ -40,7 +51,7 @@ where
     T: Send + 'static,
 {
     fn run(self: Box<Self>, conn: &Connection) -> (bool, Completion) {
-        let WriteJob { f, reply } = *self;
+        let WriteJob { f, reply, .. } = *self;
         let result = f(conn);
         let ok = result.is_ok();
         let completion = Box::new(move |commit_error: Option<&Error>| {
@@ -54,6 +65,10 @@ where
 
     fn fail(self: Box<Self>, err: Error) {
         let _ = self.reply.send(Err(err));
+    }
+
+    fn lazy(&self) -> bool {
+        self.lazy
     }
 }
 
@@ -82,9 +97,29 @@ impl Writer {
         F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
         T: Send + 'static,
     {
+        self.submit(f, false).await
+    }
+
+    /// [`Writer::write`] for a write that nobody is kept waiting for: its
+    /// commit may wait up to [`LAZY_WAIT`] for another write to share it,
+    /// so that it costs no commit and no fsync of its own while others
+    /// write (the outbox's clear of what a destination acknowledged).
+    pub async fn write_lazily<T, F>(&self, f: F) -> Result<T, Error>
+    where
+        F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.submit(f, true).await
+    }
+
+    async fn submit<T, F>(&self, f: F, lazy: bool) -> Result<T, Error>
+    where
+        F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
+        T: Send + 'static,
+    {
         let (reply, rx) = oneshot::channel();
         self.jobs
-            .send(Box::new(WriteJob { f, reply }))
+            .send(Box::new(WriteJob { f, reply, lazy }))
             .map_err(|_| Error::Unavailable("the data center is shutting down".into()))?;
         rx.await
             .map_err(|_| Error::Internal("the data center writer stopped".into()))?
@@ -103,16 +138,45 @@ fn run(mut conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, commits: CommitMe
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
         let mut batch = vec![first];
-        while batch.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
+        take_waiting(&rx, &mut batch);
+        if batch.iter().all(|job| job.lazy()) {
+            wait_for_company(&rx, &mut batch);
         }
         let (started, jobs) = (Instant::now(), batch.len());
         commit_batch(&mut conn, batch);
         commits.observe(started.elapsed(), jobs);
         checkpointer.after_batch(&conn);
+    }
+}
+
+/// Adds the jobs already waiting to `batch`, up to [`MAX_GROUP`].
+fn take_waiting(rx: &mpsc::Receiver<Box<dyn Job>>, batch: &mut Vec<Box<dyn Job>>) {
+    while batch.len() < MAX_GROUP {
+        match rx.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
+        }
+    }
+}
+
+/// A batch of lazy jobs waits, up to [`LAZY_WAIT`], for a job somebody
+/// waits for, and takes it and those behind it into its commit.
+fn wait_for_company(rx: &mpsc::Receiver<Box<dyn Job>>, batch: &mut Vec<Box<dyn Job>>) {
+    let until = Instant::now() + LAZY_WAIT;
+    while batch.len() < MAX_GROUP {
+        match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+            Ok(job) => {
+                let awaited = !job.lazy();
+                batch.push(job);
+                if awaited {
+                    take_waiting(rx, batch);
+                    return;
+                }
+            }
+            // The wait is over; or every handle is gone, and what is here
+            // commits before the writer stops.
+            Err(_) => return,
+        }
     }
 }
 
@@ -203,6 +267,50 @@ mod tests {
             40,
             "only the successful jobs' rows are stored"
         );
+    }
+
+    /// A writer, and how many commits it has made.
+    fn counted() -> (tempfile::TempDir, Writer, impl Fn() -> u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("db.sqlite")).unwrap();
+        conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t (k INTEGER PRIMARY KEY);")
+            .unwrap();
+        let commits = CommitMetrics::default();
+        let mut registry = prometheus_client::registry::Registry::default();
+        crate::telemetry::ServiceCenterMetrics::new(commits.clone()).register(&mut registry);
+        let count = move || {
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+            text.lines()
+                .find_map(|l| l.strip_prefix("commit_batch_jobs_count "))
+                .map_or(0, |n| n.parse().unwrap())
+        };
+        (dir, Writer::start(conn, commits), count)
+    }
+
+    fn insert(k: i64) -> impl FnOnce(&Connection) -> Result<i64, Error> + Send + 'static {
+        move |conn| {
+            conn.execute("INSERT INTO t VALUES (?1)", [k])?;
+            Ok(k)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lazy_write_shares_the_commit_of_the_next_write() {
+        let (_dir, writer, commits) = counted();
+        let (lazy, eager) = tokio::join!(writer.write_lazily(insert(1)), writer.write(insert(2)));
+        assert_eq!((lazy.unwrap(), eager.unwrap()), (1, 2));
+        assert_eq!(commits(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_lazy_write_alone_commits_after_its_wait() {
+        let (dir, writer, commits) = counted();
+        let started = std::time::Instant::now();
+        assert_eq!(writer.write_lazily(insert(1)).await.unwrap(), 1);
+        assert!(started.elapsed() >= LAZY_WAIT, "{:?}", started.elapsed());
+        assert_eq!(commits(), 1);
+        assert_eq!(count(&dir.path().join("db.sqlite")), 1);
     }
 
     #[tokio::test]
