@@ -12,9 +12,7 @@ use super::credentials::Loaded;
 use super::verify::Verifier;
 use crate::Error;
 use crate::mesh::topology::{MAX_AGE_MICROS, MAX_AHEAD_MICROS};
-use crate::proto::peer_api::{
-    BusinessRequest, DataRequest, Envelope, Item, LinkState, Signature, data_request,
-};
+use crate::proto::peer_api::{DataRequest, Envelope, Item, LinkState, Signature, data_request};
 
 /// A signature older or further in the future than this is refused, which
 /// bounds how long a captured request can be replayed.
@@ -31,34 +29,46 @@ pub enum Payload<'a> {
 }
 
 fn signed_bytes(envelope: &Envelope, signed_at_ms: i64, payload: &Payload<'_>) -> Vec<u8> {
-    let (label, body) = match payload {
-        Payload::Data(r) => (
-            "meridian.peer.v1.DataRequest",
-            DataRequest {
-                envelope: None,
-                actor_assertion: None,
-                op: (*r).clone(),
-            }
-            .encode_to_vec(),
-        ),
-        Payload::Carry(r) => (
+    let (label, len) = match payload {
+        Payload::Data(_) => ("meridian.peer.v1.DataRequest", 0),
+        Payload::Carry(items) => (
             "meridian.peer.v1.BusinessRequest",
-            BusinessRequest {
-                envelope: None,
-                items: r.to_vec(),
-            }
-            .encode_to_vec(),
+            items
+                .iter()
+                .map(|item| prost::encoding::message::encoded_len(ITEMS_TAG, item))
+                .sum(),
         ),
     };
-    let mut bytes = Vec::with_capacity(body.len() + 96);
+    let mut bytes = Vec::with_capacity(len + 96);
     for part in [label, &envelope.source, &envelope.destination] {
         bytes.extend_from_slice(part.as_bytes());
         bytes.push(0);
     }
     bytes.extend_from_slice(&signed_at_ms.to_be_bytes());
-    bytes.extend_from_slice(&body);
+    match payload {
+        Payload::Data(r) => {
+            let request = DataRequest {
+                envelope: None,
+                actor_assertion: None,
+                op: (*r).clone(),
+            };
+            bytes.extend_from_slice(&request.encode_to_vec());
+        }
+        // What `BusinessRequest { envelope: None, items }` encodes to, the
+        // items written in place rather than copied into a request first:
+        // every carried batch is signed where it leaves its region, and
+        // checked at each relay.
+        Payload::Carry(items) => {
+            for item in *items {
+                prost::encoding::message::encode(ITEMS_TAG, item, &mut bytes);
+            }
+        }
+    }
     bytes
 }
+
+/// The field number of `BusinessRequest.items` (peer.proto).
+const ITEMS_TAG: u32 = 2;
 
 /// Signs a request at its source region.
 pub fn seal(
@@ -155,8 +165,57 @@ pub fn check_link_state(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::peer_api::{Submission, item};
+    use crate::proto::peer_api::{BusinessRequest, Submission, item};
     use crate::trust::pki::{DEFAULT_LIFETIME, MeshCa};
+
+    /// The bytes signed for carried items are those of the request they
+    /// travel in, as every earlier build signed and checks them.
+    #[test]
+    fn carried_items_are_signed_as_their_request_encodes_them() {
+        use crate::proto::client_api::Delivery;
+        use crate::proto::peer_api::Distribution;
+
+        let items = vec![
+            Item {
+                kind: Some(item::Kind::Submission(Submission {
+                    message_id: "m1".into(),
+                    body: "hi".repeat(100),
+                    ..Default::default()
+                })),
+            },
+            Item::default(),
+            Item {
+                kind: Some(item::Kind::Distribution(Distribution {
+                    message: Some(Delivery {
+                        seq: 7,
+                        ..Default::default()
+                    }),
+                    recipients: vec!["bob@us".into(), "cat@us".into()],
+                    roaming: true,
+                })),
+            },
+        ];
+        let envelope = Envelope {
+            source: "ap".into(),
+            destination: "us".into(),
+            hops_left: 3,
+            path: vec!["eu".into()],
+            ..Default::default()
+        };
+        for batch in [&items[..0], &items[..1], &items[..]] {
+            let mut expected = b"meridian.peer.v1.BusinessRequest\0ap\0us\0".to_vec();
+            expected.extend_from_slice(&42i64.to_be_bytes());
+            let request = BusinessRequest {
+                envelope: None,
+                items: batch.to_vec(),
+            };
+            expected.extend_from_slice(&request.encode_to_vec());
+            assert_eq!(
+                signed_bytes(&envelope, 42, &Payload::Carry(batch)),
+                expected
+            );
+        }
+    }
 
     #[test]
     fn a_sealed_request_checks_and_any_change_or_time_is_refused() {
