@@ -175,7 +175,7 @@ mod tests {
         use crate::proto::client_api::Delivery;
         use crate::proto::peer_api::Distribution;
 
-        let items = vec![
+        let items = [
             Item {
                 kind: Some(item::Kind::Submission(Submission {
                     message_id: "m1".into(),
