@@ -53,6 +53,8 @@ pub struct BusinessCenter {
     assertions: assertions::Assertions,
     clock: Clock,
     metrics: ServiceCenterMetrics,
+    /// Pushes the deliveries of committed writes in commit order.
+    in_order: messages::InOrder,
     /// Outbox workers and subscriptions: stopped by [`Self::shutdown`].
     tasks: Tasks,
 }
@@ -146,6 +148,7 @@ impl BusinessCenter {
             dc.clone(),
             link.credentials().clone(),
         );
+        let in_order = messages::InOrder::start(hub.clone(), &tasks);
         let center = Self {
             region: link.region().into(),
             sessions: sessions::Sessions::new(dc.clone(), replica.clone()),
@@ -161,6 +164,7 @@ impl BusinessCenter {
             assertions,
             clock: Clock::system(),
             metrics,
+            in_order,
             tasks,
         };
         if let Some(heard) = heard {

@@ -66,6 +66,19 @@ impl SqliteFile {
             .await
     }
 
+    /// [`Self::write`], then `after` on the writer thread (see
+    /// [`Writer::write_then`]).
+    pub async fn write_then<T, F, A>(&self, f: F, after: A) -> Result<T, Error>
+    where
+        F: FnOnce(&mut dyn Tx) -> Result<T, Error> + Send + 'static,
+        T: Send + 'static,
+        A: FnOnce(&mut T) + Send + 'static,
+    {
+        self.writer
+            .write_then(move |conn| f(&mut SqliteTx::new(conn)), after)
+            .await
+    }
+
     /// [`Self::write`] for a write nobody is kept waiting for (see
     /// [`Writer::write_lazily`]).
     pub async fn write_lazily<T, F>(&self, f: F) -> Result<T, Error>

@@ -115,6 +115,19 @@ impl DataCenter {
         }
     }
 
+    /// A write whose `after` runs on its result once it is durable, before
+    /// the write returns: `dc.after_commit(after).write(f)`. On SQLite
+    /// `after` runs on the writer thread, in the order of the commits, so
+    /// what it hands on (into a channel) keeps the order the writes took;
+    /// it must be quick. On PostgreSQL, where concurrent writes have no one
+    /// order, it runs in the caller's task.
+    pub fn after_commit<T, A>(&self, after: A) -> AfterCommit<'_, A>
+    where
+        A: FnOnce(&mut T) + Send + 'static,
+    {
+        AfterCommit { dc: self, after }
+    }
+
     /// [`Self::write`] for a write that nobody is kept waiting for, such as
     /// the outbox's clear of what a destination acknowledged: on SQLite it
     /// may wait up to [`writer::LAZY_WAIT`] to share the commit (and the
@@ -159,6 +172,32 @@ impl DataCenter {
         tokio::task::spawn_blocking(move || f(&file.reader()?))
             .await
             .map_err(|e| Error::Internal(format!("data center read: {e}")))?
+    }
+}
+
+/// A write to come, with what runs on its result once it is durable (see
+/// [`DataCenter::after_commit`]).
+pub struct AfterCommit<'a, A> {
+    dc: &'a DataCenter,
+    after: A,
+}
+
+impl<A> AfterCommit<'_, A> {
+    /// Runs `f` as [`DataCenter::write`] does, then `after` on its result.
+    pub async fn write<T, F>(self, f: F) -> Result<T, Error>
+    where
+        F: FnOnce(&mut dyn Tx) -> Result<T, Error> + Send + 'static,
+        T: Send + 'static,
+        A: FnOnce(&mut T) + Send + 'static,
+    {
+        match &self.dc.backend {
+            Backend::Sqlite(file) => file.write_then(f, self.after).await,
+            Backend::Postgres(_) => {
+                let mut value = self.dc.write(f).await?;
+                (self.after)(&mut value);
+                Ok(value)
+            }
+        }
     }
 }
 

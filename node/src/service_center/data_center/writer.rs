@@ -39,10 +39,14 @@ trait Job: Send {
     fn lazy(&self) -> bool;
 }
 
+/// What runs on a job's result once it is durable (see [`Writer::write_then`]).
+type After<T> = Box<dyn FnOnce(&mut T) + Send>;
+
 struct WriteJob<F, T> {
     f: F,
     reply: oneshot::Sender<Result<T, Error>>,
     lazy: bool,
+    after: Option<After<T>>,
 }
 
 impl<F, T> Job for WriteJob<F, T>
@@ -51,13 +55,20 @@ where
     T: Send + 'static,
 {
     fn run(self: Box<Self>, conn: &Connection) -> (bool, Completion) {
-        let WriteJob { f, reply, .. } = *self;
+        let WriteJob {
+            f, reply, after, ..
+        } = *self;
         let result = f(conn);
         let ok = result.is_ok();
         let completion = Box::new(move |commit_error: Option<&Error>| {
             let _ = reply.send(match commit_error {
                 Some(err) => Err(err.clone()),
-                None => result,
+                None => result.map(|mut value| {
+                    if let Some(after) = after {
+                        after(&mut value);
+                    }
+                    value
+                }),
             });
         });
         (ok, completion)
@@ -97,7 +108,21 @@ impl Writer {
         F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
         T: Send + 'static,
     {
-        self.submit(f, false).await
+        self.submit(f, false, None).await
+    }
+
+    /// [`Writer::write`], and `after` runs on the result once it is
+    /// durable, before the caller has it: on this thread, in the order of
+    /// the commits. So what `after` hands on (into a channel) keeps the
+    /// order the writes took; it must be quick, as the writes behind it
+    /// wait for it.
+    pub async fn write_then<T, F, A>(&self, f: F, after: A) -> Result<T, Error>
+    where
+        F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
+        T: Send + 'static,
+        A: FnOnce(&mut T) + Send + 'static,
+    {
+        self.submit(f, false, Some(Box::new(after))).await
     }
 
     /// [`Writer::write`] for a write that nobody is kept waiting for: its
@@ -109,17 +134,22 @@ impl Writer {
         F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
         T: Send + 'static,
     {
-        self.submit(f, true).await
+        self.submit(f, true, None).await
     }
 
-    async fn submit<T, F>(&self, f: F, lazy: bool) -> Result<T, Error>
+    async fn submit<T, F>(&self, f: F, lazy: bool, after: Option<After<T>>) -> Result<T, Error>
     where
         F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
         T: Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
         self.jobs
-            .send(Box::new(WriteJob { f, reply, lazy }))
+            .send(Box::new(WriteJob {
+                f,
+                reply,
+                lazy,
+                after,
+            }))
             .map_err(|_| Error::Unavailable("the data center is shutting down".into()))?;
         rx.await
             .map_err(|_| Error::Internal("the data center writer stopped".into()))?
@@ -311,6 +341,37 @@ mod tests {
         assert!(started.elapsed() >= LAZY_WAIT, "{:?}", started.elapsed());
         assert_eq!(commits(), 1);
         assert_eq!(count(&dir.path().join("db.sqlite")), 1);
+    }
+
+    /// `after` runs on the writer thread, so in the order of the commits,
+    /// once the write is durable; not for a write that failed.
+    #[tokio::test]
+    async fn after_runs_on_the_writer_thread_once_the_write_is_durable() {
+        let (dir, writer, _) = counted();
+        let path = dir.path().join("db.sqlite");
+        let (ran, seen) = std::sync::mpsc::channel();
+        let after = |ran: std::sync::mpsc::Sender<_>, path: std::path::PathBuf| {
+            move |k: &mut i64| {
+                let thread = std::thread::current().name().map(str::to_owned);
+                // Committed already: another connection sees it.
+                let stored: i64 = Connection::open(&path)
+                    .unwrap()
+                    .query_row("SELECT count(*) FROM t WHERE k = ?1", [*k], |r| r.get(0))
+                    .unwrap();
+                ran.send((*k, thread, stored)).unwrap();
+            }
+        };
+        for k in 0..3 {
+            let done = writer.write_then(insert(k), after(ran.clone(), path.clone()));
+            assert_eq!(done.await.unwrap(), k);
+        }
+        let refused = |_: &Connection| Err::<i64, _>(Error::Internal("refused".into()));
+        let failed = writer.write_then(refused, after(ran.clone(), path.clone()));
+        assert!(failed.await.is_err());
+        drop(ran);
+        let writer_thread = Some("data-center-writer".to_owned());
+        let expected: Vec<_> = (0..3).map(|k| (k, writer_thread.clone(), 1)).collect();
+        assert_eq!(seen.iter().collect::<Vec<_>>(), expected);
     }
 
     #[tokio::test]
