@@ -7,12 +7,16 @@
 //! after every tenth of the subscriptions, each reading once it has
 //! settled, so the growth per subscription is what holding one costs the
 //! server: its stream, its task and its place in the hub — not the load
-//! generator's memory, nor the connections'.
+//! generator's memory, nor the connections'. At the end every subscription
+//! is dropped, and a tenth opened again: RSS then shows whether the freed
+//! memory is reused.
 
 use std::time::Instant;
 
 use futures::StreamExt;
-use meridian_node::proto::client_api::Cursor;
+use meridian_node::client::Client;
+use meridian_node::proto::client_api::{Cursor, Event};
+use tonic::Streaming;
 
 use super::crowd;
 use crate::bench::report::Row;
@@ -81,31 +85,9 @@ pub async fn run(ctx: &Ctx, params: &Params) -> anyhow::Result<Figures> {
     while held.len() < params.sessions && refused.is_none() {
         let from = held.len();
         let to = (from + step).min(params.sessions);
-        let mut opened = futures::stream::iter(from..to)
-            .map(|i| {
-                let user = i / crowd::PER_USER;
-                let client = crowd::as_session(&clients[i % clients.len()], &tokens[user]);
-                let cursor = Cursor {
-                    group: groups[user].clone(),
-                    last_seq: 0,
-                };
-                async move {
-                    let mut client = client?;
-                    client
-                        .subscribe(vec![cursor])
-                        .await
-                        .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))
-                }
-            })
-            .buffer_unordered(IN_FLIGHT);
-        while let Some(result) = opened.next().await {
-            match result {
-                Ok(stream) => held.push(stream),
-                Err(e) if refused.is_none() => refused = Some(format!("{e:#}")),
-                Err(_) => {}
-            }
-        }
-        drop(opened);
+        let (streams, failed) = open(&clients, &tokens, &groups, from..to).await;
+        held.extend(streams);
+        refused = refused.or(failed);
         let seconds = began.elapsed().as_secs_f64();
         let rss = crowd::settled_rss_kib(pid).await?;
         let grown = rss.saturating_sub(baseline);
@@ -121,6 +103,14 @@ pub async fn run(ctx: &Ctx, params: &Params) -> anyhow::Result<Figures> {
     // The server ends each subscription once its stream's reset arrives.
     drop(clients);
     let released = crowd::settled_rss_kib(pid).await?;
+    // Open a tenth again: if the server ended the others, their memory is
+    // reused and RSS hardly moves; if it still held them, it grows again.
+    let clients = crowd::connections(ctx, region, params.connections).await?;
+    let (again, _) = open(&clients, &tokens, &groups, 0..step.min(count)).await;
+    let reopened = crowd::settled_rss_kib(pid).await?;
+    let reopened_count = again.len();
+    drop(again);
+    drop(clients);
 
     let mut lines = vec![format!(
         "baseline {baseline} KiB (users, sessions, groups, {} connections); held {count}: {held_kib} KiB, +{} KiB, {:.2} KiB per subscription",
@@ -137,8 +127,17 @@ pub async fn run(ctx: &Ctx, params: &Params) -> anyhow::Result<Figures> {
         ));
     }
     lines.push(format!(
-        "after every subscription and connection was dropped: {released} KiB (+{} KiB over the baseline: what the allocator keeps)",
+        "after every subscription and connection was dropped: {released} KiB (+{} KiB over the baseline, kept by the allocator)",
         released.saturating_sub(baseline)
+    ));
+    lines.push(format!(
+        "{reopened_count} opened again after that: {reopened} KiB ({:+} KiB: {})",
+        reopened as i64 - released as i64,
+        if reopened.saturating_sub(released) * 4 < held_kib.saturating_sub(baseline) / 10 {
+            "the freed memory is reused"
+        } else {
+            "it grew again: the first ones may still be held"
+        }
     ));
     if let Some(reason) = &refused {
         lines.push(format!(
@@ -162,3 +161,41 @@ pub async fn run(ctx: &Ctx, params: &Params) -> anyhow::Result<Figures> {
 /// How each reading was taken, for the summary.
 pub const SETTLE_NOTE: &str =
     "each reading after RSS moved less than 0.5 % over 500 ms (20 s at most)";
+
+/// Opens subscriptions `range` (subscription `i` is user `i / PER_USER`'s,
+/// on connection `i % clients.len()`, after seq 0 of the user's group),
+/// [`IN_FLIGHT`] at a time; the streams, and the first refusal.
+async fn open(
+    clients: &[Client],
+    tokens: &[String],
+    groups: &[String],
+    range: std::ops::Range<usize>,
+) -> (Vec<Streaming<Event>>, Option<String>) {
+    let mut streams = Vec::with_capacity(range.len());
+    let mut refused = None;
+    let mut opened = futures::stream::iter(range)
+        .map(|i| {
+            let user = i / crowd::PER_USER;
+            let client = crowd::as_session(&clients[i % clients.len()], &tokens[user]);
+            let cursor = Cursor {
+                group: groups[user].clone(),
+                last_seq: 0,
+            };
+            async move {
+                let mut client = client?;
+                client
+                    .subscribe(vec![cursor])
+                    .await
+                    .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))
+            }
+        })
+        .buffer_unordered(IN_FLIGHT);
+    while let Some(result) = opened.next().await {
+        match result {
+            Ok(stream) => streams.push(stream),
+            Err(e) if refused.is_none() => refused = Some(format!("{e:#}")),
+            Err(_) => {}
+        }
+    }
+    (streams, refused)
+}
