@@ -48,20 +48,44 @@ struct Inner {
 /// The hub's end of one subscription.
 struct Live {
     id: u64,
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<(Queued, usize)>,
     /// Encoded bytes sent and not yet received.
     queued: Arc<AtomicUsize>,
+}
+
+/// An event waiting in a subscription, with the bytes it encodes to. A
+/// delivery is shared by every subscription it is pushed to, and becomes
+/// an [`Event`] of its own only when received.
+#[derive(Clone)]
+enum Queued {
+    Delivery(Arc<Delivery>),
+    Verdict(SendVerdict),
+}
+
+impl Queued {
+    fn into_event(self) -> Event {
+        let kind = match self {
+            Queued::Delivery(delivery) => event::Kind::Delivery(Arc::unwrap_or_clone(delivery)),
+            Queued::Verdict(verdict) => event::Kind::Verdict(verdict),
+        };
+        Event { kind: Some(kind) }
+    }
+}
+
+/// The bytes an [`Event`] holding `delivery` encodes to (its field 1).
+fn delivery_event_len(delivery: &Delivery) -> usize {
+    prost::encoding::message::encoded_len(1, delivery)
 }
 
 impl Live {
     /// Queues `event` of `size` bytes; false when the subscriber is too far
     /// behind (or gone), which cuts it off.
-    fn offer(&self, event: &Event, size: usize) -> bool {
+    fn offer(&self, event: &Queued, size: usize) -> bool {
         if self.queued.load(Ordering::Acquire) + size > SUBSCRIBER_BUFFER_BYTES {
             return false;
         }
         self.queued.fetch_add(size, Ordering::AcqRel);
-        if self.tx.try_send(event.clone()).is_err() {
+        if self.tx.try_send((event.clone(), size)).is_err() {
             self.queued.fetch_sub(size, Ordering::AcqRel);
             return false;
         }
@@ -71,7 +95,7 @@ impl Live {
 
 /// A live subscription; it leaves the hub when dropped.
 pub struct Subscription {
-    events: mpsc::Receiver<Event>,
+    events: mpsc::Receiver<(Queued, usize)>,
     queued: Arc<AtomicUsize>,
     hub: Hub,
     user: String,
@@ -81,9 +105,9 @@ pub struct Subscription {
 impl Subscription {
     /// The next event; `None` once the hub has cut this subscription off.
     pub async fn recv(&mut self) -> Option<Event> {
-        let event = self.events.recv().await?;
-        self.queued.fetch_sub(event.encoded_len(), Ordering::AcqRel);
-        Some(event)
+        let (event, size) = self.events.recv().await?;
+        self.queued.fetch_sub(size, Ordering::AcqRel);
+        Some(event.into_event())
     }
 }
 
@@ -157,39 +181,56 @@ impl Hub {
         })
     }
 
-    /// Pushes a delivery to every live session of `user`. A session that has
-    /// fallen too far behind is cut off; it resumes from its cursors. The
-    /// push is the `deliver` span of the message's trace, the last hop.
+    /// Pushes a delivery to every live session of `user` (see
+    /// [`Hub::push_to`]).
     pub fn push(&self, user: &str, delivery: &Delivery) {
-        let event = Event {
-            kind: Some(event::Kind::Delivery(delivery.clone())),
-        };
+        self.push_to(&[user], Arc::new(delivery.clone()));
+    }
+
+    /// Pushes one delivery to every live session of each of `users`,
+    /// sharing it among them (each subscription makes its own copy as it
+    /// takes it). A session that has fallen too far behind is cut off; it
+    /// resumes from its cursors. When any of them has a session here, the
+    /// push is one `deliver` span of the message's trace, the last hop.
+    pub fn push_to(&self, users: &[impl AsRef<str>], delivery: Arc<Delivery>) {
+        let size = delivery_event_len(&delivery);
+        let event = Queued::Delivery(Arc::clone(&delivery));
         let mut inner = self.inner.lock().expect("hub");
-        if let Some(list) = inner.sessions.get_mut(user) {
-            let _deliver = tracing::info_span!(
-                "deliver",
-                user,
-                group = %delivery.group,
-                seq = delivery.seq,
-                sessions = list.len(),
-            )
-            .entered();
+        let mut deliver = None;
+        let (mut pushed, mut cut_off) = (0, 0);
+        for user in users {
+            let Some(list) = inner.sessions.get_mut(user.as_ref()) else {
+                continue;
+            };
+            deliver.get_or_insert_with(|| {
+                tracing::info_span!(
+                    "deliver",
+                    group = %delivery.group,
+                    seq = delivery.seq,
+                    users = users.len(),
+                )
+                .entered()
+            });
             let before = list.len();
-            let size = event.encoded_len();
             list.retain(|live| live.offer(&event, size));
-            self.metrics.delivered(list.len(), before - list.len());
+            pushed += list.len();
+            cut_off += before - list.len();
+        }
+        if deliver.is_some() {
+            self.metrics.delivered(pushed, cut_off);
         }
     }
 
     /// Pushes the verdict on one of `user`'s sends to every live session of
     /// theirs, cut off as a delivery would be when too far behind.
     pub fn push_verdict(&self, user: &str, verdict: &SendVerdict) {
-        let event = Event {
+        let size = Event {
             kind: Some(event::Kind::Verdict(verdict.clone())),
-        };
+        }
+        .encoded_len();
+        let event = Queued::Verdict(verdict.clone());
         let mut inner = self.inner.lock().expect("hub");
         if let Some(list) = inner.sessions.get_mut(user) {
-            let size = event.encoded_len();
             list.retain(|live| live.offer(&event, size));
         }
     }
@@ -249,6 +290,24 @@ mod tests {
         assert_eq!(hub.sessions(), 1);
         drop(b);
         assert_eq!(hub.sessions(), 0);
+    }
+
+    /// One push reaches every session of each user that has one here.
+    #[tokio::test]
+    async fn one_delivery_is_pushed_to_the_sessions_of_many_users() {
+        let hub = Hub::default();
+        let mut sessions = [
+            hub.attach("ann@eu").unwrap(),
+            hub.attach("ann@eu").unwrap(),
+            hub.attach("bob@eu").unwrap(),
+        ];
+        let d = delivery(7, 10);
+        hub.push_to(&["ann@eu", "bob@eu", "cat@eu"], Arc::new(d.clone()));
+        for session in &mut sessions {
+            let got = session.recv().await.unwrap();
+            assert_eq!(got.kind, Some(event::Kind::Delivery(d.clone())));
+            assert_eq!(session.queued.load(Ordering::Acquire), 0);
+        }
     }
 
     fn delivery(seq: u64, body_bytes: usize) -> Delivery {

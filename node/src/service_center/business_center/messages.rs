@@ -9,6 +9,7 @@
 //! the `Send` call answers with it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -35,11 +36,18 @@ use crate::telemetry::traces;
 /// What a committed write leaves to do: live pushes and outbox wake-ups.
 #[derive(Default)]
 pub(super) struct Effects {
-    pushes: Vec<(String, Delivery)>,
+    pushes: Vec<Push>,
     destinations: Vec<String>,
     /// The trace the write belongs to (a `traceparent`), kept with the
     /// outbox items it writes.
     trace: String,
+}
+
+/// A delivery to push to the live sessions of its recipients here: one
+/// copy, shared by all of them.
+pub(super) struct Push {
+    delivery: Arc<Delivery>,
+    users: Vec<String>,
 }
 
 impl Effects {
@@ -58,11 +66,11 @@ impl Effects {
             return Ok(());
         }
         let mut delivered: BTreeMap<(&str, u64), Vec<String>> = BTreeMap::new();
-        for (user, delivery) in &self.pushes {
+        for Push { delivery, users } in &self.pushes {
             delivered
                 .entry((delivery.group.as_str(), delivery.seq))
                 .or_default()
-                .push(user.clone());
+                .extend(users.iter().cloned());
         }
         for ((group, seq), users) in delivered {
             let group = group.to_owned();
@@ -99,7 +107,7 @@ pub(super) struct InOrder(mpsc::UnboundedSender<Committed>);
 
 /// One write's pushes, and the span of the flow that wrote it (`send` or
 /// `receive`), which each push's `deliver` span is a child of.
-type Committed = (tracing::Span, Vec<(String, Delivery)>);
+type Committed = (tracing::Span, Vec<Push>);
 
 impl InOrder {
     /// Starts the task that pushes, as one of `tasks`.
@@ -108,8 +116,8 @@ impl InOrder {
         tasks.spawn_until_stopped(async move {
             while let Some((span, pushes)) = committed.recv().await {
                 let _in_flow = span.enter();
-                for (user, delivery) in &pushes {
-                    hub.push(user, delivery);
+                for Push { delivery, users } in pushes {
+                    hub.push_to(&users, delivery);
                 }
             }
         });
@@ -262,8 +270,8 @@ impl BusinessCenter {
     /// Carries out what a committed write left to do: its pushes, unless
     /// [`InOrder`] took them as it committed, and the outbox wake-ups.
     pub(super) fn apply(&self, effects: Effects) {
-        for (user, delivery) in &effects.pushes {
-            self.hub.push(user, delivery);
+        for Push { delivery, users } in effects.pushes {
+            self.hub.push_to(&users, delivery);
         }
         for destination in &effects.destinations {
             self.outbox.wake(destination);
@@ -561,8 +569,11 @@ fn deliver_here(
 ) -> Result<(), Error> {
     let message = d.message.as_ref().expect("checked by the caller");
     let mut roaming: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    effects.pushes.push(Push {
+        delivery: Arc::new(message.clone()),
+        users: d.recipients.clone(),
+    });
     for recipient in &d.recipients {
-        effects.pushes.push((recipient.clone(), message.clone()));
         if d.roaming {
             continue;
         }
