@@ -173,8 +173,11 @@ fn run(mut conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, commits: CommitMe
             wait_for_company(&rx, &mut batch);
         }
         let (started, jobs) = (Instant::now(), batch.len());
-        commit_batch(&mut conn, batch);
+        let settled = commit_batch(&mut conn, batch);
+        // Counted before anyone is answered, so a caller that reads the
+        // metrics after its write sees the commit that made it durable.
         commits.observe(started.elapsed(), jobs);
+        settled.answer();
         checkpointer.after_batch(&conn);
     }
 }
@@ -210,14 +213,31 @@ fn wait_for_company(rx: &mpsc::Receiver<Box<dyn Job>>, batch: &mut Vec<Box<dyn J
     }
 }
 
-fn commit_batch(conn: &mut Connection, batch: Vec<Box<dyn Job>>) {
+/// A batch's commit, done or failed, with its callers not yet answered.
+struct Settled {
+    commit_error: Option<Error>,
+    completions: Vec<Completion>,
+}
+
+impl Settled {
+    fn answer(self) {
+        for complete in self.completions {
+            complete(self.commit_error.as_ref());
+        }
+    }
+}
+
+fn commit_batch(conn: &mut Connection, batch: Vec<Box<dyn Job>>) -> Settled {
     let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(err) => {
             let err = Error::from(err);
             tracing::error!(%err, "data center transaction could not start");
             batch.into_iter().for_each(|job| job.fail(err.clone()));
-            return;
+            return Settled {
+                commit_error: None,
+                completions: Vec::new(),
+            };
         }
     };
     let mut completions = Vec::with_capacity(batch.len());
@@ -244,8 +264,9 @@ fn commit_batch(conn: &mut Connection, batch: Vec<Box<dyn Job>>) {
     if let Some(err) = &commit_error {
         tracing::error!(%err, jobs = completions.len(), "data center commit failed");
     }
-    for complete in completions {
-        complete(commit_error.as_ref());
+    Settled {
+        commit_error,
+        completions,
     }
 }
 
