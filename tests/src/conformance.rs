@@ -430,6 +430,31 @@ pub fn accounts(b: &dyn Backend) {
         tx(b, |tx| tx.attached_region("ann@eu")).unwrap(),
         Some("us".into())
     );
+    // Of a delivery's recipients, those attached elsewhere, in one read:
+    // a user of another home and an unknown one are left out.
+    tx(b, |tx| tx.insert_user("cat@eu", "h", 1)).unwrap();
+    tx(b, |tx| tx.insert_user("dee@eu", "h", 1)).unwrap();
+    tx(b, |tx| tx.attach("dee@eu", "ap")).unwrap();
+    let ids: Vec<String> = ["ann@eu", "bob@eu", "cat@eu", "dee@eu", "eve@us"]
+        .map(String::from)
+        .into();
+    let asked = ids.clone();
+    let mut elsewhere = tx(b, move |tx| tx.attached_elsewhere(&asked, "eu")).unwrap();
+    elsewhere.sort();
+    assert_eq!(
+        elsewhere,
+        [
+            ("ann@eu".into(), "us".into()),
+            ("dee@eu".into(), "ap".into())
+        ]
+    );
+    let from_us = tx(b, move |tx| tx.attached_elsewhere(&ids, "us")).unwrap();
+    assert_eq!(
+        from_us.len(),
+        2,
+        "cat@eu in eu and dee@eu in ap: {from_us:?}"
+    );
+    assert_eq!(tx(b, |tx| tx.attached_elsewhere(&[], "eu")).unwrap(), []);
     tx(b, |tx| {
         tx.put_assertion("bob@us", b"old", 100, 1)?;
         tx.put_assertion("bob@us", b"new", 200, 1)?;

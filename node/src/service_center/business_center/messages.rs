@@ -8,7 +8,7 @@
 //! batch that carried the submission (see `service_center::verdicts`), and
 //! the `Send` call answers with it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -568,19 +568,25 @@ fn deliver_here(
     effects: &mut Effects,
 ) -> Result<(), Error> {
     let message = d.message.as_ref().expect("checked by the caller");
-    let mut roaming: BTreeMap<String, Vec<String>> = BTreeMap::new();
     effects.pushes.push(Push {
         delivery: Arc::new(message.clone()),
         users: d.recipients.clone(),
     });
-    for recipient in &d.recipients {
-        if d.roaming {
-            continue;
-        }
-        if let Some(attached) = tx.attached_region(recipient)?
-            && attached != region
-        {
-            roaming.entry(attached).or_default().push(recipient.clone());
+    if d.roaming {
+        return Ok(());
+    }
+    // One statement for all the recipients, not one each: it runs inside
+    // the write, on SQLite on the single writer thread.
+    let elsewhere: HashMap<String, String> = tx
+        .attached_elsewhere(&d.recipients, region)?
+        .into_iter()
+        .collect();
+    let mut roaming: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    if !elsewhere.is_empty() {
+        for recipient in &d.recipients {
+            if let Some(attached) = elsewhere.get(recipient) {
+                roaming.entry(attached).or_default().push(recipient.clone());
+            }
         }
     }
     for (attached, recipients) in roaming {
@@ -591,7 +597,7 @@ fn deliver_here(
         };
         effects.enqueue(
             tx,
-            &attached,
+            attached,
             Item {
                 kind: Some(item::Kind::Distribution(forward)),
             },

@@ -56,6 +56,29 @@ pub fn attached_region(conn: &Connection, id: &str) -> Result<Option<String>, Er
         .optional()?)
 }
 
+/// Of the users `ids`, those of this home attached elsewhere than
+/// `region`, with where. The ids go in as one JSON array, so that the
+/// statement is prepared once whatever their number.
+pub fn attached_elsewhere(
+    conn: &Connection,
+    ids: &[String],
+    region: &str,
+) -> Result<Vec<(String, String)>, Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids = serde_json::to_string(ids)
+        .map_err(|e| Error::Internal(format!("data center: user ids as JSON: {e}")))?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT u.id, u.attached_region FROM json_each(?1) AS j
+         JOIN users AS u ON u.id = j.value WHERE u.attached_region <> ?2",
+    )?;
+    let elsewhere = stmt
+        .query_map(params![ids, region], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    Ok(elsewhere)
+}
+
 /// Keeps the assertion (encoded) of `id`'s home that `id` logged in here,
 /// replacing an older one, and forgets up to 256 that have expired.
 pub fn put_assertion(

@@ -45,6 +45,13 @@ impl Accounts for SqliteTx<'_> {
     fn attached_region(&mut self, id: &str) -> Result<Option<String>, Error> {
         accounts::attached_region(self.conn, id)
     }
+    fn attached_elsewhere(
+        &mut self,
+        ids: &[String],
+        region: &str,
+    ) -> Result<Vec<(String, String)>, Error> {
+        accounts::attached_elsewhere(self.conn, ids, region)
+    }
     fn put_assertion(
         &mut self,
         id: &str,

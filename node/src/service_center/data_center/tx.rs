@@ -24,6 +24,16 @@ pub trait Accounts {
     fn attach(&mut self, id: &str, region: &str) -> Result<(), Error>;
     /// Where a user of this home is attached; `None` for an unknown user.
     fn attached_region(&mut self, id: &str) -> Result<Option<String>, Error>;
+    /// Of the users `ids`, those of this home attached at a region other
+    /// than `region`, with where: one statement for all the recipients of a
+    /// delivery, which runs in the sending write (on SQLite, on the single
+    /// writer thread), rather than one [`Accounts::attached_region`] each.
+    /// Ids that are not users of this home are left out.
+    fn attached_elsewhere(
+        &mut self,
+        ids: &[String],
+        region: &str,
+    ) -> Result<Vec<(String, String)>, Error>;
     /// Keeps the encoded assertion, replacing an older one, and forgets a
     /// bounded number that have expired.
     fn put_assertion(

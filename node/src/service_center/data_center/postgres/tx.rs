@@ -545,6 +545,26 @@ impl Accounts for PgTx<'_> {
             .map(|r| r.get(0)))
     }
 
+    fn attached_elsewhere(
+        &mut self,
+        ids: &[String],
+        region: &str,
+    ) -> Result<Vec<(String, String)>, Error> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .query(
+                "reading where users are attached",
+                "SELECT id, attached_region FROM users
+                 WHERE id = ANY($1) AND attached_region <> $2",
+                &[&ids, &region],
+            )?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+    }
+
     fn put_assertion(
         &mut self,
         id: &str,
