@@ -56,27 +56,27 @@ pub fn attached_region(conn: &Connection, id: &str) -> Result<Option<String>, Er
         .optional()?)
 }
 
-/// Of the users `ids`, those of this home attached elsewhere than
-/// `region`, with where. The ids go in as one JSON array, so that the
-/// statement is prepared once whatever their number.
-pub fn attached_elsewhere(
+/// Where those of the users `ids` that are users of this home are
+/// attached: one statement for them all. The ids go in as one JSON array,
+/// so that the statement is prepared once whatever their number.
+pub fn attached_regions<'a>(
     conn: &Connection,
-    ids: &[String],
-    region: &str,
+    ids: impl Iterator<Item = &'a String>,
 ) -> Result<Vec<(String, String)>, Error> {
+    let ids: Vec<&String> = ids.collect();
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let ids = serde_json::to_string(ids)
+    let ids = serde_json::to_string(&ids)
         .map_err(|e| Error::Internal(format!("data center: user ids as JSON: {e}")))?;
     let mut stmt = conn.prepare_cached(
         "SELECT u.id, u.attached_region FROM json_each(?1) AS j
-         JOIN users AS u ON u.id = j.value WHERE u.attached_region <> ?2",
+         JOIN users AS u ON u.id = j.value",
     )?;
-    let elsewhere = stmt
-        .query_map(params![ids, region], |r| Ok((r.get(0)?, r.get(1)?)))?
+    let found = stmt
+        .query_map([ids], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
-    Ok(elsewhere)
+    Ok(found)
 }
 
 /// Keeps the assertion (encoded) of `id`'s home that `id` logged in here,

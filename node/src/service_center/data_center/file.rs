@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
 
+use super::recipients::Recipients;
 use super::{SqliteTx, Tx, Writer, lock, schema};
 use crate::Error;
 use crate::telemetry::CommitMetrics;
@@ -18,6 +19,8 @@ const READERS: usize = 4;
 #[derive(Clone)]
 pub struct SqliteFile {
     writer: Writer,
+    /// Who messages go to, as the writer last read it.
+    recipients: Recipients,
     readers: Arc<Mutex<Vec<Connection>>>,
     path: Arc<Path>,
     /// Held while any handle lives (see [`lock`]).
@@ -48,8 +51,11 @@ impl SqliteFile {
         for _ in 0..READERS {
             readers.push(open_reader(path)?);
         }
+        let recipients = Recipients::default();
+        let kept = recipients.clone();
         Ok(Self {
-            writer: Writer::start(conn, commits),
+            writer: Writer::start_with(conn, commits, move || kept.forget()),
+            recipients,
             readers: Arc::new(Mutex::new(readers)),
             path: path.into(),
             _lock: Arc::new(lock),
@@ -61,8 +67,9 @@ impl SqliteFile {
         F: FnOnce(&mut dyn Tx) -> Result<T, Error> + Send + 'static,
         T: Send + 'static,
     {
+        let kept = self.recipients.clone();
         self.writer
-            .write(move |conn| f(&mut SqliteTx::new(conn)))
+            .write(move |conn| f(&mut SqliteTx::of_writer(conn, &kept)))
             .await
     }
 
@@ -74,8 +81,9 @@ impl SqliteFile {
         T: Send + 'static,
         A: FnOnce(&mut T) + Send + 'static,
     {
+        let kept = self.recipients.clone();
         self.writer
-            .write_then(move |conn| f(&mut SqliteTx::new(conn)), after)
+            .write_then(move |conn| f(&mut SqliteTx::of_writer(conn, &kept)), after)
             .await
     }
 
@@ -86,8 +94,9 @@ impl SqliteFile {
         F: FnOnce(&mut dyn Tx) -> Result<T, Error> + Send + 'static,
         T: Send + 'static,
     {
+        let kept = self.recipients.clone();
         self.writer
-            .write_lazily(move |conn| f(&mut SqliteTx::new(conn)))
+            .write_lazily(move |conn| f(&mut SqliteTx::of_writer(conn, &kept)))
             .await
     }
 

@@ -20,6 +20,7 @@ mod lock;
 pub mod messages;
 pub mod outbox;
 pub mod postgres;
+pub mod recipients;
 pub mod retention;
 pub mod schema;
 pub mod sessions;

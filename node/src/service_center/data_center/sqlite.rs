@@ -5,6 +5,7 @@
 
 use rusqlite::Connection;
 
+use super::recipients::Recipients;
 use super::tx::{Accounts, Groups, Messages, Outbox, Page, Pending, Replicas, Rotated, Sessions};
 use super::tx::{TokenHash, Tokens};
 use super::{accounts, census, groups, messages, outbox, retention, sessions};
@@ -24,22 +25,43 @@ impl From<rusqlite::Error> for Error {
 /// A transaction on one SQLite connection.
 pub struct SqliteTx<'c> {
     conn: &'c Connection,
+    /// The writer's copy of who messages go to; `None` on a reader.
+    recipients: Option<&'c Recipients>,
 }
 
 impl<'c> SqliteTx<'c> {
     pub fn new(conn: &'c Connection) -> Self {
-        Self { conn }
+        Self {
+            conn,
+            recipients: None,
+        }
+    }
+
+    /// A transaction of the writer, which keeps `recipients` (see
+    /// [`super::recipients`]): every change to what it keeps must go
+    /// through this writer's transactions.
+    pub fn of_writer(conn: &'c Connection, recipients: &'c Recipients) -> Self {
+        Self {
+            conn,
+            recipients: Some(recipients),
+        }
     }
 }
 
 impl Accounts for SqliteTx<'_> {
     fn insert_user(&mut self, id: &str, password_hash: &str, now_ms: i64) -> Result<(), Error> {
+        if let Some(kept) = self.recipients {
+            kept.drop_user(id);
+        }
         accounts::insert_user(self.conn, id, password_hash, now_ms)
     }
     fn password_hash(&mut self, id: &str) -> Result<Option<String>, Error> {
         accounts::password_hash(self.conn, id)
     }
     fn attach(&mut self, id: &str, region: &str) -> Result<(), Error> {
+        if let Some(kept) = self.recipients {
+            kept.drop_user(id);
+        }
         accounts::attach(self.conn, id, region)
     }
     fn attached_region(&mut self, id: &str) -> Result<Option<String>, Error> {
@@ -50,7 +72,17 @@ impl Accounts for SqliteTx<'_> {
         ids: &[String],
         region: &str,
     ) -> Result<Vec<(String, String)>, Error> {
-        accounts::attached_elsewhere(self.conn, ids, region)
+        let Some(kept) = self.recipients else {
+            let mut found = accounts::attached_regions(self.conn, ids.iter())?;
+            found.retain(|(_, at)| at != region);
+            return Ok(found);
+        };
+        let unknown = kept.unknown(ids);
+        if !unknown.is_empty() {
+            let found = accounts::attached_regions(self.conn, unknown.iter().copied())?;
+            kept.keep_attached(&unknown, &found);
+        }
+        Ok(kept.attached_elsewhere(ids, region))
     }
     fn put_assertion(
         &mut self,
@@ -107,6 +139,9 @@ impl Groups for SqliteTx<'_> {
         owner: &str,
         now_ms: i64,
     ) -> Result<(), Error> {
+        if let Some(kept) = self.recipients {
+            kept.drop_members(id);
+        }
         groups::create(self.conn, id, title, announcement, owner, now_ms)
     }
     fn group_info(&mut self, id: &str) -> Result<GroupInfo, Error> {
@@ -131,13 +166,27 @@ impl Groups for SqliteTx<'_> {
         groups::update(self.conn, group, title, announcement, settings)
     }
     fn join(&mut self, group: &str, user: &str) -> Result<(), Error> {
+        if let Some(kept) = self.recipients {
+            kept.drop_members(group);
+        }
         groups::join(self.conn, group, user)
     }
     fn leave(&mut self, group: &str, user: &str) -> Result<(), Error> {
+        if let Some(kept) = self.recipients {
+            kept.drop_members(group);
+        }
         groups::leave(self.conn, group, user)
     }
     fn member_ids(&mut self, group: &str) -> Result<Vec<String>, Error> {
-        groups::member_ids(self.conn, group)
+        let Some(kept) = self.recipients else {
+            return groups::member_ids(self.conn, group);
+        };
+        if let Some(ids) = kept.members(group) {
+            return Ok(ids);
+        }
+        let ids = groups::member_ids(self.conn, group)?;
+        kept.keep_members(group, &ids);
+        Ok(ids)
     }
     fn next_seq(&mut self, group: &str) -> Result<u64, Error> {
         groups::next_seq(self.conn, group)

@@ -93,10 +93,22 @@ impl Writer {
     /// Starts the writer thread on `conn`; it reports each group commit to
     /// `commits`.
     pub fn start(conn: Connection, commits: CommitMetrics) -> Self {
+        Self::start_with(conn, commits, || {})
+    }
+
+    /// [`Writer::start`], and `undone` runs on the writer thread whenever
+    /// writes that jobs made are undone: a job's savepoint rolled back, or
+    /// a batch's commit failed. What was kept from those writes' reads
+    /// (see [`super::recipients`]) must be forgotten then.
+    pub fn start_with(
+        conn: Connection,
+        commits: CommitMetrics,
+        undone: impl Fn() + Send + 'static,
+    ) -> Self {
         let (jobs, rx) = mpsc::channel::<Box<dyn Job>>();
         std::thread::Builder::new()
             .name("data-center-writer".into())
-            .spawn(move || run(conn, rx, commits))
+            .spawn(move || run(conn, rx, commits, &undone))
             .expect("spawn the writer thread");
         Self { jobs }
     }
@@ -156,7 +168,12 @@ impl Writer {
     }
 }
 
-fn run(mut conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, commits: CommitMetrics) {
+fn run(
+    mut conn: Connection,
+    rx: mpsc::Receiver<Box<dyn Job>>,
+    commits: CommitMetrics,
+    undone: &dyn Fn(),
+) {
     let mut checkpointer = Checkpointer::new();
     loop {
         let first = match rx.recv_timeout(checkpoint::INTERVAL) {
@@ -173,7 +190,7 @@ fn run(mut conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, commits: CommitMe
             wait_for_company(&rx, &mut batch);
         }
         let (started, jobs) = (Instant::now(), batch.len());
-        let settled = commit_batch(&mut conn, batch);
+        let settled = commit_batch(&mut conn, batch, undone);
         // Counted before anyone is answered, so a caller that reads the
         // metrics after its write sees the commit that made it durable.
         commits.observe(started.elapsed(), jobs);
@@ -227,7 +244,7 @@ impl Settled {
     }
 }
 
-fn commit_batch(conn: &mut Connection, batch: Vec<Box<dyn Job>>) -> Settled {
+fn commit_batch(conn: &mut Connection, batch: Vec<Box<dyn Job>>, undone: &dyn Fn()) -> Settled {
     let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(err) => {
@@ -255,6 +272,9 @@ fn commit_batch(conn: &mut Connection, batch: Vec<Box<dyn Job>>) -> Settled {
         } else {
             savepoint.rollback().and_then(|()| savepoint.finish())
         };
+        if !ok || settled.is_err() {
+            undone();
+        }
         match settled {
             Ok(()) => completions.push(completion),
             Err(err) => completion(Some(&Error::from(err))),
@@ -262,6 +282,7 @@ fn commit_batch(conn: &mut Connection, batch: Vec<Box<dyn Job>>) -> Settled {
     }
     let commit_error = tx.commit().err().map(Error::from);
     if let Some(err) = &commit_error {
+        undone();
         tracing::error!(%err, jobs = completions.len(), "data center commit failed");
     }
     Settled {
