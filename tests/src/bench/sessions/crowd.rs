@@ -46,7 +46,7 @@ pub async fn connections(ctx: &Ctx, region: &str, n: usize) -> anyhow::Result<Ve
 
 /// Retries `call` while the service center is busy (the hashing queue full,
 /// a login throttled, a connection refused): 30 attempts at most.
-async fn retried<T, F, Fut>(what: &str, mut call: F) -> anyhow::Result<T>
+async fn retried<T, F, Fut>(what: String, mut call: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, tonic::Status>>,
@@ -107,61 +107,69 @@ impl Progress {
     }
 }
 
-/// Registers every user (one already registered counts as done); returns
-/// the seconds it took.
-pub async fn register(clients: &[Client], users: &[String]) -> anyhow::Result<f64> {
-    let progress = Progress::new("registered", users.len());
-    let mut calls = futures::stream::iter(users.iter().enumerate())
-        .map(|(i, user)| {
-            let client = clients[i % clients.len()].clone();
+/// Runs `call(i)` for every `i` below `n`, [`CONCURRENCY`] at a time,
+/// printing progress as `what`: what each returned, by `i`, and the seconds
+/// it took. The first error ends it.
+async fn each<T, F, Fut>(what: &'static str, n: usize, call: F) -> anyhow::Result<(Vec<T>, f64)>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let progress = Progress::new(what, n);
+    let mut calls = futures::stream::iter(0..n)
+        .map(|i| {
+            let call = call(i);
             let progress = &progress;
             async move {
-                retried(&format!("register {user}"), || {
-                    let mut client = client.clone();
-                    async move {
-                        match client.register(user, PASSWORD).await {
-                            Err(s) if s.code() == Code::AlreadyExists => Ok(()),
-                            other => other.map(drop),
-                        }
-                    }
-                })
-                .await?;
+                let value = call.await?;
                 progress.tick();
-                anyhow::Ok(())
+                anyhow::Ok((i, value))
             }
         })
         .buffer_unordered(CONCURRENCY);
+    let mut values: Vec<Option<T>> = std::iter::repeat_with(|| None).take(n).collect();
     while let Some(result) = calls.next().await {
-        result?;
+        let (i, value) = result?;
+        values[i] = Some(value);
     }
-    Ok(progress.seconds())
+    let values = values
+        .into_iter()
+        .map(|v| v.expect("every call answered"))
+        .collect();
+    Ok((values, progress.seconds()))
+}
+
+/// Registers every user (one already registered counts as done); returns
+/// the seconds it took.
+pub async fn register(clients: &[Client], users: &[String]) -> anyhow::Result<f64> {
+    let (_, seconds) = each("registered", users.len(), |i| {
+        let (client, user) = (&clients[i % clients.len()], &users[i]);
+        retried(format!("register {user}"), move || {
+            let mut client = client.clone();
+            async move {
+                match client.register(user, PASSWORD).await {
+                    Err(s) if s.code() == Code::AlreadyExists => Ok(()),
+                    other => other.map(drop),
+                }
+            }
+        })
+    })
+    .await?;
+    Ok(seconds)
 }
 
 /// Logs each of `logins` in (a user named twice gets two sessions); the
 /// session tokens in the same order, and the seconds it took.
 pub async fn login(clients: &[Client], logins: &[String]) -> anyhow::Result<(Vec<String>, f64)> {
-    let progress = Progress::new("logged in", logins.len());
-    let mut calls = futures::stream::iter(logins.iter().enumerate())
-        .map(|(i, user)| {
-            let client = clients[i % clients.len()].clone();
-            let progress = &progress;
-            async move {
-                let reply = retried(&format!("log {user} in"), || {
-                    let mut client = client.clone();
-                    async move { client.login(user, PASSWORD).await }
-                })
-                .await?;
-                progress.tick();
-                anyhow::Ok((i, reply.session))
-            }
-        })
-        .buffer_unordered(CONCURRENCY);
-    let mut tokens = vec![String::new(); logins.len()];
-    while let Some(result) = calls.next().await {
-        let (i, token) = result?;
-        tokens[i] = token;
-    }
-    Ok((tokens, progress.seconds()))
+    each("logged in", logins.len(), |i| {
+        let (client, user) = (&clients[i % clients.len()], &logins[i]);
+        let reply = retried(format!("log {user} in"), move || {
+            let mut client = client.clone();
+            async move { client.login(user, PASSWORD).await }
+        });
+        async move { Ok(reply.await?.session) }
+    })
+    .await
 }
 
 /// `client` acting with session `token`.
@@ -194,33 +202,21 @@ pub async fn groups(
             .map_err(|s| anyhow!("create group {name}: {}", s.message()))?;
         ids.push(info.id);
     }
-    let progress = Progress::new("joined", tokens.len() - ids.len());
-    let mut calls = futures::stream::iter(
-        tokens
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| i % size != 0)
-            .map(|(i, token)| (i, token, ids[i / size].clone())),
-    )
-    .map(|(i, token, group)| {
-        let progress = &progress;
-        let client = as_session(&clients[i % clients.len()], token);
+    let joining: Vec<usize> = (0..tokens.len()).filter(|i| i % size != 0).collect();
+    each("joined", joining.len(), |k| {
+        let i = joining[k];
+        let group = &ids[i / size];
+        let client = as_session(&clients[i % clients.len()], &tokens[i]);
         async move {
             let client = client?;
-            retried(&format!("join {group}"), || {
+            retried(format!("join {group}"), || {
                 let mut client = client.clone();
-                let group = group.clone();
-                async move { client.join(&group).await }
+                async move { client.join(group).await }
             })
-            .await?;
-            progress.tick();
-            anyhow::Ok(())
+            .await
         }
     })
-    .buffer_unordered(CONCURRENCY);
-    while let Some(result) = calls.next().await {
-        result?;
-    }
+    .await?;
     Ok((0..tokens.len()).map(|i| ids[i / size].clone()).collect())
 }
 
