@@ -17,7 +17,7 @@ use crate::validate::{
     PEER_ENDPOINT_MAX_LEN, POSTGRES_ONLY_WITH_POSTGRES_MESSAGE, POSTGRES_REQUIRED_MESSAGE,
     REGION_CODE_MAX_LEN, REGION_CODE_PATTERN, SECRET_KEY_MAX_LEN, SECRET_KEY_PATTERN,
     SECRET_NAME_PATTERN, SERVICE_CENTER_REPLICAS_MESSAGE, SIZE_PATTERN,
-    STORAGE_SQLITE_ONLY_MESSAGE,
+    STORAGE_SQLITE_ONLY_MESSAGE, SUBSCRIPTIONS_MAX, SUBSCRIPTIONS_MIN,
 };
 
 /// CEL: the `DataCenterSpec` at `self` is PostgreSQL. `type` has a default, which the
@@ -122,6 +122,16 @@ pub struct ServiceCenterSpec {
     /// client API is plaintext (inside the cluster's network policy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_tls: Option<ClientTlsSpec>,
+
+    /// The most live subscriptions each service center pod holds at once
+    /// (`meridian-node --max-subscriptions`); one more is refused with
+    /// RESOURCE_EXHAUSTED. Each idle one costs memory (BENCHMARKS.md
+    /// measures it), so size this to `resources`. The node's default,
+    /// 10,000, when unset. 1 to 1,000,000: a million idle subscriptions
+    /// already take tens of GiB, so a larger figure is a typo, not a plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = SUBSCRIPTIONS_MIN, max = SUBSCRIPTIONS_MAX))]
+    pub max_subscriptions: Option<i32>,
 }
 
 impl ServiceCenterSpec {
@@ -248,6 +258,7 @@ impl Default for ServiceCenterSpec {
             bandwidth: None,
             image: None,
             client_tls: None,
+            max_subscriptions: None,
         }
     }
 }

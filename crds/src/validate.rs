@@ -28,6 +28,13 @@ pub const NAME_MAX_LEN: usize = 253;
 pub const NODE_PORT_MIN: i32 = 30000;
 /// Highest `nodePort`: the end of Kubernetes' default node port range.
 pub const NODE_PORT_MAX: i32 = 32767;
+/// Fewest `spec.serviceCenter.maxSubscriptions`: a service center that
+/// holds none could not deliver anything live.
+pub const SUBSCRIPTIONS_MIN: i32 = 1;
+/// Most `spec.serviceCenter.maxSubscriptions`. An idle subscription costs
+/// about 29 KiB of the service center's memory (BENCHMARKS.md), so a
+/// million is already about 28 GiB; anything beyond is a typo.
+pub const SUBSCRIPTIONS_MAX: i32 = 1_000_000;
 /// The namespace of an object whose manifest names none.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
@@ -216,6 +223,14 @@ pub fn region(region: &Region) -> Vec<Violation> {
         IMAGE_MAX_LEN,
         &mut out,
     );
+    if let Some(max) = sc.max_subscriptions
+        && !(SUBSCRIPTIONS_MIN..=SUBSCRIPTIONS_MAX).contains(&max)
+    {
+        out.push(Violation::new(
+            "spec.serviceCenter.maxSubscriptions",
+            format!("must be {SUBSCRIPTIONS_MIN} to {SUBSCRIPTIONS_MAX}, not {max}"),
+        ));
+    }
     if let Some(tls) = &sc.client_tls
         && !is_dns_subdomain(&tls.secret_name)
     {
@@ -675,6 +690,7 @@ spec:
     replicas: 0
     storage: {size: ten, storageClassName: ''}
     bandwidth: {ingress: 1x}
+    maxSubscriptions: 1000001
     clientTls: {secretName: Not_A_Name}
   roaming: {replicas: -1, image: '', bandwidth: {egress: fast}}
 ",
@@ -689,6 +705,7 @@ spec:
                 "spec.serviceCenter.storage.size",
                 "spec.serviceCenter.storage.storageClassName",
                 "spec.serviceCenter.bandwidth.ingress",
+                "spec.serviceCenter.maxSubscriptions",
                 "spec.serviceCenter.clientTls.secretName",
                 "spec.roaming.replicas",
                 "spec.roaming.bandwidth.egress",

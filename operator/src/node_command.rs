@@ -60,6 +60,10 @@ pub struct ServiceCenter {
     /// Its /metrics (`--listen-metrics`), if served.
     pub listen_metrics: Option<String>,
     pub client_tls: ClientTls,
+    /// The most live subscriptions it holds (`--max-subscriptions`, from
+    /// `spec.serviceCenter.maxSubscriptions`); the node's own default
+    /// (or its `MERIDIAN_MAX_SUBSCRIPTIONS`) when `None`.
+    pub max_subscriptions: Option<i32>,
 }
 
 /// The roaming system's own arguments.
@@ -90,6 +94,9 @@ impl ServiceCenter {
         ]));
         if let Some(metrics) = &self.listen_metrics {
             args.extend(strings(["--listen-metrics", metrics]));
+        }
+        if let Some(max) = self.max_subscriptions {
+            args.extend(["--max-subscriptions".to_owned(), max.to_string()]);
         }
         common.push(&mut args);
         match &self.client_tls {
@@ -187,12 +194,13 @@ mod tests {
                 cert: "/ct/tls.crt".into(),
                 key: "/ct/tls.key".into(),
             },
+            max_subscriptions: Some(2500),
         };
         assert_eq!(
             sc.args(&common(Some("0.0.0.0:7404"), false)).join(" "),
             "--role service-center --config /c/mesh.yaml --data-dir /d \
              --listen-client 0.0.0.0:7400 --listen-pair 0.0.0.0:7401 \
-             --listen-metrics 0.0.0.0:9090 \
+             --listen-metrics 0.0.0.0:9090 --max-subscriptions 2500 \
              --tls-ca /t/ca.crt --tls-cert /t/tls.crt --tls-key /t/tls.key \
              --listen-probe 0.0.0.0:7404 \
              --client-tls-cert /ct/tls.crt --client-tls-key /ct/tls.key"
@@ -200,6 +208,7 @@ mod tests {
         let local = ServiceCenter {
             listen_metrics: None,
             client_tls: ClientTls::RegionCertificate,
+            max_subscriptions: None,
             ..sc.clone()
         };
         assert_eq!(
@@ -216,6 +225,7 @@ mod tests {
                 ca_file: Some("/pc/ca.crt".into()),
             },
             client_tls: ClientTls::Off,
+            max_subscriptions: None,
             ..sc
         };
         assert_eq!(

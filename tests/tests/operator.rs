@@ -1804,3 +1804,74 @@ fn a_region_moves_its_data_center_to_postgres_and_back_and_the_rules_hold() {
     );
     assert_eq!(claim_uid(), Some(claim), "the same claim");
 }
+
+/// `spec.serviceCenter.maxSubscriptions`: the apiserver refuses a bound
+/// outside 1 to 1,000,000, naming the field, and the operator passes the
+/// one given to the service center as `--max-subscriptions`, following
+/// each change (and dropping the flag when the field goes).
+#[test]
+fn a_regions_max_subscriptions_is_bounded_and_reaches_its_service_center() {
+    let cluster = ControlPlane::start().expect("a control plane");
+    install_and_wait(&cluster, "default").unwrap();
+    cluster.kubectl_ok(&["create", "namespace", NS]).unwrap();
+    let kubeconfig = service_account_kubeconfig(&cluster).unwrap();
+    let _operator = Operator::start(&kubeconfig, "default", "subscriptions", &cluster.log_dir());
+
+    let eu = |max: &str| {
+        format!(
+            "apiVersion: meridian.dev/v1alpha1\nkind: Region\nmetadata: {{name: eu, namespace: {NS}}}\nspec:\n  cluster: default\n  serviceCenter: {{maxSubscriptions: {max}}}\n"
+        )
+    };
+    // The schema's own bounds, not only an unknown field.
+    for (bad, why) in [
+        ("0", "greater than or equal to 1"),
+        ("-5", "greater than or equal to 1"),
+        ("1000001", "less than or equal to 1000000"),
+        ("lots", "must be of type integer"),
+    ] {
+        let refused = cluster
+            .kubectl_stdin(&["apply", "--dry-run=server", "-f", "-"], &eu(bad))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("spec.serviceCenter.maxSubscriptions") && refused.contains(why),
+            "{bad}: {refused}"
+        );
+    }
+
+    // The value of `--max-subscriptions` in the service center's container.
+    let flag = || -> Option<Option<String>> {
+        let sts = get_json(&cluster, &["statefulset", "eu-service-center", "-n", NS])?;
+        let args: Vec<String> = serde_json::from_value(
+            sts["spec"]["template"]["spec"]["containers"][0]["args"].clone(),
+        )
+        .ok()?;
+        let at = args.iter().position(|a| a == "--max-subscriptions");
+        Some(at.and_then(|at| args.get(at + 1).cloned()))
+    };
+    for max in ["2500", "1000000", "1"] {
+        cluster
+            .kubectl_stdin(&["apply", "-f", "-"], &eu(max))
+            .unwrap();
+        wait(&cluster, &format!("--max-subscriptions {max}"), 60, || {
+            flag() == Some(Some(max.to_owned()))
+        });
+    }
+    let roaming = get_json(&cluster, &["deployment", "eu-roaming", "-n", NS]).unwrap();
+    let roaming_args = roaming["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    assert!(
+        !roaming_args.contains("--max-subscriptions"),
+        "{roaming_args}"
+    );
+    cluster
+        .kubectl_stdin(
+            &["apply", "-f", "-"],
+            &format!(
+                "apiVersion: meridian.dev/v1alpha1\nkind: Region\nmetadata: {{name: eu, namespace: {NS}}}\nspec: {{cluster: default}}\n"
+            ),
+        )
+        .unwrap();
+    wait(&cluster, "no --max-subscriptions once unset", 60, || {
+        flag() == Some(None)
+    });
+}

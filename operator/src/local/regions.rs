@@ -55,6 +55,8 @@ struct RunningRegion {
     roaming: Supervised,
     /// The service-center replicas, the first first.
     service_centers: Vec<Supervised>,
+    /// The `spec.serviceCenter.maxSubscriptions` they were started with.
+    max_subscriptions: Option<i32>,
 }
 
 impl RunningRegion {
@@ -91,6 +93,15 @@ fn replicas_of(manifests: &Manifests, code: &str) -> usize {
         .and_then(|r| usize::try_from(r.spec.service_center.replicas).ok())
         .unwrap_or(1)
         .max(1)
+}
+
+/// `code`'s `spec.serviceCenter.maxSubscriptions`, if its manifest sets it.
+fn max_subscriptions_of(manifests: &Manifests, code: &str) -> Option<i32> {
+    manifests
+        .regions
+        .iter()
+        .find(|r| r.metadata.name.as_deref() == Some(code))
+        .and_then(|r| r.spec.service_center.max_subscriptions)
 }
 
 pub struct LocalMesh {
@@ -261,12 +272,21 @@ impl LocalMesh {
                 tracing::info!(region = %code, path = %path.display(), "mesh configuration written");
             }
             let replicas = own.service_centers().len();
+            let max_subscriptions = max_subscriptions_of(manifests, code);
             if let Some(running) = self.running.get(code) {
+                // A changed bound is a new command line: restart every
+                // replica with it, as a changed pod template rolls the pods.
+                if running.max_subscriptions != max_subscriptions {
+                    tracing::info!(region = %code, ?max_subscriptions,
+                        "spec.serviceCenter.maxSubscriptions changed; restarting the service centers");
+                    self.restart_service_centers(code, max_subscriptions);
+                }
                 // A running region whose replica count changed: start the
                 // new ones, stop those past the count (last first).
+                let running = &self.running[code];
                 let have = running.service_centers.len();
                 let added: Vec<Supervised> = (have..replicas)
-                    .map(|i| self.start_service_center(code, &own, i))
+                    .map(|i| self.start_service_center(code, &own, i, max_subscriptions))
                     .collect();
                 let running = self.running.get_mut(code).expect("running");
                 while running.service_centers.len() > replicas {
@@ -278,7 +298,7 @@ impl LocalMesh {
                 running.ports = own;
             } else if may_start > 0 {
                 may_start -= 1;
-                let running = self.start(code, own);
+                let running = self.start(code, own, max_subscriptions);
                 self.running.insert(code.clone(), running);
             }
         }
@@ -304,7 +324,12 @@ impl LocalMesh {
         }
     }
 
-    fn start(&self, code: &str, ports: RegionPorts) -> RunningRegion {
+    fn start(
+        &self,
+        code: &str,
+        ports: RegionPorts,
+        max_subscriptions: Option<i32>,
+    ) -> RunningRegion {
         let dir = self.region_dir(code);
         let roaming = ProcessSpec {
             name: format!("{code} roaming system"),
@@ -327,27 +352,69 @@ impl LocalMesh {
             replicas = ports.service_centers().len(), %data, "starting region"
         );
         let service_centers = (0..ports.service_centers().len())
-            .map(|i| self.start_service_center(code, &ports, i))
+            .map(|i| self.start_service_center(code, &ports, i, max_subscriptions))
             .collect();
         RunningRegion {
             roaming: start_supervised(roaming),
             service_centers,
             ports,
+            max_subscriptions,
         }
     }
 
-    /// Starts replica `i` of `code`'s service center, on its own ports.
-    fn start_service_center(&self, code: &str, ports: &RegionPorts, i: usize) -> Supervised {
+    /// Restarts every service-center replica of running region `code` with
+    /// `max_subscriptions`, each once the old process on its ports has
+    /// stopped (it holds the ports and, on SQLite, the data center's lock).
+    fn restart_service_centers(&mut self, code: &str, max_subscriptions: Option<i32>) {
+        let running = self.running.get_mut(code).expect("running");
+        running.max_subscriptions = max_subscriptions;
+        let old = std::mem::take(&mut running.service_centers);
+        let ports = running.ports.clone();
+        let restarted = old
+            .into_iter()
+            .enumerate()
+            .map(|(i, old)| {
+                let spec = self.service_center_spec(code, &ports, i, max_subscriptions);
+                start_supervised_after(spec, old.stop())
+            })
+            .collect();
+        self.running.get_mut(code).expect("running").service_centers = restarted;
+    }
+
+    /// Starts replica `i` of `code`'s service center, on its own ports,
+    /// holding at most `max_subscriptions` subscriptions when that is set.
+    fn start_service_center(
+        &self,
+        code: &str,
+        ports: &RegionPorts,
+        i: usize,
+        max_subscriptions: Option<i32>,
+    ) -> Supervised {
+        start_supervised(self.service_center_spec(code, ports, i, max_subscriptions))
+    }
+
+    /// The process of replica `i` of `code`'s service center.
+    fn service_center_spec(
+        &self,
+        code: &str,
+        ports: &RegionPorts,
+        i: usize,
+        max_subscriptions: Option<i32>,
+    ) -> ProcessSpec {
         let dir = self.region_dir(code);
         let own = ports.service_centers()[i];
         let (name, stem) = service_center_names(code, i);
-        start_supervised(ProcessSpec {
+        let replica = Replica {
+            own,
+            max_subscriptions,
+        };
+        ProcessSpec {
             name,
             program: self.node_binary.clone(),
-            args: service_center_args(&self.databases, code, &dir, own, &self.common(code)),
+            args: service_center_args(&self.databases, code, &dir, replica, &self.common(code)),
             log: dir.join(format!("{stem}.log")),
             pid_file: dir.join(format!("{stem}.pid")),
-        })
+        }
     }
 
     /// Waits until every region's service-center replicas and roaming
@@ -414,18 +481,32 @@ impl LocalMesh {
     }
 }
 
-/// The command line of the service-center replica on ports `own` of
-/// region `code`, whose directory is `dir`. On SQLite there is one replica,
-/// with the data in `DIR/<region>/data`; on PostgreSQL each reads the
-/// connection string from the region's file and, given `--postgres-ca`,
-/// requires TLS checked against that CA.
+/// One service-center replica's own part of its command line: its ports,
+/// and the region's `spec.serviceCenter.maxSubscriptions`.
+#[derive(Clone, Copy, Debug)]
+struct Replica {
+    own: ReplicaPorts,
+    max_subscriptions: Option<i32>,
+}
+
+/// The command line of the service-center `replica` of region `code`,
+/// whose directory is `dir`. On SQLite there is one replica, with the data
+/// in `DIR/<region>/data`; on PostgreSQL each reads the connection string
+/// from the region's file and, given `--postgres-ca`, requires TLS checked
+/// against that CA. The manifest's `maxSubscriptions`, when set, is passed
+/// as `--max-subscriptions`, which wins over a `MERIDIAN_MAX_SUBSCRIPTIONS`
+/// in local mode's environment (the nodes inherit it).
 fn service_center_args(
     databases: &Databases,
     code: &str,
     dir: &Path,
-    own: ReplicaPorts,
+    replica: Replica,
     common: &node_command::Common,
 ) -> Vec<String> {
+    let Replica {
+        own,
+        max_subscriptions,
+    } = replica;
     let data_center = match databases.url(code) {
         Some(_) => node_command::DataCenter::Postgres {
             url_file: postgres::url_file(dir).display().to_string(),
@@ -441,6 +522,7 @@ fn service_center_args(
         listen_pair: addr(own.pair),
         listen_metrics: None,
         client_tls: node_command::ClientTls::RegionCertificate,
+        max_subscriptions,
     }
     .args(common)
 }
@@ -457,6 +539,17 @@ fn start_supervised(spec: ProcessSpec) -> Supervised {
         task: supervise(spec, stop_rx),
         stop,
     }
+}
+
+/// Supervises `spec` once `before` (the task of the process it replaces)
+/// has ended, until its own switch is thrown.
+fn start_supervised_after(spec: ProcessSpec, before: JoinHandle<()>) -> Supervised {
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(async move {
+        let _ = before.await;
+        let _ = supervise(spec, stop_rx).await;
+    });
+    Supervised { task, stop }
 }
 
 async fn futures_join(tasks: Vec<JoinHandle<()>>) {
@@ -480,6 +573,14 @@ mod tests {
             },
             listen_probe: None,
             exit_with_parent: true,
+        }
+    }
+
+    /// A replica on ports `own` with the node's default bound.
+    fn replica(own: ReplicaPorts) -> Replica {
+        Replica {
+            own,
+            max_subscriptions: None,
         }
     }
 
@@ -510,7 +611,7 @@ mod tests {
             ReplicaPorts { client: 1, pair: 2 },
             ReplicaPorts { client: 3, pair: 4 },
         ] {
-            let args = service_center_args(&databases, "eu", region_dir, own, &common());
+            let args = service_center_args(&databases, "eu", region_dir, replica(own), &common());
             assert_eq!(
                 value_of(&args, "--postgres-ca-file"),
                 Some(ca.to_str().unwrap()),
@@ -528,18 +629,53 @@ mod tests {
         }
 
         let us = ReplicaPorts { client: 5, pair: 6 };
-        let args = service_center_args(&databases, "us", Path::new("/s/us"), us, &common());
+        let args =
+            service_center_args(&databases, "us", Path::new("/s/us"), replica(us), &common());
         assert_eq!(
             value_of(&args, "--postgres-url-file"),
             Some("/s/us/postgres-url")
         );
         assert!(!args.iter().any(|a| a == "--postgres-ca-file"), "{args:?}");
 
-        let args = service_center_args(&databases, "ap", Path::new("/s/ap"), us, &common());
+        let args =
+            service_center_args(&databases, "ap", Path::new("/s/ap"), replica(us), &common());
         assert_eq!(value_of(&args, "--data-dir"), Some("/s/ap/data"));
         assert!(
             !args.iter().any(|a| a.starts_with("--postgres")),
             "{args:?}"
+        );
+    }
+
+    #[test]
+    fn the_manifests_max_subscriptions_reaches_the_service_centers_of_its_region_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = dir.path().join("m.yaml");
+        std::fs::write(
+            &manifest,
+            "---\napiVersion: meridian.dev/v1alpha1\nkind: Region\n\
+             metadata: {name: eu}\nspec: {cluster: c, serviceCenter: {maxSubscriptions: 250}}\n\
+             ---\napiVersion: meridian.dev/v1alpha1\nkind: Region\n\
+             metadata: {name: us}\nspec: {cluster: c}\n",
+        )
+        .unwrap();
+        let manifests = Databases::default().load(&[manifest]).unwrap();
+        assert_eq!(max_subscriptions_of(&manifests, "eu"), Some(250));
+        assert_eq!(max_subscriptions_of(&manifests, "us"), None);
+
+        let databases = Databases::default();
+        let own = ReplicaPorts { client: 1, pair: 2 };
+        let args = |code: &str| {
+            let replica = Replica {
+                own,
+                max_subscriptions: max_subscriptions_of(&manifests, code),
+            };
+            service_center_args(&databases, code, Path::new("/s"), replica, &common())
+        };
+        assert_eq!(value_of(&args("eu"), "--max-subscriptions"), Some("250"));
+        let us = args("us");
+        assert!(
+            !us.iter().any(|a| a == "--max-subscriptions"),
+            "unset: the node's default (or its MERIDIAN_MAX_SUBSCRIPTIONS): {us:?}"
         );
     }
 }

@@ -136,6 +136,7 @@ fn template(
             },
             None => ClientTls::Off,
         },
+        max_subscriptions: sc.max_subscriptions,
     };
     let mut container = container(
         COMPONENT,

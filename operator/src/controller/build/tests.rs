@@ -1044,3 +1044,100 @@ fn several_replicas_are_built_only_on_postgres() {
     let fields: Vec<&str> = violations.iter().map(|v| v.field.as_str()).collect();
     assert_eq!(fields, ["spec.serviceCenter.storage"]);
 }
+
+/// `spec.serviceCenter.maxSubscriptions` becomes the service center's
+/// `--max-subscriptions`, on either kind of workload; unset, the flag is
+/// absent and the node keeps its default. The roaming system holds no
+/// subscriptions and never gets it.
+#[test]
+fn max_subscriptions_reaches_the_service_centers_command_line_alone() {
+    let flag = |args: &[String]| -> Option<String> {
+        let at = args.iter().position(|a| a == "--max-subscriptions")?;
+        args.get(at + 1).cloned()
+    };
+    let sc_args = |d: &Desired| service_center_container(d).args.clone().unwrap();
+    let roaming_args = |d: &Desired| {
+        d.roaming.spec.template.spec.as_ref().unwrap().containers[0]
+            .args
+            .clone()
+            .unwrap()
+    };
+
+    let unset = desired_eu();
+    assert_eq!(flag(&sc_args(&unset)), None, "{:?}", sc_args(&unset));
+
+    let on_sqlite = desired_eu_with(|eu| eu.spec.service_center.max_subscriptions = Some(2500));
+    assert_eq!(flag(&sc_args(&on_sqlite)).as_deref(), Some("2500"));
+    assert_eq!(flag(&roaming_args(&on_sqlite)), None);
+    let _on_sqlite_a_statefulset = statefulset(&on_sqlite);
+
+    let on_pg = desired_eu_with(|eu| {
+        on_postgres(eu, 2, POSTGRES_WITH_CA);
+        eu.spec.service_center.max_subscriptions = Some(1);
+    });
+    let (deployment, _) = deployment_and_budget(&on_pg);
+    let args = deployment.spec.template.spec.as_ref().unwrap().containers[0]
+        .args
+        .clone()
+        .unwrap();
+    assert_eq!(flag(&args).as_deref(), Some("1"));
+}
+
+/// A bound outside 1 to 1,000,000 is refused, naming the field, by the
+/// operator's check and by local mode's manifest loading; the CRD's schema
+/// carries the same bounds for the apiserver.
+#[test]
+fn max_subscriptions_outside_its_bounds_is_refused_naming_the_field() {
+    let mut m = manifest::parse(&[(PathBuf::from("m.yaml"), MANIFESTS.to_owned())]).unwrap();
+    for good in [1, 10_000, 1_000_000] {
+        m.regions[0].spec.service_center.max_subscriptions = Some(good);
+        assert!(ValidRegion::check(&m.regions[0]).is_ok(), "{good}");
+    }
+    for bad in [0, -1, 1_000_001, i32::MAX] {
+        m.regions[0].spec.service_center.max_subscriptions = Some(bad);
+        let violations = ValidRegion::check(&m.regions[0]).unwrap_err();
+        let found: Vec<String> = violations.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            found,
+            [format!(
+                "spec.serviceCenter.maxSubscriptions: must be 1 to 1000000, not {bad}"
+            )],
+            "{bad}"
+        );
+    }
+
+    let yaml = MANIFESTS.replacen(
+        "    resources: {requests: {cpu: 500m}}\n",
+        "    resources: {requests: {cpu: 500m}}\n    maxSubscriptions: 0\n",
+        1,
+    );
+    assert_ne!(yaml, MANIFESTS);
+    let err = manifest::parse(&[(PathBuf::from("m.yaml"), yaml)])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(
+            "Region \"eu\"): spec.serviceCenter.maxSubscriptions: must be 1 to 1000000, not 0"
+        ),
+        "{err}"
+    );
+    let not_a_number = MANIFESTS.replacen(
+        "    resources: {requests: {cpu: 500m}}\n",
+        "    resources: {requests: {cpu: 500m}}\n    maxSubscriptions: lots\n",
+        1,
+    );
+    let err = manifest::parse(&[(PathBuf::from("m.yaml"), not_a_number)])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("spec.serviceCenter.maxSubscriptions"), "{err}");
+
+    let crd = meridian_crds::crd_yaml();
+    let at = crd
+        .find("maxSubscriptions:")
+        .expect("the CRD has the field");
+    let field: String = crd[at..].lines().take(12).collect::<Vec<_>>().join("\n");
+    assert!(
+        field.contains("maximum: 1000000.0") && field.contains("minimum: 1.0"),
+        "{field}"
+    );
+}
