@@ -220,7 +220,8 @@ impl Databases {
     }
 
     /// Every region given `--postgres` is in the manifests, on PostgreSQL;
-    /// every region on PostgreSQL is given.
+    /// every region on PostgreSQL is given, and given `--postgres-ca` when
+    /// its manifest asks for TLS (`postgres.tls`).
     fn check(&self, manifests: &Manifests) -> anyhow::Result<()> {
         let named = |r: &Region| r.metadata.name.clone().unwrap_or_default();
         for code in self.0.keys() {
@@ -251,6 +252,23 @@ impl Databases {
                  connection string local mode cannot read from a Secret: pass \
                  --postgres {code}=URL"
             );
+            // The manifest asks for a verified TLS connection; running
+            // without the CA would quietly connect as the URL says, perhaps
+            // in plaintext, so the region is refused rather than weakened.
+            let tls = region
+                .spec
+                .service_center
+                .postgres()
+                .and_then(|pg| pg.tls.as_ref());
+            if let Some(tls) = tls {
+                anyhow::ensure!(
+                    self.ca_file(&code).is_some(),
+                    "region {code}: spec.serviceCenter.dataCenter.postgres.tls asks for TLS \
+                     verified against the CA in Secret {:?}, which local mode cannot read: \
+                     pass --postgres-ca {code}=FILE with that CA's PEM certificates",
+                    tls.ca_secret_name
+                );
+            }
         }
         Ok(())
     }
@@ -564,6 +582,45 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("dataCenter.type sqlite"), "{err}");
+    }
+
+    #[test]
+    fn a_manifest_asking_for_tls_needs_the_ca_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ca_pem(dir.path());
+        let files = manifests(
+            dir.path(),
+            &region(
+                "eu",
+                "{replicas: 2, dataCenter: {type: postgres, postgres: \
+                 {secretName: eu-db, tls: {caSecretName: eu-db-ca}}}}",
+            ),
+        );
+        let err = databases(&["eu=postgresql://x/eu"])
+            .load(&files)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("region eu: spec.serviceCenter.dataCenter.postgres.tls")
+                && err.contains("\"eu-db-ca\"")
+                && err.contains("pass --postgres-ca eu=FILE"),
+            "{err}"
+        );
+        let with_ca = with_cas(&["eu=postgresql://x/eu"], &[format!("eu={}", ca.display())])
+            .unwrap()
+            .load(&files)
+            .unwrap();
+        assert!(with_ca.regions[0].spec.service_center.on_postgres());
+
+        // Without `tls` the CA stays optional (the URL says what TLS is).
+        let plain = manifests(
+            dir.path(),
+            &region(
+                "eu",
+                "{dataCenter: {type: postgres, postgres: {secretName: eu-db}}}",
+            ),
+        );
+        assert!(databases(&["eu=postgresql://x/eu"]).load(&plain).is_ok());
     }
 
     #[test]
