@@ -6,6 +6,7 @@ pub mod control_plane;
 pub mod faults;
 pub mod in_process;
 pub mod local_mode;
+pub mod node_process;
 pub mod operator;
 pub mod postgres;
 pub mod prometheus;

@@ -5,59 +5,12 @@
 //! SERVING when it is lost later (it still serves its own users).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use meridian_node::trust::pki::{self, MeshCa};
-use meridian_tests::local_mode::binary;
+use meridian_tests::node_process::{self, Node, Region, free_addr};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-}
-
-/// A node process, killed when dropped.
-struct Node {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Node {
-    fn start(dir: &Path, name: &str, args: &[String]) -> Node {
-        let log = dir.join(format!("{name}.log"));
-        let file = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(binary("meridian-node"))
-            .args(args)
-            .env("RUST_LOG", "info,meridian_node=debug")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("log"))
-            .stderr(file)
-            .spawn()
-            .expect("start meridian-node");
-        Node { child, log }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// The probe port's answer for the whole server (service ""), if it answers.
 async fn health(probe: SocketAddr) -> Option<ServingStatus> {
@@ -108,55 +61,30 @@ async fn stays(node: &Node, probe: SocketAddr, want: ServingStatus, window: Dura
 async fn a_service_center_is_ready_only_once_its_roaming_system_answers() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
-    let ca = MeshCa::generate("readiness").unwrap();
-    let eu = ca
-        .issue_region("eu", "readiness", &[], Duration::from_secs(3600))
-        .unwrap();
-    let (ca_file, cert, key) = (dir.join("ca.crt"), dir.join("eu.crt"), dir.join("eu.key"));
-    std::fs::write(&ca_file, &ca.cert_pem).unwrap();
-    std::fs::write(&cert, &eu.cert_pem).unwrap();
-    pki::write_private(&key, &eu.key_pem).unwrap();
-
-    let (client, sc_pair, sc_probe) = (free_addr(), free_addr(), free_addr());
-    let (roaming_pair, peer, roaming_probe) = (free_addr(), free_addr(), free_addr());
-    let config = dir.join("mesh.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "region: eu\nserviceCenter: {{pair: 'https://{sc_pair}'}}\nroaming: {{pair: 'https://{roaming_pair}'}}\n"
-        ),
-    )
-    .unwrap();
-    let common = |role: &str| -> Vec<String> {
-        [
-            "--role",
-            role,
-            "--config",
-            config.to_str().unwrap(),
-            "--tls-ca",
-            ca_file.to_str().unwrap(),
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    let region = Region::new(dir, "readiness");
+    let (client, sc_probe) = (free_addr(), free_addr());
+    let (peer, roaming_probe) = (free_addr(), free_addr());
+    // Debug logs: the test reads the service center's.
+    let start = |name: &str, args: &[String]| {
+        Node::start(
+            dir,
+            name,
+            node_process::command(args).env("RUST_LOG", "info,meridian_node=debug"),
+        )
     };
 
-    let mut args = common("service-center");
+    let mut args = region.args("service-center");
     args.extend([
         "--data-dir".into(),
         dir.join("data").display().to_string(),
         "--listen-client".into(),
         client.to_string(),
         "--listen-pair".into(),
-        sc_pair.to_string(),
+        region.sc_pair.to_string(),
         "--listen-probe".into(),
         sc_probe.to_string(),
     ]);
-    let service_center = Node::start(dir, "service-center", &args);
+    let service_center = start("service-center", &args);
 
     // It serves (the probe answers), but is not ready: no roaming system.
     wait_for(&service_center, sc_probe, ServingStatus::NotServing, 30).await;
@@ -168,16 +96,16 @@ async fn a_service_center_is_ready_only_once_its_roaming_system_answers() {
     )
     .await;
 
-    let mut args = common("roaming");
+    let mut args = region.args("roaming");
     args.extend([
         "--listen-roaming-pair".into(),
-        roaming_pair.to_string(),
+        region.roaming_pair.to_string(),
         "--listen-peer".into(),
         peer.to_string(),
         "--listen-probe".into(),
         roaming_probe.to_string(),
     ]);
-    let mut roaming = Node::start(dir, "roaming", &args);
+    let mut roaming = start("roaming", &args);
     // A roaming system is ready as soon as it serves.
     wait_for(&roaming, roaming_probe, ServingStatus::Serving, 30).await;
     let took = wait_for(&service_center, sc_probe, ServingStatus::Serving, 20).await;

@@ -5,98 +5,41 @@
 //! value that is no bound is refused at start, naming the flag.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use meridian_node::client::Client;
-use meridian_node::trust::pki::{self, MeshCa};
-use meridian_tests::local_mode::binary;
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-}
-
-/// A node process, killed when dropped.
-struct Node {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Node {
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use meridian_tests::node_process::{self, Node, Region, free_addr};
 
 /// The arguments of one process running both roles of region eu, with its
 /// identity written to `dir`; the client API at `client`.
 fn both_roles(dir: &Path, client: SocketAddr) -> Vec<String> {
-    let ca = MeshCa::generate("cap").unwrap();
-    let eu = ca
-        .issue_region("eu", "cap", &[], Duration::from_secs(3600))
-        .unwrap();
-    let (ca_file, cert, key) = (dir.join("ca.crt"), dir.join("eu.crt"), dir.join("eu.key"));
-    std::fs::write(&ca_file, &ca.cert_pem).unwrap();
-    std::fs::write(&cert, &eu.cert_pem).unwrap();
-    pki::write_private(&key, &eu.key_pem).unwrap();
-    let (sc_pair, roaming_pair, peer) = (free_addr(), free_addr(), free_addr());
-    let config = dir.join("mesh.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "region: eu\nserviceCenter: {{pair: 'https://{sc_pair}'}}\nroaming: {{pair: 'https://{roaming_pair}'}}\n"
-        ),
-    )
-    .unwrap();
-    let path = |p: &Path| p.display().to_string();
-    vec![
-        "--role".into(),
-        "both".into(),
-        "--config".into(),
-        path(&config),
-        "--tls-ca".into(),
-        path(&ca_file),
-        "--tls-cert".into(),
-        path(&cert),
-        "--tls-key".into(),
-        path(&key),
+    let region = Region::new(dir, "cap");
+    let mut args = region.args("both");
+    args.extend([
         "--data-dir".into(),
-        path(&dir.join("data")),
+        dir.join("data").display().to_string(),
         "--listen-client".into(),
         client.to_string(),
         "--listen-pair".into(),
-        sc_pair.to_string(),
+        region.sc_pair.to_string(),
         "--listen-roaming-pair".into(),
-        roaming_pair.to_string(),
+        region.roaming_pair.to_string(),
         "--listen-peer".into(),
-        peer.to_string(),
-    ]
+        free_addr().to_string(),
+    ]);
+    args
 }
 
-fn start(dir: &Path, args: &[String], env: &[(&str, &str)]) -> Node {
-    let log = dir.join("node.log");
-    let file = std::fs::File::create(&log).expect("log file");
-    let child = Command::new(binary("meridian-node"))
-        .args(args)
+/// `meridian-node` with `args`, and no bound on subscriptions from the
+/// environment but those of `env`.
+fn capped(args: &[String], env: &[(&str, &str)]) -> Command {
+    let mut command = node_process::command(args);
+    command
         .env_remove("MERIDIAN_MAX_SUBSCRIPTIONS")
-        .envs(env.iter().copied())
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(file.try_clone().expect("log"))
-        .stderr(file)
-        .spawn()
-        .expect("start meridian-node");
-    Node { child, log }
+        .envs(env.iter().copied());
+    command
 }
 
 /// Registers `user` and logs it in, retrying while the node starts (30 s at
@@ -137,7 +80,7 @@ async fn a_service_center_holds_the_subscriptions_its_operator_set_and_no_more()
     let client = free_addr();
     let mut args = both_roles(dir.path(), client);
     args.extend(["--max-subscriptions".into(), "3".into()]);
-    let node = start(dir.path(), &args, &[]);
+    let node = Node::start(dir.path(), "node", &mut capped(&args, &[]));
     let url = format!("http://{client}");
     let mut ann = logged_in(&node, &url, "ann@eu").await;
     let mut bob = logged_in(&node, &url, "bob@eu").await;
@@ -200,13 +143,7 @@ fn a_bound_that_is_no_number_of_subscriptions_is_refused_at_start() {
             }
             _ => vec![("MERIDIAN_MAX_SUBSCRIPTIONS", bad)],
         };
-        let output = Command::new(binary("meridian-node"))
-            .args(&args)
-            .env_remove("MERIDIAN_MAX_SUBSCRIPTIONS")
-            .envs(env)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run meridian-node");
+        let output = capped(&args, &env).output().expect("run meridian-node");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{how} {bad}: it started");
         assert!(
