@@ -5,6 +5,7 @@
 
 pub mod ack;
 pub mod backends;
+pub mod closed_loop;
 pub mod cpu;
 pub mod deliver;
 pub mod failover;

@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use hdrhistogram::Histogram;
 use tokio::time::Instant;
 
+use super::closed_loop::{self, Phases, Tally};
 use super::cpu::{Probe, Usage};
-use super::report::{Errors, Percentiles, Row, histogram, notes, record};
+use super::report::{Percentiles, Row, notes};
 use super::setup::{Ctx, body};
 use super::subscriber;
 
@@ -41,14 +41,6 @@ pub struct Measured {
     pub latency: Percentiles,
     /// CPU over the measured window, when a probe was given.
     pub usage: Option<Usage>,
-}
-
-/// One sender's tally.
-struct Tally {
-    acked_total: u64,
-    acked_in_window: u64,
-    latency: Histogram<u64>,
-    errors: Errors,
 }
 
 pub async fn run(ctx: &Ctx, params: &Params) -> anyhow::Result<Vec<Row>> {
@@ -99,9 +91,7 @@ pub async fn run_region(
     let replicas = ctx.endpoints.clients(region)?;
     let pool = sender.pool_over(replicas, params.connections).await?;
 
-    let start = Instant::now() + Duration::from_millis(200);
-    let window_start = start + params.warmup;
-    let end = window_start + params.duration;
+    let phases = Phases::new(params.warmup, params.duration);
 
     // The member counts what reaches it, and when.
     let delivered_total = Arc::new(AtomicU64::new(0));
@@ -111,83 +101,37 @@ pub async fn run_region(
     let subscription = subscriber::subscribe_all(member.client, cursors, move |_, _| {
         let now = Instant::now();
         total.fetch_add(1, Ordering::Relaxed);
-        if now >= window_start && now < end {
+        if phases.measures(now) {
             in_window.fetch_add(1, Ordering::Relaxed);
         }
     })
     .await?;
 
-    let cpu = probe.map(|probe| {
-        tokio::spawn(async move {
-            tokio::time::sleep_until(window_start).await;
-            let window = tokio::task::block_in_place(|| probe.start());
-            tokio::time::sleep_until(end).await;
-            tokio::task::block_in_place(|| probe.finish(window))
-        })
-    });
+    let cpu = probe.map(|probe| phases.cpu(probe));
 
     let prefix = ctx.name(&format!("tput-{region}"));
-    let body = Arc::new(body(&prefix, params.body_bytes));
-    let mut senders = Vec::with_capacity(params.concurrency);
-    for task in 0..params.concurrency {
-        let mut client = pool[task % pool.len()].clone();
-        let group = groups[task % groups.len()].clone();
-        let (body, prefix) = (body.clone(), prefix.clone());
-        senders.push(tokio::spawn(async move {
-            let mut tally = Tally {
-                acked_total: 0,
-                acked_in_window: 0,
-                latency: histogram(),
-                errors: Errors::default(),
-            };
-            tokio::time::sleep_until(start).await;
-            let mut n = 0u64;
-            while Instant::now() < end {
-                let key = format!("{prefix}-{task}-{n}");
-                n += 1;
-                let sent = Instant::now();
-                let result = client.send(&group, &body, &key).await;
-                let done = Instant::now();
-                match result {
-                    Ok(_) => {
-                        tally.acked_total += 1;
-                        if done >= window_start && done < end {
-                            tally.acked_in_window += 1;
-                            record(&mut tally.latency, done - sent);
-                        }
-                    }
-                    Err(s) => {
-                        tally.errors.add(format!("{:?}: {}", s.code(), s.message()));
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                }
-            }
-            tally
-        }));
-    }
-    let mut acked_total = 0;
-    let mut acked_in_window = 0;
-    let mut latency = histogram();
-    let mut errors = Errors::default();
-    for sender in senders {
-        let tally = sender.await?;
-        acked_total += tally.acked_total;
-        acked_in_window += tally.acked_in_window;
-        latency.add(&tally.latency).expect("same histogram bounds");
-        errors.merge(tally.errors);
-    }
+    let body: Arc<str> = body(&prefix, params.body_bytes).into();
+    let Tally {
+        acked_total,
+        acked_in_window,
+        latency,
+        errors,
+    } = closed_loop::send(
+        phases,
+        &pool,
+        &groups,
+        params.concurrency,
+        &prefix,
+        move || body.clone(),
+    )
+    .await?;
 
     // Let the member catch up with everything acked.
-    let deadline = Instant::now().max(end) + params.straggler_wait;
-    let caught_up = loop {
-        if delivered_total.load(Ordering::Relaxed) >= acked_total {
-            break Some(Instant::now().saturating_duration_since(end));
-        }
-        if Instant::now() >= deadline {
-            break None;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let caught_up = phases
+        .catch_up(params.straggler_wait, || {
+            delivered_total.load(Ordering::Relaxed) >= acked_total
+        })
+        .await;
     let stats = subscription.stats.clone();
     drop(subscription);
     let usage = match cpu {

@@ -15,10 +15,11 @@ use hdrhistogram::Histogram;
 use tokio::time::Instant;
 
 use super::crowd;
+use crate::bench::closed_loop::{self, Phases};
 use crate::bench::cpu::Usage;
 use crate::bench::open_loop::{self, Schedule};
 use crate::bench::report::{
-    Errors, Percentiles, Row, histogram, notes, record, record_micros, wall_micros,
+    Errors, Percentiles, Row, histogram, notes, record_micros, wall_micros,
 };
 use crate::bench::setup::{Ctx, body};
 use crate::bench::subscriber::{self, Subscription};
@@ -91,9 +92,7 @@ pub async fn run(ctx: &Ctx, params: &Params) -> anyhow::Result<Figures> {
             .map_err(|s| anyhow::anyhow!("{} joins {group}: {}", names[i], s.message()))?;
     }
 
-    let start = Instant::now() + Duration::from_millis(200);
-    let window_start = start + params.warmup;
-    let end = window_start + params.duration;
+    let phases = Phases::new(params.warmup, params.duration);
     let mut members = Vec::with_capacity(tokens.len());
     let mut subscriptions: Vec<Subscription> = Vec::with_capacity(tokens.len());
     for token in &tokens {
@@ -109,8 +108,7 @@ pub async fn run(ctx: &Ctx, params: &Params) -> anyhow::Result<Figures> {
         subscriptions.push(
             subscriber::subscribe(client, group.clone(), 0, move |d, now| {
                 counts.total.fetch_add(1, Ordering::Relaxed);
-                let at = Instant::now();
-                if at < window_start || at >= end {
+                if !phases.measures(Instant::now()) {
                     return;
                 }
                 counts.in_window.fetch_add(1, Ordering::Relaxed);
@@ -135,19 +133,14 @@ pub async fn run(ctx: &Ctx, params: &Params) -> anyhow::Result<Figures> {
     );
 
     let probe = crowd::probe(&ctx.endpoints, region)?;
-    let cpu = tokio::spawn(async move {
-        tokio::time::sleep_until(window_start).await;
-        let window = tokio::task::block_in_place(|| probe.start());
-        tokio::time::sleep_until(end).await;
-        tokio::task::block_in_place(|| probe.finish(window))
-    });
+    let cpu = phases.cpu(probe);
 
     let pool = sender.pool(params.connections).await?;
     let prefix = ctx.name("fan");
     let sent = match params.rate {
-        None => closed_loop(params, &pool, &group, &prefix, start, window_start, end).await?,
+        None => closed(params, phases, &pool, &group, &prefix).await?,
         Some(rate) => {
-            tokio::time::sleep_until(start).await;
+            tokio::time::sleep_until(phases.start).await;
             let schedule = Schedule {
                 rate,
                 warmup: params.warmup,
@@ -161,19 +154,13 @@ pub async fn run(ctx: &Ctx, params: &Params) -> anyhow::Result<Figures> {
 
     // Every member gets every acked send (one delivery each).
     let want = sent.acked_total;
-    let deadline = Instant::now().max(end) + params.straggler_wait;
-    let caught_up = loop {
-        if members
-            .iter()
-            .all(|m| m.total.load(Ordering::Relaxed) >= want)
-        {
-            break Some(Instant::now().saturating_duration_since(end));
-        }
-        if Instant::now() >= deadline {
-            break None;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let caught_up = phases
+        .catch_up(params.straggler_wait, || {
+            members
+                .iter()
+                .all(|m| m.total.load(Ordering::Relaxed) >= want)
+        })
+        .await;
     let usage = cpu.await?;
     let mut resumes = 0;
     let mut stale = 0;
@@ -202,73 +189,29 @@ struct Sent {
     notes: Vec<String>,
 }
 
-async fn closed_loop(
+async fn closed(
     params: &Params,
+    phases: Phases,
     pool: &[meridian_node::client::Client],
     group: &str,
     prefix: &str,
-    start: Instant,
-    window_start: Instant,
-    end: Instant,
 ) -> anyhow::Result<Sent> {
-    let mut tasks = Vec::with_capacity(params.senders);
-    for task in 0..params.senders {
-        let mut client = pool[task % pool.len()].clone();
-        let (group, prefix) = (group.to_owned(), prefix.to_owned());
-        let bytes = params.body_bytes;
-        tasks.push(tokio::spawn(async move {
-            let mut sent = Sent {
-                acked_total: 0,
-                acked_in_window: 0,
-                latency: histogram(),
-                notes: Vec::new(),
-            };
-            let mut errors = Errors::default();
-            tokio::time::sleep_until(start).await;
-            let mut n = 0u64;
-            while Instant::now() < end {
-                let key = format!("{prefix}-{task}-{n}");
-                n += 1;
-                let began = Instant::now();
-                let result = client
-                    .send(&group, &body(&wall_micros().to_string(), bytes), &key)
-                    .await;
-                let done = Instant::now();
-                match result {
-                    Ok(_) => {
-                        sent.acked_total += 1;
-                        if done >= window_start && done < end {
-                            sent.acked_in_window += 1;
-                            record(&mut sent.latency, done - began);
-                        }
-                    }
-                    Err(s) => {
-                        errors.add(format!("{:?}: {}", s.code(), s.message()));
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                }
-            }
-            sent.notes.push(errors.describe());
-            sent
-        }));
-    }
-    let mut all = Sent {
-        acked_total: 0,
-        acked_in_window: 0,
-        latency: histogram(),
-        notes: Vec::new(),
-    };
-    let mut errors = Vec::new();
-    for task in tasks {
-        let sent = task.await?;
-        all.acked_total += sent.acked_total;
-        all.acked_in_window += sent.acked_in_window;
-        all.latency.add(&sent.latency).expect("same bounds");
-        errors.extend(sent.notes.into_iter().filter(|n| !n.is_empty()));
-    }
-    errors.truncate(3);
-    all.notes = errors;
-    Ok(all)
+    let bytes = params.body_bytes;
+    let tally = closed_loop::send(
+        phases,
+        pool,
+        &[group.to_owned()],
+        params.senders,
+        prefix,
+        move || body(&wall_micros().to_string(), bytes),
+    )
+    .await?;
+    Ok(Sent {
+        acked_total: tally.acked_total,
+        acked_in_window: tally.acked_in_window,
+        latency: tally.latency,
+        notes: vec![tally.errors.describe()],
+    })
 }
 
 async fn open(
