@@ -139,7 +139,24 @@ impl Outbox {
         let mut leased: Option<std::time::Instant> = None;
         let clearing = Arc::new(Semaphore::new(CLEARS as usize));
         let mut rescanned = std::time::Instant::now();
+        // The last read found nothing after `sent_up_to`.
+        let mut ran_out = false;
         loop {
+            // On a shared data center, items may commit below the ids this
+            // worker carried (see [`RESCAN`]): it looks again from the
+            // oldest item left when it runs out, and at least every
+            // [`RESCAN`] while busy. Elsewhere, running out means waiting.
+            if sent_up_to > 0
+                && self.replica.is_shared()
+                && (ran_out || rescanned.elapsed() >= RESCAN)
+            {
+                settle(&clearing).await;
+                sent_up_to = 0;
+                rescanned = std::time::Instant::now();
+            } else if ran_out {
+                let _ = tokio::time::timeout(IDLE_CHECK, notify.notified()).await;
+            }
+            ran_out = false;
             if leased.is_none_or(|at| at.elapsed() > LEASE_TTL / 3) {
                 let renewing = std::time::Instant::now();
                 match self.lease(&destination).await {
@@ -158,10 +175,6 @@ impl Outbox {
                     }
                 }
             }
-            if sent_up_to > 0 && self.replica.is_shared() && rescanned.elapsed() >= RESCAN {
-                sent_up_to = rescan(&clearing).await;
-                rescanned = std::time::Instant::now();
-            }
             let dest = destination.clone();
             let batch = self
                 .dc
@@ -169,12 +182,7 @@ impl Outbox {
                 .await;
             let batch = match batch {
                 Ok(batch) if batch.is_empty() => {
-                    if sent_up_to > 0 && self.replica.is_shared() {
-                        sent_up_to = rescan(&clearing).await;
-                        rescanned = std::time::Instant::now();
-                        continue;
-                    }
-                    let _ = tokio::time::timeout(IDLE_CHECK, notify.notified()).await;
+                    ran_out = true;
                     continue;
                 }
                 Ok(batch) => batch,
@@ -355,12 +363,11 @@ impl Outbox {
     }
 }
 
-/// Where a worker on a shared data center reads next to find items that
-/// committed below the ids it carried: once its clears have committed, any
-/// item left there is such a straggler (or one whose clear failed, which
-/// the destination answers again the same way), so it starts again from
-/// the oldest item left.
-async fn rescan(clearing: &Semaphore) -> i64 {
+/// Waits until every clear a worker has in flight has committed: then any
+/// item left below the ids it carried is one that committed late (or one
+/// whose clear failed, which the destination answers again the same way),
+/// so a worker on a shared data center may start again from the oldest
+/// item left.
+async fn settle(clearing: &Semaphore) {
     let _settled = clearing.acquire_many(CLEARS).await;
-    0
 }
