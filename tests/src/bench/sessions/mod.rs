@@ -23,8 +23,11 @@ const TARGET_CENTER_US_PER_DELIVERY: f64 = 5.0;
 const TARGET_KIB_PER_SUBSCRIPTION: f64 = 20.0;
 const TARGET_STORM: Duration = Duration::from_secs(10);
 
-/// The flags of these scenarios.
+/// The flags of these scenarios. Their group has an id of its own: clap
+/// names a group after its struct, and meridian-bench's own flags are an
+/// `Args` too (a debug build refuses two groups of one name at start).
 #[derive(Debug, clap::Args)]
+#[group(id = "sessions_scenarios")]
 pub struct Args {
     /// Fanout: members of the group, every one subscribed at --local on a
     /// connection of its own.
