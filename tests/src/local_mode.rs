@@ -146,21 +146,6 @@ impl LocalMode {
         self.cli_command(args).output().expect("run meridian")
     }
 
-    /// Runs the CLI until it succeeds, while it fails only because a region
-    /// is not reachable yet (at most 30 s): local mode is ready once every
-    /// region serves, and the links between them come up right after.
-    pub fn cli_once_reachable(&self, args: &[&str]) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let output = self.cli(args);
-            let unreachable = String::from_utf8_lossy(&output.stderr).contains("is unreachable");
-            if output.status.success() || !unreachable || Instant::now() >= deadline {
-                return ok(output);
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
     /// The CLI command, for running it in the background.
     pub fn cli_command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(binary("meridian"));

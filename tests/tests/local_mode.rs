@@ -28,6 +28,26 @@ fn a_chat_between_regions_through_the_cli() {
         &state,
     );
 
+    // Ready means linked: once endpoints.json is there, every region's
+    // roaming system has its links to the others Up, so the first
+    // cross-region call below finds no region unreachable. Read once.
+    for region in ["eu", "us", "ap"] {
+        let links = ok(local.cli(&["--json", "mesh", "status", "--region", region]));
+        let states: Vec<(String, String)> = links
+            .lines()
+            .map(|l| {
+                let link: Value = serde_json::from_str(l).unwrap();
+                let field = |k: &str| link[k].as_str().unwrap_or_default().to_owned();
+                (field("peer"), field("state"))
+            })
+            .collect();
+        assert_eq!(states.len(), 2, "{region}: {links}");
+        assert!(
+            states.iter().all(|(_, state)| state == "Up"),
+            "{region}'s links when local mode said it was ready: {states:?}"
+        );
+    }
+
     for user in ["ann@eu", "bob@us", "cat@ap"] {
         assert_eq!(
             ok(local.cli(&as_user(user, &["register"]))).trim(),

@@ -3,6 +3,7 @@
 //! system on 127.0.0.1, wired as a full mesh — and keeps them in step with
 //! the manifest files until Ctrl-C or SIGTERM.
 
+mod links;
 mod memory;
 mod ports;
 mod postgres;
@@ -172,7 +173,9 @@ fn read_all(files: &[PathBuf]) -> Vec<Option<String>> {
 
 /// Starts the regions: one first, which is measured once it serves; then,
 /// if the rest fit in `budget`, all of them. Returns once every region
-/// serves, with what the first one was measured to take.
+/// serves and their links are Up (or, past [`links::DEADLINE`], with a
+/// warning naming those that are not), with what the first one was
+/// measured to take.
 async fn start(
     mesh: &mut LocalMesh,
     manifests: &meridian_crds::manifest::Manifests,
@@ -206,6 +209,21 @@ async fn start(
     }
     mesh.reconcile(manifests)?;
     mesh.wait_ready().await?;
+    let started = std::time::Instant::now();
+    let not_up = mesh.wait_linked(links::DEADLINE).await;
+    if not_up.is_empty() {
+        tracing::info!(waited = ?started.elapsed(), "every link between the regions is up");
+    } else {
+        // Serving on: each region serves its own users whatever its links
+        // do, and a link that comes up later is used at once.
+        let list: Vec<String> = not_up.iter().map(ToString::to_string).collect();
+        tracing::warn!(
+            "{} link(s) not up after {:?}: {}; serving anyway (each region serves its own              users; calls to an unreachable region fail until its link comes up).              `meridian mesh status --region CODE` shows a region's links; its roaming.log              says why",
+            not_up.len(),
+            links::DEADLINE,
+            list.join(", ")
+        );
+    }
     Ok(first_measured)
 }
 

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use meridian_node::client::Client;
-use meridian_node::proto::peer_api::MeshStatusRequest;
 use meridian_node::proto::peer_api::admin_client::AdminClient;
+use meridian_node::proto::peer_api::{MeshStatusReply, MeshStatusRequest};
 use meridian_node::transport::{self, Dial};
 use meridian_node::trust::Credentials;
 
@@ -50,15 +50,24 @@ async fn serves(code: &str, client_url: &str, peer_url: &str, access: &Access) -
         Err(status) if status.code() == tonic::Code::Unauthenticated => {}
         _ => return false,
     }
+    mesh_status(code, peer_url, access).await.is_ok()
+}
+
+/// How region `code`'s roaming system, at `peer_url`, sees its links, asked
+/// with local mode's tool certificate (as `meridian mesh status` does).
+pub async fn mesh_status(
+    code: &str,
+    peer_url: &str,
+    access: &Access,
+) -> Result<MeshStatusReply, String> {
     let dial = Dial::Region {
         credentials: access.tool.clone(),
         region: code.to_owned(),
     };
-    let Ok(channel) = transport::channel(peer_url, dial) else {
-        return false;
-    };
-    AdminClient::new(channel)
+    let channel = transport::channel(peer_url, dial).map_err(|e| e.to_string())?;
+    let status = AdminClient::new(channel)
         .mesh_status(MeshStatusRequest {})
         .await
-        .is_ok()
+        .map_err(|e| e.message().to_owned())?;
+    Ok(status.into_inner())
 }

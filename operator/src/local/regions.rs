@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use meridian_node::trust::pki::{self, PkiDir};
 use meridian_node::trust::{CredentialFiles, Credentials};
 
+use super::links;
 use super::ports::{PortBook, RegionPorts, ReplicaPorts};
 use super::postgres::{self, Databases};
 use super::readiness::{self, Access};
@@ -434,6 +435,29 @@ impl LocalMesh {
                 replicas = region.service_centers.len(), "region serves");
         }
         Ok(())
+    }
+
+    /// Waits (at most `deadline`) until every running region's roaming
+    /// system has its enabled links to every other running region Up, so
+    /// that a first cross-region call finds its peer reachable; returns the
+    /// links still not Up at the deadline (see [`links`]).
+    pub async fn wait_linked(&self, deadline: std::time::Duration) -> Vec<links::NotUp> {
+        let codes: Vec<String> = self.running.keys().cloned().collect();
+        let codes = &codes;
+        let probe = move || async move {
+            let mut left = Vec::new();
+            for (code, region) in &self.running {
+                let status =
+                    readiness::mesh_status(code, &url(region.ports.peer), &self.access).await;
+                left.extend(links::not_up(
+                    code,
+                    status.as_ref().map_err(Clone::clone),
+                    codes,
+                ));
+            }
+            left
+        };
+        links::wait(deadline, probe).await
     }
 
     /// Writes `DIR/endpoints.json`, which the CLI reads.
