@@ -291,3 +291,74 @@ fn a_stop_during_startup_ends_every_child() {
         assert!(children.iter().all(|p| !alive(*p)));
     }
 }
+
+/// The `--max-subscriptions` a process was started with, from its command
+/// line; `None` without the flag or once the process is gone.
+fn max_subscriptions_of(pid: u32) -> Option<String> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let at = args.iter().position(|a| a == "--max-subscriptions")?;
+    args.get(at + 1).cloned()
+}
+
+/// The manifest's `spec.serviceCenter.maxSubscriptions` reaches the
+/// region's service center as `--max-subscriptions`, and an edit restarts
+/// it with the new bound while local mode runs; a bad value is refused
+/// naming the field, and the running service center is kept.
+#[test]
+fn the_manifests_max_subscriptions_reaches_the_service_center_and_follows_edits() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("eu.yaml");
+    let eu = |max: &str| {
+        format!(
+            "apiVersion: meridian.dev/v1alpha1\nkind: Region\nmetadata: {{name: eu}}\n\
+             spec: {{cluster: x, serviceCenter: {{maxSubscriptions: {max}}}}}\n"
+        )
+    };
+    std::fs::write(&manifest, eu("3")).unwrap();
+    let state = dir.path().join("state");
+    let local = LocalMode::start(std::slice::from_ref(&manifest), &state);
+    let first = local.pid("eu", "service-center");
+    assert_eq!(max_subscriptions_of(first).as_deref(), Some("3"));
+    let roaming = local.pid("eu", "roaming");
+    assert_eq!(max_subscriptions_of(roaming), None);
+
+    std::fs::write(&manifest, eu("0")).unwrap();
+    eventually(Duration::from_secs(10), "the refusal in the log", || {
+        std::fs::read_to_string(local.log())
+            .is_ok_and(|log| log.contains("spec.serviceCenter.maxSubscriptions"))
+    });
+    assert_eq!(local.pid("eu", "service-center"), first, "kept running");
+
+    std::fs::write(&manifest, eu("5")).unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "eu's service center restarted with --max-subscriptions 5",
+        || {
+            let path = state.join("eu/service-center.pid");
+            std::fs::read_to_string(path)
+                .ok()
+                .and_then(|p| p.trim().parse::<u32>().ok())
+                .is_some_and(|pid| {
+                    pid != first && max_subscriptions_of(pid).as_deref() == Some("5")
+                })
+        },
+    );
+    assert!(!alive(first), "the old service center stopped");
+    assert_eq!(
+        local.pid("eu", "roaming"),
+        roaming,
+        "the roaming system kept"
+    );
+    // The restarted one serves.
+    let mut registered = None;
+    eventually(Duration::from_secs(30), "a registration at eu", || {
+        let out = local.cli(&as_user("ann@eu", &["register"]));
+        registered = Some(String::from_utf8_lossy(&out.stdout).into_owned());
+        out.status.success()
+    });
+    assert_eq!(registered.unwrap().trim(), "registered ann@eu");
+}
