@@ -80,6 +80,31 @@ impl Region {
             path(&self.key),
         ]
     }
+
+    /// A service center's flags beyond [`Region::args`]: its data in
+    /// `data`, its client API at `client`, and the pair address the
+    /// config names.
+    pub fn service_center_args(&self, data: &Path, client: SocketAddr) -> Vec<String> {
+        vec![
+            "--data-dir".into(),
+            data.display().to_string(),
+            "--listen-client".into(),
+            client.to_string(),
+            "--listen-pair".into(),
+            self.sc_pair.to_string(),
+        ]
+    }
+
+    /// A roaming system's flags beyond [`Region::args`]: the pair address
+    /// the config names, and the other regions' calls at `peer`.
+    pub fn roaming_args(&self, peer: SocketAddr) -> Vec<String> {
+        vec![
+            "--listen-roaming-pair".into(),
+            self.roaming_pair.to_string(),
+            "--listen-peer".into(),
+            peer.to_string(),
+        ]
+    }
 }
 
 /// `meridian-node` with `args`, no input and uncoloured output: a caller

@@ -74,16 +74,8 @@ async fn a_service_center_is_ready_only_once_its_roaming_system_answers() {
     };
 
     let mut args = region.args("service-center");
-    args.extend([
-        "--data-dir".into(),
-        dir.join("data").display().to_string(),
-        "--listen-client".into(),
-        client.to_string(),
-        "--listen-pair".into(),
-        region.sc_pair.to_string(),
-        "--listen-probe".into(),
-        sc_probe.to_string(),
-    ]);
+    args.extend(region.service_center_args(&dir.join("data"), client));
+    args.extend(["--listen-probe".into(), sc_probe.to_string()]);
     let service_center = start("service-center", &args);
 
     // It serves (the probe answers), but is not ready: no roaming system.
@@ -97,14 +89,8 @@ async fn a_service_center_is_ready_only_once_its_roaming_system_answers() {
     .await;
 
     let mut args = region.args("roaming");
-    args.extend([
-        "--listen-roaming-pair".into(),
-        region.roaming_pair.to_string(),
-        "--listen-peer".into(),
-        peer.to_string(),
-        "--listen-probe".into(),
-        roaming_probe.to_string(),
-    ]);
+    args.extend(region.roaming_args(peer));
+    args.extend(["--listen-probe".into(), roaming_probe.to_string()]);
     let mut roaming = start("roaming", &args);
     // A roaming system is ready as soon as it serves.
     wait_for(&roaming, roaming_probe, ServingStatus::Serving, 30).await;

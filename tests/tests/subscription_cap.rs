@@ -17,18 +17,8 @@ use meridian_tests::node_process::{self, Node, Region, free_addr};
 fn both_roles(dir: &Path, client: SocketAddr) -> Vec<String> {
     let region = Region::new(dir, "cap");
     let mut args = region.args("both");
-    args.extend([
-        "--data-dir".into(),
-        dir.join("data").display().to_string(),
-        "--listen-client".into(),
-        client.to_string(),
-        "--listen-pair".into(),
-        region.sc_pair.to_string(),
-        "--listen-roaming-pair".into(),
-        region.roaming_pair.to_string(),
-        "--listen-peer".into(),
-        free_addr().to_string(),
-    ]);
+    args.extend(region.service_center_args(&dir.join("data"), client));
+    args.extend(region.roaming_args(free_addr()));
     args
 }
 
