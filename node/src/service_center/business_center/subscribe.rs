@@ -12,6 +12,7 @@ use crate::Error;
 use crate::ids::Id;
 use crate::limits::{HISTORY_PAGE_BYTES, MAX_CURSORS, MAX_HISTORY_PAGE};
 use crate::proto::client_api::{Cursor, Delivery, Event, HistoryRequest, event};
+use crate::service_center::hub::Subscription;
 
 pub type EventStream = ReceiverStream<Result<Event, Error>>;
 
@@ -50,53 +51,70 @@ impl BusinessCenter {
         let (out, rx) = mpsc::channel(256);
         // Attach before replaying, so nothing sequenced meanwhile is missed.
         let subscription = self.hub.attach(actor.as_str())?;
-        let mut session = Session {
+        let session = Session {
             center: self.clone(),
             actor: actor.clone(),
             last,
             out,
         };
         // A stop drops the stream's sender, which ends the client's stream.
-        self.tasks.spawn_until_stopped(async move {
-            let mut live = subscription;
-            let groups: Vec<String> = session.last.keys().cloned().collect();
-            for group in groups {
-                if session.catch_up(&group, None).await.is_err() {
-                    return;
-                }
-            }
-            loop {
-                tokio::select! {
-                    () = session.out.closed() => return,
-                    next = live.recv() => {
-                        let Some(event) = next else {
-                            let _ = session.out.send(Err(Error::Unavailable(
-                                "the subscription fell behind; subscribe again with your cursors".into(),
-                            ))).await;
-                            return;
-                        };
-                        let sent = match event.kind {
-                            Some(event::Kind::Delivery(delivery)) => session.live(delivery).await,
-                            Some(kind @ event::Kind::Verdict(_)) => session.send(kind).await,
-                            None => Ok(()),
-                        };
-                        if sent.is_err() {
-                            return;
-                        }
-                    }
-                    () = tokio::time::sleep(RESYNC_IDLE), if session.center.replicated => {
-                        if session.resync().await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-        });
+        // Boxed, so the task's wrapper (`spawn_until_stopped`) holds a
+        // pointer to it: a future moved into an async block that then moves
+        // it again may take its place twice there.
+        self.tasks
+            .spawn_until_stopped(Box::pin(session.run(subscription)));
         Ok(ReceiverStream::new(rx))
     }
 }
 
 impl Session {
+    /// Replays what the stream's cursors missed, then streams live events
+    /// until the subscriber goes, the hub cuts it off or it fails.
+    ///
+    /// This future is the subscription's task, held for as long as the
+    /// subscription lives, mostly idle. Reading history (the replay, a gap,
+    /// a resync) happens at the start and rarely afterwards, so those
+    /// futures are boxed: their state is allocated only while they run,
+    /// instead of making every idle task as large as the largest of them.
+    async fn run(mut self, mut live: Subscription) {
+        let groups: Vec<String> = self.last.keys().cloned().collect();
+        for group in groups {
+            // Boxed in a statement of its own: a temporary in the statement
+            // that awaits would still take its place in this future.
+            let caught_up = Box::pin(self.catch_up(&group, None));
+            if caught_up.await.is_err() {
+                return;
+            }
+        }
+        loop {
+            tokio::select! {
+                () = self.out.closed() => return,
+                next = live.recv() => {
+                    let Some(event) = next else {
+                        let _ = self.out.send(Err(Error::Unavailable(
+                            "the subscription fell behind; subscribe again with your cursors".into(),
+                        ))).await;
+                        return;
+                    };
+                    let sent = match event.kind {
+                        Some(event::Kind::Delivery(delivery)) => self.live(delivery).await,
+                        Some(kind @ event::Kind::Verdict(_)) => self.send(kind).await,
+                        None => Ok(()),
+                    };
+                    if sent.is_err() {
+                        return;
+                    }
+                }
+                () = tokio::time::sleep(RESYNC_IDLE), if self.center.replicated => {
+                    let resynced = Box::pin(self.resync());
+                    if resynced.await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
     async fn emit(&mut self, delivery: Delivery) -> Result<(), Gone> {
         self.last.insert(delivery.group.clone(), delivery.seq);
         self.send(event::Kind::Delivery(delivery)).await
@@ -113,8 +131,9 @@ impl Session {
         match self.last.get(&delivery.group).copied() {
             Some(last) if delivery.seq <= last => Ok(()),
             Some(last) if delivery.seq > last + 1 => {
-                self.catch_up(&delivery.group, Some(delivery.seq - 1))
-                    .await?;
+                // Boxed: see `run`.
+                let caught_up = Box::pin(self.catch_up(&delivery.group, Some(delivery.seq - 1)));
+                caught_up.await?;
                 if delivery.seq > self.last[&delivery.group] {
                     self.emit(delivery).await?;
                 }
@@ -176,5 +195,34 @@ impl Session {
                 return Ok(());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service_center::business_center::for_tests;
+
+    /// A subscription's task is held for as long as it lives, mostly idle,
+    /// and a service center holds up to 100,000 of them (BENCHMARKS.md,
+    /// idle subscriptions): the task must not carry the state of a history
+    /// read, which runs only at the start and on a gap (see [`Session::run`]).
+    #[tokio::test]
+    async fn an_idle_subscription_task_does_not_hold_a_history_read() {
+        let (_dir, center) = for_tests("eu").await;
+        let (out, _rx) = mpsc::channel(1);
+        let mut session = Session {
+            center: center.clone(),
+            actor: Id::parse("user", "ann@eu").unwrap(),
+            last: HashMap::new(),
+            out,
+        };
+        let history_read = std::mem::size_of_val(&session.catch_up("g@eu", None));
+        let task = session.run(center.hub.attach("ann@eu").unwrap());
+        let size = std::mem::size_of_val(&task);
+        assert!(
+            size < size_of::<Session>() + history_read,
+            "the subscription's task is {size} bytes; a history read's state is {history_read}"
+        );
     }
 }
