@@ -8,9 +8,10 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use super::BusinessCenter;
+use super::grpc_subscribe::ClientService;
 use crate::Error;
 use crate::ids::Id;
-use crate::proto::client_api::business_center_server::{self, BusinessCenterServer};
+use crate::proto::client_api::business_center_server;
 use crate::proto::client_api::*;
 use crate::proto::pair_api::pair_server::{self, PairServer};
 use crate::proto::peer_api::{BusinessReply, BusinessRequest, DataReply, DataRequest};
@@ -22,11 +23,16 @@ type Reply<T> = Result<Response<T>, Status>;
 /// client receives ([`MAX_CLIENT_MESSAGE_BYTES`]; history is paged to fit),
 /// and takes none much larger than a maximal send.
 ///
+/// `Subscribe` starts each stream with a small encode buffer (see
+/// [`super::grpc_subscribe`]).
+///
 /// [`MAX_CLIENT_MESSAGE_BYTES`]: crate::limits::MAX_CLIENT_MESSAGE_BYTES
-pub fn client_service(center: BusinessCenter) -> BusinessCenterServer<ClientApi> {
-    BusinessCenterServer::new(ClientApi(center))
-        .max_decoding_message_size(crate::limits::MAX_BODY_BYTES + 16 * 1024)
-        .max_encoding_message_size(crate::limits::MAX_CLIENT_MESSAGE_BYTES)
+pub fn client_service(center: BusinessCenter) -> ClientService {
+    ClientService::new(
+        ClientApi(center),
+        crate::limits::MAX_BODY_BYTES + 16 * 1024,
+        crate::limits::MAX_CLIENT_MESSAGE_BYTES,
+    )
 }
 
 /// The local-pair API served by `center` to its roaming system.

@@ -6,6 +6,7 @@ pub mod business_center;
 pub mod data_center;
 pub mod departed;
 pub mod grpc;
+pub mod grpc_subscribe;
 pub mod hub;
 pub mod outbox;
 pub mod replicas;
