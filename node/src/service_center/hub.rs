@@ -55,18 +55,20 @@ struct Live {
 
 /// An event waiting in a subscription, with the bytes it encodes to. A
 /// delivery is shared by every subscription it is pushed to, and becomes
-/// an [`Event`] of its own only when received.
+/// an [`Event`] of its own only when received. A verdict is shared too, so
+/// this is two words: the channel's first block, allocated for every
+/// subscription idle or not, holds 32 of them.
 #[derive(Clone)]
 enum Queued {
     Delivery(Arc<Delivery>),
-    Verdict(SendVerdict),
+    Verdict(Arc<SendVerdict>),
 }
 
 impl Queued {
     fn into_event(self) -> Event {
         let kind = match self {
             Queued::Delivery(delivery) => event::Kind::Delivery(Arc::unwrap_or_clone(delivery)),
-            Queued::Verdict(verdict) => event::Kind::Verdict(verdict),
+            Queued::Verdict(verdict) => event::Kind::Verdict(Arc::unwrap_or_clone(verdict)),
         };
         Event { kind: Some(kind) }
     }
@@ -228,7 +230,7 @@ impl Hub {
             kind: Some(event::Kind::Verdict(verdict.clone())),
         }
         .encoded_len();
-        let event = Queued::Verdict(verdict.clone());
+        let event = Queued::Verdict(Arc::new(verdict.clone()));
         let mut inner = self.inner.lock().expect("hub");
         if let Some(list) = inner.sessions.get_mut(user) {
             list.retain(|live| live.offer(&event, size));
@@ -308,6 +310,13 @@ mod tests {
             assert_eq!(got.kind, Some(event::Kind::Delivery(d.clone())));
             assert_eq!(session.queued.load(Ordering::Acquire), 0);
         }
+    }
+
+    /// Every subscription's channel allocates a first block of 32 slots
+    /// when attached, busy or idle: a slot must stay small.
+    #[test]
+    fn a_queued_event_is_three_words() {
+        assert_eq!(size_of::<(Queued, usize)>(), 3 * size_of::<usize>());
     }
 
     fn delivery(seq: u64, body_bytes: usize) -> Delivery {
