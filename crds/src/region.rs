@@ -128,7 +128,7 @@ pub struct ServiceCenterSpec {
     /// RESOURCE_EXHAUSTED. Each idle one costs memory (BENCHMARKS.md
     /// measures it), so size this to `resources`. The node's default,
     /// 10,000, when unset. 1 to 1,000,000: a million idle subscriptions
-    /// already take tens of GiB, so a larger figure is a typo, not a plan.
+    /// already take many GiB, so a larger figure is a typo, not a plan.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = SUBSCRIPTIONS_MIN, max = SUBSCRIPTIONS_MAX))]
     pub max_subscriptions: Option<i32>,

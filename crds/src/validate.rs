@@ -32,8 +32,8 @@ pub const NODE_PORT_MAX: i32 = 32767;
 /// holds none could not deliver anything live.
 pub const SUBSCRIPTIONS_MIN: i32 = 1;
 /// Most `spec.serviceCenter.maxSubscriptions`. An idle subscription costs
-/// about 29 KiB of the service center's memory (BENCHMARKS.md), so a
-/// million is already about 28 GiB; anything beyond is a typo.
+/// kilobytes of the service center's memory (BENCHMARKS.md measures it),
+/// so a million already take many GiB; anything beyond is a typo.
 pub const SUBSCRIPTIONS_MAX: i32 = 1_000_000;
 /// The namespace of an object whose manifest names none.
 pub const DEFAULT_NAMESPACE: &str = "default";
