@@ -121,6 +121,17 @@ async fn a_cross_region_send_is_one_connected_trace() {
         vec![("send", SpanId::INVALID)],
         "every span but the send has its parent in the trace"
     );
+    // The send and the deliveries name the same message.
+    let seqs: Vec<_> = spans
+        .iter()
+        .filter(|s| s.name == "send" || s.name == "deliver")
+        .map(|s| (s.name.as_ref(), attribute(s, "group"), attribute(s, "seq")))
+        .collect();
+    assert_eq!(seqs.len(), 3, "{seqs:?}");
+    assert!(
+        seqs.iter().all(|(_, g, seq)| *g == group && seq == "1"),
+        "{seqs:?}"
+    );
     mesh.stop().await;
     let _ = provider.shutdown();
 }

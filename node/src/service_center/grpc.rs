@@ -140,20 +140,29 @@ impl business_center_server::BusinessCenter for ClientApi {
 
     async fn send(&self, request: Request<SendRequest>) -> Reply<SendReply> {
         // The root of a message's trace (docs/ARCHITECTURE.md §9, Traces).
+        // `seq` is the home's, once known: it names the message, as the
+        // `deliver` spans of its last hop do.
         let span = tracing::info_span!(
             "send",
             region = self.0.region(),
             group = %request.get_ref().group,
+            seq = tracing::field::Empty,
         );
-        async {
+        let sent = async {
             let actor = self.actor(&request).await?;
             ok(self
                 .0
                 .metrics()
                 .sent(self.0.send(&actor, request.into_inner()).await))
         }
-        .instrument(span)
-        .await
+        .instrument(span.clone())
+        .await;
+        if let Ok(reply) = &sent
+            && reply.get_ref().seq > 0
+        {
+            span.record("seq", reply.get_ref().seq);
+        }
+        sent
     }
 
     async fn history(&self, request: Request<HistoryRequest>) -> Reply<HistoryReply> {
