@@ -37,6 +37,18 @@ struct Received {
     /// Deliveries of one index under two `seq`s (a resend became a second message).
     repeated: u64,
     malformed: u64,
+    receipts: Vec<Receipt>,
+}
+
+/// One measured message's delivery, for matching with the spans the nodes
+/// export (`bench::path`).
+#[derive(Clone, Copy, Debug)]
+pub struct Receipt {
+    pub seq: u64,
+    /// When the message was meant to be sent, wall clock.
+    pub intended_micros: u64,
+    /// When the receiver had it, wall clock.
+    pub received_micros: u64,
 }
 
 pub async fn run(ctx: &Ctx, params: &Params) -> anyhow::Result<Vec<Row>> {
@@ -87,6 +99,10 @@ pub struct Measured {
     pub acked: u64,
     /// Acknowledged measured sends never delivered.
     pub missing: u64,
+    /// The group the messages went to.
+    pub group: String,
+    /// Each measured message delivered, first delivery only.
+    pub receipts: Vec<Receipt>,
 }
 
 /// A new group of `sender`'s with a member at `receiver_region`, measured.
@@ -125,6 +141,7 @@ async fn measure(
         seen: HashSet::new(),
         repeated: 0,
         malformed: 0,
+        receipts: Vec::new(),
     }));
     let sink = received.clone();
     let subscription = subscriber::subscribe(receiver, group.to_owned(), 0, move |d, now| {
@@ -133,6 +150,11 @@ async fn measure(
             Some((sent, true, index)) => {
                 if r.seen.insert(index) {
                     record_micros(&mut r.latency, now.saturating_sub(sent));
+                    r.receipts.push(Receipt {
+                        seq: d.seq,
+                        intended_micros: sent,
+                        received_micros: now,
+                    });
                 } else {
                     r.repeated += 1;
                 }
@@ -223,6 +245,8 @@ async fn measure(
         start_lag: outcome.start_lag,
         acked: acked.len() as u64,
         missing: missing as u64,
+        group: group.to_owned(),
+        receipts: r.receipts.clone(),
     })
 }
 

@@ -1,7 +1,8 @@
 //! The parts of `meridian-bench`: a running system (spawned or given), the
 //! users and groups of one run, the load generators and the report; the
 //! PostgreSQL scenarios (failover, backends) and what they measure with;
-//! the side-by-side scenario against NATS (peers).
+//! the side-by-side scenario against NATS (peers); where a cross-region
+//! delivery's time goes, from the nodes' spans (path).
 
 pub mod ack;
 pub mod backends;
@@ -12,6 +13,7 @@ pub mod failover;
 pub mod local;
 pub mod manifest;
 pub mod open_loop;
+pub mod path;
 pub mod peers;
 pub mod pg;
 pub mod report;

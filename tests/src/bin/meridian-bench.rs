@@ -44,6 +44,13 @@
 //!   benches/peers/run --runs 3 --json /tmp/peers.json
 //!   ```
 //!
+//! - `path` (not in `all`): where the time of a cross-region delivery goes.
+//!   The peers scenario's Meridian workload (`--peers-rate`,
+//!   `--peers-seconds`, `--peers-body-bytes`), on a local mode whose nodes
+//!   export their spans over OTLP to a collector in the bench: each
+//!   message's latency cut into the stretches between its hops, with p50,
+//!   p90 and p99 of each, per run and over all `--runs`.
+//!
 //! Fan-out and sessions (issue 12; none of them in `all`, each run on a
 //! fresh local mode; `bench/sessions/`):
 //! - `fanout`: one group of `--members` members, all subscribed in
@@ -103,6 +110,8 @@ enum Scenario {
     ReconnectStorm,
     /// Side by side with NATS core and JetStream (cross-region delivery).
     Peers,
+    /// Where a cross-region delivery's time goes, from the nodes' spans.
+    Path,
 }
 
 /// Measures Meridian in local mode: send-ack latency, send-to-deliver latency
@@ -321,6 +330,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let common = sessions_common(&args);
             return tokio::select! {
                 result = bench::sessions::run(which, &common, &args.sessions) => result,
+                _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+            };
+        }
+        Scenario::Path => {
+            let root = workspace_root();
+            let params = bench::path::Params {
+                deliver: peers_meridian(&args),
+                runs: args.runs,
+                operator: operator(&args),
+                manifest: args
+                    .manifest
+                    .clone()
+                    .unwrap_or_else(|| root.join("examples/three-regions.yaml")),
+                start_timeout: Duration::from_secs(args.start_timeout),
+                span_wait: Duration::from_secs(30),
+            };
+            return tokio::select! {
+                result = bench::path::run(&params) => result,
                 _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
             };
         }
@@ -595,34 +622,43 @@ async fn peers_runs(args: &Args, endpoints: &Endpoints) -> anyhow::Result<()> {
             .unwrap_or_default()
             .join(".cache/meridian/peers/nats-server-v2.15.2/nats-server"),
     };
-    let schedule = Schedule {
-        rate: args.peers_rate,
-        warmup: secs(args.warmup),
-        duration: secs(args.peers_seconds),
-        max_in_flight: args.max_in_flight,
-        timeout: Duration::from_secs(10),
-    };
     let params = peers::Params {
         nats_server,
         nats: peers::nats::Params {
-            schedule: schedule.clone(),
+            schedule: peers_schedule(args),
             body_bytes: args.peers_body_bytes,
             straggler_wait: secs(args.straggler_wait),
             ready_timeout: Duration::from_secs(args.start_timeout),
         },
-        meridian: deliver::Params {
-            schedule,
-            connections: args.connections,
-            body_bytes: args.peers_body_bytes,
-            straggler_wait: secs(args.straggler_wait),
-            local: args.local.clone(),
-            remote: args.remote.clone(),
-        },
+        meridian: peers_meridian(args),
         runs: args.runs,
         start_timeout: Duration::from_secs(args.start_timeout),
         json: args.json.clone(),
     };
     peers::run(&params, endpoints).await
+}
+
+/// The peers scenario's open-loop schedule, the same for every system.
+fn peers_schedule(args: &Args) -> Schedule {
+    Schedule {
+        rate: args.peers_rate,
+        warmup: secs(args.warmup),
+        duration: secs(args.peers_seconds),
+        max_in_flight: args.max_in_flight,
+        timeout: Duration::from_secs(10),
+    }
+}
+
+/// The peers scenario's Meridian workload: the cross-region route.
+fn peers_meridian(args: &Args) -> deliver::Params {
+    deliver::Params {
+        schedule: peers_schedule(args),
+        connections: args.connections,
+        body_bytes: args.peers_body_bytes,
+        straggler_wait: secs(args.straggler_wait),
+        local: args.local.clone(),
+        remote: args.remote.clone(),
+    }
 }
 
 async fn all_runs(args: &Args, endpoints: &Endpoints) -> anyhow::Result<()> {

@@ -1,0 +1,138 @@
+//! `--scenario path`: where the time of a cross-region delivery goes.
+//!
+//! Local mode runs with every node exporting its spans over OTLP to a
+//! collector in this process (`collector`); the `deliver` scenario's
+//! cross-region route runs open loop; then each measured message's spans
+//! are matched to its receipt and its latency is cut into the stretches
+//! between its hops (`breakdown`). Tracing costs the nodes some CPU, so
+//! the latencies here run a little above `--scenario peers`'s: read the
+//! shares, not the absolute figures.
+
+pub mod breakdown;
+pub mod collector;
+
+use std::time::Duration;
+
+use super::deliver;
+use super::local;
+use super::setup::{Ctx, prefix};
+
+pub struct Params {
+    pub deliver: deliver::Params,
+    pub runs: usize,
+    pub operator: std::path::PathBuf,
+    pub manifest: std::path::PathBuf,
+    pub start_timeout: Duration,
+    /// How long to wait for the last spans to be exported.
+    pub span_wait: Duration,
+}
+
+/// The nodes' batch span processor: exports often, and queues enough
+/// that none is dropped at the bench's rates (the default queue is 2,048).
+const EXPORT_ENV: [(&str, &str); 3] = [
+    ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+    ("OTEL_BSP_MAX_QUEUE_SIZE", "262144"),
+    ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4096"),
+];
+
+pub async fn run(params: &Params) -> anyhow::Result<()> {
+    let collector = collector::Collector::start().await?;
+    let mut env: Vec<(String, String)> = EXPORT_ENV
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    env.push((
+        "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(),
+        collector.endpoint.clone(),
+    ));
+    let (endpoints, local_mode) = local::start_with_env(
+        &params.operator,
+        &params.manifest,
+        None,
+        &[],
+        &env,
+        params.start_timeout,
+    )
+    .await?;
+    let result = runs(params, &collector, &endpoints).await;
+    local_mode.stop().await?;
+    result
+}
+
+async fn runs(
+    params: &Params,
+    collector: &collector::Collector,
+    endpoints: &local::Endpoints,
+) -> anyhow::Result<()> {
+    let d = &params.deliver;
+    let mut all: Option<breakdown::Breakdown> = None;
+    for run in 1..=params.runs {
+        let ctx = Ctx {
+            endpoints: endpoints.clone(),
+            prefix: prefix(run),
+        };
+        println!("\n=== run {run} of {} ===", params.runs);
+        let measured = deliver::cross_region(&ctx, d).await?;
+        measured.send_row.print();
+        measured.deliver_row.print();
+        // Spans reach the collector in batches, a little after the
+        // messages: wait until every receipt's are in, or the deadline.
+        let complete = |spans: &[collector::Span]| {
+            let b = breakdown::of(
+                spans,
+                &measured.group,
+                &d.local,
+                &d.remote,
+                &measured.receipts,
+            );
+            b.unmatched == 0
+        };
+        let waited = wait_for(collector, params.span_wait, complete).await;
+        let (spans, dropped) = collector.spans();
+        if dropped > 0 {
+            println!("  the collector dropped {dropped} spans over its bound");
+        }
+        let b = breakdown::of(
+            &spans,
+            &measured.group,
+            &d.local,
+            &d.remote,
+            &measured.receipts,
+        );
+        b.print(&format!(
+            "run {run}: {} -> @{} -> {}, {} msg/s (waited {:.1} s for the spans)",
+            d.local,
+            d.local,
+            d.remote,
+            d.schedule.rate,
+            waited.as_secs_f64()
+        ));
+        match &mut all {
+            Some(total) => total.merge(&b),
+            None => all = Some(b),
+        }
+    }
+    if let Some(all) = all
+        && params.runs > 1
+    {
+        all.print(&format!("all {} runs", params.runs));
+    }
+    Ok(())
+}
+
+/// Polls the collector until `complete` holds of its spans, or `deadline`
+/// has passed; returns how long it waited.
+async fn wait_for(
+    collector: &collector::Collector,
+    deadline: Duration,
+    complete: impl Fn(&[collector::Span]) -> bool,
+) -> Duration {
+    let started = tokio::time::Instant::now();
+    loop {
+        let (spans, _) = collector.spans();
+        if complete(&spans) || started.elapsed() >= deadline {
+            return started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
