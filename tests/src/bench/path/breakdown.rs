@@ -330,7 +330,11 @@ mod tests {
         assert_eq!(shortest, [100, 1_000, 100, 200, 100, 500, 500]);
         let longest: Vec<u64> = b.stretches.iter().map(|h| h.max()).collect();
         assert_eq!(longest, [100, 1_100, 100, 200, 100, 520, 580]);
-        assert_eq!((b.total.min(), b.total.len()), (2_600, 2), "both took 2.6 ms");
+        assert_eq!(
+            (b.total.min(), b.total.len()),
+            (2_600, 2),
+            "both took 2.6 ms"
+        );
         assert_eq!(b.asides[2].max(), 2, "two messages in the carry");
     }
 
