@@ -722,3 +722,15 @@ async fn one_run(args: &Args, ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     }
     Ok(rows)
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap's own checks of the flags (ids unique, groups well formed),
+    /// which only a debug build runs at start.
+    #[test]
+    fn the_flags_are_well_formed() {
+        super::Args::command().debug_assert();
+    }
+}

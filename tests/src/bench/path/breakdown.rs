@@ -15,9 +15,10 @@ use crate::bench::report::{histogram, record_micros};
 
 /// The stretches on a message's path, in order: each runs from the
 /// previous one's end to the named point.
-pub const STRETCHES: [&str; 7] = [
+pub const STRETCHES: [&str; 8] = [
     "client -> sender's Send starts (pacer, client, HTTP/2)",
-    "Send starts -> its outbox carry starts (checks, commit, outbox wait)",
+    "Send starts -> its reply, or its carry if sooner (checks, commit)",
+    "-> its outbox carry starts (the batch ahead, reading the outbox)",
     "pair hop: sender's service center -> its roaming system",
     "peer hop: sender's roaming system -> member's roaming system",
     "pair hop: member's roaming system -> its service center",
@@ -27,7 +28,7 @@ pub const STRETCHES: [&str; 7] = [
 
 /// Off the path, for context.
 pub const ASIDES: [&str; 3] = [
-    "the Send call, start to its reply (the sender's ack)",
+    "the Send call, start to its reply (the sender's ack, server side)",
     "the carry attempt, whole (until the member's region acked)",
     "messages per carry",
 ];
@@ -109,7 +110,7 @@ impl<'a> Index<'a> {
     }
 
     /// The points on `receipt`'s path, in µs of wall clock, and its asides.
-    fn path(&self, receipt: &Receipt) -> Option<([u64; 8], [u64; 3])> {
+    fn path(&self, receipt: &Receipt) -> Option<([u64; 9], [u64; 3])> {
         let send = self.sends.get(&receipt.seq)?;
         let deliver = self.delivers.get(&receipt.seq)?;
         let carry = self.carry_of.get(&send.key)?;
@@ -120,6 +121,7 @@ impl<'a> Index<'a> {
         let points = [
             receipt.intended_micros,
             us(send.start_ns),
+            us(send.end_ns.min(carry.start_ns)),
             us(carry.start_ns),
             us(first_hop.start_ns),
             us(second_hop.start_ns),
@@ -324,12 +326,12 @@ mod tests {
         ];
         let b = of(&spans, "g@eu", "eu", "us", &receipts);
         assert_eq!((b.matched, b.unmatched), (2, 1));
-        // Message 1: 900 -> 1000 -> 2100 -> 2200 -> 2400 -> 2500 -> 3000 -> 3500;
-        // message 2: 1000 -> 1100 -> 2100 -> 2200 -> 2400 -> 2500 -> 3020 -> 3600.
+        // Message 1: 900 -> 1000 -> 1900 -> 2100 -> 2200 -> 2400 -> 2500 -> 3000 -> 3500;
+        // message 2: 1000 -> 1100 -> 2000 -> 2100 -> 2200 -> 2400 -> 2500 -> 3020 -> 3600.
         let shortest: Vec<u64> = b.stretches.iter().map(|h| h.min()).collect();
-        assert_eq!(shortest, [100, 1_000, 100, 200, 100, 500, 500]);
+        assert_eq!(shortest, [100, 900, 100, 100, 200, 100, 500, 500]);
         let longest: Vec<u64> = b.stretches.iter().map(|h| h.max()).collect();
-        assert_eq!(longest, [100, 1_100, 100, 200, 100, 520, 580]);
+        assert_eq!(longest, [100, 900, 200, 100, 200, 100, 520, 580]);
         assert_eq!(
             (b.total.min(), b.total.len()),
             (2_600, 2),
@@ -368,6 +370,11 @@ mod tests {
         };
         let b = of(&spans, "g@eu", "eu", "us", &[receipt]);
         assert_eq!(b.matched, 1);
-        assert_eq!(b.stretches[1].max(), 1_500, "send to the second attempt");
+        assert_eq!(b.stretches[1].max(), 100, "the send's own time");
+        assert_eq!(
+            b.stretches[2].max(),
+            1_400,
+            "its reply to the second attempt"
+        );
     }
 }
