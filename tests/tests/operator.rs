@@ -127,6 +127,18 @@ fn patch_eu_us(cluster: &ControlPlane, patch: &str) {
         .unwrap();
 }
 
+/// A control plane with the chart installed for `cluster_name`, the test
+/// namespace, and an operator (`name` in its logs) running as the chart's
+/// ServiceAccount.
+fn operated(cluster_name: &str, name: &str) -> (ControlPlane, Operator) {
+    let cluster = ControlPlane::start().expect("a control plane");
+    install_and_wait(&cluster, cluster_name).unwrap();
+    cluster.kubectl_ok(&["create", "namespace", NS]).unwrap();
+    let kubeconfig = service_account_kubeconfig(&cluster).unwrap();
+    let operator = Operator::start(&kubeconfig, cluster_name, name, &cluster.log_dir());
+    (cluster, operator)
+}
+
 fn reconciles(op: &Operator) -> usize {
     op.log_text().matches("reconciled").count()
 }
@@ -1000,11 +1012,7 @@ fn the_chart_lints_clean_and_its_schema_refuses_bad_values() {
 /// range, naming the field.
 #[test]
 fn a_regions_peer_port_becomes_a_node_port_in_place_and_the_pair_port_never_does() {
-    let cluster = ControlPlane::start().expect("a control plane");
-    install_and_wait(&cluster, "cluster-b").unwrap();
-    cluster.kubectl_ok(&["create", "namespace", NS]).unwrap();
-    let kubeconfig = service_account_kubeconfig(&cluster).unwrap();
-    let _operator = Operator::start(&kubeconfig, "cluster-b", "cluster-b", &cluster.log_dir());
+    let (cluster, _operator) = operated("cluster-b", "cluster-b");
 
     let ap = |peer_service: Option<&str>| {
         let peer_service = peer_service
@@ -1112,11 +1120,7 @@ fn region_condition(
 /// the test plays the cluster's resizer by writing the claim's capacity.
 #[test]
 fn a_regions_data_volume_grows_where_its_class_allows_and_is_refused_elsewhere() {
-    let cluster = ControlPlane::start().expect("a control plane");
-    install_and_wait(&cluster, "default").unwrap();
-    cluster.kubectl_ok(&["create", "namespace", NS]).unwrap();
-    let kubeconfig = service_account_kubeconfig(&cluster).unwrap();
-    let operator = Operator::start(&kubeconfig, "default", "storage", &cluster.log_dir());
+    let (cluster, operator) = operated("default", "storage");
 
     let apply = |name: &str, size: &str, roaming_replicas: i32| {
         let yaml = format!(
@@ -1572,11 +1576,7 @@ fn a_mesh_change_is_announced_on_the_regions_running_pods_and_nothing_else_write
 /// PostgreSQL is needed.
 #[test]
 fn a_region_moves_its_data_center_to_postgres_and_back_and_the_rules_hold() {
-    let cluster = ControlPlane::start().expect("a control plane");
-    install_and_wait(&cluster, "default").unwrap();
-    cluster.kubectl_ok(&["create", "namespace", NS]).unwrap();
-    let kubeconfig = service_account_kubeconfig(&cluster).unwrap();
-    let _operator = Operator::start(&kubeconfig, "default", "postgres", &cluster.log_dir());
+    let (cluster, _operator) = operated("default", "postgres");
 
     let eu = |service_center: &str| {
         format!(
@@ -1811,11 +1811,7 @@ fn a_region_moves_its_data_center_to_postgres_and_back_and_the_rules_hold() {
 /// each change (and dropping the flag when the field goes).
 #[test]
 fn a_regions_max_subscriptions_is_bounded_and_reaches_its_service_center() {
-    let cluster = ControlPlane::start().expect("a control plane");
-    install_and_wait(&cluster, "default").unwrap();
-    cluster.kubectl_ok(&["create", "namespace", NS]).unwrap();
-    let kubeconfig = service_account_kubeconfig(&cluster).unwrap();
-    let _operator = Operator::start(&kubeconfig, "default", "subscriptions", &cluster.log_dir());
+    let (cluster, _operator) = operated("default", "subscriptions");
 
     let eu = |max: &str| {
         format!(
