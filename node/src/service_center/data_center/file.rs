@@ -67,10 +67,7 @@ impl SqliteFile {
         F: FnOnce(&mut dyn Tx) -> Result<T, Error> + Send + 'static,
         T: Send + 'static,
     {
-        let kept = self.recipients.clone();
-        self.writer
-            .write(move |conn| f(&mut SqliteTx::of_writer(conn, &kept)))
-            .await
+        self.writer.write(self.on_writer(f)).await
     }
 
     /// [`Self::write`], then `after` on the writer thread (see
@@ -81,10 +78,7 @@ impl SqliteFile {
         T: Send + 'static,
         A: FnOnce(&mut T) + Send + 'static,
     {
-        let kept = self.recipients.clone();
-        self.writer
-            .write_then(move |conn| f(&mut SqliteTx::of_writer(conn, &kept)), after)
-            .await
+        self.writer.write_then(self.on_writer(f), after).await
     }
 
     /// [`Self::write`] for a write nobody is kept waiting for (see
@@ -94,10 +88,18 @@ impl SqliteFile {
         F: FnOnce(&mut dyn Tx) -> Result<T, Error> + Send + 'static,
         T: Send + 'static,
     {
+        self.writer.write_lazily(self.on_writer(f)).await
+    }
+
+    /// `f` as a job of the writer: its transaction keeps the writer's
+    /// [`Recipients`] up to date.
+    fn on_writer<T, F>(&self, f: F) -> impl FnOnce(&Connection) -> Result<T, Error> + Send + 'static
+    where
+        F: FnOnce(&mut dyn Tx) -> Result<T, Error> + Send + 'static,
+        T: Send + 'static,
+    {
         let kept = self.recipients.clone();
-        self.writer
-            .write_lazily(move |conn| f(&mut SqliteTx::of_writer(conn, &kept)))
-            .await
+        move |conn| f(&mut SqliteTx::of_writer(conn, &kept))
     }
 
     pub async fn read<T, F>(&self, f: F) -> Result<T, Error>
