@@ -85,7 +85,11 @@ impl<'a> Index<'a> {
                 ("outbox.carry", r)
                     if r == local && span.attribute("destination") == Some(remote) =>
                 {
-                    for item in span.parent_key().into_iter().chain(span.links.clone()) {
+                    for item in span
+                        .parent_key()
+                        .into_iter()
+                        .chain(span.links.iter().copied())
+                    {
                         let later = index
                             .carry_of
                             .get(&item)

@@ -87,10 +87,14 @@ impl Collector {
         })
     }
 
-    /// Every span kept so far, and how many were dropped over the bound.
-    pub fn spans(&self) -> (Vec<Span>, u64) {
-        let store = self.store.lock().expect("spans");
-        (store.spans.clone(), store.dropped)
+    /// `f` of every span kept so far (exports wait meanwhile).
+    pub fn with_spans<T>(&self, f: impl FnOnce(&[Span]) -> T) -> T {
+        f(&self.store.lock().expect("spans").spans)
+    }
+
+    /// How many spans were dropped over the bound.
+    pub fn dropped(&self) -> u64 {
+        self.store.lock().expect("spans").dropped
     }
 }
 

@@ -75,30 +75,22 @@ async fn runs(
         let measured = deliver::cross_region(&ctx, d).await?;
         measured.send_row.print();
         measured.deliver_row.print();
-        // Spans reach the collector in batches, a little after the
-        // messages: wait until every receipt's are in, or the deadline.
-        let complete = |spans: &[collector::Span]| {
-            let b = breakdown::of(
-                spans,
-                &measured.group,
-                &d.local,
-                &d.remote,
-                &measured.receipts,
-            );
-            b.unmatched == 0
+        let take = || {
+            collector.with_spans(|spans| {
+                breakdown::of(
+                    spans,
+                    &measured.group,
+                    &d.local,
+                    &d.remote,
+                    &measured.receipts,
+                )
+            })
         };
-        let waited = wait_for(collector, params.span_wait, complete).await;
-        let (spans, dropped) = collector.spans();
+        let (b, waited) = wait_for(params.span_wait, take).await;
+        let dropped = collector.dropped();
         if dropped > 0 {
             println!("  the collector dropped {dropped} spans over its bound");
         }
-        let b = breakdown::of(
-            &spans,
-            &measured.group,
-            &d.local,
-            &d.remote,
-            &measured.receipts,
-        );
         b.print(&format!(
             "run {run}: {} -> @{} -> {}, {} msg/s (waited {:.1} s for the spans)",
             d.local,
@@ -120,18 +112,18 @@ async fn runs(
     Ok(())
 }
 
-/// Polls the collector until `complete` holds of its spans, or `deadline`
-/// has passed; returns how long it waited.
+/// Spans reach the collector in batches, a little after the messages:
+/// takes `breakdown` again until every receipt's spans are in, or
+/// `deadline` has passed; returns the last, and how long it waited.
 async fn wait_for(
-    collector: &collector::Collector,
     deadline: Duration,
-    complete: impl Fn(&[collector::Span]) -> bool,
-) -> Duration {
+    breakdown: impl Fn() -> breakdown::Breakdown,
+) -> (breakdown::Breakdown, Duration) {
     let started = tokio::time::Instant::now();
     loop {
-        let (spans, _) = collector.spans();
-        if complete(&spans) || started.elapsed() >= deadline {
-            return started.elapsed();
+        let b = breakdown();
+        if b.unmatched == 0 || started.elapsed() >= deadline {
+            return (b, started.elapsed());
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
