@@ -28,9 +28,17 @@ fn a_chat_between_regions_through_the_cli() {
         &state,
     );
 
-    // Ready means linked: once endpoints.json is there, every region's
-    // roaming system has its links to the others Up, so the first
-    // cross-region call below finds no region unreachable. Read once.
+    // Ready means linked: endpoints.json is written once every region's
+    // roaming system has had its links to the others Up, so the first
+    // cross-region call below finds no region unreachable.
+    let log = std::fs::read_to_string(local.log()).unwrap();
+    assert!(
+        log.contains("every link between the regions is up"),
+        "local mode was ready without its links: {log}"
+    );
+    // Read once, later: a link may since have missed heartbeats on a loaded
+    // machine (it is then Detoured through the third region), but no
+    // region is cut off from another.
     for region in ["eu", "us", "ap"] {
         let links = ok(local.cli(&["--json", "mesh", "status", "--region", region]));
         let states: Vec<(String, String)> = links
@@ -43,8 +51,10 @@ fn a_chat_between_regions_through_the_cli() {
             .collect();
         assert_eq!(states.len(), 2, "{region}: {links}");
         assert!(
-            states.iter().all(|(_, state)| state == "Up"),
-            "{region}'s links when local mode said it was ready: {states:?}"
+            states
+                .iter()
+                .all(|(_, state)| state == "Up" || state == "Detoured"),
+            "{region}'s links after local mode said it was ready: {states:?}"
         );
     }
 

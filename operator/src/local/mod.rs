@@ -218,7 +218,10 @@ async fn start(
         // do, and a link that comes up later is used at once.
         let list: Vec<String> = not_up.iter().map(ToString::to_string).collect();
         tracing::warn!(
-            "{} link(s) not up after {:?}: {}; serving anyway (each region serves its own              users; calls to an unreachable region fail until its link comes up).              `meridian mesh status --region CODE` shows a region's links; its roaming.log              says why",
+            "{} link(s) not up after {:?}: {}; serving anyway (each region serves its own \
+             users; calls to an unreachable region fail until its link comes up). \
+             `meridian mesh status --region CODE` shows a region's links; its roaming.log \
+             says why",
             not_up.len(),
             links::DEADLINE,
             list.join(", ")
