@@ -162,7 +162,7 @@ fn business_request(bytes: &[u8], flags: u8, time: Option<i64>, mesh: &Mesh) {
             );
         }
     }
-    let result = origin::check(&envelope, Payload::Carry(&request.items), &mesh.verifier);
+    let result = origin::check(&envelope, Payload::Carry(&request.items, request.order.as_ref()), &mesh.verifier);
     refused(&result);
     if result.is_ok() {
         assert_eq!(envelope.source, REGION, "only {REGION}'s key signs here");
@@ -170,13 +170,13 @@ fn business_request(bytes: &[u8], flags: u8, time: Option<i64>, mesh: &Mesh) {
     if flags & 4 != 0 {
         origin::seal(
             &mut envelope,
-            Payload::Carry(&request.items),
+            Payload::Carry(&request.items, request.order.as_ref()),
             &mesh.loaded(),
         )
         .expect("sealed");
         envelope.hops_left = envelope.hops_left.wrapping_sub(1);
         envelope.path.push("relay".into());
-        let result = origin::check(&envelope, Payload::Carry(&request.items), &mesh.verifier);
+        let result = origin::check(&envelope, Payload::Carry(&request.items, request.order.as_ref()), &mesh.verifier);
         refused(&result);
         assert_eq!(result.is_ok(), envelope.source == REGION, "{result:?}");
     }

@@ -52,6 +52,7 @@ pub const CHECKS: &[(&str, Check)] = &[
     ("accounts", accounts),
     ("sessions_issue_rotate_revoke", sessions_issue_rotate_revoke),
     ("outbox_order_and_clear", outbox_order_and_clear),
+    ("carried_runs_take_in_order", carried_runs_take_in_order),
 ];
 
 /// The message of a domain error, and that it is of the expected kind.
@@ -611,4 +612,32 @@ pub fn outbox_order_and_clear(b: &dyn Backend) {
         1,
         "other destinations stay"
     );
+}
+
+pub fn carried_runs_take_in_order(b: &dyn Backend) {
+    let take = |source: &'static str, chain: i64, batch: i64| {
+        tx(b, move |tx| tx.take_batch(source, chain, batch)).unwrap()
+    };
+    assert!(!take("eu", 7, 1), "no run started: a later batch waits");
+    assert!(take("eu", 7, 0), "a run's first batch starts it");
+    assert!(!take("eu", 7, 2), "one ahead of its turn is refused");
+    assert!(take("eu", 7, 1));
+    assert!(take("eu", 7, 1), "the last taken again: a resend");
+    assert!(!take("eu", 8, 2), "another run's batch is not this run's");
+    assert!(take("us", 9, 0) && take("us", 9, 1), "sources run apart");
+    assert!(take("eu", 7, 2), "eu's run goes on where it was");
+    assert!(take("eu", 8, 0), "a new run replaces the old");
+    assert!(
+        !take("eu", 7, 3),
+        "the old run's batches are refused after it"
+    );
+    assert!(take("eu", 8, 1));
+    // A failed transaction leaves the run where it was.
+    let failed = tx(b, |tx| {
+        assert!(tx.take_batch("eu", 8, 2)?);
+        Err::<(), _>(Error::Internal("rolled back".into()))
+    });
+    assert!(failed.is_err());
+    assert!(!take("eu", 8, 3), "the rolled-back take did not stick");
+    assert!(take("eu", 8, 2));
 }

@@ -109,6 +109,7 @@ fn migrations_run_from_empty_and_then_have_nothing_to_do() {
         [
             "accepted",
             "assertions",
+            "carried_runs",
             "groups",
             "members",
             "messages",

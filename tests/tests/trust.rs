@@ -263,6 +263,7 @@ async fn forged_and_unauthenticated_peer_traffic_is_refused() {
         .carry(BusinessRequest {
             envelope: Some(envelope("us", "us")),
             items: vec![submission("lobby@us", "bob@us", "forged", "us")],
+            order: None,
         })
         .await;
     assert!(pair.is_err(), "eu reached us's pair port");
@@ -271,6 +272,7 @@ async fn forged_and_unauthenticated_peer_traffic_is_refused() {
     let forged = BusinessRequest {
         envelope: Some(envelope("ap", "us")),
         items: vec![submission("lobby@us", "cat@ap", "forged as ap", "ap")],
+        order: None,
     };
     assert_eq!(
         carry(&us_peer, as_region(&eu, "us"), forged).await,
@@ -280,6 +282,7 @@ async fn forged_and_unauthenticated_peer_traffic_is_refused() {
     let as_us = BusinessRequest {
         envelope: Some(envelope("us", "us")),
         items: vec![submission("lobby@us", "bob@us", "forged as us", "us")],
+        order: None,
     };
     assert_eq!(
         carry(&us_peer, as_region(&eu, "us"), as_us).await,
@@ -290,11 +293,12 @@ async fn forged_and_unauthenticated_peer_traffic_is_refused() {
     // one byte of its body changed.
     let items = vec![submission("lobby@us", "dan@ap", "signed by ap", "ap")];
     let mut signed = envelope("ap", "us");
-    origin::seal(&mut signed, Payload::Carry(&items), &ap.current()).unwrap();
+    origin::seal(&mut signed, Payload::Carry(&items, None), &ap.current()).unwrap();
     signed.path = vec!["ap".into(), "eu".into()];
     let relayed = BusinessRequest {
         envelope: Some(signed.clone()),
         items: items.clone(),
+        order: None,
     };
     assert_eq!(
         carry(&us_peer, as_region(&eu, "us"), relayed).await,
@@ -308,6 +312,7 @@ async fn forged_and_unauthenticated_peer_traffic_is_refused() {
     let altered = BusinessRequest {
         envelope: Some(signed),
         items: altered,
+        order: None,
     };
     assert_eq!(
         carry(&us_peer, as_region(&eu, "us"), altered).await,
@@ -320,6 +325,7 @@ async fn forged_and_unauthenticated_peer_traffic_is_refused() {
         let forged = BusinessRequest {
             envelope: Some(envelope("eu", to)),
             items: vec![distribution("lobby@us", 2, &[recipient])],
+            order: None,
         };
         assert_eq!(
             carry(url, as_region(&eu, to), forged).await,
@@ -416,6 +422,7 @@ async fn forged_and_unauthenticated_peer_traffic_is_refused() {
             BusinessRequest {
                 envelope: Some(envelope("eu", "us")),
                 items: vec![as_cat.clone()],
+                order: None,
             }
         )
         .await,
@@ -431,6 +438,7 @@ async fn forged_and_unauthenticated_peer_traffic_is_refused() {
             BusinessRequest {
                 envelope: Some(envelope("eu", "us")),
                 items: vec![as_cat],
+                order: None,
             }
         )
         .await,
@@ -445,6 +453,7 @@ async fn forged_and_unauthenticated_peer_traffic_is_refused() {
             BusinessRequest {
                 envelope: Some(envelope("eu", "us")),
                 items: vec![submission("lobby@us", "ann@eu", &huge, "eu")],
+                order: None,
             }
         )
         .await,

@@ -197,6 +197,24 @@ pub struct BusinessRequest {
     pub envelope: ::core::option::Option<Envelope>,
     #[prost(message, repeated, tag = "2")]
     pub items: ::prost::alloc::vec::Vec<Item>,
+    /// The batch's place in its sender's ordered run of batches to the
+    /// destination. The sender keeps several batches in flight; the receiver
+    /// applies one only right after the one before it (or again, after
+    /// itself), so they apply in send order whatever the network does. Signed
+    /// with the items. Without it, the batch is applied as it comes.
+    #[prost(message, optional, tag = "3")]
+    pub order: ::core::option::Option<CarryOrder>,
+}
+/// A run of batches from one sending region to one destination.
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CarryOrder {
+    /// the run: random, new at each (re)start
+    #[prost(int64, tag = "1")]
+    pub chain: i64,
+    /// 0 starts the run; then 1, 2, ...
+    #[prost(int64, tag = "2")]
+    pub batch: i64,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -209,6 +227,10 @@ pub struct BusinessReply {
     /// (it must not block the sender's outbox); its verdict says why.
     #[prost(message, repeated, tag = "2")]
     pub verdicts: ::prost::alloc::vec::Vec<Verdict>,
+    /// Nothing was applied: the batch before this one in its run had not
+    /// been. The sender starts a new run from its oldest unacknowledged item.
+    #[prost(bool, tag = "3")]
+    pub out_of_order: bool,
 }
 /// A group's home on one submission: sequenced (with the canonical message
 /// id: the one the sender's key was first sequenced under), or refused.

@@ -78,7 +78,10 @@ impl Forward for BusinessRequest {
     const TRACED: bool = true;
 
     fn parts(&mut self) -> (Option<&mut Envelope>, Payload<'_>) {
-        (self.envelope.as_mut(), Payload::Carry(&self.items))
+        (
+            self.envelope.as_mut(),
+            Payload::Carry(&self.items, self.order.as_ref()),
+        )
     }
 
     /// Carrying a batch twice does no harm: the receiving service center
@@ -105,7 +108,7 @@ impl Forward for BusinessRequest {
     fn failed(err: Error) -> BusinessReply {
         BusinessReply {
             failure: Some(err.into()),
-            verdicts: Vec::new(),
+            ..Default::default()
         }
     }
 }

@@ -10,6 +10,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use futures::stream::{FuturesOrdered, StreamExt};
 use rand::Rng;
 use tokio::sync::{Notify, Semaphore};
 use tracing::Instrument;
@@ -21,6 +24,7 @@ use super::replicas::{Notice, Replica};
 use super::roaming_client::RoamingClient;
 use super::verdicts::{self, Submitted, Verdicts};
 use crate::limits::MAX_BATCH_ITEMS;
+use crate::proto::peer_api::{CarryOrder, Verdict as WireVerdict};
 use crate::tasks::Tasks;
 use crate::telemetry::ServiceCenterMetrics;
 use crate::telemetry::traces;
@@ -41,6 +45,10 @@ const LEASE_MARGIN: Duration = Duration::from_secs(1);
 const RESCAN: Duration = Duration::from_secs(1);
 /// Bounds a worker's clears in flight; a rescan waits for all of them.
 const CLEARS: u32 = 1 << 16;
+/// Batches a worker keeps in flight to its destination: each goes without
+/// waiting for the one before it to be acknowledged, and the destination
+/// applies them in order (see [`Run`]).
+const WINDOW: usize = 4;
 
 #[derive(Clone)]
 pub struct Outbox {
@@ -134,106 +142,155 @@ impl Outbox {
     }
 
     async fn drain(self, destination: String, notify: Arc<Notify>) {
+        // Acknowledged up to this id, and put in flight up to this one.
         let mut sent_up_to = 0i64;
+        let mut read_up_to = 0i64;
+        let mut run = Run::new();
+        let mut in_flight: FuturesOrdered<BoxFuture<'static, Carried>> = FuturesOrdered::new();
         let mut backoff = FIRST_BACKOFF;
         let mut leased: Option<std::time::Instant> = None;
         let clearing = Arc::new(Semaphore::new(CLEARS as usize));
         let mut rescanned = std::time::Instant::now();
-        // The last read found nothing after `sent_up_to`.
+        // The last read found nothing after `read_up_to`.
         let mut ran_out = false;
         loop {
             // On a shared data center, items may commit below the ids this
             // worker carried (see [`RESCAN`]): it looks again from the
             // oldest item left when it runs out, and at least every
-            // [`RESCAN`] while busy. Elsewhere, running out means waiting.
-            if sent_up_to > 0
+            // [`RESCAN`] while busy, once what it has in flight is back.
+            // Elsewhere, running out means waiting.
+            let mut rescan = sent_up_to > 0
                 && self.replica.is_shared()
-                && (ran_out || rescanned.elapsed() >= RESCAN)
-            {
-                settle(&clearing).await;
-                sent_up_to = 0;
-                rescanned = std::time::Instant::now();
-            } else if ran_out {
-                let _ = tokio::time::timeout(IDLE_CHECK, notify.notified()).await;
+                && (ran_out || rescanned.elapsed() >= RESCAN);
+            if in_flight.is_empty() {
+                if rescan {
+                    settle(&clearing).await;
+                    (sent_up_to, read_up_to, rescan) = (0, 0, false);
+                    rescanned = std::time::Instant::now();
+                } else if ran_out {
+                    let _ = tokio::time::timeout(IDLE_CHECK, notify.notified()).await;
+                }
+                ran_out = false;
             }
-            ran_out = false;
-            if leased.is_none_or(|at| at.elapsed() > LEASE_TTL / 3) {
-                let renewing = std::time::Instant::now();
-                match self.lease(&destination).await {
-                    Ok(true) => leased = Some(renewing),
-                    held_elsewhere => {
-                        if let Err(err) = held_elsewhere {
-                            tracing::warn!(%err, %destination, "outbox lease unknown");
+            if in_flight.len() < run.window() && !ran_out && !rescan {
+                if leased.is_none_or(|at| at.elapsed() > LEASE_TTL / 3) {
+                    let renewing = std::time::Instant::now();
+                    match self.lease(&destination).await {
+                        Ok(true) => leased = Some(renewing),
+                        held_elsewhere => {
+                            if let Err(err) = held_elsewhere {
+                                tracing::warn!(%err, %destination, "outbox lease unknown");
+                            }
+                            // Another replica carries these items now; once
+                            // this one leases again, it starts a new run
+                            // from the oldest item left.
+                            leased = None;
+                            in_flight = FuturesOrdered::new();
+                            (sent_up_to, read_up_to, run) = (0, 0, Run::new());
+                            let _ = tokio::time::timeout(IDLE_CHECK, notify.notified()).await;
+                            continue;
                         }
-                        // Another replica carries these items now; once
-                        // this one leases again, it starts from the oldest
-                        // item left.
-                        leased = None;
-                        sent_up_to = 0;
-                        let _ = tokio::time::timeout(IDLE_CHECK, notify.notified()).await;
-                        continue;
                     }
                 }
-            }
-            let dest = destination.clone();
-            let batch = self
-                .dc
-                .read(move |tx| tx.pending(&dest, sent_up_to, MAX_BATCH_ITEMS))
-                .await;
-            let batch = match batch {
-                Ok(batch) if batch.is_empty() => {
-                    ran_out = true;
-                    continue;
+                let dest = destination.clone();
+                let batch = self
+                    .dc
+                    .read(move |tx| tx.pending(&dest, read_up_to, MAX_BATCH_ITEMS))
+                    .await;
+                match batch {
+                    Ok(batch) if batch.is_empty() => ran_out = true,
+                    Ok(_) if !self.link.in_mesh(&destination) => {
+                        self.depart(&destination).await;
+                        return;
+                    }
+                    Ok(batch) => {
+                        read_up_to = batch.last().map_or(read_up_to, |p| p.id);
+                        in_flight.push_back(self.send(&destination, batch, run.next(), leased));
+                    }
+                    Err(err) => {
+                        tracing::error!(%err, %destination, "outbox unreadable");
+                        tokio::time::sleep(MAX_BACKOFF).await;
+                    }
                 }
-                Ok(batch) => batch,
-                Err(err) => {
-                    tracing::error!(%err, %destination, "outbox unreadable");
-                    tokio::time::sleep(MAX_BACKOFF).await;
+                continue;
+            }
+            // The window is full, or there is nothing more to send now:
+            // the oldest batch's answer, or more items to send meanwhile.
+            let room = in_flight.len() < run.window() && !rescan;
+            let carried = tokio::select! {
+                Some(carried) = in_flight.next() => carried,
+                () = notify.notified(), if room => {
+                    ran_out = false;
                     continue;
                 }
             };
-            if !self.link.in_mesh(&destination) {
-                self.depart(&destination).await;
-                return;
+            match carried.outcome {
+                Ok(Some(reply)) => {
+                    self.metrics.carried(&destination, carried.ids.len());
+                    self.set_failing(&destination, false);
+                    sent_up_to = carried.last_id;
+                    backoff = FIRST_BACKOFF;
+                    run.acknowledged();
+                    let judged = verdicts::judged(carried.submitted, &reply);
+                    self.conclude(&destination, carried.ids, judged, &clearing);
+                }
+                not_applied => {
+                    // What is in flight behind it cannot apply either: a
+                    // new run resends from the oldest unacknowledged item.
+                    in_flight = FuturesOrdered::new();
+                    (read_up_to, run) = (sent_up_to, Run::new());
+                    if let Err(err) = not_applied {
+                        self.set_failing(&destination, true);
+                        self.metrics.carry_failed(&destination);
+                        tracing::debug!(%err, %destination, "outbox delivery failed; retrying");
+                        let jitter = rand::rng().random_range(0.5..1.5);
+                        tokio::time::sleep(backoff.mul_f64(jitter)).await;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    } else {
+                        self.metrics.carry_out_of_order(&destination);
+                        tracing::debug!(%destination, "outbox batch arrived out of order; resending");
+                    }
+                }
             }
-            let ids: Vec<i64> = batch.iter().map(|p| p.id).collect();
-            let last_id = ids.last().copied().unwrap_or(sent_up_to);
-            let span = self.carry_span(&destination, &batch);
-            let items: Vec<_> = batch.into_iter().map(|p| p.item).collect();
-            let count = items.len();
-            let submitted = Submitted::among(&items);
-            // The attempt ends while the lease still runs, so that no other
-            // replica carries this destination while it may be in flight.
-            let lease_left = leased.map_or(Duration::ZERO, |at| {
-                LEASE_TTL.saturating_sub(at.elapsed() + LEASE_MARGIN)
-            });
-            let carried = tokio::time::timeout(lease_left, self.link.carry(&destination, items))
-                .instrument(span)
+        }
+    }
+
+    /// Carries one batch as `order` of its run. The attempt ends while
+    /// the lease still runs, so that no other replica carries this
+    /// destination while it may be in flight.
+    fn send(
+        &self,
+        destination: &str,
+        batch: Vec<Pending>,
+        order: CarryOrder,
+        leased: Option<std::time::Instant>,
+    ) -> BoxFuture<'static, Carried> {
+        let ids: Vec<i64> = batch.iter().map(|p| p.id).collect();
+        let last_id = ids.last().copied().unwrap_or_default();
+        let span = self.carry_span(destination, &batch);
+        let items: Vec<_> = batch.into_iter().map(|p| p.item).collect();
+        let submitted = Submitted::among(&items);
+        let lease_left = leased.map_or(Duration::ZERO, |at| {
+            LEASE_TTL.saturating_sub(at.elapsed() + LEASE_MARGIN)
+        });
+        let (link, destination) = (self.link.clone(), destination.to_owned());
+        async move {
+            let outcome = tokio::time::timeout(lease_left, link.carry(&destination, items, order))
                 .await
                 .unwrap_or_else(|_| {
                     Err(crate::Error::Unavailable(format!(
                         "no answer from {destination} within the outbox lease"
                     )))
                 });
-            match carried {
-                Ok(reply) => {
-                    self.metrics.carried(&destination, count);
-                    self.set_failing(&destination, false);
-                    sent_up_to = last_id;
-                    backoff = FIRST_BACKOFF;
-                    let judged = verdicts::judged(submitted, &reply);
-                    self.conclude(&destination, ids, judged, &clearing);
-                }
-                Err(err) => {
-                    self.set_failing(&destination, true);
-                    self.metrics.carry_failed(&destination);
-                    tracing::debug!(%err, %destination, "outbox delivery failed; retrying");
-                    let jitter = rand::rng().random_range(0.5..1.5);
-                    tokio::time::sleep(backoff.mul_f64(jitter)).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
+            Carried {
+                ids,
+                last_id,
+                submitted,
+                outcome,
             }
         }
+        .instrument(span)
+        .boxed()
     }
 
     /// Hands this replica's destinations to the others (it is stopping,
@@ -361,6 +418,57 @@ impl Outbox {
             }
         });
     }
+}
+
+/// A worker's run of batches to its destination (`CarryOrder` in
+/// peer.proto): the destination applies them in the order of their numbers,
+/// so several can be in flight at once. A run starts with one batch alone
+/// (the destination takes any run's first), and starts again after any
+/// batch is not applied, from the oldest unacknowledged item.
+struct Run {
+    chain: i64,
+    next: i64,
+    /// Whether the destination has applied the run's first batch.
+    started: bool,
+}
+
+impl Run {
+    fn new() -> Self {
+        Self {
+            chain: rand::rng().random(),
+            next: 0,
+            started: false,
+        }
+    }
+
+    /// The next batch's place in the run.
+    fn next(&mut self) -> CarryOrder {
+        let order = CarryOrder {
+            chain: self.chain,
+            batch: self.next,
+        };
+        self.next += 1;
+        order
+    }
+
+    fn acknowledged(&mut self) {
+        self.started = true;
+    }
+
+    /// How many batches may be in flight: one until the run has started.
+    fn window(&self) -> usize {
+        if self.started { WINDOW } else { 1 }
+    }
+}
+
+/// One batch's attempt, answered.
+struct Carried {
+    ids: Vec<i64>,
+    last_id: i64,
+    submitted: Vec<Submitted>,
+    /// The destination's verdicts; `None` when it applied nothing because
+    /// the batch arrived ahead of the one before it.
+    outcome: Result<Option<Vec<WireVerdict>>, crate::Error>,
 }
 
 /// Waits until every clear a worker has in flight has committed: then any

@@ -15,8 +15,8 @@ use crate::limits::MAX_HOPS;
 use crate::mesh::MeshConfig;
 use crate::proto::pair_api::pair_client::PairClient;
 use crate::proto::peer_api::{
-    BusinessRequest, DataReply, DataRequest, Envelope, Item, UserAssertion, Verdict, data_reply,
-    data_request,
+    BusinessRequest, CarryOrder, DataReply, DataRequest, Envelope, Item, UserAssertion, Verdict,
+    data_reply, data_request,
 };
 use crate::transport::{self, Dial};
 use crate::trust::Credentials;
@@ -171,10 +171,20 @@ impl RoamingClient {
 
     /// Carries outbox items to `destination`; `Ok` means it acknowledged
     /// them, with its verdicts on the submissions among them.
-    pub async fn carry(&self, destination: &str, items: Vec<Item>) -> Result<Vec<Verdict>, Error> {
+    /// Carries `items` to `destination` as batch `order` of a run: the
+    /// destination's verdicts on the submissions among them, or `None`
+    /// when it applied nothing because the batch before it in the run was
+    /// not applied (yet).
+    pub async fn carry(
+        &self,
+        destination: &str,
+        items: Vec<Item>,
+        order: CarryOrder,
+    ) -> Result<Option<Vec<Verdict>>, Error> {
         let request = BusinessRequest {
             envelope: Some(self.envelope(destination)),
             items,
+            order: Some(order),
         };
         let reply = self
             .client()?
@@ -184,7 +194,8 @@ impl RoamingClient {
             .into_inner();
         match reply.failure {
             Some(failure) => Err(failure.into()),
-            None => Ok(reply.verdicts),
+            None if reply.out_of_order => Ok(None),
+            None => Ok(Some(reply.verdicts)),
         }
     }
 }

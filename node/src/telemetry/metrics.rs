@@ -171,6 +171,12 @@ impl ServiceCenterMetrics {
         self.outbox_batch(destination, "failed");
     }
 
+    /// An outbox batch that reached `destination` ahead of the batch
+    /// before it, and was not applied; it is resent in a new run.
+    pub fn carry_out_of_order(&self, destination: &str) {
+        self.outbox_batch(destination, "out_of_order");
+    }
+
     /// Outbox rows dropped unsent, because `destination` left the mesh.
     pub fn outbox_dropped(&self, destination: &str, rows: u64) {
         self.outbox_dropped

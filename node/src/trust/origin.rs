@@ -12,7 +12,9 @@ use super::credentials::Loaded;
 use super::verify::Verifier;
 use crate::Error;
 use crate::mesh::topology::{MAX_AGE_MICROS, MAX_AHEAD_MICROS};
-use crate::proto::peer_api::{DataRequest, Envelope, Item, LinkState, Signature, data_request};
+use crate::proto::peer_api::{
+    CarryOrder, DataRequest, Envelope, Item, LinkState, Signature, data_request,
+};
 
 /// A signature older or further in the future than this is refused, which
 /// bounds how long a captured request can be replayed.
@@ -25,18 +27,20 @@ fn refused(what: impl std::fmt::Display) -> Error {
 /// The request fields an envelope's signature covers.
 pub enum Payload<'a> {
     Data(&'a Option<data_request::Op>),
-    Carry(&'a [Item]),
+    /// A carried batch's items, and its place in its sender's run.
+    Carry(&'a [Item], Option<&'a CarryOrder>),
 }
 
 fn signed_bytes(envelope: &Envelope, signed_at_ms: i64, payload: &Payload<'_>) -> Vec<u8> {
     let (label, len) = match payload {
         Payload::Data(_) => ("meridian.peer.v1.DataRequest", 0),
-        Payload::Carry(items) => (
+        Payload::Carry(items, _) => (
             "meridian.peer.v1.BusinessRequest",
             items
                 .iter()
                 .map(|item| prost::encoding::message::encoded_len(ITEMS_TAG, item))
-                .sum(),
+                .sum::<usize>()
+                + 24,
         ),
     };
     let mut bytes = Vec::with_capacity(len + 96);
@@ -54,13 +58,16 @@ fn signed_bytes(envelope: &Envelope, signed_at_ms: i64, payload: &Payload<'_>) -
             };
             bytes.extend_from_slice(&request.encode_to_vec());
         }
-        // What `BusinessRequest { envelope: None, items }` encodes to, the
-        // items written in place rather than copied into a request first:
-        // every carried batch is signed where it leaves its region, and
-        // checked at each relay.
-        Payload::Carry(items) => {
+        // What `BusinessRequest { envelope: None, items, order }` encodes
+        // to, the items written in place rather than copied into a request
+        // first: every carried batch is signed where it leaves its region,
+        // and checked at each relay.
+        Payload::Carry(items, order) => {
             for item in *items {
                 prost::encoding::message::encode(ITEMS_TAG, item, &mut bytes);
+            }
+            if let Some(order) = order {
+                prost::encoding::message::encode(ORDER_TAG, *order, &mut bytes);
             }
         }
     }
@@ -69,6 +76,8 @@ fn signed_bytes(envelope: &Envelope, signed_at_ms: i64, payload: &Payload<'_>) -
 
 /// The field number of `BusinessRequest.items` (peer.proto).
 const ITEMS_TAG: u32 = 2;
+/// The field number of `BusinessRequest.order` (peer.proto).
+const ORDER_TAG: u32 = 3;
 
 /// Signs a request at its source region.
 pub fn seal(
@@ -202,18 +211,25 @@ mod tests {
             path: vec!["eu".into()],
             ..Default::default()
         };
+        let order = CarryOrder {
+            chain: -7,
+            batch: 3,
+        };
         for batch in [&items[..0], &items[..1], &items[..]] {
-            let mut expected = b"meridian.peer.v1.BusinessRequest\0ap\0us\0".to_vec();
-            expected.extend_from_slice(&42i64.to_be_bytes());
-            let request = BusinessRequest {
-                envelope: None,
-                items: batch.to_vec(),
-            };
-            expected.extend_from_slice(&request.encode_to_vec());
-            assert_eq!(
-                signed_bytes(&envelope, 42, &Payload::Carry(batch)),
-                expected
-            );
+            for order in [None, Some(&order)] {
+                let mut expected = b"meridian.peer.v1.BusinessRequest\0ap\0us\0".to_vec();
+                expected.extend_from_slice(&42i64.to_be_bytes());
+                let request = BusinessRequest {
+                    envelope: None,
+                    items: batch.to_vec(),
+                    order: order.copied(),
+                };
+                expected.extend_from_slice(&request.encode_to_vec());
+                assert_eq!(
+                    signed_bytes(&envelope, 42, &Payload::Carry(batch, order)),
+                    expected
+                );
+            }
         }
     }
 
@@ -237,23 +253,29 @@ mod tests {
             destination: "us".into(),
             ..Default::default()
         };
-        seal(&mut envelope, Payload::Carry(&items), &ap.current()).unwrap();
-        check(&envelope, Payload::Carry(&items), &verifier).unwrap();
+        let order = CarryOrder { chain: 1, batch: 2 };
+        let carry = |items| Payload::Carry(items, Some(&order));
+        seal(&mut envelope, carry(&items), &ap.current()).unwrap();
+        check(&envelope, carry(&items), &verifier).unwrap();
+        // The batch's place in its run is signed too: a relay cannot move it.
+        let moved = CarryOrder { chain: 1, batch: 3 };
+        assert!(check(&envelope, Payload::Carry(&items, Some(&moved)), &verifier).is_err());
+        assert!(check(&envelope, Payload::Carry(&items, None), &verifier).is_err());
 
         let mut changed = items.clone();
         if let Some(item::Kind::Submission(s)) = &mut changed[0].kind {
             s.body = "ho".into();
         }
-        assert!(check(&envelope, Payload::Carry(&changed), &verifier).is_err());
+        assert!(check(&envelope, carry(&changed), &verifier).is_err());
         let mut elsewhere = envelope.clone();
         elsewhere.destination = "eu".into();
-        assert!(check(&elsewhere, Payload::Carry(&items), &verifier).is_err());
+        assert!(check(&elsewhere, carry(&items), &verifier).is_err());
         // Times from the wire at the edges of i64 are refused, not a panic
         // (the fuzzer found i64::MIN overflowing the skew check).
         for at in [i64::MIN, i64::MAX, 0] {
             let mut odd = envelope.clone();
             odd.signature.as_mut().unwrap().signed_at_ms = at;
-            assert!(check(&odd, Payload::Carry(&items), &verifier).is_err());
+            assert!(check(&odd, carry(&items), &verifier).is_err());
         }
     }
 }

@@ -6,7 +6,8 @@ use super::groups::GroupOp;
 use crate::Error;
 use crate::ids::Id;
 use crate::proto::peer_api::{
-    BusinessReply, BusinessRequest, DataReply, DataRequest, Item, data_reply, data_request, item,
+    BusinessReply, BusinessRequest, CarryOrder, DataReply, DataRequest, Item, data_reply,
+    data_request, item,
 };
 
 impl BusinessCenter {
@@ -121,22 +122,27 @@ impl BusinessCenter {
     pub async fn handle_carry(&self, request: BusinessRequest) -> BusinessReply {
         let source = request.envelope.map(|e| e.source).unwrap_or_default();
         let checked = super::authority::check_items(&self.region, &source, &request.items)
-            .and_then(|()| self.check_senders(&source, &request.items));
+            .and_then(|()| self.check_senders(&source, &request.items))
+            .and_then(|()| check_order(request.order.as_ref()));
         let received = match checked {
-            Ok(()) => self.receive(source, request.items).await,
+            Ok(()) => self.receive(source, request.items, request.order).await,
             Err(err) => {
                 tracing::warn!(%source, %err, "carried items refused");
                 Err(err)
             }
         };
         match received {
-            Ok(verdicts) => BusinessReply {
-                failure: None,
+            Ok(Some(verdicts)) => BusinessReply {
                 verdicts,
+                ..Default::default()
+            },
+            Ok(None) => BusinessReply {
+                out_of_order: true,
+                ..Default::default()
             },
             Err(err) => BusinessReply {
                 failure: Some(err.into()),
-                verdicts: Vec::new(),
+                ..Default::default()
             },
         }
     }
@@ -164,5 +170,16 @@ impl BusinessCenter {
             }
         }
         Ok(())
+    }
+}
+
+/// A batch's place in its run counts up from 0.
+fn check_order(order: Option<&CarryOrder>) -> Result<(), Error> {
+    match order {
+        Some(order) if order.batch < 0 => Err(Error::InvalidArgument(format!(
+            "order.batch is {}; it counts up from 0",
+            order.batch
+        ))),
+        _ => Ok(()),
     }
 }

@@ -23,7 +23,8 @@ use crate::limits::{
 };
 use crate::proto::client_api::{Delivery, HistoryReply, HistoryRequest, SendReply, SendRequest};
 use crate::proto::peer_api::{
-    Distribution, History, Item, Submission, Verdict as WireVerdict, data_reply, data_request, item,
+    CarryOrder, Distribution, History, Item, Submission, Verdict as WireVerdict, data_reply,
+    data_request, item,
 };
 use crate::service_center::data_center::Tx;
 use crate::service_center::data_center::tx::group_not_found;
@@ -282,12 +283,15 @@ impl BusinessCenter {
     /// returns the verdict on each submission among them, in order. A
     /// submission this region refuses (no such group, not a member) is
     /// acknowledged all the same, so that it cannot block the sender's
-    /// outbox; its verdict tells the sending region why.
+    /// outbox; its verdict tells the sending region why. A batch with an
+    /// `order` applies only in its turn (`Runs::take_batch`): `None` when
+    /// it was not, and nothing was applied.
     pub async fn receive(
         &self,
         source: String,
         items: Vec<Item>,
-    ) -> Result<Vec<WireVerdict>, Error> {
+        order: Option<CarryOrder>,
+    ) -> Result<Option<Vec<WireVerdict>>, Error> {
         let region = self.region.clone();
         let trace = traces::current();
         let replica = self.replica.clone();
@@ -296,6 +300,11 @@ impl BusinessCenter {
             .after_commit(self.in_order.taker(|(_, effects)| effects))
             .write(move |tx| {
                 let mut effects = Effects::traced(trace);
+                if let Some(order) = order
+                    && !tx.take_batch(&source, order.chain, order.batch)?
+                {
+                    return Ok((None, effects));
+                }
                 let mut verdicts = Vec::new();
                 for item in &items {
                     match &item.kind {
@@ -315,7 +324,7 @@ impl BusinessCenter {
                     }
                 }
                 effects.announce(tx, &replica)?;
-                Ok((verdicts, effects))
+                Ok((Some(verdicts), effects))
             })
             .await?;
         self.apply(effects);
@@ -704,15 +713,19 @@ mod tests {
             message_id: "m1".into(),
             seq: 1,
         };
-        let got = center.receive("us".into(), vec![first.clone()]).await;
-        assert_eq!(verdicts(got.unwrap()), [("m1".into(), sequenced.clone())]);
+        let got = center.receive("us".into(), vec![first.clone()], None).await;
+        assert_eq!(
+            verdicts(got.unwrap().expect("no order: applied")),
+            [("m1".into(), sequenced.clone())]
+        );
         let batch = vec![
             first,
             submission("m2", "g@eu", "bob@us"),
             submission("m3", "nope@eu", "bob@us"),
             submission("m4", "g@eu", "cat@ap"),
         ];
-        let got = verdicts(center.receive("us".into(), batch).await.unwrap());
+        let got = center.receive("us".into(), batch, None).await.unwrap();
+        let got = verdicts(got.expect("no order: applied"));
         assert_eq!(got[0], ("m1".into(), sequenced.clone()), "resent");
         assert_eq!(
             got[1],
@@ -736,5 +749,40 @@ mod tests {
         };
         let messages = center.history(&ann, history).await.unwrap().messages;
         assert_eq!(messages.len(), 1, "sequenced once: {messages:?}");
+    }
+
+    /// Batches of a run apply in their turn: one ahead of it applies
+    /// nothing (its submission is not sequenced), and applies once the
+    /// batch before it has.
+    #[tokio::test]
+    async fn a_batch_of_a_run_applies_only_in_its_turn() {
+        let (_dir, center) = for_tests("eu").await;
+        let ann = Id::parse("user", "ann@eu").unwrap();
+        let bob = Id::parse("user", "bob@us").unwrap();
+        let request = CreateGroupRequest {
+            name: "g".into(),
+            ..Default::default()
+        };
+        center.create_group(&ann, request).await.unwrap();
+        center.join_group(&bob, "g@eu").await.unwrap();
+        let order = |batch| Some(CarryOrder { chain: 42, batch });
+        let mut second = submission("m2", "g@eu", "bob@us");
+        if let Some(item::Kind::Submission(s)) = &mut second.kind {
+            s.idempotency_key = "k2".into();
+        }
+        let early = center.receive("us".into(), vec![second.clone()], order(1));
+        assert_eq!(early.await.unwrap(), None, "ahead of its turn");
+        let first = center.receive(
+            "us".into(),
+            vec![submission("m1", "g@eu", "bob@us")],
+            order(0),
+        );
+        let seq_of = |got: Option<Vec<WireVerdict>>| match &verdicts(got.expect("applied"))[..] {
+            [(_, Verdict::Sequenced { seq, .. })] => *seq,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(seq_of(first.await.unwrap()), 1);
+        let then = center.receive("us".into(), vec![second], order(1));
+        assert_eq!(seq_of(then.await.unwrap()), 2, "in its turn, after m1");
     }
 }

@@ -22,6 +22,7 @@ pub mod outbox;
 pub mod postgres;
 pub mod recipients;
 pub mod retention;
+pub mod runs;
 pub mod schema;
 pub mod sessions;
 pub mod sqlite;

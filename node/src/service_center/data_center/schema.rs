@@ -133,6 +133,16 @@ const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE outbox ADD COLUMN traceparent TEXT;
     ",
+    // 7: where each sending region's run of carried batches stands here
+    // (`Runs::take_batch`), so that batches in flight together apply in
+    // the order they were sent.
+    "
+    CREATE TABLE carried_runs (
+        source TEXT PRIMARY KEY,
+        chain INTEGER NOT NULL,
+        batch INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    ",
 ];
 
 /// The schema version this build writes.

@@ -6,9 +6,11 @@
 use rusqlite::Connection;
 
 use super::recipients::Recipients;
-use super::tx::{Accounts, Groups, Messages, Outbox, Page, Pending, Replicas, Rotated, Sessions};
+use super::tx::{
+    Accounts, Groups, Messages, Outbox, Page, Pending, Replicas, Rotated, Runs, Sessions,
+};
 use super::tx::{TokenHash, Tokens};
-use super::{accounts, census, groups, messages, outbox, retention, sessions};
+use super::{accounts, census, groups, messages, outbox, retention, runs, sessions};
 use crate::Error;
 use crate::proto::client_api::{Delivery, GroupInfo, GroupSettings, Role};
 use crate::proto::peer_api::{Item, Verdict};
@@ -295,6 +297,12 @@ impl Outbox for SqliteTx<'_> {
     }
     fn release_leases(&mut self, _holder: &str) -> Result<(), Error> {
         Ok(())
+    }
+}
+
+impl Runs for SqliteTx<'_> {
+    fn take_batch(&mut self, source: &str, chain: i64, batch: i64) -> Result<bool, Error> {
+        runs::take_batch(self.conn, source, chain, batch)
     }
 }
 

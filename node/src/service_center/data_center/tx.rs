@@ -197,6 +197,18 @@ pub trait Outbox {
     fn release_leases(&mut self, holder: &str) -> Result<(), Error>;
 }
 
+/// Where each sending region's run of carried batches stands at this
+/// destination (`CarryOrder` in peer.proto): a sender keeps several batches
+/// in flight, and they apply here in the order it sent them.
+pub trait Runs {
+    /// Takes batch `batch` of run `chain` from `source` when it is the
+    /// run's first (which starts a new run), the one right after the last
+    /// taken, or the last taken again (a resend, applied idempotently);
+    /// whether it was taken. Concurrent takes from one source serialize:
+    /// the loser sees the winner's.
+    fn take_batch(&mut self, source: &str, chain: i64, batch: i64) -> Result<bool, Error>;
+}
+
 /// Word to the region's other service-center replicas that share this data
 /// center: heard once the transaction commits, never if it rolls back.
 pub trait Replicas {
@@ -208,6 +220,6 @@ pub trait Replicas {
 pub const MAX_NOTICE_BYTES: usize = 7900;
 
 /// One transaction of the data center: everything a flow may do in it.
-pub trait Tx: Accounts + Sessions + Groups + Messages + Outbox + Replicas {}
+pub trait Tx: Accounts + Sessions + Groups + Messages + Outbox + Runs + Replicas {}
 
-impl<T: Accounts + Sessions + Groups + Messages + Outbox + Replicas + ?Sized> Tx for T {}
+impl<T: Accounts + Sessions + Groups + Messages + Outbox + Runs + Replicas + ?Sized> Tx for T {}

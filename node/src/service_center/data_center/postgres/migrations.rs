@@ -154,6 +154,19 @@ pub const MIGRATIONS: &[Migration] = &[
     );
     ",
     },
+    Migration {
+        version: 3,
+        description: "carried runs: batches in flight together apply in send order",
+        sql: "
+    -- Where each sending region's run of carried batches stands here
+    -- (`Runs::take_batch`).
+    CREATE TABLE carried_runs (
+        source TEXT PRIMARY KEY,
+        chain BIGINT NOT NULL,
+        batch BIGINT NOT NULL
+    );
+    ",
+    },
 ];
 
 /// The schema version this build writes.

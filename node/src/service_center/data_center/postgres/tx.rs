@@ -13,7 +13,7 @@ use crate::Error;
 use crate::proto::client_api::{Delivery, GroupInfo, GroupSettings, Member, Role};
 use crate::proto::peer_api::{Item, Verdict};
 use crate::service_center::data_center::tx::{
-    Accounts, Groups, MAX_NOTICE_BYTES, Messages, Outbox, Page, Pending, Replicas, Rotated,
+    Accounts, Groups, MAX_NOTICE_BYTES, Messages, Outbox, Page, Pending, Replicas, Rotated, Runs,
     Sessions, TokenHash, Tokens,
 };
 use crate::service_center::data_center::{accounts, groups, messages};
@@ -831,6 +831,30 @@ impl Outbox for PgTx<'_> {
 }
 
 /// NOTIFY on [`CHANNEL`](super::CHANNEL), which every replica LISTENs on.
+/// One statement each way: the UPDATE's row lock serializes two takes
+/// from one source, and READ COMMITTED re-checks the loser's condition
+/// against the winner's row.
+impl Runs for PgTx<'_> {
+    fn take_batch(&mut self, source: &str, chain: i64, batch: i64) -> Result<bool, Error> {
+        let taken = if batch == 0 {
+            self.execute(
+                "starting a carried run",
+                "INSERT INTO carried_runs (source, chain, batch) VALUES ($1, $2, 0)
+                 ON CONFLICT (source) DO UPDATE SET chain = EXCLUDED.chain, batch = 0",
+                &[&source, &chain],
+            )?
+        } else {
+            self.execute(
+                "taking a carried batch",
+                "UPDATE carried_runs SET batch = $3
+                 WHERE source = $1 AND chain = $2 AND batch IN ($3::BIGINT - 1, $3::BIGINT)",
+                &[&source, &chain, &batch],
+            )?
+        };
+        Ok(taken == 1)
+    }
+}
+
 impl Replicas for PgTx<'_> {
     fn announce(&mut self, notice: &str) -> Result<(), Error> {
         if notice.len() > MAX_NOTICE_BYTES {
