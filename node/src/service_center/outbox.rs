@@ -223,6 +223,9 @@ impl Outbox {
                     ran_out = false;
                     continue;
                 }
+                // Nothing in flight (not reached: the window is filled
+                // first whenever it is empty).
+                else => continue,
             };
             match carried.outcome {
                 Ok(Some(reply)) => {

@@ -292,9 +292,15 @@ impl BusinessCenter {
         items: Vec<Item>,
         order: Option<CarryOrder>,
     ) -> Result<Option<Vec<WireVerdict>>, Error> {
+        if let Some(order) = order {
+            self.turns
+                .wait(&source, order, super::turns::TURN_WAIT)
+                .await;
+        }
         let region = self.region.clone();
         let trace = traces::current();
         let replica = self.replica.clone();
+        let from = source.clone();
         let (verdicts, effects) = self
             .dc
             .after_commit(self.in_order.taker(|(_, effects)| effects))
@@ -327,6 +333,9 @@ impl BusinessCenter {
                 Ok((Some(verdicts), effects))
             })
             .await?;
+        if let (Some(order), Some(_)) = (&order, &verdicts) {
+            self.turns.taken(&from, order);
+        }
         self.apply(effects);
         Ok(verdicts)
     }

@@ -15,6 +15,7 @@ mod passwords;
 mod sessions;
 mod subscribe;
 mod throttle;
+mod turns;
 
 use std::sync::Arc;
 
@@ -55,6 +56,8 @@ pub struct BusinessCenter {
     metrics: ServiceCenterMetrics,
     /// Pushes the deliveries of committed writes in commit order.
     in_order: messages::InOrder,
+    /// Where each source's run of carried batches stands here.
+    turns: Arc<turns::Turns>,
     /// Outbox workers and subscriptions: stopped by [`Self::shutdown`].
     tasks: Tasks,
 }
@@ -165,6 +168,7 @@ impl BusinessCenter {
             clock: Clock::system(),
             metrics,
             in_order,
+            turns: Arc::default(),
             tasks,
         };
         if let Some(heard) = heard {
