@@ -227,10 +227,17 @@ pub struct BusinessReply {
     /// (it must not block the sender's outbox); its verdict says why.
     #[prost(message, repeated, tag = "2")]
     pub verdicts: ::prost::alloc::vec::Vec<Verdict>,
-    /// Nothing was applied: the batch before this one in its run had not
-    /// been. The sender starts a new run from its oldest unacknowledged item.
+    /// Nothing was applied: the batch was not the next of its run here (the
+    /// one before it had not applied, or another run replaced its run). The
+    /// sender starts a new run from its oldest unacknowledged item.
     #[prost(bool, tag = "3")]
     pub out_of_order: bool,
+    /// The batch was applied in its run's order. A receiver, or a roaming
+    /// system on the way, from before `order` existed drops the field and
+    /// applies a batch as it comes; without this the sender keeps one batch
+    /// in flight, as it did then.
+    #[prost(bool, tag = "4")]
+    pub ordered: bool,
 }
 /// A group's home on one submission: sequenced (with the canonical message
 /// id: the one the sender's key was first sequenced under), or refused.

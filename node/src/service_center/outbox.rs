@@ -15,16 +15,17 @@ use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, StreamExt};
 use rand::Rng;
 use tokio::sync::{Notify, Semaphore};
+use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 
 use super::data_center::DataCenter;
 use super::data_center::tx::Pending;
 use super::departed::{self, Dropped};
 use super::replicas::{Notice, Replica};
-use super::roaming_client::RoamingClient;
+use super::roaming_client::{Carry, RoamingClient};
 use super::verdicts::{self, Submitted, Verdicts};
 use crate::limits::MAX_BATCH_ITEMS;
-use crate::proto::peer_api::{CarryOrder, Verdict as WireVerdict};
+use crate::proto::peer_api::CarryOrder;
 use crate::tasks::Tasks;
 use crate::telemetry::ServiceCenterMetrics;
 use crate::telemetry::traces;
@@ -228,20 +229,28 @@ impl Outbox {
                 else => continue,
             };
             match carried.outcome {
-                Ok(Some(reply)) => {
+                Ok(Carry::Applied { verdicts, ordered }) => {
                     self.metrics.carried(&destination, carried.ids.len());
                     self.set_failing(&destination, false);
                     sent_up_to = carried.last_id;
                     backoff = FIRST_BACKOFF;
-                    run.acknowledged();
-                    let judged = verdicts::judged(carried.submitted, &reply);
+                    let judged = verdicts::judged(carried.submitted, &verdicts);
                     self.conclude(&destination, carried.ids, judged, &clearing);
+                    if ordered {
+                        run.acknowledged();
+                    } else {
+                        // Applied as it came: the destination, or a roaming
+                        // system on the way, is from before runs. One batch
+                        // at a time keeps the order, as it did then.
+                        in_flight = FuturesOrdered::new();
+                        (read_up_to, run) = (sent_up_to, Run::new());
+                    }
                 }
                 not_applied => {
                     // What is in flight behind it cannot apply either: a
                     // new run resends from the oldest unacknowledged item.
                     in_flight = FuturesOrdered::new();
-                    (read_up_to, run) = (sent_up_to, Run::new());
+                    (read_up_to, run, ran_out) = (sent_up_to, Run::new(), false);
                     if let Err(err) = not_applied {
                         self.set_failing(&destination, true);
                         self.metrics.carry_failed(&destination);
@@ -258,8 +267,9 @@ impl Outbox {
         }
     }
 
-    /// Carries one batch as `order` of its run. The attempt ends while
-    /// the lease still runs, so that no other replica carries this
+    /// Carries one batch as `order` of its run, starting at once (in a task
+    /// of its own, aborted when its answer is dropped). The attempt ends
+    /// while the lease still runs, so that no other replica carries this
     /// destination while it may be in flight.
     fn send(
         &self,
@@ -277,14 +287,22 @@ impl Outbox {
             LEASE_TTL.saturating_sub(at.elapsed() + LEASE_MARGIN)
         });
         let (link, destination) = (self.link.clone(), destination.to_owned());
-        async move {
-            let outcome = tokio::time::timeout(lease_left, link.carry(&destination, items, order))
+        let carry = async move {
+            tokio::time::timeout(lease_left, link.carry(&destination, items, order))
                 .await
                 .unwrap_or_else(|_| {
                     Err(crate::Error::Unavailable(format!(
                         "no answer from {destination} within the outbox lease"
                     )))
-                });
+                })
+        };
+        let carrying = AbortOnDropHandle::new(tokio::spawn(carry.instrument(span)));
+        async move {
+            let outcome = carrying.await.unwrap_or_else(|err| {
+                Err(crate::Error::Internal(format!(
+                    "an outbox carry ended: {err}"
+                )))
+            });
             Carried {
                 ids,
                 last_id,
@@ -292,7 +310,6 @@ impl Outbox {
                 outcome,
             }
         }
-        .instrument(span)
         .boxed()
     }
 
@@ -426,12 +443,14 @@ impl Outbox {
 /// A worker's run of batches to its destination (`CarryOrder` in
 /// peer.proto): the destination applies them in the order of their numbers,
 /// so several can be in flight at once. A run starts with one batch alone
-/// (the destination takes any run's first), and starts again after any
+/// (the destination takes any run's first), and keeps to one until the
+/// destination answers that it applied one in its turn (`ordered`: a
+/// destination from before runs does not). It starts again after any
 /// batch is not applied, from the oldest unacknowledged item.
 struct Run {
     chain: i64,
     next: i64,
-    /// Whether the destination has applied the run's first batch.
+    /// Whether the destination has applied a batch of the run in its turn.
     started: bool,
 }
 
@@ -458,7 +477,8 @@ impl Run {
         self.started = true;
     }
 
-    /// How many batches may be in flight: one until the run has started.
+    /// How many batches may be in flight: one until the destination has
+    /// applied one of the run in its turn.
     fn window(&self) -> usize {
         if self.started { WINDOW } else { 1 }
     }
@@ -469,9 +489,7 @@ struct Carried {
     ids: Vec<i64>,
     last_id: i64,
     submitted: Vec<Submitted>,
-    /// The destination's verdicts; `None` when it applied nothing because
-    /// the batch arrived ahead of the one before it.
-    outcome: Result<Option<Vec<WireVerdict>>, crate::Error>,
+    outcome: Result<Carry, crate::Error>,
 }
 
 /// Waits until every clear a worker has in flight has committed: then any

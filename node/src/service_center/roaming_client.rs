@@ -21,6 +21,20 @@ use crate::proto::peer_api::{
 use crate::transport::{self, Dial};
 use crate::trust::Credentials;
 
+/// What a destination made of a carried batch.
+#[derive(Debug)]
+pub enum Carry {
+    /// Applied, with the verdicts on the submissions among it; `ordered`
+    /// when in its run's turn (a destination, or a roaming system on the
+    /// way, from before runs applies a batch as it comes).
+    Applied {
+        verdicts: Vec<Verdict>,
+        ordered: bool,
+    },
+    /// Not applied: not the next batch of its run there.
+    OutOfOrder,
+}
+
 pub struct RoamingClient {
     config: watch::Receiver<MeshConfig>,
     credentials: Arc<Credentials>,
@@ -171,16 +185,14 @@ impl RoamingClient {
 
     /// Carries outbox items to `destination`; `Ok` means it acknowledged
     /// them, with its verdicts on the submissions among them.
-    /// Carries `items` to `destination` as batch `order` of a run: the
-    /// destination's verdicts on the submissions among them, or `None`
-    /// when it applied nothing because the batch before it in the run was
-    /// not applied (yet).
+    /// Carries `items` to `destination` as batch `order` of a run: what
+    /// the destination made of it.
     pub async fn carry(
         &self,
         destination: &str,
         items: Vec<Item>,
         order: CarryOrder,
-    ) -> Result<Option<Vec<Verdict>>, Error> {
+    ) -> Result<Carry, Error> {
         let request = BusinessRequest {
             envelope: Some(self.envelope(destination)),
             items,
@@ -194,8 +206,11 @@ impl RoamingClient {
             .into_inner();
         match reply.failure {
             Some(failure) => Err(failure.into()),
-            None if reply.out_of_order => Ok(None),
-            None => Ok(Some(reply.verdicts)),
+            None if reply.out_of_order => Ok(Carry::OutOfOrder),
+            None => Ok(Carry::Applied {
+                verdicts: reply.verdicts,
+                ordered: reply.ordered,
+            }),
         }
     }
 }

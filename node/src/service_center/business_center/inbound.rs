@@ -124,6 +124,7 @@ impl BusinessCenter {
         let checked = super::authority::check_items(&self.region, &source, &request.items)
             .and_then(|()| self.check_senders(&source, &request.items))
             .and_then(|()| check_order(request.order.as_ref()));
+        let ordered = request.order.is_some();
         let received = match checked {
             Ok(()) => self.receive(source, request.items, request.order).await,
             Err(err) => {
@@ -134,6 +135,7 @@ impl BusinessCenter {
         match received {
             Ok(Some(verdicts)) => BusinessReply {
                 verdicts,
+                ordered,
                 ..Default::default()
             },
             Ok(None) => BusinessReply {

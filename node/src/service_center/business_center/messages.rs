@@ -284,23 +284,35 @@ impl BusinessCenter {
     /// submission this region refuses (no such group, not a member) is
     /// acknowledged all the same, so that it cannot block the sender's
     /// outbox; its verdict tells the sending region why. A batch with an
-    /// `order` applies only in its turn (`Runs::take_batch`): `None` when
-    /// it was not, and nothing was applied.
+    /// `order` applies only in its turn (`Runs::take_batch`), tried for up
+    /// to [`TURN_WAIT`](super::turns::TURN_WAIT): `None` when it was not,
+    /// and nothing was applied.
     pub async fn receive(
         &self,
         source: String,
         items: Vec<Item>,
         order: Option<CarryOrder>,
     ) -> Result<Option<Vec<WireVerdict>>, Error> {
-        if let Some(order) = order {
-            self.turns
-                .wait(&source, order, super::turns::TURN_WAIT)
-                .await;
+        let (source, items): (Arc<str>, _) = (source.into(), Arc::new(items));
+        let attempt = || self.apply_carried(source.clone(), items.clone(), order);
+        let applied = self.turns.in_turn(super::turns::TURN_WAIT, attempt).await?;
+        if order.is_some() && applied.is_some() {
+            self.turns.taken();
         }
+        Ok(applied)
+    }
+
+    /// One try at applying carried items in one commit; `None` when the
+    /// batch is not in its run's turn.
+    async fn apply_carried(
+        &self,
+        source: Arc<str>,
+        items: Arc<Vec<Item>>,
+        order: Option<CarryOrder>,
+    ) -> Result<Option<Vec<WireVerdict>>, Error> {
         let region = self.region.clone();
         let trace = traces::current();
         let replica = self.replica.clone();
-        let from = source.clone();
         let (verdicts, effects) = self
             .dc
             .after_commit(self.in_order.taker(|(_, effects)| effects))
@@ -312,7 +324,7 @@ impl BusinessCenter {
                     return Ok((None, effects));
                 }
                 let mut verdicts = Vec::new();
-                for item in &items {
+                for item in items.iter() {
                     match &item.kind {
                         Some(item::Kind::Submission(s)) => {
                             let verdict = match sequence(tx, &region, s, Fresh::No, &mut effects) {
@@ -333,9 +345,6 @@ impl BusinessCenter {
                 Ok((Some(verdicts), effects))
             })
             .await?;
-        if let (Some(order), Some(_)) = (&order, &verdicts) {
-            self.turns.taken(&from, order);
-        }
         self.apply(effects);
         Ok(verdicts)
     }

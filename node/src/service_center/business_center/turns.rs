@@ -1,131 +1,143 @@
-//! A batch that arrives ahead of its turn in its run (`CarryOrder`) waits
-//! here, briefly, for the one before it. Batches a sender has in flight
-//! together take separate calls through two roaming systems, so the one
-//! behind now and then overtakes the one ahead; without the wait it would
-//! apply nothing, and the sender would start its run again. The data
-//! center's `Runs::take_batch` stays the judge: this only holds a batch
-//! back while this process knows the run is behind, which it does from
-//! the batches it applied itself (another replica's are not seen here, and
-//! a batch whose run is unknown here goes straight on).
+//! A carried batch that is not in its run's turn here (`CarryOrder`) is
+//! tried again, briefly, before it is refused. Batches a sender has in
+//! flight together take separate calls through two roaming systems, so
+//! the one behind now and then overtakes the one ahead; refused at once, it
+//! would make the sender start its run again. The data center's
+//! `Runs::take_batch` decides each try: a try follows any batch this
+//! process applies, and at least every [`RETRY`], for the batch before it
+//! may apply on another replica sharing the data center.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::future::Future;
 use std::time::Duration;
 
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
-use crate::proto::peer_api::CarryOrder;
+use crate::Error;
 
-/// The longest a batch waits for the one before it. The sender has the
-/// two in flight together, so the one ahead is normally a fraction of a
-/// millisecond behind; one that is lost is not coming.
+/// The longest a batch is tried for. The sender has the batch before it in
+/// flight too, so that one is normally a fraction of a millisecond behind;
+/// one that is lost is not coming.
 pub const TURN_WAIT: Duration = Duration::from_millis(50);
 
-/// Where each source's run stands, by the batches this process applied.
-/// Keyed by the source region the roaming system proved, so it holds one
-/// entry per region of the mesh at most.
+/// How often a batch is tried when no batch applies here meanwhile.
+const RETRY: Duration = Duration::from_millis(5);
+
+/// Wakes the batches waiting for their turn when one applies here.
 #[derive(Default)]
 pub struct Turns {
-    taken: Mutex<HashMap<String, (i64, i64)>>,
-    changed: Notify,
+    taken: Notify,
 }
 
 impl Turns {
-    /// Waits until batch `order` from `source` is in its turn here, or the
-    /// run is not known to be behind it, for at most `within`.
-    pub async fn wait(&self, source: &str, order: CarryOrder, within: Duration) {
-        let deadline = tokio::time::Instant::now() + within;
+    /// A batch of a run applied here.
+    pub fn taken(&self) {
+        self.taken.notify_waiters();
+    }
+
+    /// Runs `attempt` until it applies (`Some`), fails, or `within` has
+    /// passed (`None`): again after each batch taken here, and every
+    /// [`RETRY`] besides.
+    pub async fn in_turn<T, F, Fut>(
+        &self,
+        within: Duration,
+        mut attempt: F,
+    ) -> Result<Option<T>, Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<Option<T>, Error>>,
+    {
+        let deadline = Instant::now() + within;
         loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            // Registered before the check, so no change after it is missed.
-            changed.as_mut().enable();
-            if !self.behind(source, &order) {
-                return;
+            let taken = self.taken.notified();
+            tokio::pin!(taken);
+            // Registered before the try, so a take during it is not missed.
+            taken.as_mut().enable();
+            if let Some(applied) = attempt().await? {
+                return Ok(Some(applied));
             }
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                return;
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
             }
+            let _ = tokio::time::timeout_at(deadline.min(now + RETRY), taken).await;
         }
-    }
-
-    /// Batch `order` from `source` applied here.
-    pub fn taken(&self, source: &str, order: &CarryOrder) {
-        self.taken
-            .lock()
-            .expect("carried runs")
-            .insert(source.to_owned(), (order.chain, order.batch));
-        self.changed.notify_waiters();
-    }
-
-    /// Whether `source`'s run is here known to be more than one batch
-    /// behind `order`.
-    fn behind(&self, source: &str, order: &CarryOrder) -> bool {
-        let taken = self.taken.lock().expect("carried runs");
-        matches!(taken.get(source), Some(&(chain, batch)) if chain == order.chain && batch < order.batch - 1)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     use super::*;
 
     /// Longer than any test runs: a wait this long would fail it.
     const LONG: Duration = Duration::from_secs(600);
-    /// Ample for a call that does not wait, on a loaded machine.
-    const PROMPTLY: Duration = Duration::from_secs(20);
 
-    fn order(batch: i64) -> CarryOrder {
-        CarryOrder { chain: 5, batch }
+    #[tokio::test]
+    async fn a_batch_in_its_turn_is_tried_once() {
+        let turns = Turns::default();
+        let tries = AtomicUsize::new(0);
+        let got = turns.in_turn(LONG, || async {
+            tries.fetch_add(1, Ordering::SeqCst);
+            Ok(Some(7))
+        });
+        assert_eq!(got.await.unwrap(), Some(7));
+        assert_eq!(tries.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
-    async fn a_batch_ahead_waits_for_the_one_before_it() {
+    async fn a_batch_ahead_applies_once_the_one_before_it_has() {
         let turns = Arc::new(Turns::default());
-        turns.taken("eu", &order(0));
+        let before_applied = Arc::new(AtomicBool::new(false));
         let waiting = {
-            let turns = turns.clone();
-            tokio::spawn(async move { turns.wait("eu", order(2), LONG).await })
+            let (turns, before_applied) = (turns.clone(), before_applied.clone());
+            tokio::spawn(async move {
+                let attempt = || {
+                    let applied = before_applied.load(Ordering::SeqCst);
+                    async move { Ok(applied.then_some("applied")) }
+                };
+                turns.in_turn(LONG, attempt).await
+            })
         };
         tokio::task::yield_now().await;
         assert!(
             !waiting.is_finished(),
-            "batch 2 waits while the run is at 0"
+            "refused while the one before it is not in"
         );
-        turns.taken("eu", &order(1));
-        tokio::time::timeout(PROMPTLY, waiting)
+        before_applied.store(true, Ordering::SeqCst);
+        turns.taken();
+        let got = tokio::time::timeout(Duration::from_secs(20), waiting)
             .await
-            .expect("let go once batch 1 applied")
-            .unwrap();
+            .expect("tried again once the one before it applied");
+        assert_eq!(got.unwrap().unwrap(), Some("applied"));
     }
 
     #[tokio::test]
-    async fn a_batch_waits_no_longer_than_its_bound() {
+    async fn a_batch_never_in_its_turn_is_refused_after_its_bound_having_been_tried_again() {
         let turns = Turns::default();
-        turns.taken("eu", &order(0));
+        let tries = AtomicUsize::new(0);
+        let bound = Duration::from_millis(30);
         let started = std::time::Instant::now();
-        let bound = Duration::from_millis(20);
-        tokio::time::timeout(PROMPTLY, turns.wait("eu", order(3), bound))
-            .await
-            .expect("gave up at its bound");
-        assert!(started.elapsed() >= bound, "it waited for the batch before");
+        let got = turns.in_turn(bound, || async {
+            tries.fetch_add(1, Ordering::SeqCst);
+            Ok(None::<()>)
+        });
+        assert_eq!(got.await.unwrap(), None);
+        assert!(started.elapsed() >= bound);
+        assert!(
+            tries.load(Ordering::SeqCst) >= 2,
+            "tried again while waiting"
+        );
     }
 
     #[tokio::test]
-    async fn a_batch_of_an_unknown_run_or_in_its_turn_does_not_wait() {
+    async fn a_failed_try_ends_the_wait_with_its_error() {
         let turns = Turns::default();
-        let no_wait = |source: &'static str, order: CarryOrder| {
-            tokio::time::timeout(PROMPTLY, turns.wait(source, order, LONG))
-        };
-        no_wait("eu", order(3)).await.expect("an unknown run");
-        turns.taken("eu", &order(2));
-        no_wait("eu", order(3)).await.expect("the next batch");
-        no_wait("eu", order(2)).await.expect("the last one again");
-        no_wait("eu", CarryOrder { chain: 6, batch: 9 })
-            .await
-            .expect("another run");
-        no_wait("us", order(9)).await.expect("another source");
+        let got = turns.in_turn(LONG, || async {
+            Err::<Option<()>, _>(Error::Unavailable("down".into()))
+        });
+        assert!(matches!(got.await, Err(Error::Unavailable(_))));
     }
 }

@@ -830,10 +830,11 @@ impl Outbox for PgTx<'_> {
     }
 }
 
-/// NOTIFY on [`CHANNEL`](super::CHANNEL), which every replica LISTENs on.
-/// One statement each way: the UPDATE's row lock serializes two takes
-/// from one source, and READ COMMITTED re-checks the loser's condition
-/// against the winner's row.
+/// One statement each way. A batch that races the take of the one before
+/// it (uncommitted on another replica) sees the older row and is refused:
+/// the receiver tries it again shortly (`business_center::turns`). A
+/// resend of the batch being taken waits on the row lock, and READ
+/// COMMITTED re-checks it against the new row.
 impl Runs for PgTx<'_> {
     fn take_batch(&mut self, source: &str, chain: i64, batch: i64) -> Result<bool, Error> {
         let taken = if batch == 0 {
@@ -855,6 +856,7 @@ impl Runs for PgTx<'_> {
     }
 }
 
+/// NOTIFY on [`CHANNEL`](super::CHANNEL), which every replica LISTENs on.
 impl Replicas for PgTx<'_> {
     fn announce(&mut self, notice: &str) -> Result<(), Error> {
         if notice.len() > MAX_NOTICE_BYTES {
