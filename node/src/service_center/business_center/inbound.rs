@@ -185,3 +185,69 @@ fn check_order(order: Option<&CarryOrder>) -> Result<(), Error> {
         _ => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::client_api::CreateGroupRequest;
+    use crate::proto::peer_api::{Code, Envelope, Submission};
+    use crate::service_center::business_center::for_tests;
+
+    fn carried(n: u8, order: Option<CarryOrder>) -> BusinessRequest {
+        let id = format!("0190b8a4-6d3e-7c2a-9f1b-{n:012x}");
+        BusinessRequest {
+            envelope: Some(Envelope {
+                source: "us".into(),
+                destination: "eu".into(),
+                ..Default::default()
+            }),
+            items: vec![Item {
+                kind: Some(item::Kind::Submission(Submission {
+                    message_id: id,
+                    group: "g@eu".into(),
+                    sender: "bob@us".into(),
+                    body: "hi".into(),
+                    sent_at_ms: 1,
+                    origin: "us".into(),
+                    ..Default::default()
+                })),
+            }],
+            order,
+        }
+    }
+
+    /// The reply says whether the batch was applied in its run's turn: a
+    /// sender keeps several batches in flight only on that word, which a
+    /// destination from before runs never gives.
+    #[tokio::test]
+    async fn the_reply_says_a_batch_applied_in_its_turn_and_when_it_did_not() {
+        let (_dir, center) = for_tests("eu").await;
+        let ann = Id::parse("user", "ann@eu").unwrap();
+        let bob = Id::parse("user", "bob@us").unwrap();
+        let request = CreateGroupRequest {
+            name: "g".into(),
+            ..Default::default()
+        };
+        center.create_group(&ann, request).await.unwrap();
+        center.join_group(&bob, "g@eu").await.unwrap();
+        let order = |batch| Some(CarryOrder { chain: 3, batch });
+
+        let first = center.handle_carry(carried(1, order(0))).await;
+        assert!(
+            first.failure.is_none() && first.ordered && !first.out_of_order,
+            "{first:?}"
+        );
+        assert_eq!(first.verdicts.len(), 1);
+        let unordered = center.handle_carry(carried(2, None)).await;
+        assert!(unordered.failure.is_none() && !unordered.ordered);
+        assert_eq!(unordered.verdicts.len(), 1);
+        let ahead = center.handle_carry(carried(3, order(2))).await;
+        assert!(ahead.out_of_order && !ahead.ordered, "{ahead:?}");
+        assert!(ahead.verdicts.is_empty(), "nothing applied");
+        let negative = center.handle_carry(carried(4, order(-1))).await;
+        assert_eq!(
+            negative.failure.map(|f| f.code()),
+            Some(Code::InvalidArgument)
+        );
+    }
+}
