@@ -21,7 +21,7 @@ use crate::Error;
 pub const TURN_WAIT: Duration = Duration::from_millis(50);
 
 /// How often a batch is tried when no batch applies here meanwhile.
-const RETRY: Duration = Duration::from_millis(5);
+const RETRY: Duration = Duration::from_millis(2);
 
 /// Wakes the batches waiting for their turn when one applies here.
 #[derive(Default)]

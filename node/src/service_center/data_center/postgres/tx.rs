@@ -830,29 +830,40 @@ impl Outbox for PgTx<'_> {
     }
 }
 
-/// One statement each way. A batch that races the take of the one before
-/// it (uncommitted on another replica) sees the older row and is refused:
-/// the receiver tries it again shortly (`business_center::turns`). A
-/// resend of the batch being taken waits on the row lock, and READ
-/// COMMITTED re-checks it against the new row.
+/// A later batch locks its source's row before it looks: a take of the
+/// batch before it that another replica has made but not committed holds
+/// the lock, so this one waits for that commit and then sees it (READ
+/// COMMITTED reads the row anew). One that arrives before the batch before
+/// it has begun is refused, and the receiver tries it again shortly
+/// (`business_center::turns`).
 impl Runs for PgTx<'_> {
     fn take_batch(&mut self, source: &str, chain: i64, batch: i64) -> Result<bool, Error> {
-        let taken = if batch == 0 {
+        if batch == 0 {
             self.execute(
                 "starting a carried run",
                 "INSERT INTO carried_runs (source, chain, batch) VALUES ($1, $2, 0)
                  ON CONFLICT (source) DO UPDATE SET chain = EXCLUDED.chain, batch = 0",
                 &[&source, &chain],
-            )?
-        } else {
+            )?;
+            return Ok(true);
+        }
+        let row = self.query_opt(
+            "locking a carried run",
+            "SELECT chain, batch FROM carried_runs WHERE source = $1 FOR UPDATE",
+            &[&source],
+        )?;
+        let in_turn = row.is_some_and(|row| {
+            let (at_chain, at_batch): (i64, i64) = (row.get(0), row.get(1));
+            at_chain == chain && (at_batch == batch - 1 || at_batch == batch)
+        });
+        if in_turn {
             self.execute(
                 "taking a carried batch",
-                "UPDATE carried_runs SET batch = $3
-                 WHERE source = $1 AND chain = $2 AND batch IN ($3::BIGINT - 1, $3::BIGINT)",
-                &[&source, &chain, &batch],
-            )?
-        };
-        Ok(taken == 1)
+                "UPDATE carried_runs SET batch = $2 WHERE source = $1",
+                &[&source, &batch],
+            )?;
+        }
+        Ok(in_turn)
     }
 }
 
