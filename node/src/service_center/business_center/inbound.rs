@@ -189,9 +189,8 @@ fn check_order(order: Option<&CarryOrder>) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::client_api::CreateGroupRequest;
     use crate::proto::peer_api::{Code, Envelope, Submission};
-    use crate::service_center::business_center::for_tests;
+    use crate::service_center::business_center::with_group_joined_from_us;
 
     fn carried(n: u8, order: Option<CarryOrder>) -> BusinessRequest {
         let id = format!("0190b8a4-6d3e-7c2a-9f1b-{n:012x}");
@@ -221,15 +220,7 @@ mod tests {
     /// destination from before runs never gives.
     #[tokio::test]
     async fn the_reply_says_a_batch_applied_in_its_turn_and_when_it_did_not() {
-        let (_dir, center) = for_tests("eu").await;
-        let ann = Id::parse("user", "ann@eu").unwrap();
-        let bob = Id::parse("user", "bob@us").unwrap();
-        let request = CreateGroupRequest {
-            name: "g".into(),
-            ..Default::default()
-        };
-        center.create_group(&ann, request).await.unwrap();
-        center.join_group(&bob, "g@eu").await.unwrap();
+        let (_dir, center, _ann) = with_group_joined_from_us().await;
         let order = |batch| Some(CarryOrder { chain: 3, batch });
 
         let first = center.handle_carry(carried(1, order(0))).await;

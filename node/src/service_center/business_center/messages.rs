@@ -637,7 +637,7 @@ fn deliver_here(
 mod tests {
     use super::*;
     use crate::proto::client_api::CreateGroupRequest;
-    use crate::service_center::business_center::for_tests;
+    use crate::service_center::business_center::{for_tests, with_group_joined_from_us};
 
     fn submission(id: &str, group: &str, sender: &str) -> Item {
         Item {
@@ -716,15 +716,7 @@ mod tests {
     /// again; refusals are verdicts, not failures of the batch.
     #[tokio::test]
     async fn the_home_judges_every_submission_and_sequences_a_key_once() {
-        let (_dir, center) = for_tests("eu").await;
-        let ann = Id::parse("user", "ann@eu").unwrap();
-        let bob = Id::parse("user", "bob@us").unwrap();
-        let request = CreateGroupRequest {
-            name: "g".into(),
-            ..Default::default()
-        };
-        center.create_group(&ann, request).await.unwrap();
-        center.join_group(&bob, "g@eu").await.unwrap();
+        let (_dir, center, ann) = with_group_joined_from_us().await;
 
         let first = submission("m1", "g@eu", "bob@us");
         let sequenced = Verdict::Sequenced {
@@ -774,15 +766,7 @@ mod tests {
     /// batch before it has.
     #[tokio::test]
     async fn a_batch_of_a_run_applies_only_in_its_turn() {
-        let (_dir, center) = for_tests("eu").await;
-        let ann = Id::parse("user", "ann@eu").unwrap();
-        let bob = Id::parse("user", "bob@us").unwrap();
-        let request = CreateGroupRequest {
-            name: "g".into(),
-            ..Default::default()
-        };
-        center.create_group(&ann, request).await.unwrap();
-        center.join_group(&bob, "g@eu").await.unwrap();
+        let (_dir, center, _ann) = with_group_joined_from_us().await;
         let order = |batch| Some(CarryOrder { chain: 42, batch });
         let mut second = submission("m2", "g@eu", "bob@us");
         if let Some(item::Kind::Submission(s)) = &mut second.kind {

@@ -250,6 +250,23 @@ fn check_len(field: &str, value: &str, max: usize) -> Result<(), Error> {
     Ok(())
 }
 
+/// eu's business center for unit tests, with group `g@eu` that `ann@eu`
+/// created and `bob@us` joined: what submissions carried from us go to.
+/// Also returns ann.
+#[cfg(test)]
+pub(crate) async fn with_group_joined_from_us() -> (tempfile::TempDir, BusinessCenter, Id) {
+    let (dir, center) = for_tests("eu").await;
+    let ann = Id::parse("user", "ann@eu").unwrap();
+    let bob = Id::parse("user", "bob@us").unwrap();
+    let request = crate::proto::client_api::CreateGroupRequest {
+        name: "g".into(),
+        ..Default::default()
+    };
+    center.create_group(&ann, request).await.unwrap();
+    center.join_group(&bob, "g@eu").await.unwrap();
+    (dir, center, ann)
+}
+
 /// A business center for unit tests: a fresh data center, and a roaming
 /// system that is not running (so only this region's records are served).
 #[cfg(test)]
