@@ -66,7 +66,7 @@ pub fn incoming(
     listener: tokio::net::TcpListener,
     tls: ServerTls,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<crate::trust::tls::TlsConn, std::io::Error>> {
-    crate::trust::tls::incoming(listener, tls)
+    crate::trust::accept::incoming(listener, tls)
 }
 
 /// The connections of a port served without TLS (a client API that has no

@@ -8,28 +8,19 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 use tonic::transport::server::Connected;
 
 use super::credentials::Credentials;
 use super::pki::Identity;
-use super::verify::identity_of;
 use crate::Error;
-
-/// How long a client has to finish its handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Handshakes in progress on one port; further connections are closed at
-/// once until one finishes.
-pub const MAX_HANDSHAKES: usize = 256;
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -155,6 +146,12 @@ pub struct TlsConn {
     info: PeerInfo,
 }
 
+impl TlsConn {
+    pub(super) fn new(stream: tokio_rustls::server::TlsStream<TcpStream>, info: PeerInfo) -> Self {
+        Self { stream, info }
+    }
+}
+
 impl Connected for TlsConn {
     type ConnectInfo = PeerInfo;
 
@@ -203,10 +200,6 @@ impl AsyncWrite for TlsConn {
     }
 }
 
-/// The TLS connections a bound listener accepts, handshaken with the
-/// credentials current at each accept. Handshakes run concurrently, each
-/// within [`HANDSHAKE_TIMEOUT`], at most [`MAX_HANDSHAKES`] at once; a
-/// refused one is logged and never reaches the server.
 /// What a server port presents, and whether it asks for a mesh certificate.
 #[derive(Clone)]
 pub enum ServerTls {
@@ -217,7 +210,7 @@ pub enum ServerTls {
 }
 
 impl ServerTls {
-    fn config(&self) -> Arc<ServerConfig> {
+    pub(super) fn config(&self) -> Arc<ServerConfig> {
         match self {
             ServerTls::Region(credentials, ClientAuth::Required) => {
                 credentials.current().configs.mutual_server.clone()
@@ -229,80 +222,12 @@ impl ServerTls {
         }
     }
 
-    fn auth(&self) -> ClientAuth {
+    pub(super) fn auth(&self) -> ClientAuth {
         match self {
             ServerTls::Region(_, auth) => *auth,
             ServerTls::Cert(_) => ClientAuth::None,
         }
     }
-}
-
-pub fn incoming(
-    listener: TcpListener,
-    tls: ServerTls,
-) -> tokio_stream::wrappers::ReceiverStream<Result<TlsConn, std::io::Error>> {
-    let auth = tls.auth();
-    let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(async move {
-        let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
-        loop {
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
-                () = tx.closed() => return,
-            };
-            let (tcp, addr) = match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    // Out of descriptors, for example: back off, keep serving.
-                    tracing::warn!(%err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-                tracing::warn!(%addr, "too many handshakes in progress; connection closed");
-                continue;
-            };
-            let _ = tcp.set_nodelay(true);
-            let config = tls.config();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let _permit = permit;
-                let handshake = TlsAcceptor::from(config).accept(tcp);
-                let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(err)) => {
-                        tracing::info!(%addr, %err, "TLS handshake refused");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::info!(%addr, "TLS handshake timed out");
-                        return;
-                    }
-                };
-                let identity = match auth {
-                    ClientAuth::None => None,
-                    ClientAuth::Required => {
-                        let leaf = stream
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|c| c.first());
-                        match leaf.map(identity_of) {
-                            Some(Ok(identity)) => Some(identity),
-                            _ => {
-                                tracing::info!(%addr, "client certificate names no Meridian identity");
-                                return;
-                            }
-                        }
-                    }
-                };
-                let info = PeerInfo { addr, identity };
-                let _ = tx.send(Ok(TlsConn { stream, info })).await;
-            });
-        }
-    });
-    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 /// How a channel authenticates the server it dials.
@@ -358,6 +283,8 @@ pub async fn connect(
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+
+    use tokio_rustls::TlsAcceptor;
 
     use super::*;
     use crate::trust::pki::{DEFAULT_LIFETIME, MeshCa};
