@@ -36,6 +36,12 @@ impl Stop {
     pub fn is_requested(&self) -> bool {
         self.0.is_cancelled()
     }
+
+    /// [`Stop::requested`] as a future that owns what it waits on: for a
+    /// holder that polls it many times over its life, registered once.
+    pub fn into_requested(self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.0.cancelled_owned()
+    }
 }
 
 impl Tasks {

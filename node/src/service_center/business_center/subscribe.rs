@@ -1,11 +1,22 @@
 //! Subscribe with resume: replay what the client missed after its cursors,
 //! then stream live deliveries, with no gap and no duplicate per stream,
 //! and the verdicts on the subscriber's queued sends as they come.
+//!
+//! The stream is pulled. A subscription is not a task of its own: the
+//! response body polls [`Session::next`], which takes what is ready from
+//! the hub, or does the next step of the work before it (a history page of
+//! the replay, of a gap, of a resync). So an event goes from the hub to the
+//! body's task directly, where a task of its own took it first and then
+//! handed it on, a wake-up more per event; and an idle subscription holds
+//! no task and no second buffer. The body is polled only while the
+//! client's HTTP/2 window is open, so a slow client leaves its events in
+//! the hub's bounded buffer, which cuts it off when full, as before.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
 
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::BusinessCenter;
 use crate::Error;
@@ -14,10 +25,7 @@ use crate::limits::{HISTORY_PAGE_BYTES, MAX_CURSORS, MAX_HISTORY_PAGE};
 use crate::proto::client_api::{Cursor, Delivery, Event, HistoryRequest, event};
 use crate::service_center::hub::Subscription;
 
-pub type EventStream = ReceiverStream<Result<Event, Error>>;
-
-/// The subscriber went away.
-struct Gone;
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<Event, Error>> + Send>>;
 
 /// On a data center shared by replicas, a subscription that has had no
 /// event for this long reads this region's records of its groups after its
@@ -30,9 +38,46 @@ const RESYNC_IDLE: std::time::Duration = std::time::Duration::from_secs(5);
 struct Session {
     center: BusinessCenter,
     actor: Id,
+    live: Subscription,
+    /// The service center's stop, which ends the stream.
+    stopped: Pin<Box<WaitForCancellationFutureOwned>>,
     /// The last `seq` sent on this stream, per group.
     last: HashMap<String, u64>,
-    out: mpsc::Sender<Result<Event, Error>>,
+    /// Events to send before anything else is done: at most a history
+    /// page of them, or what one live event adds.
+    ready: VecDeque<Event>,
+    work: Work,
+    end: End,
+}
+
+/// What is to be done before the next live event, in this order, a page
+/// at a time.
+#[derive(Default)]
+struct Work {
+    /// A history read under way.
+    catching: Option<CatchUp>,
+    /// Deliveries a resync read, each to pass through [`Session::live`].
+    checking: VecDeque<Delivery>,
+    /// Groups whose records a resync has still to read.
+    resync: Vec<String>,
+    /// Groups whose cursors the replay has still to catch up from.
+    replay: Vec<String>,
+}
+
+/// A group's messages after the stream's cursor, up to `until`; then
+/// `then`, the live delivery that found the gap, unless it was sent.
+struct CatchUp {
+    group: String,
+    until: Option<u64>,
+    then: Option<Delivery>,
+}
+
+/// Whether the stream goes on, and how it ends.
+enum End {
+    Open,
+    /// The events ready are sent, then this error (or none), then the end.
+    After(Option<Error>),
+    Ended,
 }
 
 impl BusinessCenter {
@@ -48,152 +93,181 @@ impl BusinessCenter {
             super::messages::check_seq(&format!("cursors[{i}].last_seq"), cursor.last_seq)?;
             last.insert(cursor.group, cursor.last_seq);
         }
-        let (out, rx) = mpsc::channel(256);
         // Attach before replaying, so nothing sequenced meanwhile is missed.
-        let subscription = self.hub.attach(actor.as_str())?;
+        let live = self.hub.attach(actor.as_str())?;
         let session = Session {
             center: self.clone(),
             actor: actor.clone(),
+            live,
+            stopped: Box::pin(self.tasks.stop_signal().into_requested()),
+            work: Work {
+                replay: last.keys().cloned().collect(),
+                ..Work::default()
+            },
             last,
-            out,
+            ready: VecDeque::new(),
+            end: End::Open,
         };
-        // A stop drops the stream's sender, which ends the client's stream.
-        // Boxed, so the task's wrapper (`spawn_until_stopped`) holds a
-        // pointer to it: a future moved into an async block that then moves
-        // it again may take its place twice there.
-        self.tasks
-            .spawn_until_stopped(Box::pin(session.run(subscription)));
-        Ok(ReceiverStream::new(rx))
+        Ok(Box::pin(futures::stream::unfold(
+            session,
+            |mut session| async move {
+                let event = session.next().await?;
+                Some((event, session))
+            },
+        )))
     }
 }
 
 impl Session {
-    /// Replays what the stream's cursors missed, then streams live events
-    /// until the subscriber goes, the hub cuts it off or it fails.
-    ///
-    /// This future is the subscription's task, held for as long as the
-    /// subscription lives, mostly idle. Reading history (the replay, a gap,
-    /// a resync) happens at the start and rarely afterwards, so those
-    /// futures are boxed: their state is allocated only while they run,
-    /// instead of making every idle task as large as the largest of them.
-    async fn run(mut self, mut live: Subscription) {
-        let groups: Vec<String> = self.last.keys().cloned().collect();
-        for group in groups {
-            // Boxed in a statement of its own: a temporary in the statement
-            // that awaits would still take its place in this future.
-            let caught_up = Box::pin(self.catch_up(&group, None));
-            if caught_up.await.is_err() {
-                return;
-            }
-        }
+    /// The stream's next item: an event ready, or the next step of the work
+    /// until one is; `None` once it has ended.
+    async fn next(&mut self) -> Option<Result<Event, Error>> {
         loop {
-            tokio::select! {
-                () = self.out.closed() => return,
-                next = live.recv() => {
-                    let Some(event) = next else {
-                        let _ = self.out.send(Err(Error::Unavailable(
-                            "the subscription fell behind; subscribe again with your cursors".into(),
-                        ))).await;
-                        return;
-                    };
-                    let sent = match event.kind {
-                        Some(event::Kind::Delivery(delivery)) => self.live(delivery).await,
-                        Some(kind @ event::Kind::Verdict(_)) => self.send(kind).await,
-                        None => Ok(()),
-                    };
-                    if sent.is_err() {
-                        return;
-                    }
-                }
-                () = tokio::time::sleep(RESYNC_IDLE), if self.center.replicated => {
-                    let resynced = Box::pin(self.resync());
-                    if resynced.await.is_err() {
-                        return;
-                    }
-                }
+            if let Some(event) = self.ready.pop_front() {
+                return Some(Ok(event));
             }
+            match std::mem::replace(&mut self.end, End::Ended) {
+                End::Ended => return None,
+                End::After(err) => return err.map(Err),
+                End::Open => {}
+            }
+            self.end = match self.step().await {
+                Ok(()) => End::Open,
+                Err(err) => End::After(err),
+            };
         }
     }
 
-    async fn emit(&mut self, delivery: Delivery) -> Result<(), Gone> {
-        self.last.insert(delivery.group.clone(), delivery.seq);
-        self.send(event::Kind::Delivery(delivery)).await
-    }
-
-    async fn send(&mut self, kind: event::Kind) -> Result<(), Gone> {
-        let event = Event { kind: Some(kind) };
-        self.out.send(Ok(event)).await.map_err(|_| Gone)
-    }
-
-    /// Handles a live delivery: drops what was sent already, fills a gap
-    /// from history first.
-    async fn live(&mut self, delivery: Delivery) -> Result<(), Gone> {
-        match self.last.get(&delivery.group).copied() {
-            Some(last) if delivery.seq <= last => Ok(()),
-            Some(last) if delivery.seq > last + 1 => {
-                // Boxed: see `run`.
-                let caught_up = Box::pin(self.catch_up(&delivery.group, Some(delivery.seq - 1)));
-                caught_up.await?;
-                if delivery.seq > self.last[&delivery.group] {
-                    self.emit(delivery).await?;
+    /// One step: a page of history, a delivery checked, or a live event
+    /// awaited. An `Err` ends the stream, with its error if it has one.
+    async fn step(&mut self) -> Result<(), Option<Error>> {
+        if let Some(catch_up) = self.work.catching.take() {
+            // Boxed: a history read's state exists only while it runs,
+            // instead of making every idle subscription as large.
+            return Box::pin(self.catch_up(catch_up)).await;
+        }
+        if let Some(delivery) = self.work.checking.pop_front() {
+            self.live(delivery);
+            return Ok(());
+        }
+        if let Some(group) = self.work.resync.pop() {
+            Box::pin(self.resync(group)).await;
+            return Ok(());
+        }
+        if let Some(group) = self.work.replay.pop() {
+            self.work.catching = Some(CatchUp {
+                group,
+                until: None,
+                then: None,
+            });
+            return Ok(());
+        }
+        tokio::select! {
+            () = self.stopped.as_mut() => Err(None),
+            next = self.live.recv() => {
+                match next {
+                    None => {
+                        return Err(Some(Error::Unavailable(
+                            "the subscription fell behind; subscribe again with your cursors".into(),
+                        )));
+                    }
+                    Some(Event { kind: Some(event::Kind::Delivery(delivery)) }) => self.live(delivery),
+                    Some(event @ Event { kind: Some(event::Kind::Verdict(_)) }) => {
+                        self.ready.push_back(event);
+                    }
+                    Some(Event { kind: None }) => {}
                 }
                 Ok(())
             }
-            _ => self.emit(delivery).await,
+            () = tokio::time::sleep(RESYNC_IDLE), if self.center.replicated => {
+                self.work.resync = self.last.keys().cloned().collect();
+                Ok(())
+            }
         }
     }
 
-    /// Passes this region's records after each cursor through [`Self::live`]
-    /// (which drops what was sent and fills gaps from the home).
-    async fn resync(&mut self) -> Result<(), Gone> {
-        let groups: Vec<(String, u64)> = self.last.iter().map(|(g, s)| (g.clone(), *s)).collect();
-        for (group, after) in groups {
-            let read = self
-                .center
-                .dc
-                .read(move |tx| tx.page(&group, after, MAX_HISTORY_PAGE, HISTORY_PAGE_BYTES))
-                .await;
-            // Unreadable now: the next idle period tries again.
-            for delivery in read.map(|page| page.messages).unwrap_or_default() {
-                self.live(delivery).await?;
+    fn emit(&mut self, delivery: Delivery) {
+        self.last.insert(delivery.group.clone(), delivery.seq);
+        self.ready.push_back(Event {
+            kind: Some(event::Kind::Delivery(delivery)),
+        });
+    }
+
+    /// Handles a live delivery: drops what was sent already; on a gap,
+    /// fills it from history first.
+    fn live(&mut self, delivery: Delivery) {
+        match self.last.get(&delivery.group).copied() {
+            Some(last) if delivery.seq <= last => {}
+            Some(last) if delivery.seq > last + 1 => {
+                self.work.catching = Some(CatchUp {
+                    group: delivery.group.clone(),
+                    until: Some(delivery.seq - 1),
+                    then: Some(delivery),
+                });
             }
+            _ => self.emit(delivery),
+        }
+    }
+
+    /// Reads this region's records of `group` after the stream's cursor,
+    /// a page, to pass through [`Self::live`] (which drops what was sent
+    /// and fills gaps from the home).
+    async fn resync(&mut self, group: String) {
+        let after = self.last.get(&group).copied().unwrap_or(0);
+        let read = self
+            .center
+            .dc
+            .read(move |tx| tx.page(&group, after, MAX_HISTORY_PAGE, HISTORY_PAGE_BYTES))
+            .await;
+        // Unreadable now: the next idle period tries again.
+        self.work
+            .checking
+            .extend(read.map(|page| page.messages).unwrap_or_default());
+    }
+
+    /// Makes ready the next page of the group's messages after the stream's
+    /// cursor, up to `until`: a page is bounded in count and bytes
+    /// (`HISTORY_PAGE_BYTES`), and the next is read only once this one has
+    /// been taken by the stream, so a long replay never sits in memory.
+    async fn catch_up(&mut self, catch_up: CatchUp) -> Result<(), Option<Error>> {
+        let after_seq = self.last.get(&catch_up.group).copied().unwrap_or(0);
+        if catch_up.until.is_some_and(|u| after_seq >= u) {
+            self.caught_up(catch_up);
+            return Ok(());
+        }
+        let request = HistoryRequest {
+            group: catch_up.group.clone(),
+            after_seq,
+            limit: MAX_HISTORY_PAGE,
+        };
+        let page = tokio::select! {
+            () = self.stopped.as_mut() => return Err(None),
+            page = self.center.history(&self.actor, request) => page.map_err(Some)?,
+        };
+        // An empty page cannot move the cursor: trust no `more` with it.
+        let more = page.more && !page.messages.is_empty();
+        for delivery in page.messages {
+            if catch_up.until.is_some_and(|u| delivery.seq > u) {
+                self.caught_up(catch_up);
+                return Ok(());
+            }
+            self.emit(delivery);
+        }
+        if more {
+            self.work.catching = Some(catch_up);
+        } else {
+            self.caught_up(catch_up);
         }
         Ok(())
     }
 
-    /// Sends the group's messages after the stream's cursor, up to `until`,
-    /// one history page at a time: a page is bounded in count and bytes
-    /// (`HISTORY_PAGE_BYTES`), and the next is read only once this one is in
-    /// the stream's bounded buffer, so a long replay never sits in memory.
-    async fn catch_up(&mut self, group: &str, until: Option<u64>) -> Result<(), Gone> {
-        loop {
-            let after_seq = self.last.get(group).copied().unwrap_or(0);
-            if until.is_some_and(|u| after_seq >= u) {
-                return Ok(());
-            }
-            let request = HistoryRequest {
-                group: group.to_owned(),
-                after_seq,
-                limit: MAX_HISTORY_PAGE,
-            };
-            let page = match self.center.history(&self.actor, request).await {
-                Ok(page) => page,
-                Err(err) => {
-                    let _ = self.out.send(Err(err)).await;
-                    return Err(Gone);
-                }
-            };
-            // An empty page cannot move the cursor: trust no `more` with it.
-            let more = page.more && !page.messages.is_empty();
-            for delivery in page.messages {
-                if until.is_some_and(|u| delivery.seq > u) {
-                    return Ok(());
-                }
-                self.emit(delivery).await?;
-            }
-            if !more {
-                return Ok(());
-            }
+    /// Sends the delivery that found the gap, once the gap is filled,
+    /// unless the history sent it.
+    fn caught_up(&mut self, catch_up: CatchUp) {
+        if let Some(delivery) = catch_up.then
+            && delivery.seq > self.last.get(&delivery.group).copied().unwrap_or(0)
+        {
+            self.emit(delivery);
         }
     }
 }
@@ -203,26 +277,33 @@ mod tests {
     use super::*;
     use crate::service_center::business_center::for_tests;
 
-    /// A subscription's task is held for as long as it lives, mostly idle,
-    /// and a service center holds up to 100,000 of them (BENCHMARKS.md,
-    /// idle subscriptions): the task must not carry the state of a history
-    /// read, which runs only at the start and on a gap (see [`Session::run`]).
+    /// A subscription is held for as long as it lives, mostly idle, and a
+    /// service center holds up to 100,000 of them (BENCHMARKS.md, idle
+    /// subscriptions): waiting for its next event must not carry the state
+    /// of a history read, which runs only at the start and on a gap.
     #[tokio::test]
-    async fn an_idle_subscription_task_does_not_hold_a_history_read() {
+    async fn an_idle_subscription_does_not_hold_a_history_read() {
         let (_dir, center) = for_tests("eu").await;
-        let (out, _rx) = mpsc::channel(1);
         let mut session = Session {
             center: center.clone(),
             actor: Id::parse("user", "ann@eu").unwrap(),
+            live: center.hub.attach("ann@eu").unwrap(),
+            stopped: Box::pin(center.tasks.stop_signal().into_requested()),
             last: HashMap::new(),
-            out,
+            ready: VecDeque::new(),
+            work: Work::default(),
+            end: End::Open,
         };
-        let history_read = std::mem::size_of_val(&session.catch_up("g@eu", None));
-        let task = session.run(center.hub.attach("ann@eu").unwrap());
-        let size = std::mem::size_of_val(&task);
+        let catch_up = CatchUp {
+            group: "g@eu".into(),
+            until: None,
+            then: None,
+        };
+        let history_read = std::mem::size_of_val(&session.catch_up(catch_up));
+        let waiting = std::mem::size_of_val(&session.next());
         assert!(
-            size < size_of::<Session>() + history_read,
-            "the subscription's task is {size} bytes; a history read's state is {history_read}"
+            waiting < history_read,
+            "waiting for an event takes {waiting} bytes; a history read's state is {history_read}"
         );
     }
 }
