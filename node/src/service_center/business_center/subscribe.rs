@@ -277,6 +277,38 @@ mod tests {
     use super::*;
     use crate::service_center::business_center::for_tests;
 
+    /// The stream takes the hub's events itself, drops one it has sent,
+    /// and ends when the service center stops: it is no task that the
+    /// stop would end.
+    #[tokio::test]
+    async fn the_stream_takes_from_the_hub_and_ends_when_the_service_center_stops() {
+        use tokio_stream::StreamExt;
+
+        let (_dir, center) = for_tests("eu").await;
+        let ann = Id::parse("user", "ann@eu").unwrap();
+        let mut stream = center.subscribe(&ann, Vec::new()).await.unwrap();
+        let delivery = |seq| Delivery {
+            group: "g@eu".into(),
+            seq,
+            ..Default::default()
+        };
+        for seq in [1, 1, 2] {
+            center.hub.push("ann@eu", &delivery(seq));
+        }
+        let wait = std::time::Duration::from_secs(10);
+        for seq in [1, 2] {
+            let event = tokio::time::timeout(wait, stream.next())
+                .await
+                .expect("an event in time")
+                .expect("the stream is open")
+                .expect("an event, not an error");
+            assert_eq!(event.kind, Some(event::Kind::Delivery(delivery(seq))));
+        }
+        center.tasks.shutdown().await;
+        let end = tokio::time::timeout(wait, stream.next()).await;
+        assert!(matches!(end, Ok(None)), "{end:?}");
+    }
+
     /// A subscription is held for as long as it lives, mostly idle, and a
     /// service center holds up to 100,000 of them (BENCHMARKS.md, idle
     /// subscriptions): waiting for its next event must not carry the state
