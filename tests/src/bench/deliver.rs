@@ -87,6 +87,24 @@ pub async fn cross_region(ctx: &Ctx, params: &Params) -> anyhow::Result<Measured
     route(ctx, params, &mut sender, &pool, "cross", remote).await
 }
 
+/// As [`cross_region`], with the group homed where the receiver is: the
+/// sender's service center carries each message to the home, and its
+/// `Send` is acknowledged with the home's verdict.
+pub async fn cross_region_homed_there(ctx: &Ctx, params: &Params) -> anyhow::Result<Measured> {
+    let (local, remote) = (params.local.as_str(), params.remote.as_str());
+    let mut sender = ctx.user("dlv-s", local, local).await?;
+    let pool = sender.pool(params.connections).await?;
+    let mut receiver = ctx.user("dlv-there-r", remote, remote).await?;
+    let group = receiver.create_group(ctx, "dlv-there").await?;
+    sender.join(&group).await?;
+    println!(
+        "  there: sender {} at {local}, group {group}, receiver {} at {remote}",
+        sender.user, receiver.user
+    );
+    let route = format!("there ({local} -> @{remote} -> {remote})");
+    measure(ctx, params, &pool, receiver.client, &group, &route).await
+}
+
 /// One route's measurement.
 pub struct Measured {
     pub send_row: Row,

@@ -49,7 +49,9 @@
 //!   `--peers-seconds`, `--peers-body-bytes`), on a local mode whose nodes
 //!   export their spans over OTLP to a collector in the bench: each
 //!   message's latency cut into the stretches between its hops, with p50,
-//!   p90 and p99 of each, per run and over all `--runs`.
+//!   p90 and p99 of each, per run and over all `--runs`. With
+//!   `--path-home receiver` the group is homed in the receiver's region, so
+//!   each `Send` waits for the home's verdict (a remote group's send-ack).
 //!
 //! Fan-out and sessions (issue 12; none of them in `all`, each run on a
 //! fresh local mode; `bench/sessions/`):
@@ -225,6 +227,12 @@ struct Args {
     /// p999_ms over all runs) to this JSON file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Path scenario: where the group is homed. `sender`: the peers
+    /// scenario's route. `receiver`: in the receiver's region, so each
+    /// `Send` is acknowledged with the home's verdict, and the breakdown
+    /// shows where a remote group's send-ack goes.
+    #[arg(long, value_enum, default_value_t = bench::path::Home::Sender)]
+    path_home: bench::path::Home,
 }
 
 impl Args {
@@ -345,6 +353,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     .unwrap_or_else(|| root.join("examples/three-regions.yaml")),
                 start_timeout: Duration::from_secs(args.start_timeout),
                 span_wait: Duration::from_secs(30),
+                home: args.path_home,
             };
             return tokio::select! {
                 result = bench::path::run(&params) => result,

@@ -25,6 +25,17 @@ pub struct Params {
     pub start_timeout: Duration,
     /// How long to wait for the last spans to be exported.
     pub span_wait: Duration,
+    pub home: Home,
+}
+
+/// Where the measured group is homed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Home {
+    /// Where the sender is: the peers scenario's route.
+    Sender,
+    /// Where the receiver is: each send is acknowledged with the home's
+    /// verdict, which comes back with the carry's reply.
+    Receiver,
 }
 
 /// The nodes' batch span processor: exports often, and queues enough
@@ -72,7 +83,10 @@ async fn runs(
             prefix: prefix(run),
         };
         println!("\n=== run {run} of {} ===", params.runs);
-        let measured = deliver::cross_region(&ctx, d).await?;
+        let measured = match params.home {
+            Home::Sender => deliver::cross_region(&ctx, d).await?,
+            Home::Receiver => deliver::cross_region_homed_there(&ctx, d).await?,
+        };
         measured.send_row.print();
         measured.deliver_row.print();
         let take = || {
@@ -91,9 +105,12 @@ async fn runs(
         if dropped > 0 {
             println!("  the collector dropped {dropped} spans over its bound");
         }
+        let home = match params.home {
+            Home::Sender => &d.local,
+            Home::Receiver => &d.remote,
+        };
         b.print(&format!(
-            "run {run}: {} -> @{} -> {}, {} msg/s (waited {:.1} s for the spans)",
-            d.local,
+            "run {run}: {} -> @{home} -> {}, {} msg/s (waited {:.1} s for the spans)",
             d.local,
             d.remote,
             d.schedule.rate,
