@@ -293,8 +293,8 @@ impl Node {
             Ok(())
         };
         // A graceful stop of the servers waits for open streams, and a
-        // subscription's stream ends only when its task does: so the parts'
-        // tasks are stopped as soon as the stop is asked for, alongside.
+        // subscription's stream ends only on its service center's stop: so
+        // the parts are stopped as soon as the stop is asked for, alongside.
         let (center, roaming) = (parts.center.clone(), parts.roaming.clone());
         let stopping = async move {
             stopped().await;

@@ -73,6 +73,10 @@ fn incoming_within(
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
                 () = tx.closed() => return,
+                () = refusals.due(), if refusals.unreported > 0 => {
+                    refusals.report(None);
+                    continue;
+                }
             };
             let (tcp, addr) = match accepted {
                 Ok(accepted) => accepted,
@@ -88,9 +92,10 @@ fn incoming_within(
                 continue;
             };
             let deadline = Instant::now() + admission.within;
-            // Taken here, in accept order, when one is free; the semaphore
-            // is fair, so a connection that has to wait is not overtaken
-            // by one accepted after it.
+            // Taken here when one is free, so such a connection starts at
+            // once. One that has to wait joins the semaphore's queue when
+            // its task first runs; the semaphore is fair, so waiting
+            // connections are served about in the order they came.
             let slot = slots.clone().try_acquire_owned().ok();
             let slots = slots.clone();
             let _ = tcp.set_nodelay(true);
@@ -168,8 +173,8 @@ fn peer_info(
 
 /// The connections a port closed for being over its bound: the first is
 /// logged at once, and later ones as a count at most once per
-/// [`REFUSAL_REPORT_EVERY`], so a storm does not become one log line per
-/// connection.
+/// [`REFUSAL_REPORT_EVERY`] (the accept loop reports what is left when that
+/// is due), so a storm does not become one log line per connection.
 #[derive(Default)]
 struct Refusals {
     unreported: u64,
@@ -181,20 +186,35 @@ impl Refusals {
     fn note(&mut self, addr: SocketAddr) {
         self.unreported += 1;
         self.total += 1;
-        let now = Instant::now();
-        if self
-            .last_report
-            .is_none_or(|last| now.duration_since(last) >= REFUSAL_REPORT_EVERY)
-        {
-            tracing::warn!(
-                %addr,
-                closed = self.unreported,
-                closed_on_this_port = self.total,
-                "too many connections waiting for a TLS handshake; closed at once"
-            );
-            self.unreported = 0;
-            self.last_report = Some(now);
+        if self.due_at().is_none_or(|due| Instant::now() >= due) {
+            self.report(Some(addr));
         }
+    }
+
+    /// When the next report may be made; `None` before the first.
+    fn due_at(&self) -> Option<Instant> {
+        self.last_report.map(|last| last + REFUSAL_REPORT_EVERY)
+    }
+
+    /// Completes once the next report may be made.
+    async fn due(&self) {
+        if let Some(due) = self.due_at() {
+            tokio::time::sleep_until(due).await;
+        }
+    }
+
+    /// Logs the connections closed since the last report; `addr` is the
+    /// latest, when a refusal is what makes the report.
+    fn report(&mut self, addr: Option<SocketAddr>) {
+        let latest = addr.map(|a| a.to_string()).unwrap_or_default();
+        tracing::warn!(
+            latest,
+            closed = self.unreported,
+            closed_on_this_port = self.total,
+            "too many connections waiting for a TLS handshake; closed at once"
+        );
+        self.unreported = 0;
+        self.last_report = Some(Instant::now());
     }
 }
 
@@ -212,6 +232,24 @@ mod tests {
     use super::*;
     use crate::trust::Identity;
     use crate::trust::pki::{DEFAULT_LIFETIME, MeshCa, region_name};
+
+    /// A burst of refusals is reported once at its first, and the rest
+    /// fall due as one count a second later, not when another refusal
+    /// happens to come, which may be never.
+    #[tokio::test]
+    async fn refusals_are_reported_as_counts_and_none_is_left_unreported() {
+        let mut refusals = Refusals::default();
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 1));
+        for _ in 0..5 {
+            refusals.note(addr);
+        }
+        assert_eq!((refusals.total, refusals.unreported), (5, 4));
+        tokio::time::timeout(Duration::from_secs(10), refusals.due())
+            .await
+            .expect("the rest fall due");
+        refusals.report(None);
+        assert_eq!((refusals.total, refusals.unreported), (5, 0));
+    }
 
     /// One handshake in progress and one waiting: a third connection is
     /// closed at once, and the waiting one is handshaken as soon as the
