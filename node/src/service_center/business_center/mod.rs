@@ -33,8 +33,6 @@ use crate::proto::peer_api::{data_reply, data_request};
 use crate::tasks::Tasks;
 use crate::telemetry::ServiceCenterMetrics;
 
-pub use subscribe::EventStream;
-
 #[derive(Clone)]
 pub struct BusinessCenter {
     region: Arc<str>,

@@ -25,8 +25,6 @@ use crate::limits::{HISTORY_PAGE_BYTES, MAX_CURSORS, MAX_HISTORY_PAGE};
 use crate::proto::client_api::{Cursor, Delivery, Event, HistoryRequest, event};
 use crate::service_center::hub::Subscription;
 
-pub type EventStream = Pin<Box<dyn Stream<Item = Result<Event, Error>> + Send>>;
-
 /// On a data center shared by replicas, a subscription that has had no
 /// event for this long reads this region's records of its groups after its
 /// cursors. Pushes from another replica are notices, which can be lost (a
@@ -81,7 +79,13 @@ enum End {
 }
 
 impl BusinessCenter {
-    pub async fn subscribe(&self, actor: &Id, cursors: Vec<Cursor>) -> Result<EventStream, Error> {
+    /// The subscription's stream of events (the caller boxes it once, for
+    /// its transport).
+    pub async fn subscribe(
+        &self,
+        actor: &Id,
+        cursors: Vec<Cursor>,
+    ) -> Result<impl Stream<Item = Result<Event, Error>> + Send + use<>, Error> {
         if cursors.len() > MAX_CURSORS {
             return Err(Error::InvalidArgument(format!(
                 "at most {MAX_CURSORS} cursors"
@@ -95,11 +99,28 @@ impl BusinessCenter {
         }
         // Attach before replaying, so nothing sequenced meanwhile is missed.
         let live = self.hub.attach(actor.as_str())?;
-        let session = Session {
-            center: self.clone(),
+        let session = Session::new(self, actor, live, last);
+        Ok(futures::stream::unfold(session, |mut session| async move {
+            let event = session.next().await?;
+            Some((event, session))
+        }))
+    }
+}
+
+impl Session {
+    /// A subscription of `actor` taking `live`'s events, that first
+    /// replays each group of `last` after its cursor.
+    fn new(
+        center: &BusinessCenter,
+        actor: &Id,
+        live: Subscription,
+        last: HashMap<String, u64>,
+    ) -> Self {
+        Session {
+            center: center.clone(),
             actor: actor.clone(),
             live,
-            stopped: Box::pin(self.tasks.stop_signal().into_requested()),
+            stopped: Box::pin(center.tasks.stop_signal().into_requested()),
             work: Work {
                 replay: last.keys().cloned().collect(),
                 ..Work::default()
@@ -107,18 +128,9 @@ impl BusinessCenter {
             last,
             ready: VecDeque::new(),
             end: End::Open,
-        };
-        Ok(Box::pin(futures::stream::unfold(
-            session,
-            |mut session| async move {
-                let event = session.next().await?;
-                Some((event, session))
-            },
-        )))
+        }
     }
-}
 
-impl Session {
     /// The stream's next item: an event ready, or the next step of the work
     /// until one is; `None` once it has ended.
     async fn next(&mut self) -> Option<Result<Event, Error>> {
@@ -286,7 +298,8 @@ mod tests {
 
         let (_dir, center) = for_tests("eu").await;
         let ann = Id::parse("user", "ann@eu").unwrap();
-        let mut stream = center.subscribe(&ann, Vec::new()).await.unwrap();
+        let stream = center.subscribe(&ann, Vec::new()).await.unwrap();
+        let mut stream = std::pin::pin!(stream);
         let delivery = |seq| Delivery {
             group: "g@eu".into(),
             seq,
@@ -316,16 +329,9 @@ mod tests {
     #[tokio::test]
     async fn an_idle_subscription_does_not_hold_a_history_read() {
         let (_dir, center) = for_tests("eu").await;
-        let mut session = Session {
-            center: center.clone(),
-            actor: Id::parse("user", "ann@eu").unwrap(),
-            live: center.hub.attach("ann@eu").unwrap(),
-            stopped: Box::pin(center.tasks.stop_signal().into_requested()),
-            last: HashMap::new(),
-            ready: VecDeque::new(),
-            work: Work::default(),
-            end: End::Open,
-        };
+        let ann = Id::parse("user", "ann@eu").unwrap();
+        let live = center.hub.attach("ann@eu").unwrap();
+        let mut session = Session::new(&center, &ann, live, HashMap::new());
         let catch_up = CatchUp {
             group: "g@eu".into(),
             until: None,
