@@ -13,7 +13,7 @@
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use super::checkpoint::{self, Checkpointer};
@@ -169,7 +169,7 @@ impl Writer {
 }
 
 fn run(
-    mut conn: Connection,
+    conn: Connection,
     rx: mpsc::Receiver<Box<dyn Job>>,
     commits: CommitMetrics,
     undone: &dyn Fn(),
@@ -190,7 +190,7 @@ fn run(
             wait_for_company(&rx, &mut batch);
         }
         let (started, jobs) = (Instant::now(), batch.len());
-        let settled = commit_batch(&mut conn, batch, undone);
+        let settled = commit_batch(&conn, batch, undone);
         // Counted before anyone is answered, so a caller that reads the
         // metrics after its write sees the commit that made it durable.
         commits.observe(started.elapsed(), jobs);
@@ -244,44 +244,52 @@ impl Settled {
     }
 }
 
-fn commit_batch(conn: &mut Connection, batch: Vec<Box<dyn Job>>, undone: &dyn Fn()) -> Settled {
-    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-        Ok(tx) => tx,
-        Err(err) => {
-            let err = Error::from(err);
-            tracing::error!(%err, "data center transaction could not start");
-            batch.into_iter().for_each(|job| job.fail(err.clone()));
-            return Settled {
-                commit_error: None,
-                completions: Vec::new(),
-            };
-        }
-    };
+fn commit_batch(conn: &Connection, batch: Vec<Box<dyn Job>>, undone: &dyn Fn()) -> Settled {
+    if let Err(err) = control(conn, "BEGIN IMMEDIATE") {
+        let err = Error::from(err);
+        tracing::error!(%err, "data center transaction could not start");
+        batch.into_iter().for_each(|job| job.fail(err.clone()));
+        return Settled {
+            commit_error: None,
+            completions: Vec::new(),
+        };
+    }
     let mut completions = Vec::with_capacity(batch.len());
+    // A savepoint that could not be released or rolled back leaves the
+    // transaction in doubt: then none of the batch is kept.
+    let mut in_doubt = None;
     for job in batch {
-        let mut savepoint = match tx.savepoint() {
-            Ok(sp) => sp,
-            Err(err) => {
-                job.fail(Error::from(err));
-                continue;
-            }
-        };
-        let (ok, completion) = job.run(&savepoint);
+        if let Some(err) = &in_doubt {
+            job.fail(Error::clone(err));
+            continue;
+        }
+        if let Err(err) = control(conn, "SAVEPOINT job") {
+            job.fail(Error::from(err));
+            continue;
+        }
+        let (ok, completion) = job.run(conn);
         let settled = if ok {
-            savepoint.commit()
+            control(conn, "RELEASE job")
         } else {
-            savepoint.rollback().and_then(|()| savepoint.finish())
+            control(conn, "ROLLBACK TO job").and_then(|()| control(conn, "RELEASE job"))
         };
-        if !ok || settled.is_err() {
+        if !ok {
             undone();
         }
-        match settled {
-            Ok(()) => completions.push(completion),
-            Err(err) => completion(Some(&Error::from(err))),
+        completions.push(completion);
+        if let Err(err) = settled {
+            in_doubt = Some(Error::from(err));
         }
     }
-    let commit_error = tx.commit().err().map(Error::from);
+    let commit_error = match in_doubt {
+        Some(err) => Some(err),
+        None => control(conn, "COMMIT").err().map(Error::from),
+    };
     if let Some(err) = &commit_error {
+        // A failed COMMIT may leave the transaction open: none of it stays.
+        if !conn.is_autocommit() {
+            let _ = control(conn, "ROLLBACK");
+        }
         undone();
         tracing::error!(%err, jobs = completions.len(), "data center commit failed");
     }
@@ -289,6 +297,14 @@ fn commit_batch(conn: &mut Connection, batch: Vec<Box<dyn Job>>, undone: &dyn Fn
         commit_error,
         completions,
     }
+}
+
+/// Runs a transaction statement (`BEGIN`, `SAVEPOINT`, `COMMIT`, ...)
+/// prepared once per connection, not parsed anew each time as
+/// `execute_batch` would: the writer runs two per batch and two more per
+/// job, a read two.
+pub(super) fn control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
 }
 
 #[cfg(test)]
