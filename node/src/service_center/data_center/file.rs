@@ -130,8 +130,13 @@ impl SqliteFile {
                 .map_err(Error::from)
                 .and_then(|()| f(&mut SqliteTx::new(&conn)));
             let _ = control(&conn, "COMMIT");
+            if !conn.is_autocommit() {
+                let _ = control(&conn, "ROLLBACK");
+            }
+            // A connection still in its read transaction would hold its
+            // snapshot (and the checkpoints) forever: it is not kept.
             let mut pool = readers.lock().expect("reader pool");
-            if pool.len() < READERS {
+            if pool.len() < READERS && conn.is_autocommit() {
                 pool.push(conn);
             }
             result

@@ -245,6 +245,11 @@ impl Settled {
 }
 
 fn commit_batch(conn: &Connection, batch: Vec<Box<dyn Job>>, undone: &dyn Fn()) -> Settled {
+    // A transaction that an earlier batch's ROLLBACK could not end would
+    // refuse every BEGIN from now on: end it first.
+    if !conn.is_autocommit() {
+        let _ = control(conn, "ROLLBACK");
+    }
     if let Err(err) = control(conn, "BEGIN IMMEDIATE") {
         let err = Error::from(err);
         tracing::error!(%err, "data center transaction could not start");
@@ -255,8 +260,9 @@ fn commit_batch(conn: &Connection, batch: Vec<Box<dyn Job>>, undone: &dyn Fn()) 
         };
     }
     let mut completions = Vec::with_capacity(batch.len());
-    // A savepoint that could not be released or rolled back leaves the
-    // transaction in doubt: then none of the batch is kept.
+    // A savepoint that could not be released or rolled back, or one that
+    // could not start because SQLite ended the transaction, leaves the
+    // batch in doubt: then none of it is kept.
     let mut in_doubt = None;
     for job in batch {
         if let Some(err) = &in_doubt {
@@ -264,7 +270,14 @@ fn commit_batch(conn: &Connection, batch: Vec<Box<dyn Job>>, undone: &dyn Fn()) 
             continue;
         }
         if let Err(err) = control(conn, "SAVEPOINT job") {
-            job.fail(Error::from(err));
+            let err = Error::from(err);
+            if conn.is_autocommit() {
+                // SQLite rolled the whole transaction back: the jobs before
+                // this one are undone, and no job after it may run outside
+                // the batch's transaction.
+                in_doubt = Some(err.clone());
+            }
+            job.fail(err);
             continue;
         }
         let (ok, completion) = job.run(conn);
@@ -355,6 +368,50 @@ mod tests {
             40,
             "only the successful jobs' rows are stored"
         );
+    }
+
+    /// A job that ends the batch's transaction itself (here by a ROLLBACK)
+    /// leaves its batch in doubt. Every caller is told the truth: a write
+    /// answered with success is stored, one answered with an error is not.
+    /// The writer goes on committing afterwards.
+    #[tokio::test]
+    async fn a_batch_in_doubt_answers_each_caller_with_what_was_kept() {
+        let (_dir, writer, path) = writer();
+        let rogue = |conn: &Connection| {
+            conn.execute("INSERT INTO t VALUES (1000)", [])?;
+            conn.execute_batch("ROLLBACK")?;
+            Ok(1000)
+        };
+        let jobs = (0..20).map(|k| {
+            let writer = writer.clone();
+            tokio::spawn(async move {
+                if k == 10 {
+                    writer.write(rogue).await
+                } else {
+                    writer.write(insert(k)).await
+                }
+            })
+        });
+        let results = futures::future::join_all(jobs).await;
+        let conn = Connection::open(&path).unwrap();
+        let stored = |k: i64| -> bool {
+            conn.query_row("SELECT count(*) FROM t WHERE k = ?1", [k], |r| {
+                r.get::<_, i64>(0)
+            })
+            .unwrap()
+                == 1
+        };
+        for (k, result) in (0..20).zip(results) {
+            let result = result.unwrap();
+            if k == 10 {
+                assert!(result.is_err(), "the rogue job is refused");
+                assert!(!stored(1000));
+            } else {
+                assert_eq!(result.is_ok(), stored(k), "job {k}: {result:?}");
+            }
+        }
+        assert_eq!(writer.write(insert(500)).await.unwrap(), 500);
+        assert!(stored(500), "the writer commits after a batch in doubt");
     }
 
     /// A writer, and how many commits it has made.
