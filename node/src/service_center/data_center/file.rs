@@ -22,9 +22,9 @@ const READERS: usize = 4;
 /// the pages the cache holds (SQLite's `pcache1TruncateUnsafe`, at the end
 /// of each write transaction), so a larger cache makes every commit slower
 /// once it has filled. Measured here with 64 MiB: a commit of one row took
-/// 130 to 190 µs against 45 to 65 µs with 2 MiB; pages the cache misses
+/// 131 to 189 µs against 44 to 68 µs with 2 MiB; pages the cache misses
 /// come from the kernel's page cache.
-pub const WRITER_CACHE_KIB: i64 = 2048;
+const WRITER_CACHE_KIB: i64 = 2048;
 
 #[derive(Clone)]
 pub struct SqliteFile {
