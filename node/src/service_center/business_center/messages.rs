@@ -38,6 +38,10 @@ use crate::telemetry::traces;
 #[derive(Default)]
 pub(super) struct Effects {
     pushes: Vec<Push>,
+    /// Pushes of records of messages already durable at their home, which
+    /// go out as soon as the write has applied them, before it commits
+    /// (see [`Early`]).
+    early: Vec<Push>,
     destinations: Vec<String>,
     /// The trace the write belongs to (a `traceparent`), kept with the
     /// outbox items it writes.
@@ -67,7 +71,7 @@ impl Effects {
             return Ok(());
         }
         let mut delivered: BTreeMap<(&str, u64), Vec<String>> = BTreeMap::new();
-        for Push { delivery, users } in &self.pushes {
+        for Push { delivery, users } in self.pushes.iter().chain(&self.early) {
             delivered
                 .entry((delivery.group.as_str(), delivery.seq))
                 .or_default()
@@ -125,6 +129,15 @@ impl InOrder {
         Self(pushes)
     }
 
+    /// What pushes, from inside a write, the records it applied of
+    /// messages durable at their home, in the current span.
+    fn early(&self) -> Early {
+        Early {
+            pushes: self.0.clone(),
+            span: tracing::Span::current(),
+        }
+    }
+
     /// What takes a write's pushes from its effects as it commits, to
     /// follow those of the writes committed before it, in the current span.
     /// Quick: it runs on the writer thread.
@@ -136,6 +149,34 @@ impl InOrder {
                 // Fails only once the task has stopped, with the service center.
                 let _ = pushes.send((span, taken));
             }
+        }
+    }
+}
+
+/// Pushes a receiving region's records of messages before the write that
+/// stores them commits. Each is durable at the group's home, which
+/// sequenced it, and the home's outbox carries it again until this region
+/// acknowledges it, which it does only after the commit: a commit that
+/// fails loses nothing, and the message is pushed again when it comes
+/// again, which a subscription drops as sent (`subscribe`). A subscription
+/// that starts in between replays from the home, which has it. So the
+/// receiving region's commit (its fsync, and the wait for the writer) is
+/// not on the path from a send to the members in other regions. A seq the
+/// write assigns itself is never pushed before it commits: until then it
+/// is not the message's.
+struct Early {
+    pushes: mpsc::UnboundedSender<Committed>,
+    span: tracing::Span,
+}
+
+impl Early {
+    /// Pushes what `effects` holds to push early, after the pushes of the
+    /// writes before this one; quick, as it runs on the writer thread.
+    fn push(&self, effects: &mut Effects) {
+        let early = std::mem::take(&mut effects.early);
+        if !early.is_empty() {
+            // Fails only once the task has stopped, with the service center.
+            let _ = self.pushes.send((self.span.clone(), early));
         }
     }
 }
@@ -313,6 +354,7 @@ impl BusinessCenter {
         let region = self.region.clone();
         let trace = traces::current();
         let replica = self.replica.clone();
+        let early = self.in_order.early();
         let (verdicts, effects) = self
             .dc
             .after_commit(self.in_order.taker(|(_, effects)| effects))
@@ -342,6 +384,7 @@ impl BusinessCenter {
                     }
                 }
                 effects.announce(tx, &replica)?;
+                early.push(&mut effects);
                 Ok((Some(verdicts), effects))
             })
             .await?;
@@ -547,7 +590,7 @@ fn sequence(
             roaming: false,
         };
         if home == region {
-            deliver_here(tx, region, &distribution, effects)?;
+            deliver_here(tx, region, &distribution, Stored::Now, effects)?;
         } else {
             effects.enqueue(
                 tx,
@@ -583,7 +626,17 @@ fn distribute(
     } else {
         tx.insert_message(message)?;
     }
-    deliver_here(tx, region, d, effects)
+    deliver_here(tx, region, d, Stored::AtHome, effects)
+}
+
+/// Where a delivery is durable, which decides when it may be pushed.
+#[derive(Clone, Copy)]
+enum Stored {
+    /// Sequenced by this write: pushed once it commits.
+    Now,
+    /// Already at the group's home: pushed before this write commits
+    /// ([`Early`]).
+    AtHome,
 }
 
 /// Pushes to this region's sessions of the recipients, and forwards the
@@ -592,13 +645,18 @@ fn deliver_here(
     tx: &mut dyn Tx,
     region: &str,
     d: &Distribution,
+    stored: Stored,
     effects: &mut Effects,
 ) -> Result<(), Error> {
     let message = d.message.as_ref().expect("checked by the caller");
-    effects.pushes.push(Push {
+    let push = Push {
         delivery: Arc::new(message.clone()),
         users: d.recipients.clone(),
-    });
+    };
+    match stored {
+        Stored::Now => effects.pushes.push(push),
+        Stored::AtHome => effects.early.push(push),
+    }
     if d.roaming {
         return Ok(());
     }
@@ -709,6 +767,75 @@ mod tests {
             }
         }
         assert_eq!(seqs, (1..=SENDS).collect::<Vec<_>>());
+    }
+
+    /// A receiving region pushes its record of a message as soon as its
+    /// write has applied it, and does not wait for the commit (see
+    /// [`Early`]): here a write committed with it waits for the push,
+    /// which it would wait for in vain if the push followed the commit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_receiving_region_pushes_before_the_commit_that_stores_it() {
+        use crate::proto::client_api::{Event, event};
+        use std::sync::mpsc as sync;
+
+        let (_dir, center) = for_tests("us").await;
+        let mut live = center.hub.attach("bob@us").unwrap();
+        // Hold the writer, so that the receive and the waiting write
+        // queue up behind it and commit together, in that order.
+        let (held, holding) = sync::channel();
+        let (release, released) = sync::channel::<()>();
+        let dc = center.dc.clone();
+        let holder = tokio::spawn(async move {
+            dc.write(move |_| {
+                held.send(()).expect("the test waits");
+                released.recv().expect("the test releases");
+                Ok(())
+            })
+            .await
+        });
+        tokio::task::spawn_blocking(move || holding.recv())
+            .await
+            .unwrap()
+            .expect("the writer holds");
+        let message = Delivery {
+            group: "g@eu".into(),
+            seq: 1,
+            message_id: "0190b8a4-6d3e-7c2a-9f1b-000000000001".into(),
+            sender: "ann@eu".into(),
+            body: "hi".into(),
+            sent_at_ms: 1,
+        };
+        let distribution = Item {
+            kind: Some(item::Kind::Distribution(Distribution {
+                message: Some(message.clone()),
+                recipients: vec!["bob@us".into()],
+                roaming: false,
+            })),
+        };
+        let mut receive = Box::pin(center.receive("eu".into(), vec![distribution], None));
+        assert!(futures::poll!(&mut receive).is_pending(), "queued");
+        let (seen, seeing) = sync::channel();
+        tokio::spawn(async move {
+            let _ = seen.send(live.recv().await);
+        });
+        let mut waiting = Box::pin(
+            center
+                .dc
+                .write(move |_| Ok(seeing.recv_timeout(Duration::from_secs(10)))),
+        );
+        assert!(futures::poll!(&mut waiting).is_pending(), "queued");
+        release.send(()).unwrap();
+        holder.await.unwrap().unwrap();
+        let (received, waited) = tokio::join!(receive, waiting);
+        assert!(received.unwrap().is_some(), "applied");
+        let pushed = Some(Event {
+            kind: Some(event::Kind::Delivery(message)),
+        });
+        assert_eq!(
+            waited.unwrap(),
+            Ok(pushed),
+            "pushed while the write that stores it was still open"
+        );
     }
 
     /// At the home: a resent submission and a retry of its key under
