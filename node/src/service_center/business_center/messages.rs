@@ -12,8 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
-
+use super::effects::{Effects, Stored};
 use super::{BusinessCenter, check_len, unexpected};
 use crate::Error;
 use crate::ids::Id;
@@ -28,158 +27,8 @@ use crate::proto::peer_api::{
 };
 use crate::service_center::data_center::Tx;
 use crate::service_center::data_center::tx::group_not_found;
-use crate::service_center::hub::Hub;
-use crate::service_center::replicas::{Notice, Replica};
 use crate::service_center::verdicts::Verdict;
-use crate::tasks::Tasks;
 use crate::telemetry::traces;
-
-/// What a committed write leaves to do: live pushes and outbox wake-ups.
-#[derive(Default)]
-pub(super) struct Effects {
-    pushes: Vec<Push>,
-    /// Pushes of records of messages already durable at their home, which
-    /// go out as soon as the write has applied them, before it commits
-    /// (see [`Early`]).
-    early: Vec<Push>,
-    destinations: Vec<String>,
-    /// The trace the write belongs to (a `traceparent`), kept with the
-    /// outbox items it writes.
-    trace: String,
-}
-
-/// A delivery to push to the live sessions of its recipients here: one
-/// copy, shared by all of them.
-pub(super) struct Push {
-    delivery: Arc<Delivery>,
-    users: Vec<String>,
-}
-
-impl Effects {
-    fn traced(trace: String) -> Self {
-        Self {
-            trace,
-            ..Self::default()
-        }
-    }
-
-    /// Tells the region's other replicas what this write leaves them to
-    /// do: push to their sessions of the recipients, and carry the items
-    /// of the destinations whose leases they hold.
-    fn announce(&self, tx: &mut dyn Tx, replica: &Replica) -> Result<(), Error> {
-        if !replica.is_shared() {
-            return Ok(());
-        }
-        let mut delivered: BTreeMap<(&str, u64), Vec<String>> = BTreeMap::new();
-        for Push { delivery, users } in self.pushes.iter().chain(&self.early) {
-            delivered
-                .entry((delivery.group.as_str(), delivery.seq))
-                .or_default()
-                .extend(users.iter().cloned());
-        }
-        for ((group, seq), users) in delivered {
-            let group = group.to_owned();
-            replica.announce(tx, &Notice::Delivered { group, seq, users })?;
-        }
-        for destination in &self.destinations {
-            let destination = destination.clone();
-            replica.announce(tx, &Notice::Waiting { destination })?;
-        }
-        Ok(())
-    }
-
-    fn enqueue(&mut self, tx: &mut dyn Tx, destination: &str, item: Item) -> Result<(), Error> {
-        tx.enqueue(destination, &item, &self.trace, crate::now_ms())?;
-        if !self.destinations.iter().any(|d| d == destination) {
-            self.destinations.push(destination.to_owned());
-        }
-        Ok(())
-    }
-}
-
-/// Pushes the deliveries of committed writes to the hub in the order the
-/// writes committed. [`DataCenter::after_commit`] takes a write's pushes
-/// from its effects as it commits (on SQLite on the writer thread, in
-/// commit order) and one task pushes them. Pushed from each caller's task
-/// after its write returned, as before, the deliveries of writes that
-/// committed together reached subscriptions out of seq order, and every
-/// subscription then read the gap from history (`subscribe`): a read per
-/// subscriber, which a fan-out to 100 members paid 100 times.
-///
-/// [`DataCenter::after_commit`]: crate::service_center::data_center::DataCenter::after_commit
-#[derive(Clone)]
-pub(super) struct InOrder(mpsc::UnboundedSender<Committed>);
-
-/// One write's pushes, and the span of the flow that wrote it (`send` or
-/// `receive`), which each push's `deliver` span is a child of.
-type Committed = (tracing::Span, Vec<Push>);
-
-impl InOrder {
-    /// Starts the task that pushes, as one of `tasks`.
-    pub(super) fn start(hub: Hub, tasks: &Tasks) -> Self {
-        let (pushes, mut committed) = mpsc::unbounded_channel::<Committed>();
-        tasks.spawn_until_stopped(async move {
-            while let Some((span, pushes)) = committed.recv().await {
-                let _in_flow = span.enter();
-                for Push { delivery, users } in pushes {
-                    hub.push_to(&users, delivery);
-                }
-            }
-        });
-        Self(pushes)
-    }
-
-    /// What pushes, from inside a write, the records it applied of
-    /// messages durable at their home, in the current span.
-    fn early(&self) -> Early {
-        Early {
-            pushes: self.0.clone(),
-            span: tracing::Span::current(),
-        }
-    }
-
-    /// What takes a write's pushes from its effects as it commits, to
-    /// follow those of the writes committed before it, in the current span.
-    /// Quick: it runs on the writer thread.
-    fn taker<T>(&self, effects: fn(&mut T) -> &mut Effects) -> impl FnOnce(&mut T) + Send + use<T> {
-        let (pushes, span) = (self.0.clone(), tracing::Span::current());
-        move |written| {
-            let taken = std::mem::take(&mut effects(written).pushes);
-            if !taken.is_empty() {
-                // Fails only once the task has stopped, with the service center.
-                let _ = pushes.send((span, taken));
-            }
-        }
-    }
-}
-
-/// Pushes a receiving region's records of messages before the write that
-/// stores them commits. Each is durable at the group's home, which
-/// sequenced it, and the home's outbox carries it again until this region
-/// acknowledges it, which it does only after the commit: a commit that
-/// fails loses nothing, and the message is pushed again when it comes
-/// again, which a subscription drops as sent (`subscribe`). A subscription
-/// that starts in between replays from the home, which has it. So the
-/// receiving region's commit (its fsync, and the wait for the writer) is
-/// not on the path from a send to the members in other regions. A seq the
-/// write assigns itself is never pushed before it commits: until then it
-/// is not the message's.
-struct Early {
-    pushes: mpsc::UnboundedSender<Committed>,
-    span: tracing::Span,
-}
-
-impl Early {
-    /// Pushes what `effects` holds to push early, after the pushes of the
-    /// writes before this one; quick, as it runs on the writer thread.
-    fn push(&self, effects: &mut Effects) {
-        let early = std::mem::take(&mut effects.early);
-        if !early.is_empty() {
-            // Fails only once the task has stopped, with the service center.
-            let _ = self.pushes.send((self.span.clone(), early));
-        }
-    }
-}
 
 impl BusinessCenter {
     /// Accepts a message from `actor` and answers with the home's verdict:
@@ -309,15 +158,10 @@ impl BusinessCenter {
         }
     }
 
-    /// Carries out what a committed write left to do: its pushes, unless
-    /// [`InOrder`] took them as it committed, and the outbox wake-ups.
+    /// Carries out what a committed write left to do (see
+    /// [`Effects::carry_out`]).
     pub(super) fn apply(&self, effects: Effects) {
-        for Push { delivery, users } in effects.pushes {
-            self.hub.push_to(&users, delivery);
-        }
-        for destination in &effects.destinations {
-            self.outbox.wake(destination);
-        }
+        effects.carry_out(&self.hub, &self.outbox);
     }
 
     /// Applies items that another region's outbox carried here, and
@@ -629,16 +473,6 @@ fn distribute(
     deliver_here(tx, region, d, Stored::AtHome, effects)
 }
 
-/// Where a delivery is durable, which decides when it may be pushed.
-#[derive(Clone, Copy)]
-enum Stored {
-    /// Sequenced by this write: pushed once it commits.
-    Now,
-    /// Already at the group's home: pushed before this write commits
-    /// ([`Early`]).
-    AtHome,
-}
-
 /// Pushes to this region's sessions of the recipients, and forwards the
 /// message to where a recipient of this home is attached, if elsewhere.
 fn deliver_here(
@@ -649,14 +483,7 @@ fn deliver_here(
     effects: &mut Effects,
 ) -> Result<(), Error> {
     let message = d.message.as_ref().expect("checked by the caller");
-    let push = Push {
-        delivery: Arc::new(message.clone()),
-        users: d.recipients.clone(),
-    };
-    match stored {
-        Stored::Now => effects.pushes.push(push),
-        Stored::AtHome => effects.early.push(push),
-    }
+    effects.push(message, &d.recipients, stored);
     if d.roaming {
         return Ok(());
     }
@@ -724,7 +551,7 @@ mod tests {
     }
 
     /// Sends that commit together reach a subscriber in seq order, so its
-    /// subscription never has a gap to read from history (see [`InOrder`]).
+    /// subscription never has a gap to read from history (see `effects::InOrder`).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_sends_are_pushed_in_seq_order() {
         use crate::proto::client_api::event;
@@ -771,7 +598,7 @@ mod tests {
 
     /// A receiving region pushes its record of a message as soon as its
     /// write has applied it, and does not wait for the commit (see
-    /// [`Early`]): here a write committed with it waits for the push,
+    /// `effects::Early`): here a write committed with it waits for the push,
     /// which it would wait for in vain if the push followed the commit.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_receiving_region_pushes_before_the_commit_that_stores_it() {

@@ -7,6 +7,7 @@ mod accounts;
 mod assertions;
 mod authority;
 mod bounded;
+mod effects;
 mod groups;
 mod heard;
 mod inbound;
@@ -53,7 +54,7 @@ pub struct BusinessCenter {
     clock: Clock,
     metrics: ServiceCenterMetrics,
     /// Pushes the deliveries of committed writes in commit order.
-    in_order: messages::InOrder,
+    in_order: effects::InOrder,
     /// Where each source's run of carried batches stands here.
     turns: Arc<turns::Turns>,
     /// Outbox workers and subscriptions: stopped by [`Self::shutdown`].
@@ -149,7 +150,7 @@ impl BusinessCenter {
             dc.clone(),
             link.credentials().clone(),
         );
-        let in_order = messages::InOrder::start(hub.clone(), &tasks);
+        let in_order = effects::InOrder::start(hub.clone(), &tasks);
         let center = Self {
             region: link.region().into(),
             sessions: sessions::Sessions::new(dc.clone(), replica.clone()),
