@@ -100,9 +100,10 @@ impl Effects {
     }
 
     /// Carries out what the committed write left to do: its pushes, unless
-    /// [`InOrder`] took them as it committed, and the outbox wake-ups.
+    /// [`InOrder`] took them as it committed (or [`Early`] before), and the
+    /// outbox wake-ups.
     pub(super) fn carry_out(self, hub: &Hub, outbox: &Outbox) {
-        for Push { delivery, users } in self.pushes {
+        for Push { delivery, users } in self.pushes.into_iter().chain(self.early) {
             hub.push_to(&users, delivery);
         }
         for destination in &self.destinations {
@@ -119,6 +120,9 @@ impl Effects {
 /// committed together reached subscriptions out of seq order, and every
 /// subscription then read the gap from history (`subscribe`): a read per
 /// subscriber, which a fan-out to 100 members paid 100 times.
+///
+/// The same task pushes what [`Early`] hands it from inside a write, before
+/// that write commits.
 ///
 /// [`DataCenter::after_commit`]: crate::service_center::data_center::DataCenter::after_commit
 #[derive(Clone)]
@@ -172,8 +176,10 @@ impl InOrder {
 
 /// Pushes a receiving region's records of messages before the write that
 /// stores them commits. Each is durable at the group's home, which
-/// sequenced it, and the home's outbox carries it again until this region
-/// acknowledges it, which it does only after the commit: a commit that
+/// sequenced it, and the outbox that carried it here (the home's, or for a
+/// roaming forward that of the recipient's home region) carries it again
+/// until this region acknowledges it, which it does only after the
+/// commit: a commit that
 /// fails loses nothing, and the message is pushed again when it comes
 /// again, which a subscription drops as sent (`subscribe`). A subscription
 /// that starts in between replays from the home, which has it. So the
@@ -187,8 +193,12 @@ pub(super) struct Early {
 }
 
 impl Early {
-    /// Pushes what `effects` holds to push early, after the pushes of the
-    /// writes before this one; quick, as it runs on the writer thread.
+    /// Hands what `effects` holds to push early to the push task, in the
+    /// order the writes run; quick, as it runs on the writer thread. Within
+    /// a batch of writes that commit together on SQLite, it goes ahead of
+    /// the pushes of the jobs before it, which wait for the commit; those
+    /// are deliveries sequenced here, to other users, so no subscription
+    /// sees its seqs out of order for that.
     pub(super) fn push(&self, effects: &mut Effects) {
         let early = std::mem::take(&mut effects.early);
         if !early.is_empty() {
