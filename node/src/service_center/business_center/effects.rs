@@ -164,13 +164,16 @@ impl InOrder {
         effects: fn(&mut T) -> &mut Effects,
     ) -> impl FnOnce(&mut T) + Send + use<T> {
         let (pushes, span) = (self.0.clone(), tracing::Span::current());
-        move |written| {
-            let taken = std::mem::take(&mut effects(written).pushes);
-            if !taken.is_empty() {
-                // Fails only once the task has stopped, with the service center.
-                let _ = pushes.send((span, taken));
-            }
-        }
+        move |written| hand_on(&pushes, &span, &mut effects(written).pushes)
+    }
+}
+
+/// Hands what `taken` holds to the push task, if anything, in `span`.
+fn hand_on(pushes: &mpsc::UnboundedSender<Committed>, span: &tracing::Span, taken: &mut Vec<Push>) {
+    let taken = std::mem::take(taken);
+    if !taken.is_empty() {
+        // Fails only once the task has stopped, with the service center.
+        let _ = pushes.send((span.clone(), taken));
     }
 }
 
@@ -179,10 +182,10 @@ impl InOrder {
 /// sequenced it, and the outbox that carried it here (the home's, or for a
 /// roaming forward that of the recipient's home region) carries it again
 /// until this region acknowledges it, which it does only after the
-/// commit: a commit that
-/// fails loses nothing, and the message is pushed again when it comes
-/// again, which a subscription drops as sent (`subscribe`). A subscription
-/// that starts in between replays from the home, which has it. So the
+/// commit: a commit that fails loses nothing, and the message is pushed
+/// again when it comes again, which a subscription drops as sent
+/// (`subscribe`). A subscription that starts in between replays from the
+/// home, which has it. So the
 /// receiving region's commit (its fsync, and the wait for the writer) is
 /// not on the path from a send to the members in other regions. A seq the
 /// write assigns itself is never pushed before it commits: until then it
@@ -200,11 +203,7 @@ impl Early {
     /// are deliveries sequenced here, to other users, so no subscription
     /// sees its seqs out of order for that.
     pub(super) fn push(&self, effects: &mut Effects) {
-        let early = std::mem::take(&mut effects.early);
-        if !early.is_empty() {
-            // Fails only once the task has stopped, with the service center.
-            let _ = self.pushes.send((self.span.clone(), early));
-        }
+        hand_on(&self.pushes, &self.span, &mut effects.early);
     }
 }
 
