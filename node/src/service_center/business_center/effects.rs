@@ -185,11 +185,10 @@ fn hand_on(pushes: &mpsc::UnboundedSender<Committed>, span: &tracing::Span, take
 /// commit: a commit that fails loses nothing, and the message is pushed
 /// again when it comes again, which a subscription drops as sent
 /// (`subscribe`). A subscription that starts in between replays from the
-/// home, which has it. So the
-/// receiving region's commit (its fsync, and the wait for the writer) is
-/// not on the path from a send to the members in other regions. A seq the
-/// write assigns itself is never pushed before it commits: until then it
-/// is not the message's.
+/// home, which has it. So the receiving region's commit (its fsync, and
+/// the wait for the writer) is not on the path from a send to the members
+/// in other regions. A seq the write assigns itself is never pushed before
+/// it commits: until then it is not the message's.
 pub(super) struct Early {
     pushes: mpsc::UnboundedSender<Committed>,
     span: tracing::Span,
@@ -200,8 +199,8 @@ impl Early {
     /// order the writes run; quick, as it runs on the writer thread. Within
     /// a batch of writes that commit together on SQLite, it goes ahead of
     /// the pushes of the jobs before it, which wait for the commit; those
-    /// are deliveries sequenced here, to other users, so no subscription
-    /// sees its seqs out of order for that.
+    /// are of groups homed here, and an early push never is, so no group's
+    /// seqs reach a subscription out of order for that.
     pub(super) fn push(&self, effects: &mut Effects) {
         hand_on(&self.pushes, &self.span, &mut effects.early);
     }
